@@ -1,0 +1,306 @@
+//! The edge's configuration: the `edgeDataStream` block.
+//!
+//! The KubeEdge proposal's keys keep their names and meaning (`enable`, `server`,
+//! `handshakeTimeout`, `readDeadline`, `writeDeadline`, `tlsTunnel*`); mediamesh's additions
+//! (`nodeName`, `streams`, `heartbeat`, `reconnect`, `uplinkQueueFrames`) sit beside them.
+//! `docs/configuration.md` is the reference.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mediamesh_tunnel::settings::{BackoffSettings, HeartbeatSettings, Seconds};
+use serde::Deserialize;
+
+/// The `edgeDataStream` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Whether the edge agent runs at all. Default true.
+    #[serde(default = "yes")]
+    pub enable: bool,
+    /// The hub's tunnel address, `host:port`.
+    pub server: String,
+    /// Name to verify in the hub's certificate; default: the host part of `server`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Seconds allowed to connect, finish TLS and the WebSocket upgrade, and get Welcome.
+    /// Default 30.
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout: Seconds,
+    /// Longest silence from the hub before the connection counts as dead, seconds; the
+    /// heartbeat's timeout applies when shorter. Default 15.
+    #[serde(default = "default_deadline")]
+    pub read_deadline: Seconds,
+    /// Longest a single write may take, seconds. Default 15.
+    #[serde(default = "default_deadline")]
+    pub write_deadline: Seconds,
+    /// CA that the hub's certificate must chain to.
+    #[serde(rename = "tlsTunnelCAFile")]
+    pub tls_tunnel_ca_file: PathBuf,
+    /// This edge's client certificate; its DNS name is the node's identity.
+    #[serde(rename = "tlsTunnelCertFile")]
+    pub tls_tunnel_cert_file: PathBuf,
+    /// This edge's private key.
+    #[serde(rename = "tlsTunnelPrivateKeyFile")]
+    pub tls_tunnel_private_key_file: PathBuf,
+    /// The node name; must equal the certificate's DNS name.
+    pub node_name: String,
+    /// The streams this node offers, by name.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
+    /// Ping interval and dead-peer timeout.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSettings,
+    /// Redial backoff.
+    #[serde(default)]
+    pub reconnect: BackoffSettings,
+    /// Frames buffered between a source and its data tunnel; when full, the source drops
+    /// frames until the next keyframe. Default 64.
+    #[serde(default = "default_queue")]
+    pub uplink_queue_frames: usize,
+}
+
+/// One stream: exactly one source kind.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Free text shown in the hub's API.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The built-in test pattern (H.264 encoded in-process).
+    #[serde(default)]
+    pub test_pattern: Option<TestPatternConfig>,
+    /// An ffmpeg command producing H.264.
+    #[serde(default)]
+    pub ffmpeg: Option<FfmpegConfig>,
+}
+
+/// The built-in test-pattern camera.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestPatternConfig {
+    /// Width in pixels (even). Default 1280.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Height in pixels (even). Default 720.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Frames per second. Default 25.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// Target bitrate in kbit/s. Default 2000.
+    #[serde(default = "default_kbps")]
+    pub bitrate_kbps: u32,
+    /// Frames from one keyframe to the next. Default 50.
+    #[serde(default = "default_gop")]
+    pub gop: u32,
+    /// Text drawn on the picture; default: the stream name.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+impl Default for TestPatternConfig {
+    fn default() -> Self {
+        Self {
+            width: default_width(),
+            height: default_height(),
+            fps: default_fps(),
+            bitrate_kbps: default_kbps(),
+            gop: default_gop(),
+            label: None,
+        }
+    }
+}
+
+/// A stream produced by ffmpeg: `ffmpeg <input...> <encode...> -an -f h264 pipe:1`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FfmpegConfig {
+    /// Input arguments, e.g. `["-rtsp_transport", "tcp", "-i", "rtsp://camera/stream"]`.
+    pub input: Vec<String>,
+    /// Output codec arguments; default `["-c:v", "copy"]` (the input must be H.264).
+    #[serde(default = "default_encode")]
+    pub encode: Vec<String>,
+    /// The ffmpeg executable. Default `ffmpeg` (searched in PATH).
+    #[serde(default = "default_ffmpeg")]
+    pub binary: PathBuf,
+}
+
+/// A configuration value that is well-formed YAML but cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("edgeDataStream.{key}: {reason}")]
+pub struct ConfigError {
+    /// The key path inside `edgeDataStream`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl EdgeConfig {
+    /// A configuration with every default: the hub at `server`, this node's name and TLS files.
+    pub fn new(server: String, node_name: String, ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            enable: true,
+            server,
+            server_name: None,
+            handshake_timeout: default_handshake(),
+            read_deadline: default_deadline(),
+            write_deadline: default_deadline(),
+            tls_tunnel_ca_file: ca,
+            tls_tunnel_cert_file: cert,
+            tls_tunnel_private_key_file: key,
+            node_name,
+            streams: BTreeMap::new(),
+            heartbeat: HeartbeatSettings::default(),
+            reconnect: BackoffSettings::default(),
+            uplink_queue_frames: default_queue(),
+        }
+    }
+
+    /// Checks what YAML types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError { key: key.into(), reason });
+        if mediamesh_tunnel::wire::validate_name(&self.node_name).is_err() || self.node_name.contains('_') {
+            return err(
+                "nodeName",
+                format!("{:?} is not a valid node name (a DNS name: letters, digits, '-', '.')", self.node_name),
+            );
+        }
+        if self.server_host().is_none() {
+            return err("server", format!("{:?} is not host:port", self.server));
+        }
+        if self.uplink_queue_frames < 2 {
+            return err("uplinkQueueFrames", "must be at least 2".into());
+        }
+        self.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
+        self.reconnect.to_config().map_err(|e| ConfigError { key: "reconnect".into(), reason: e.to_string() })?;
+        if self.handshake_timeout.get().is_zero() {
+            return err("handshakeTimeout", "must be greater than 0".into());
+        }
+        if self.write_deadline.get().is_zero() {
+            return err("writeDeadline", "must be greater than 0".into());
+        }
+        if self.read_deadline.get().is_zero() {
+            return err("readDeadline", "must be greater than 0".into());
+        }
+        for (name, s) in &self.streams {
+            let key = format!("streams.{name}");
+            if mediamesh_tunnel::wire::validate_name(name).is_err() {
+                return err(&key, "stream names use letters, digits, '-', '_' and '.'".into());
+            }
+            match (&s.test_pattern, &s.ffmpeg) {
+                (Some(tp), None) => {
+                    tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?
+                }
+                (None, Some(ff)) => {
+                    if ff.input.is_empty() {
+                        return err(
+                            &format!("{key}.ffmpeg.input"),
+                            "needs at least the input arguments (e.g. -i URL)".into(),
+                        );
+                    }
+                }
+                (None, None) => return err(&key, "needs a source: testPattern or ffmpeg".into()),
+                (Some(_), Some(_)) => return err(&key, "has both testPattern and ffmpeg; choose one".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The host part of `server`.
+    pub fn server_host(&self) -> Option<&str> {
+        let (host, port) = self.server.rsplit_once(':')?;
+        port.parse::<u16>().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (!host.is_empty()).then_some(host)
+    }
+}
+
+impl TestPatternConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(16..=3840).contains(&self.width) || !(16..=2160).contains(&self.height) {
+            return Err(format!("{}x{} is outside 16x16..3840x2160", self.width, self.height));
+        }
+        if !self.width.is_multiple_of(2) || !self.height.is_multiple_of(2) {
+            return Err(format!("{}x{}: width and height must be even", self.width, self.height));
+        }
+        if !(1..=120).contains(&self.fps) {
+            return Err(format!("fps {} is outside 1..120", self.fps));
+        }
+        if !(10..=100_000).contains(&self.bitrate_kbps) {
+            return Err(format!("bitrateKbps {} is outside 10..100000", self.bitrate_kbps));
+        }
+        if self.gop == 0 {
+            return Err("gop must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_handshake() -> Seconds {
+    Seconds::new(30)
+}
+fn default_deadline() -> Seconds {
+    Seconds::new(15)
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_width() -> u32 {
+    1280
+}
+fn default_height() -> u32 {
+    720
+}
+fn default_fps() -> u32 {
+    25
+}
+fn default_kbps() -> u32 {
+    2000
+}
+fn default_gop() -> u32 {
+    50
+}
+fn default_encode() -> Vec<String> {
+    vec!["-c:v".into(), "copy".into()]
+}
+fn default_ffmpeg() -> PathBuf {
+    "ffmpeg".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> EdgeConfig {
+        let mut c =
+            EdgeConfig::new("hub.example.com:10006".into(), "edge-1".into(), "ca".into(), "c".into(), "k".into());
+        c.streams.insert(
+            "cam1".to_owned(),
+            StreamConfig { description: None, test_pattern: Some(TestPatternConfig::default()), ffmpeg: None },
+        );
+        c
+    }
+
+    #[test]
+    fn valid_and_invalid() {
+        base().validate().unwrap();
+        assert_eq!(base().server_host(), Some("hub.example.com"));
+        let mut c = base();
+        c.server = "[::1]:10006".into();
+        assert_eq!(c.server_host(), Some("::1"));
+        c.server = "nohost".into();
+        assert_eq!(c.validate().unwrap_err().key, "server");
+        let mut c = base();
+        c.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap().width = 641;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "streams.cam1.testPattern");
+        assert!(e.to_string().contains("even"), "{e}");
+        let mut c = base();
+        c.streams.get_mut("cam1").unwrap().test_pattern = None;
+        assert!(c.validate().unwrap_err().reason.contains("needs a source"));
+    }
+}

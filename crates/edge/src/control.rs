@@ -1,0 +1,189 @@
+//! The control channel: one connection to the hub, redialled with capped exponential backoff
+//! and full jitter while the agent runs. AddVideo starts an uplink; RemoveVideo stops it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use mediamesh_tunnel::backoff::Backoff;
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::wire::{CatalogEntry, Channel, ErrorCode, ErrorMsg, Message, SessionId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::EdgeCtx;
+use crate::dial::{EdgeLink, dial};
+use crate::stats::EdgeStats;
+use crate::uplink::{self, UplinkEnd};
+
+struct Uplink {
+    stream: String,
+    cancel: CancellationToken,
+}
+
+/// Runs the control channel until `shutdown`.
+pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
+    let seed = u64::from(std::process::id()) ^ crate::source::unix_micros();
+    let mut backoff = Backoff::new(ctx.backoff, seed);
+    let (done_tx, mut done_rx) = mpsc::channel::<(SessionId, UplinkEnd)>(64);
+    let mut uplinks: HashMap<SessionId, Uplink> = HashMap::new();
+    let catalog: Vec<CatalogEntry> =
+        ctx.streams.iter().map(|(name, s)| CatalogEntry { name: name.clone(), description: describe(s) }).collect();
+    while !shutdown.is_cancelled() {
+        let attempt = tokio::select! {
+            r = dial(&ctx.dial, Channel::Control { catalog: catalog.clone() }) => r,
+            () = shutdown.cancelled() => break,
+        };
+        match attempt {
+            Ok((link, welcome)) => {
+                let up = Instant::now();
+                backoff.connected(up);
+                EdgeStats::inc(&ctx.stats.control_connects);
+                ctx.stats.connected.store(true, Relaxed);
+                info!(hub = %welcome.hub, server = %ctx.dial.server, "connected to the hub");
+                let reason = serve(&ctx, link, &mut uplinks, &done_tx, &mut done_rx, &shutdown).await;
+                ctx.stats.connected.store(false, Relaxed);
+                backoff.disconnected(Instant::now());
+                warn!(%reason, "control channel closed");
+            }
+            Err(e) if e.is_permanent() => error!(error = %e, "cannot connect to the hub"),
+            Err(e) => warn!(error = %e, "cannot connect to the hub"),
+        }
+        let delay = backoff.next_delay();
+        info!(retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for (_, u) in uplinks.drain() {
+        u.cancel.cancel();
+    }
+}
+
+fn describe(s: &crate::config::StreamConfig) -> String {
+    if let Some(d) = &s.description {
+        return d.clone();
+    }
+    match (&s.test_pattern, &s.ffmpeg) {
+        (Some(tp), _) => format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps),
+        (_, Some(ff)) => format!("ffmpeg {}", ff.input.join(" ")),
+        _ => String::new(),
+    }
+}
+
+async fn serve(
+    ctx: &Arc<EdgeCtx>,
+    mut link: EdgeLink,
+    uplinks: &mut HashMap<SessionId, Uplink>,
+    done_tx: &mpsc::Sender<(SessionId, UplinkEnd)>,
+    done_rx: &mut mpsc::Receiver<(SessionId, UplinkEnd)>,
+    shutdown: &CancellationToken,
+) -> String {
+    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    loop {
+        tokio::select! {
+            msg = link.recv() => {
+                let now = Instant::now();
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return "closed by the hub".into(),
+                    Err(e) => return e.to_string(),
+                };
+                hb.on_receive(now);
+                let reply = match msg {
+                    Message::AddVideo { session, stream } => add_video(ctx, uplinks, done_tx, session, stream),
+                    Message::RemoveVideo { session, stream } => {
+                        EdgeStats::inc(&ctx.stats.remove_video);
+                        match uplinks.remove(&session) {
+                            Some(u) => {
+                                info!(%stream, session, "RemoveVideo: stopping the stream");
+                                u.cancel.cancel();
+                            }
+                            None => info!(%stream, session, "RemoveVideo for a stream that is not running"),
+                        }
+                        None
+                    }
+                    Message::Ping { id } => Some(Message::Pong { id }),
+                    Message::Pong { id } => {
+                        hb.on_pong(now, id);
+                        None
+                    }
+                    Message::GoAway { reason } => return format!("the hub said goodbye: {reason}"),
+                    Message::Error(e) => return format!("the hub reported an error ({}): {}", e.code, e.message),
+                    other => return format!("unexpected {} on the control channel", other.name()),
+                };
+                if let Some(reply) = reply
+                    && let Err(e) = link.send(&reply).await
+                {
+                    return e.to_string();
+                }
+            }
+            done = done_rx.recv() => {
+                let Some((session, end)) = done else { continue };
+                let Some(u) = uplinks.remove(&session) else { continue };
+                if let UplinkEnd::Failed(reason) = end {
+                    warn!(stream = %u.stream, session, %reason, "stream failed");
+                    let err = Message::Error(ErrorMsg { code: ErrorCode::SourceFailed, session, message: reason });
+                    if let Err(e) = link.send(&err).await {
+                        return e.to_string();
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(hb.next_deadline().into()) => {
+                match hb.poll(Instant::now()) {
+                    HeartbeatAction::SendPing { id } => {
+                        if let Err(e) = link.send(&Message::Ping { id }).await {
+                            return e.to_string();
+                        }
+                    }
+                    HeartbeatAction::Dead { silent_for } => {
+                        return format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64());
+                    }
+                    HeartbeatAction::Wait => {}
+                }
+            }
+            () = shutdown.cancelled() => {
+                link.go_away("edge shutting down").await;
+                return "shutting down".into();
+            }
+        }
+    }
+}
+
+/// Handles AddVideo; returns an Error to send back if the stream cannot start.
+fn add_video(
+    ctx: &Arc<EdgeCtx>,
+    uplinks: &mut HashMap<SessionId, Uplink>,
+    done_tx: &mpsc::Sender<(SessionId, UplinkEnd)>,
+    session: SessionId,
+    stream: String,
+) -> Option<Message> {
+    EdgeStats::inc(&ctx.stats.add_video);
+    let Some(cfg) = ctx.streams.get(&stream) else {
+        warn!(%stream, session, "AddVideo for a stream not in the catalog");
+        let message = format!("this node has no stream named {stream:?}");
+        return Some(Message::Error(ErrorMsg { code: ErrorCode::UnknownStream, session, message }));
+    };
+    if uplinks.contains_key(&session) {
+        return None; // a repeated AddVideo for a running session
+    }
+    // A new session for a stream already running replaces the old one (the hub restarted it).
+    let stale: Vec<SessionId> = uplinks.iter().filter(|(_, u)| u.stream == stream).map(|(s, _)| *s).collect();
+    for s in stale {
+        if let Some(u) = uplinks.remove(&s) {
+            u.cancel.cancel();
+        }
+    }
+    info!(%stream, session, "AddVideo: starting the stream");
+    let cancel = CancellationToken::new();
+    uplinks.insert(session, Uplink { stream: stream.clone(), cancel: cancel.clone() });
+    let (ctx, cfg, done_tx) = (ctx.clone(), cfg.clone(), done_tx.clone());
+    tokio::spawn(async move {
+        let end = uplink::run(ctx, session, stream, cfg, cancel).await;
+        let _ = done_tx.send((session, end)).await;
+    });
+    None
+}

@@ -1,0 +1,165 @@
+//! Dialling the hub: TCP, TLS (the hub verified against our CA, our certificate presented),
+//! the WebSocket upgrade, then Hello → Welcome, all within `handshakeTimeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mediamesh_tunnel::transport::{Link, LinkError, ws_config};
+use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome};
+use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// A tunnel connection to the hub.
+pub type EdgeLink = Link<TlsStream<TcpStream>>;
+
+/// What dialling needs.
+#[derive(Clone)]
+pub struct DialConfig {
+    /// `host:port` of the hub's tunnel port.
+    pub server: String,
+    /// Name the hub's certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// TLS client configuration (CA + our certificate).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Our node name.
+    pub node: String,
+    /// Time for the whole handshake.
+    pub handshake_timeout: Duration,
+    /// Time for any single write.
+    pub write_deadline: Duration,
+}
+
+impl std::fmt::Debug for DialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialConfig").field("server", &self.server).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// Why a connection to the hub could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect failed.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// The hub address.
+        server: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (e.g. the hub's certificate is not trusted).
+    #[error("TLS with {server} failed: {reason}")]
+    Tls {
+        /// The hub address.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The WebSocket upgrade failed; with TLS 1.3 this is also where the hub refusing our
+    /// certificate shows up.
+    #[error("{0}")]
+    Upgrade(String),
+    /// The hub answered the Hello with an Error.
+    #[error("the hub refused the connection ({code}): {message}")]
+    Refused {
+        /// The error code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The hub sent something other than Welcome or Error.
+    #[error("unexpected answer to Hello: {0}")]
+    Protocol(String),
+    /// The link failed during the handshake.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The handshake took longer than `handshakeTimeout`.
+    #[error("no Welcome within {0:?} (handshakeTimeout)")]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// Whether retrying cannot help until the configuration changes (refused identity,
+    /// incompatible version). Such errors are still retried, but logged as errors.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DialError::Refused { code: ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion, .. })
+            || matches!(self, DialError::Tls { .. })
+            || matches!(self, DialError::Upgrade(m) if m.contains("refused this edge's certificate"))
+    }
+}
+
+/// Connects and says Hello for `channel`; returns the link and the hub's Welcome.
+pub async fn dial(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welcome), DialError> {
+    match tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, channel)).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Timeout(cfg.handshake_timeout)),
+    }
+}
+
+async fn handshake(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welcome), DialError> {
+    let tcp = TcpStream::connect(&cfg.server)
+        .await
+        .map_err(|source| DialError::Connect { server: cfg.server.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(cfg.tls.clone())
+        .connect(cfg.server_name.clone(), tcp)
+        .await
+        .map_err(|e| DialError::Tls { server: cfg.server.clone(), reason: describe_io(&e) })?;
+    let mut req = format!("wss://{}{TUNNEL_PATH}", cfg.server)
+        .into_client_request()
+        .map_err(|e| DialError::Upgrade(format!("bad server address {:?}: {e}", cfg.server)))?;
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    let limits = Limits::default();
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config(&limits)))
+        .await
+        .map_err(|e| DialError::Upgrade(describe_ws(&e)))?;
+    let mut link = Link::new(ws, limits, cfg.write_deadline);
+    let hello = Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        node: cfg.node.clone(),
+        agent: concat!("mediamesh-edge/", env!("CARGO_PKG_VERSION")).into(),
+        channel,
+    };
+    link.send(&Message::Hello(hello)).await.map_err(|e| match e {
+        LinkError::Ws(ws) => DialError::Upgrade(describe_ws(&ws)),
+        other => other.into(),
+    })?;
+    match link.recv().await {
+        Ok(Some(Message::Welcome(w))) => Ok((link, w)),
+        Ok(Some(Message::Error(e))) => Err(DialError::Refused { code: e.code, message: e.message }),
+        Ok(Some(other)) => Err(DialError::Protocol(format!("got {}", other.name()))),
+        Ok(None) => Err(DialError::Protocol("the hub closed the connection".into())),
+        Err(LinkError::Ws(ws)) => Err(DialError::Upgrade(describe_ws(&ws))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Explains a TLS-level I/O error; a fatal alert from the hub means it refused our certificate.
+fn describe_io(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => {
+            format!(
+                "the hub refused this edge's certificate (TLS alert {alert:?}); is it signed by the hub's tlsTunnelCAFile?"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!("the hub's certificate is not trusted ({c:?}); check tlsTunnelCAFile and serverName")
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn describe_ws(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Io(io) => describe_io(io),
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            format!("the hub refused the WebSocket upgrade with HTTP {}", resp.status())
+        }
+        other => format!("WebSocket handshake failed: {other}"),
+    }
+}

@@ -1,0 +1,144 @@
+//! The mediamesh edge agent (the KubeEdge proposal's EdgeDataStream).
+//!
+//! It keeps one control channel open to the hub ([`control`]), dialling out over mutual TLS +
+//! WebSocket and redialling with backoff. On AddVideo it starts the stream's source
+//! ([`source`]: the built-in test pattern or an ffmpeg command) and opens a data tunnel for it
+//! ([`uplink`]); on RemoveVideo it stops both. Nothing dials into the site.
+//!
+//! Start it with [`Edge::start`]; stop it with [`RunningEdge::stop`].
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod control;
+pub mod dial;
+pub mod source;
+pub mod stats;
+pub mod uplink;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{ConfigError, EdgeConfig, StreamConfig};
+use mediamesh_tls::TlsFiles;
+use mediamesh_tunnel::backoff::BackoffConfig;
+use mediamesh_tunnel::liveness::HeartbeatConfig;
+use rustls_pki_types::ServerName;
+pub use source::testpattern_encoder::{EncodedPicture, TestPatternEncoder};
+use stats::EdgeStats;
+use tokio_util::sync::CancellationToken;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A configuration value is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key could not be loaded.
+    #[error("edgeDataStream TLS: {0}")]
+    Tls(#[from] mediamesh_tls::TlsError),
+    /// The certificate does not name the configured node.
+    #[error("edgeDataStream.nodeName is {configured:?} but the certificate {cert} identifies node {actual:?}")]
+    IdentityMismatch {
+        /// `nodeName`.
+        configured: String,
+        /// The certificate file.
+        cert: String,
+        /// The name in the certificate.
+        actual: String,
+    },
+}
+
+/// What the edge's tasks share.
+pub(crate) struct EdgeCtx {
+    pub dial: dial::DialConfig,
+    pub streams: BTreeMap<String, StreamConfig>,
+    pub heartbeat: HeartbeatConfig,
+    pub backoff: BackoffConfig,
+    pub uplink_queue_frames: usize,
+    pub stats: Arc<EdgeStats>,
+}
+
+/// The edge agent.
+#[derive(Debug)]
+pub struct Edge;
+
+impl Edge {
+    /// Validates the configuration, loads TLS and starts the control channel.
+    ///
+    /// `claim_node` overrides the node name sent in Hello (for tests of identity checks);
+    /// normally `None`.
+    pub fn start(config: EdgeConfig) -> Result<RunningEdge, EdgeError> {
+        Self::start_claiming(config, None)
+    }
+
+    #[doc(hidden)]
+    pub fn start_claiming(config: EdgeConfig, claim_node: Option<String>) -> Result<RunningEdge, EdgeError> {
+        config.validate()?;
+        let files = TlsFiles {
+            ca: config.tls_tunnel_ca_file.clone(),
+            cert: config.tls_tunnel_cert_file.clone(),
+            key: config.tls_tunnel_private_key_file.clone(),
+        };
+        let actual = mediamesh_tls::node_identity(&mediamesh_tls::load_certs(&files.cert)?)?;
+        if claim_node.is_none() && actual != config.node_name {
+            return Err(EdgeError::IdentityMismatch {
+                configured: config.node_name.clone(),
+                cert: files.cert.display().to_string(),
+                actual,
+            });
+        }
+        let tls = mediamesh_tls::tunnel_client_config(&files)?;
+        let host = config.server_name.clone().or_else(|| config.server_host().map(str::to_owned)).unwrap_or_default();
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| ConfigError { key: "serverName".into(), reason: format!("{host:?}: {e}") })?;
+        let heartbeat =
+            config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
+        // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.
+        let heartbeat = HeartbeatConfig { timeout: heartbeat.timeout.min(config.read_deadline.get()), ..heartbeat };
+        let backoff =
+            config.reconnect.to_config().map_err(|e| ConfigError { key: "reconnect".into(), reason: e.to_string() })?;
+        let stats = Arc::new(EdgeStats::default());
+        let ctx = Arc::new(EdgeCtx {
+            dial: dial::DialConfig {
+                server: config.server.clone(),
+                server_name,
+                tls,
+                node: claim_node.unwrap_or(config.node_name.clone()),
+                handshake_timeout: config.handshake_timeout.get(),
+                write_deadline: config.write_deadline.get(),
+            },
+            streams: config.streams.clone(),
+            heartbeat,
+            backoff,
+            uplink_queue_frames: config.uplink_queue_frames,
+            stats: stats.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(control::run(ctx, shutdown.clone()));
+        tracing::info!(node = %config.node_name, server = %config.server, streams = config.streams.len(), "edge agent started");
+        Ok(RunningEdge { stats, shutdown, task })
+    }
+}
+
+/// A running edge agent.
+#[derive(Debug)]
+pub struct RunningEdge {
+    stats: Arc<EdgeStats>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningEdge {
+    /// Its counters.
+    pub fn stats(&self) -> &Arc<EdgeStats> {
+        &self.stats
+    }
+
+    /// Says GoAway to the hub, stops every stream and waits up to `grace`.
+    pub async fn stop(self, grace: Duration) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+}

@@ -1,0 +1,222 @@
+//! A stream produced by an ffmpeg process: `ffmpeg <input> <encode> -an -f h264 pipe:1`.
+//!
+//! Its stdout (raw H.264, Annex-B) is split into access units; keyframes and SPS/PPS are
+//! detected from the NAL units. Its stderr goes to our log. While the stream is wanted, a
+//! process that exits is restarted with capped exponential backoff; when the stream is stopped
+//! the process is killed and reaped (`kill_on_drop` covers a panicking task too).
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mediamesh_media::h264::AccessUnitSplitter;
+use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
+use mediamesh_tunnel::backoff::{Backoff, BackoffConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{FrameSink, unix_micros};
+use crate::config::FfmpegConfig;
+use crate::stats::EdgeStats;
+
+/// Largest access unit accepted from ffmpeg.
+const MAX_ACCESS_UNIT: usize = 16 * 1024 * 1024;
+/// A process that ran this long resets the restart backoff.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// The full argument list ffmpeg is started with.
+pub(crate) fn arguments(cfg: &FfmpegConfig) -> Vec<String> {
+    let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "warning"].map(String::from).into();
+    args.extend(cfg.input.iter().cloned());
+    args.extend(cfg.encode.iter().cloned());
+    args.extend(["-an", "-f", "h264", "-flush_packets", "1", "pipe:1"].map(String::from));
+    args
+}
+
+pub(super) fn spawn(
+    name: &str,
+    cfg: &FfmpegConfig,
+    sink: FrameSink,
+    cancel: CancellationToken,
+    stats: Arc<EdgeStats>,
+) -> tokio::task::JoinHandle<()> {
+    let stream = name.to_owned();
+    let cfg = cfg.clone();
+    tokio::spawn(async move { supervise(stream, cfg, sink, cancel, stats).await })
+}
+
+/// Runs ffmpeg until cancelled, restarting it with backoff when it exits on its own.
+async fn supervise(
+    stream: String,
+    cfg: FfmpegConfig,
+    mut sink: FrameSink,
+    cancel: CancellationToken,
+    stats: Arc<EdgeStats>,
+) {
+    let backoff_cfg =
+        BackoffConfig::try_new(Duration::from_millis(500), Duration::from_secs(15), STABLE_RUN).unwrap_or_default();
+    let mut backoff = Backoff::new(backoff_cfg, u64::from(std::process::id()) ^ unix_micros());
+    let mut seq: u64 = 0;
+    let epoch = Instant::now();
+    loop {
+        let started = Instant::now();
+        match run_once(&stream, &cfg, &mut sink, &cancel, &stats, &mut seq, epoch).await {
+            Exit::Cancelled | Exit::SinkClosed => break,
+            Exit::Ended(reason) => {
+                backoff.connected(started);
+                backoff.disconnected(Instant::now());
+                let delay = backoff.next_delay();
+                warn!(%stream, %reason, retry_in_ms = delay.as_millis() as u64, "ffmpeg source ended; restarting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+enum Exit {
+    Cancelled,
+    SinkClosed,
+    Ended(String),
+}
+
+async fn run_once(
+    stream: &str,
+    cfg: &FfmpegConfig,
+    sink: &mut FrameSink,
+    cancel: &CancellationToken,
+    stats: &EdgeStats,
+    seq: &mut u64,
+    epoch: Instant,
+) -> Exit {
+    let args = arguments(cfg);
+    let mut child = match Command::new(&cfg.binary)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Exit::Ended(format!("cannot start {}: {e}", cfg.binary.display())),
+    };
+    EdgeStats::inc(&stats.sources_started);
+    info!(%stream, pid = child.id(), "ffmpeg started");
+    if let Some(stderr) = child.stderr.take() {
+        let stream = stream.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                warn!(%stream, "ffmpeg: {line}");
+            }
+        });
+    }
+    let exit = match child.stdout.take() {
+        Some(stdout) => pump(stream, stdout, sink, cancel, seq, epoch).await,
+        None => Exit::Ended("ffmpeg has no stdout".into()),
+    };
+    let status = reap(&mut child).await;
+    EdgeStats::inc(&stats.sources_stopped);
+    match exit {
+        Exit::Ended(reason) => Exit::Ended(format!("{reason} ({status})")),
+        other => {
+            info!(%stream, %status, "ffmpeg stopped");
+            other
+        }
+    }
+}
+
+/// Reads access units from ffmpeg's stdout into the sink.
+async fn pump(
+    stream: &str,
+    mut stdout: tokio::process::ChildStdout,
+    sink: &mut FrameSink,
+    cancel: &CancellationToken,
+    seq: &mut u64,
+    epoch: Instant,
+) -> Exit {
+    let mut splitter = AccessUnitSplitter::new(MAX_ACCESS_UNIT);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut aus = Vec::new();
+    let mut have_header = false;
+    loop {
+        let n = tokio::select! {
+            r = stdout.read(&mut buf) => match r {
+                Ok(0) => return Exit::Ended("ffmpeg closed its output".into()),
+                Ok(n) => n,
+                Err(e) => return Exit::Ended(format!("reading ffmpeg output: {e}")),
+            },
+            () = cancel.cancelled() => return Exit::Cancelled,
+        };
+        if let Err(e) = splitter.push(&buf[..n], &mut aus) {
+            warn!(%stream, error = %e, "discarding corrupt ffmpeg output");
+        }
+        for au in aus.drain(..) {
+            if let (Some(sps), Some(pps)) = (&au.sps, &au.pps) {
+                let header = StreamHeader { tracks: vec![TrackInfo::h264(0, sps.clone(), pps.clone())] };
+                match header.validate() {
+                    Ok(()) => {
+                        sink.set_header(header);
+                        have_header = true;
+                    }
+                    Err(e) => warn!(%stream, error = %e, "ignoring unusable parameter sets"),
+                }
+            }
+            if !have_header {
+                continue; // nothing is decodable before the first SPS/PPS
+            }
+            // Raw H.264 carries no timestamps: stamp arrival time (live sources).
+            let pts = (epoch.elapsed().as_micros() * u128::from(VIDEO_CLOCK_RATE) / 1_000_000) as i64;
+            let frame = Frame {
+                track: 0,
+                flags: FrameFlags::keyframe(au.keyframe),
+                seq: *seq,
+                pts,
+                dts: pts,
+                capture_us: unix_micros(),
+                payload: au.data,
+            };
+            *seq += 1;
+            if sink.push(frame).is_err() {
+                return Exit::SinkClosed;
+            }
+        }
+    }
+}
+
+/// Kills the process if it still runs and waits for it, so no zombie is left.
+async fn reap(child: &mut Child) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status.to_string();
+    }
+    let _ = child.start_kill();
+    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(status)) => status.to_string(),
+        Ok(Err(e)) => format!("wait failed: {e}"),
+        Err(_) => "did not exit within 5 s of SIGKILL".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_arguments_follow_the_user_arguments() {
+        let cfg = FfmpegConfig {
+            input: vec!["-i".into(), "x.mp4".into()],
+            encode: vec!["-c:v".into(), "copy".into()],
+            binary: "ffmpeg".into(),
+        };
+        let args = arguments(&cfg);
+        let i = args.iter().position(|a| a == "x.mp4").unwrap();
+        let f = args.iter().position(|a| a == "h264").unwrap();
+        assert!(i < f);
+        assert_eq!(args.last().map(String::as_str), Some("pipe:1"));
+    }
+}

@@ -1,0 +1,134 @@
+//! An uplink: one stream session's source and its data tunnel to the hub.
+//!
+//! Started on AddVideo, stopped on RemoveVideo (or when the tunnel ends). The source runs while
+//! the tunnel is being dialled; frames wait in the bounded source queue (whose overflow policy
+//! drops to the next keyframe), so a slow tunnel never grows memory.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::wire::{Channel, Limits, Message, SessionId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::EdgeCtx;
+use crate::config::StreamConfig;
+use crate::dial::dial;
+use crate::source;
+use crate::stats::EdgeStats;
+
+/// How an uplink ended.
+#[derive(Debug)]
+pub enum UplinkEnd {
+    /// RemoveVideo or shutdown.
+    Stopped,
+    /// The source or the tunnel failed; the hub should hear why.
+    Failed(String),
+    /// The hub closed the tunnel.
+    ClosedByHub(String),
+}
+
+pub(crate) async fn run(
+    ctx: Arc<EdgeCtx>,
+    session: SessionId,
+    stream: String,
+    cfg: StreamConfig,
+    cancel: CancellationToken,
+) -> UplinkEnd {
+    let stats = ctx.stats.clone();
+    stats.uplinks_active.fetch_add(1, Relaxed);
+    let (sink, mut output) = source::channel(ctx.uplink_queue_frames, stats.clone());
+    let end = match source::start(&stream, &cfg, sink, stats.clone()) {
+        Err(e) => UplinkEnd::Failed(e.to_string()),
+        Ok(handle) => {
+            let end = tokio::select! {
+                end = tunnel(&ctx, session, &stream, &mut output) => end,
+                () = cancel.cancelled() => UplinkEnd::Stopped,
+            };
+            drop(output);
+            handle.stop().await;
+            end
+        }
+    };
+    stats.uplinks_active.fetch_sub(1, Relaxed);
+    info!(%stream, session, end = ?end, "uplink ended");
+    end
+}
+
+async fn tunnel(ctx: &EdgeCtx, session: SessionId, stream: &str, out: &mut source::SourceOutput) -> UplinkEnd {
+    let channel = Channel::Data { session, stream: stream.to_owned() };
+    let (mut link, welcome) = match dial(&ctx.dial, channel).await {
+        Ok(x) => x,
+        Err(e) => return UplinkEnd::Failed(format!("data tunnel: {e}")),
+    };
+    link.set_limits(Limits { max_frame_bytes: welcome.max_frame_bytes });
+    info!(%stream, session, "data tunnel open");
+    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    let mut sent_header = false;
+    loop {
+        tokio::select! {
+            frame = out.frames.recv() => {
+                let Some(frame) = frame else { return UplinkEnd::Failed("the source stopped".into()) };
+                if !sent_header || out.header.has_changed().unwrap_or(false) {
+                    let Some(header) = out.header.borrow_and_update().clone() else {
+                        debug!(%stream, "frame before codec parameters; dropped");
+                        continue;
+                    };
+                    if let Err(e) = link.send(&Message::StreamHeader(header)).await {
+                        return UplinkEnd::Failed(format!("sending the stream header: {e}"));
+                    }
+                    sent_header = true;
+                }
+                if frame.payload.len() > welcome.max_frame_bytes as usize {
+                    warn!(%stream, bytes = frame.payload.len(), cap = welcome.max_frame_bytes, "frame larger than the hub accepts; dropped");
+                    continue;
+                }
+                let len = frame.payload.len() as u64;
+                if let Err(e) = link.send(&Message::Frame(frame)).await {
+                    return UplinkEnd::Failed(format!("sending a frame: {e}"));
+                }
+                EdgeStats::inc(&ctx.stats.frames_sent);
+                ctx.stats.bytes_sent.fetch_add(len, Relaxed);
+            }
+            msg = link.recv() => {
+                let now = Instant::now();
+                match msg {
+                    Ok(Some(m)) => {
+                        hb.on_receive(now);
+                        match m {
+                            Message::Feedback(fb) => debug!(%stream, last_seq = fb.last_seq, frames = fb.frames, "feedback"),
+                            Message::Ping { id } => {
+                                if let Err(e) = link.send(&Message::Pong { id }).await {
+                                    return UplinkEnd::Failed(e.to_string());
+                                }
+                            }
+                            Message::Pong { id } => {
+                                hb.on_pong(now, id);
+                            }
+                            Message::GoAway { reason } => return UplinkEnd::ClosedByHub(reason),
+                            Message::Error(e) => return UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message)),
+                            other => return UplinkEnd::Failed(format!("unexpected {} on a data tunnel", other.name())),
+                        }
+                    }
+                    Ok(None) => return UplinkEnd::ClosedByHub("connection closed".into()),
+                    Err(e) => return UplinkEnd::Failed(e.to_string()),
+                }
+            }
+            () = tokio::time::sleep_until(hb.next_deadline().into()) => {
+                match hb.poll(Instant::now()) {
+                    HeartbeatAction::SendPing { id } => {
+                        if let Err(e) = link.send(&Message::Ping { id }).await {
+                            return UplinkEnd::Failed(e.to_string());
+                        }
+                    }
+                    HeartbeatAction::Dead { silent_for } => {
+                        return UplinkEnd::Failed(format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64()));
+                    }
+                    HeartbeatAction::Wait => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The REST API and the WebSocket viewer route on the stream port.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/hub` | hub name, version, uptime, node and session counts |
+//! | `GET /api/v1/nodes` | connected nodes, their catalogs and each stream's state |
+//! | `GET /api/v1/streams` | every stream session: state, viewers, rates, counters |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
+//! | `GET /healthz` | `ok` |
+//!
+//! Errors are JSON `{"error": code, "message": text}` with a matching HTTP status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::egress;
+use crate::registry::{NodeError, NodeRegistry};
+use crate::session::{Session, Sessions, StreamKey};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiState {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<NodeRegistry>,
+    pub started: Instant,
+    pub hub_name: String,
+}
+
+/// The peer address of an HTTP connection, inserted by the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
+
+pub(crate) fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/hub", get(hub))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/streams", get(streams))
+        .route("/api/v1/nodes/{node}/streams/{stream}", get(stream))
+        .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self { status, code, message }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let code = match e {
+            NodeError::NotConnected { .. } => "node_not_found",
+            NodeError::NoSuchStream { .. } => "stream_not_found",
+            NodeError::Congested { .. } => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "node_congested", e.to_string());
+            }
+        };
+        Self::new(StatusCode::NOT_FOUND, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        (self.status, Json(Body { error: self.code, message: &self.message })).into_response()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeJson {
+    name: String,
+    agent: String,
+    remote_addr: String,
+    connected_secs: f64,
+    streams: Vec<NodeStreamJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeStreamJson {
+    name: String,
+    description: String,
+    state: &'static str,
+    viewers: usize,
+}
+
+async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": st.hub_name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSecs": st.started.elapsed().as_secs_f64(),
+        "nodes": st.registry.snapshot().len(),
+        "sessions": st.sessions.snapshot().len(),
+    }))
+}
+
+async fn nodes(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let now = Instant::now();
+    let nodes: Vec<NodeJson> = st
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|(name, e)| {
+            let streams = e
+                .catalog
+                .iter()
+                .map(|c| {
+                    let s = st.sessions.get(&StreamKey::new(&name, &c.name));
+                    NodeStreamJson {
+                        name: c.name.clone(),
+                        description: c.description.clone(),
+                        state: s.as_ref().map_or("idle", |s| s.phase().name()),
+                        viewers: s.as_ref().map_or(0, |s| s.viewer_count()),
+                    }
+                })
+                .collect();
+            NodeJson {
+                name,
+                agent: e.agent,
+                remote_addr: e.remote.to_string(),
+                connected_secs: now.saturating_duration_since(e.connected_at).as_secs_f64(),
+                streams,
+            }
+        })
+        .collect();
+    Json(serde_json::json!({ "nodes": nodes }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamJson {
+    node: String,
+    stream: String,
+    session_id: Option<u64>,
+    state: &'static str,
+    viewers: usize,
+    codec: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: f64,
+    bitrate_bps: f64,
+    frames_in: u64,
+    bytes_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    drops: DropsJson,
+    log_frames: usize,
+    log_bytes: usize,
+    age_secs: f64,
+    viewer_details: Vec<ViewerJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DropsJson {
+    /// Frames the edge dropped before sending (sequence gaps).
+    edge: u64,
+    /// Frames viewers skipped to resynchronise at a keyframe.
+    viewer_resync: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ViewerJson {
+    id: u64,
+    protocol: &'static str,
+    remote_addr: String,
+    connected_secs: f64,
+    frames: u64,
+    bytes: u64,
+    skipped: u64,
+    resyncs: u64,
+    lag_bytes: u64,
+    pending_bytes: u64,
+}
+
+fn stream_json(s: &Session, now: Instant) -> StreamJson {
+    let (fps, bps) = s.stats.rate_in.rates(now);
+    let header = s.log.header();
+    let video = header.as_ref().and_then(|h| h.video.clone());
+    let log = s.log.stats();
+    let viewer_details = s
+        .viewers()
+        .iter()
+        .map(|v| ViewerJson {
+            id: v.id,
+            protocol: v.protocol,
+            remote_addr: v.remote.clone(),
+            connected_secs: now.saturating_duration_since(v.joined).as_secs_f64(),
+            frames: v.frames.get(),
+            bytes: v.bytes.get(),
+            skipped: v.skipped.get(),
+            resyncs: v.resyncs.get(),
+            lag_bytes: s.log.lag_bytes(v.position.load(Ordering::Relaxed)),
+            pending_bytes: v.pending_bytes.load(Ordering::Relaxed),
+        })
+        .collect::<Vec<_>>();
+    StreamJson {
+        node: s.key.node.clone(),
+        stream: s.key.stream.clone(),
+        session_id: Some(s.id),
+        state: s.phase().name(),
+        viewers: viewer_details.len(),
+        codec: video.as_ref().map(|v| v.codec_string.clone()),
+        width: video.as_ref().map(|v| v.width),
+        height: video.as_ref().map(|v| v.height),
+        fps,
+        bitrate_bps: bps,
+        frames_in: s.stats.frames_in.get(),
+        bytes_in: s.stats.bytes_in.get(),
+        frames_out: s.stats.frames_out.get(),
+        bytes_out: s.stats.bytes_out.get(),
+        drops: DropsJson { edge: s.stats.edge_dropped.get(), viewer_resync: s.stats.viewer_skipped.get() },
+        log_frames: log.frames,
+        log_bytes: log.bytes,
+        age_secs: now.saturating_duration_since(s.created).as_secs_f64(),
+        viewer_details,
+    }
+}
+
+async fn streams(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let now = Instant::now();
+    let streams: Vec<StreamJson> = st.sessions.snapshot().iter().map(|s| stream_json(s, now)).collect();
+    Json(serde_json::json!({ "streams": streams }))
+}
+
+async fn stream(
+    State(st): State<ApiState>,
+    Path((node, stream)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    st.registry.check_stream(&node, &stream)?;
+    let key = StreamKey::new(node, stream);
+    Ok(match st.sessions.get(&key) {
+        Some(s) => Json(stream_json(&s, Instant::now())).into_response(),
+        None => Json(serde_json::json!({ "node": key.node, "stream": key.stream, "state": "idle", "viewers": 0 }))
+            .into_response(),
+    })
+}
+
+async fn ws(
+    State(st): State<ApiState>,
+    Path((node, stream)): Path<(String, String)>,
+    peer: Option<Extension<Peer>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    st.registry.check_stream(&node, &stream)?;
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let remote = peer.map_or_else(|| "unknown".to_owned(), |Extension(Peer(a))| a.to_string());
+    let key = StreamKey::new(node, stream);
+    let sessions = st.sessions.clone();
+    // Viewers send only control frames; keep their messages small.
+    Ok(upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| egress::ws::serve(socket, sessions, key, remote))
+        .into_response())
+}

@@ -1,0 +1,197 @@
+//! A WebSocket viewer client: connects to a stream's `…/ws` URL and yields what the hub sends.
+//! Used by `mediamesh view`, the tests and the bench.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::egress::ws_format::{TrackJson, ViewerEvent, ViewerFormatError, ViewerFrame, decode_frame};
+
+/// Byte streams the client runs over (TCP or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How to connect.
+#[derive(Debug, Default, Clone)]
+pub struct ConnectOptions {
+    /// Trust anchors for `wss://`; `None` uses the system bundle.
+    pub roots: Option<RootCertStore>,
+    /// A small socket receive buffer (bytes), to make a client that stops reading stall fast.
+    pub recv_buffer: Option<u32>,
+}
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not ws://, wss://, http:// or https:// with a host.
+    #[error("bad URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TCP or TLS failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// host:port.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] mediamesh_tls::TlsError),
+    /// The hub refused the request (unknown node or stream, …).
+    #[error("the hub answered HTTP {status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The hub's message.
+        message: String,
+    },
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Ws(#[from] tungstenite::Error),
+    /// A text event was not valid JSON of a known type.
+    #[error("unexpected text message {0:?}")]
+    BadEvent(String),
+    /// A binary message did not parse.
+    #[error(transparent)]
+    BadFrame(#[from] ViewerFormatError),
+}
+
+/// Something the hub sent.
+#[derive(Debug, Clone)]
+pub enum ViewerItem {
+    /// Codec parameters for the frames that follow.
+    Header(Vec<TrackJson>),
+    /// A frame.
+    Frame(ViewerFrame),
+    /// The viewer was resynchronised, skipping this many frames.
+    Skip(u64),
+    /// The stream ended.
+    End(String),
+}
+
+/// A connected viewer.
+pub struct ViewerClient {
+    ws: WebSocketStream<Box<dyn Io>>,
+}
+
+impl std::fmt::Debug for ViewerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerClient").finish_non_exhaustive()
+    }
+}
+
+impl ViewerClient {
+    /// Connects to a viewer URL (`ws://`, `wss://`; `http(s)://` are accepted as aliases).
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::Url { url: url.into(), reason: reason.into() };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://").or_else(|| url.strip_prefix("https://")) {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")) {
+            (false, r)
+        } else {
+            return Err(bad("expected ws://, wss://, http:// or https://"));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        let addr =
+            if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+                authority.to_owned()
+            } else {
+                format!("{authority}:{}", if tls { 443 } else { 80 })
+            };
+        let host =
+            addr.rsplit_once(':').map_or("", |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_owned();
+        let tcp = connect_tcp(&addr, opts.recv_buffer).await?;
+        let io: Box<dyn Io> = if tls {
+            let roots = match &opts.roots {
+                Some(r) => r.clone(),
+                None => system_roots()?,
+            };
+            let cfg = mediamesh_tls::viewer_client_config(roots)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| bad("bad host name"))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        let ws_url = format!("{}://{rest}", if tls { "wss" } else { "ws" });
+        let req = ws_url.into_client_request().map_err(|e| bad(&e.to_string()))?;
+        match tokio_tungstenite::client_async(req, io).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
+                let message = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                    .unwrap_or(body);
+                Err(ClientError::Refused { status, message })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The next item; `Ok(None)` when the connection closed.
+    pub async fn next(&mut self) -> Result<Option<ViewerItem>, ClientError> {
+        loop {
+            let Some(msg) = self.ws.next().await else { return Ok(None) };
+            match msg? {
+                Message::Binary(b) => return Ok(Some(ViewerItem::Frame(decode_frame(b)?))),
+                Message::Text(t) => {
+                    let ev: ViewerEvent =
+                        serde_json::from_str(t.as_str()).map_err(|_| ClientError::BadEvent(t.as_str().to_owned()))?;
+                    return Ok(Some(match ev {
+                        ViewerEvent::Header { tracks, .. } => ViewerItem::Header(tracks),
+                        ViewerEvent::Skip { frames } => ViewerItem::Skip(frames),
+                        ViewerEvent::End { reason } => ViewerItem::End(reason),
+                    }));
+                }
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+async fn connect_tcp(addr: &str, recv_buffer: Option<u32>) -> Result<TcpStream, ClientError> {
+    let err = |source| ClientError::Connect { addr: addr.to_owned(), source };
+    let target = tokio::net::lookup_host(addr)
+        .await
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
+    let socket = if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(err)?;
+    }
+    let stream = socket.connect(target).await.map_err(err)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The system's CA bundle (Debian's path), for `wss://` without `--ca`.
+fn system_roots() -> Result<RootCertStore, ClientError> {
+    const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    Ok(mediamesh_tls::load_roots(std::path::Path::new(BUNDLE))?)
+}

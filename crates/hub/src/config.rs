@@ -1,0 +1,243 @@
+//! The hub's configuration: the `cloudDataStream` block.
+//!
+//! The KubeEdge proposal's keys keep their names and meaning (`enable`, `streamPort`,
+//! `tunnelPort`, `tlsStream*`, `tlsTunnel*`); mediamesh's additions sit beside them, each with a
+//! default. `docs/configuration.md` is the reference; this file and that one change together.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use mediamesh_tunnel::settings::{HeartbeatSettings, Seconds};
+use mediamesh_tunnel::wire::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
+use serde::Deserialize;
+
+/// The `cloudDataStream` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubConfig {
+    /// Whether the hub runs at all (KubeEdge's module switch). Default true.
+    #[serde(default = "yes")]
+    pub enable: bool,
+    /// Viewer port: REST API, WebSocket viewers. Default 10005.
+    #[serde(default = "default_stream_port")]
+    pub stream_port: u16,
+    /// Edge port: control channels and data tunnels. Default 10006.
+    #[serde(default = "default_tunnel_port")]
+    pub tunnel_port: u16,
+    /// Address both ports bind to. Default `0.0.0.0`.
+    #[serde(default = "default_listen")]
+    pub listen_address: IpAddr,
+    /// CA that viewers' client certificates must chain to; unset: no client certificates.
+    #[serde(rename = "tlsStreamCAFile", default)]
+    pub tls_stream_ca_file: Option<PathBuf>,
+    /// Certificate of the stream port; with the key, turns on HTTPS/WSS for viewers.
+    #[serde(rename = "tlsStreamCertFile", default)]
+    pub tls_stream_cert_file: Option<PathBuf>,
+    /// Private key of the stream port.
+    #[serde(rename = "tlsStreamPrivateKeyFile", default)]
+    pub tls_stream_private_key_file: Option<PathBuf>,
+    /// CA that edges' client certificates must chain to. Required.
+    #[serde(rename = "tlsTunnelCAFile")]
+    pub tls_tunnel_ca_file: PathBuf,
+    /// The hub's certificate on the tunnel port. Required.
+    #[serde(rename = "tlsTunnelCertFile")]
+    pub tls_tunnel_cert_file: PathBuf,
+    /// The hub's private key on the tunnel port. Required.
+    #[serde(rename = "tlsTunnelPrivateKeyFile")]
+    pub tls_tunnel_private_key_file: PathBuf,
+    /// The hub's name in logs and Welcome messages. Default `mediamesh-hub`.
+    #[serde(default = "default_hub_name")]
+    pub hub_name: String,
+    /// Seconds a stream keeps running after its last viewer leaves. Default 10.
+    #[serde(default = "default_linger")]
+    pub linger: Seconds,
+    /// Seconds the first viewer waits for the edge to deliver a keyframe. Default 15.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Seconds,
+    /// Seconds an edge has for the TLS handshake and its Hello. Default 10.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Seconds,
+    /// Ping interval and dead-peer timeout on tunnels.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSettings,
+    /// Largest frame (access unit) accepted from an edge, bytes. Default 4 MiB.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// Per-stream frame log: how much recent media is kept for late joiners and slow viewers.
+    #[serde(default)]
+    pub frame_log: FrameLogSettings,
+    /// Bytes a viewer may fall behind the newest frame before it is resynchronised at the
+    /// newest keyframe. Default 8 MiB.
+    #[serde(default = "default_viewer_lag_bytes")]
+    pub viewer_max_lag_bytes: usize,
+    /// Kernel send buffer of each viewer connection (SO_SNDBUF), bytes; bounds the memory a
+    /// stalled viewer holds in the kernel. 0 leaves the kernel's autotuning (up to
+    /// `net.ipv4.tcp_wmem`, often 4 MiB). Default 512 KiB.
+    #[serde(default = "default_viewer_send_buffer")]
+    pub viewer_send_buffer_bytes: usize,
+}
+
+/// Bounds of each stream's shared frame log.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrameLogSettings {
+    /// Most frames kept. Default 1024.
+    #[serde(default = "default_log_frames")]
+    pub max_frames: usize,
+    /// Most payload bytes kept. Default 64 MiB.
+    #[serde(default = "default_log_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for FrameLogSettings {
+    fn default() -> Self {
+        Self { max_frames: default_log_frames(), max_bytes: default_log_bytes() }
+    }
+}
+
+/// A configuration value that is well-formed YAML but cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cloudDataStream.{key}: {reason}")]
+pub struct ConfigError {
+    /// The key path inside `cloudDataStream`, e.g. `maxFrameBytes`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl HubConfig {
+    /// A configuration with every default and the given tunnel TLS files.
+    pub fn with_tunnel_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            enable: true,
+            stream_port: default_stream_port(),
+            tunnel_port: default_tunnel_port(),
+            listen_address: default_listen(),
+            tls_stream_ca_file: None,
+            tls_stream_cert_file: None,
+            tls_stream_private_key_file: None,
+            tls_tunnel_ca_file: ca,
+            tls_tunnel_cert_file: cert,
+            tls_tunnel_private_key_file: key,
+            hub_name: default_hub_name(),
+            linger: default_linger(),
+            start_timeout: default_start_timeout(),
+            handshake_timeout: default_handshake_timeout(),
+            heartbeat: HeartbeatSettings::default(),
+            max_frame_bytes: default_max_frame_bytes(),
+            frame_log: FrameLogSettings::default(),
+            viewer_max_lag_bytes: default_viewer_lag_bytes(),
+            viewer_send_buffer_bytes: default_viewer_send_buffer(),
+        }
+    }
+
+    /// Checks the values that YAML types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        if self.stream_port == self.tunnel_port && self.stream_port != 0 {
+            return err("streamPort", format!("{} is also the tunnelPort; use two ports", self.stream_port));
+        }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_BYTES_LIMIT {
+            return err("maxFrameBytes", format!("must be between 1 and {MAX_FRAME_BYTES_LIMIT}"));
+        }
+        if self.frame_log.max_frames < 2 {
+            return err("frameLog.maxFrames", "must be at least 2".into());
+        }
+        if self.frame_log.max_bytes < self.max_frame_bytes as usize {
+            return err(
+                "frameLog.maxBytes",
+                format!("{} is smaller than maxFrameBytes ({})", self.frame_log.max_bytes, self.max_frame_bytes),
+            );
+        }
+        if self.viewer_max_lag_bytes < self.max_frame_bytes as usize {
+            return err(
+                "viewerMaxLagBytes",
+                format!("{} is smaller than maxFrameBytes ({})", self.viewer_max_lag_bytes, self.max_frame_bytes),
+            );
+        }
+        if self.tls_stream_cert_file.is_some() != self.tls_stream_private_key_file.is_some() {
+            return err("tlsStreamCertFile", "tlsStreamCertFile and tlsStreamPrivateKeyFile go together".into());
+        }
+        if self.tls_stream_ca_file.is_some() && self.tls_stream_cert_file.is_none() {
+            return err("tlsStreamCAFile", "client certificates need TLS: set tlsStreamCertFile too".into());
+        }
+        if mediamesh_tunnel::wire::validate_name(&self.hub_name).is_err() {
+            return err("hubName", format!("{:?} is not a valid name", self.hub_name));
+        }
+        self.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
+        if self.start_timeout.get().is_zero() {
+            return err("startTimeout", "must be greater than 0".into());
+        }
+        if self.handshake_timeout.get().is_zero() {
+            return err("handshakeTimeout", "must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_stream_port() -> u16 {
+    10005
+}
+fn default_tunnel_port() -> u16 {
+    10006
+}
+fn default_listen() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_hub_name() -> String {
+    "mediamesh-hub".into()
+}
+fn default_linger() -> Seconds {
+    Seconds::new(10)
+}
+fn default_start_timeout() -> Seconds {
+    Seconds::new(15)
+}
+fn default_handshake_timeout() -> Seconds {
+    Seconds::new(10)
+}
+fn default_max_frame_bytes() -> u32 {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_log_frames() -> usize {
+    1024
+}
+fn default_log_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_viewer_lag_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_viewer_send_buffer() -> usize {
+    512 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HubConfig {
+        HubConfig::with_tunnel_tls("ca".into(), "c".into(), "k".into())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        base().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut c = base();
+        c.tunnel_port = c.stream_port;
+        assert_eq!(c.validate().unwrap_err().key, "streamPort");
+        let mut c = base();
+        c.max_frame_bytes = 0;
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloudDataStream.maxFrameBytes"));
+        let mut c = base();
+        c.tls_stream_cert_file = Some("x".into());
+        assert_eq!(c.validate().unwrap_err().key, "tlsStreamCertFile");
+    }
+}

@@ -1,0 +1,6 @@
+//! Egress: how viewers receive streams. Each protocol reads the session's frame log through its
+//! own cursor; work that depends only on the frame (the message encoding) is done once per
+//! frame and shared by every viewer of that protocol.
+
+pub mod ws;
+pub mod ws_format;

@@ -1,0 +1,28 @@
+//! The mediamesh hub (the KubeEdge proposal's CloudDataStream).
+//!
+//! It owns:
+//! - the **tunnel port** ([`tunnel`]): edges dial in over mutual TLS + WebSocket; one control
+//!   channel per node, one data tunnel per watched stream;
+//! - **stream sessions** ([`session`]): one per `node/stream`, created by the first viewer
+//!   (AddVideo), shared by every later one, lingering after the last leaves (RemoveVideo); each
+//!   holds a bounded, shared frame log that viewers read through cursors;
+//! - **egress** ([`egress`]): WebSocket viewers, each frame encoded once for all of them;
+//! - the **REST API** on the stream port.
+//!
+//! Start it with [`Hub::bind`], which binds both ports (port 0 picks free ones) and returns a
+//! [`RunningHub`] with the bound addresses; [`RunningHub::shutdown`] stops it.
+
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod client;
+pub mod config;
+pub mod egress;
+mod http;
+pub mod registry;
+mod server;
+pub mod session;
+mod tunnel;
+
+pub use config::{ConfigError, HubConfig};
+pub use server::{Hub, HubError, RunningHub};

@@ -1,0 +1,183 @@
+//! Binding the hub's ports and running its tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use mediamesh_tls::TlsFiles;
+use mediamesh_tunnel::wire::Limits;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::api::{ApiState, router};
+use crate::config::{ConfigError, HubConfig};
+use crate::registry::NodeRegistry;
+use crate::session::lifecycle::LifecycleConfig;
+use crate::session::log::LogConfig;
+use crate::session::{SessionConfig, Sessions};
+use crate::tunnel::{self, TunnelCtx};
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A configuration value is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key could not be loaded.
+    #[error("cloudDataStream TLS: {0}")]
+    Tls(#[from] mediamesh_tls::TlsError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({port}): {source}")]
+    Bind {
+        /// Which port (`streamPort`, `tunnelPort`).
+        port: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The hub, before it runs.
+#[derive(Debug)]
+pub struct Hub;
+
+impl Hub {
+    /// Validates the configuration, loads TLS, binds both ports and starts serving.
+    pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
+        config.validate()?;
+        let tunnel_tls = mediamesh_tls::tunnel_server_config(&TlsFiles {
+            ca: config.tls_tunnel_ca_file.clone(),
+            cert: config.tls_tunnel_cert_file.clone(),
+            key: config.tls_tunnel_private_key_file.clone(),
+        })?;
+        let stream_tls = match (&config.tls_stream_cert_file, &config.tls_stream_private_key_file) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(mediamesh_tls::stream_server_config(
+                cert,
+                key,
+                config.tls_stream_ca_file.as_deref(),
+            )?)),
+            _ => None,
+        };
+        let bind = |port: &'static str, p: u16| {
+            let addr = SocketAddr::new(config.listen_address, p);
+            async move { TcpListener::bind(addr).await.map_err(|source| HubError::Bind { port, addr, source }) }
+        };
+        let tunnel_listener = bind("tunnelPort", config.tunnel_port).await?;
+        let stream_listener = bind("streamPort", config.stream_port).await?;
+        let local = |l: &TcpListener, port| {
+            l.local_addr().map_err(|source| HubError::Bind {
+                port,
+                addr: SocketAddr::new(config.listen_address, 0),
+                source,
+            })
+        };
+        let tunnel_addr = local(&tunnel_listener, "tunnelPort")?;
+        let stream_addr = local(&stream_listener, "streamPort")?;
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let registry = Arc::new(NodeRegistry::default());
+        let heartbeat = config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
+        let sessions = Sessions::new(
+            SessionConfig {
+                lifecycle: LifecycleConfig { linger: config.linger.get(), start_timeout: config.start_timeout.get() },
+                log: LogConfig {
+                    max_frames: config.frame_log.max_frames,
+                    max_bytes: config.frame_log.max_bytes,
+                    viewer_max_lag_bytes: config.viewer_max_lag_bytes,
+                },
+            },
+            registry.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        let ctx = Arc::new(TunnelCtx {
+            sessions: sessions.clone(),
+            registry: registry.clone(),
+            tls: TlsAcceptor::from(tunnel_tls),
+            limits: Limits { max_frame_bytes: config.max_frame_bytes },
+            heartbeat,
+            handshake_timeout: config.handshake_timeout.get(),
+            write_deadline: Duration::from_secs(15),
+            hub_name: config.hub_name.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            next_conn: AtomicU64::new(1),
+        });
+        tasks.spawn(tunnel::serve(tunnel_listener, ctx));
+        let api = ApiState {
+            sessions: sessions.clone(),
+            registry: registry.clone(),
+            started: Instant::now(),
+            hub_name: config.hub_name.clone(),
+        };
+        let https = stream_tls.is_some();
+        let send_buffer = (config.viewer_send_buffer_bytes > 0).then_some(config.viewer_send_buffer_bytes);
+        tasks.spawn(crate::http::serve(
+            stream_listener,
+            stream_tls,
+            router(api),
+            send_buffer,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        info!(%tunnel_addr, %stream_addr, https, hub = %config.hub_name, "hub listening");
+        Ok(RunningHub { tunnel_addr, stream_addr, https, shutdown, tasks, sessions, registry })
+    }
+}
+
+/// A hub that is serving.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// Where edges connect.
+    pub tunnel_addr: SocketAddr,
+    /// Where viewers and the API are.
+    pub stream_addr: SocketAddr,
+    /// Whether the stream port speaks TLS.
+    pub https: bool,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    sessions: Arc<Sessions>,
+    registry: Arc<NodeRegistry>,
+}
+
+impl RunningHub {
+    /// The stream sessions (for tests and embedding).
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The connected nodes.
+    pub fn registry(&self) -> &Arc<NodeRegistry> {
+        &self.registry
+    }
+
+    /// The base URL of the stream port as seen from this machine (`http://127.0.0.1:port`).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = if self.stream_addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            self.stream_addr.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}", self.stream_addr.port())
+    }
+
+    /// Starts shutting down: ends sessions, says GoAway to edges, stops accepting.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.registry.cancel_all();
+    }
+
+    /// Shuts down and waits up to `grace` for every task to finish.
+    pub async fn stop(self, grace: Duration) {
+        self.shutdown();
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}

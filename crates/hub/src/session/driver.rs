@@ -1,0 +1,99 @@
+//! The task that runs one session's [`Lifecycle`]: turns viewer-count changes, tunnel events
+//! and timers into inputs, and carries out its outputs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::lifecycle::{Input, Lifecycle, Output, Phase};
+use super::{Session, SessionEvent, Sessions};
+use crate::registry::NodeCommand;
+
+pub(crate) async fn run(
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    mut events: mpsc::Receiver<SessionEvent>,
+    created: Instant,
+) {
+    let mut lc = Lifecycle::new(created, sessions.config().lifecycle, session.viewer_count());
+    let shutdown = sessions.shutdown_token().clone();
+    loop {
+        if carry_out(&sessions, &session, &mut lc) {
+            return;
+        }
+        session.set_phase(lc.phase());
+        let deadline = lc.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = session.demand.notified() => {
+                lc.handle_input(Instant::now(), Input::Viewers(session.viewer_count()));
+            }
+            ev = events.recv() => {
+                let input = match ev {
+                    Some(SessionEvent::UpstreamAttached) => Input::UpstreamAttached,
+                    Some(SessionEvent::UpstreamEnded(r)) => Input::UpstreamEnded(r),
+                    Some(SessionEvent::StartFailed(r)) => Input::StartFailed(r),
+                    Some(SessionEvent::NodeGone) | None => Input::NodeGone,
+                };
+                tracing::debug!(stream = %session.key, session = session.id, ?input, "session event");
+                lc.handle_input(Instant::now(), input);
+            }
+            () = sleep => {
+                // Decide under the map lock: joins take it too, so no viewer can slip in
+                // between counting zero viewers and forgetting the session.
+                let mut maps = sessions.lock_maps();
+                let now = Instant::now();
+                lc.handle_input(now, Input::Viewers(session.viewer_count()));
+                lc.handle_timeout(now);
+                if lc.phase() == Phase::Closed {
+                    maps.remove(&session);
+                }
+            }
+            () = shutdown.cancelled() => lc.handle_input(Instant::now(), Input::Shutdown),
+        }
+    }
+}
+
+/// Carries out pending outputs; true once the session is closed.
+fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) -> bool {
+    let key = &session.key;
+    while let Some(out) = lc.poll_output() {
+        match out {
+            Output::SendAddVideo => {
+                let cmd = NodeCommand::AddVideo { session: session.id, stream: key.stream.clone() };
+                match sessions.registry().send(&key.node, cmd) {
+                    Ok(()) => tracing::info!(stream = %key, session = session.id, "AddVideo sent"),
+                    Err(e) => lc.handle_input(Instant::now(), Input::StartFailed(e.to_string())),
+                }
+            }
+            Output::SendRemoveVideo => {
+                let cmd = NodeCommand::RemoveVideo { session: session.id, stream: key.stream.clone() };
+                match sessions.registry().send(&key.node, cmd) {
+                    Ok(()) => tracing::info!(stream = %key, session = session.id, "RemoveVideo sent"),
+                    Err(e) => tracing::debug!(stream = %key, session = session.id, error = %e, "RemoveVideo not sent"),
+                }
+                session.cancel_upstream();
+            }
+            Output::EndViewers(reason) => {
+                tracing::info!(stream = %key, session = session.id, %reason, viewers = session.viewer_count(), "stream ended");
+                session.log.close(&reason);
+            }
+            Output::Closed => {
+                sessions.lock_maps().remove(session);
+                session.set_phase(Phase::Closed);
+                // Viewers that raced with the close see an ended stream rather than wait forever.
+                session.log.close("the stream session closed");
+                session.cancel_upstream();
+                tracing::info!(stream = %key, session = session.id, "session closed");
+                return true;
+            }
+        }
+    }
+    false
+}

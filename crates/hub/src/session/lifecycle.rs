@@ -1,0 +1,320 @@
+//! The on-demand lifecycle of one stream session, without I/O or a clock.
+//!
+//! Two things vary independently: whether the edge's upstream is there ([`Upstream`]) and
+//! whether anyone is watching ([`Demand`]). The session is created by its first viewer, which
+//! sends AddVideo at once; viewers arriving while the start is pending share it. When the last
+//! viewer leaves, a linger timer runs; a viewer arriving within it keeps the upstream. When the
+//! timer fires, RemoveVideo goes out and the session closes.
+//!
+//! Drive it like str0m's `Rtc`: [`Lifecycle::handle_input`] / [`Lifecycle::handle_timeout`]
+//! with the current time, then drain [`Lifecycle::poll_output`], then sleep until
+//! [`Lifecycle::poll_timeout`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Timers of the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// How long an unwatched session keeps its upstream.
+    pub linger: Duration,
+    /// How long to wait for the upstream to attach after AddVideo.
+    pub start_timeout: Duration,
+}
+
+/// Is the edge sending?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// AddVideo sent at `since`; no data tunnel yet.
+    Requested {
+        /// When AddVideo was sent.
+        since: Instant,
+    },
+    /// A data tunnel is attached.
+    Attached,
+}
+
+/// Is anyone watching?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// This many viewers.
+    Watched(usize),
+    /// No viewer since `since`; the linger timer runs.
+    Idle {
+        /// When the last viewer left.
+        since: Instant,
+    },
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The number of viewers is now this.
+    Viewers(usize),
+    /// The edge's data tunnel attached.
+    UpstreamAttached,
+    /// The data tunnel ended (edge sent EndOfStream, tunnel broke).
+    UpstreamEnded(String),
+    /// The edge refused or failed to start the stream.
+    StartFailed(String),
+    /// The node's control channel is gone.
+    NodeGone,
+    /// The hub is shutting down.
+    Shutdown,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send AddVideo for this session to the node.
+    SendAddVideo,
+    /// Send RemoveVideo for this session to the node and close the data tunnel.
+    SendRemoveVideo,
+    /// Tell every viewer the stream ended, with this reason.
+    EndViewers(String),
+    /// The session is over; forget it.
+    Closed,
+}
+
+/// The coarse state shown in APIs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Waiting for the edge to start sending.
+    Starting,
+    /// Sending, with viewers.
+    Live,
+    /// Sending (or starting), without viewers, until the linger timer fires.
+    Lingering,
+    /// Over.
+    Closed,
+}
+
+impl Phase {
+    /// Lowercase name for APIs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Live => "live",
+            Phase::Lingering => "lingering",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
+/// The lifecycle of one session.
+#[derive(Debug)]
+pub struct Lifecycle {
+    config: LifecycleConfig,
+    upstream: Upstream,
+    demand: Demand,
+    closed: bool,
+    outputs: VecDeque<Output>,
+}
+
+impl Lifecycle {
+    /// A session created at `now` by `viewers` first viewers (usually 1): AddVideo goes out.
+    pub fn new(now: Instant, config: LifecycleConfig, viewers: usize) -> Self {
+        let demand = if viewers > 0 { Demand::Watched(viewers) } else { Demand::Idle { since: now } };
+        Self {
+            config,
+            upstream: Upstream::Requested { since: now },
+            demand,
+            closed: false,
+            outputs: VecDeque::from([Output::SendAddVideo]),
+        }
+    }
+
+    /// Feeds an event.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if self.closed {
+            return;
+        }
+        match input {
+            Input::Viewers(n) => {
+                self.demand = match (self.demand, n) {
+                    (_, n) if n > 0 => Demand::Watched(n),
+                    (Demand::Idle { since }, _) => Demand::Idle { since },
+                    (Demand::Watched(_), _) => Demand::Idle { since: now },
+                };
+            }
+            Input::UpstreamAttached => self.upstream = Upstream::Attached,
+            Input::UpstreamEnded(reason) => self.close(Some(reason), true),
+            Input::StartFailed(reason) => self.close(Some(reason), false),
+            Input::NodeGone => self.close(Some("the edge node disconnected".into()), false),
+            Input::Shutdown => self.close(Some("the hub is shutting down".into()), true),
+        }
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if let Upstream::Requested { since } = self.upstream
+            && now >= since + self.config.start_timeout
+        {
+            let reason =
+                format!("the edge did not start the stream within {:.1} s", self.config.start_timeout.as_secs_f64());
+            self.close(Some(reason), true);
+            return;
+        }
+        if let Demand::Idle { since } = self.demand
+            && now >= since + self.config.linger
+        {
+            self.close(None, true);
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Lifecycle::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let start = match self.upstream {
+            Upstream::Requested { since } => Some(since + self.config.start_timeout),
+            Upstream::Attached => None,
+        };
+        let linger = match self.demand {
+            Demand::Idle { since } => Some(since + self.config.linger),
+            Demand::Watched(_) => None,
+        };
+        start.into_iter().chain(linger).min()
+    }
+
+    /// The coarse state.
+    pub fn phase(&self) -> Phase {
+        match (self.closed, self.upstream, self.demand) {
+            (true, ..) => Phase::Closed,
+            (false, _, Demand::Idle { .. }) => Phase::Lingering,
+            (false, Upstream::Requested { .. }, _) => Phase::Starting,
+            (false, Upstream::Attached, Demand::Watched(_)) => Phase::Live,
+        }
+    }
+
+    /// The upstream state.
+    pub fn upstream(&self) -> Upstream {
+        self.upstream
+    }
+
+    fn close(&mut self, end_reason: Option<String>, remove: bool) {
+        if let Some(r) = end_reason {
+            self.outputs.push_back(Output::EndViewers(r));
+        }
+        if remove {
+            self.outputs.push_back(Output::SendRemoveVideo);
+        }
+        self.outputs.push_back(Output::Closed);
+        self.closed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+    const CFG: LifecycleConfig =
+        LifecycleConfig { linger: Duration::from_secs(10), start_timeout: Duration::from_secs(5) };
+
+    fn drain(l: &mut Lifecycle) -> Vec<Output> {
+        std::iter::from_fn(|| l.poll_output()).collect()
+    }
+
+    #[test]
+    fn first_viewer_starts_once_and_later_viewers_share_it() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo]);
+        assert_eq!(l.phase(), Phase::Starting);
+        l.handle_input(t0, Input::Viewers(3));
+        assert_eq!(drain(&mut l), vec![], "concurrent first viewers share the pending start");
+        l.handle_input(t0 + S, Input::UpstreamAttached);
+        assert_eq!(l.phase(), Phase::Live);
+        assert_eq!(l.poll_timeout(), None, "nothing to wait for while live and watched");
+    }
+
+    #[test]
+    fn last_viewer_leaving_lingers_then_removes() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::Viewers(0));
+        assert_eq!(l.phase(), Phase::Lingering);
+        assert_eq!(l.poll_timeout(), Some(t0 + 11 * S));
+        l.handle_timeout(t0 + 10 * S);
+        assert_eq!(drain(&mut l), vec![], "not yet");
+        l.handle_timeout(t0 + 11 * S);
+        assert_eq!(drain(&mut l), vec![Output::SendRemoveVideo, Output::Closed]);
+        assert_eq!(l.phase(), Phase::Closed);
+        assert_eq!(l.poll_timeout(), None);
+    }
+
+    #[test]
+    fn viewer_returning_within_linger_reuses_the_upstream() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::Viewers(0));
+        l.handle_input(t0 + 5 * S, Input::Viewers(1));
+        l.handle_timeout(t0 + 20 * S);
+        assert_eq!(drain(&mut l), vec![]);
+        assert_eq!(l.phase(), Phase::Live);
+        // A repeated zero count keeps the original linger start.
+        l.handle_input(t0 + 21 * S, Input::Viewers(0));
+        l.handle_input(t0 + 25 * S, Input::Viewers(0));
+        assert_eq!(l.poll_timeout(), Some(t0 + 31 * S));
+    }
+
+    #[test]
+    fn start_timeout_ends_viewers_and_cleans_up_the_edge() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 2);
+        drain(&mut l);
+        assert_eq!(l.poll_timeout(), Some(t0 + 5 * S));
+        l.handle_timeout(t0 + 5 * S);
+        let out = drain(&mut l);
+        assert!(matches!(&out[0], Output::EndViewers(r) if r.contains("within 5.0 s")), "{out:?}");
+        assert_eq!(&out[1..], &[Output::SendRemoveVideo, Output::Closed]);
+    }
+
+    #[test]
+    fn everyone_leaving_while_starting_lingers_from_then() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, LifecycleConfig { linger: 2 * S, start_timeout: 60 * S }, 1);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::Viewers(0));
+        assert_eq!(l.phase(), Phase::Lingering);
+        assert_eq!(l.poll_timeout(), Some(t0 + 3 * S));
+        l.handle_input(t0 + 2 * S, Input::UpstreamAttached);
+        l.handle_timeout(t0 + 3 * S);
+        assert_eq!(drain(&mut l), vec![Output::SendRemoveVideo, Output::Closed]);
+    }
+
+    #[test]
+    fn failures_end_viewers_once() {
+        let t0 = Instant::now();
+        for (input, removes) in [
+            (Input::StartFailed("no such stream".into()), false),
+            (Input::UpstreamEnded("ffmpeg exited".into()), true),
+            (Input::NodeGone, false),
+            (Input::Shutdown, true),
+        ] {
+            let mut l = Lifecycle::new(t0, CFG, 1);
+            drain(&mut l);
+            l.handle_input(t0, input.clone());
+            l.handle_input(t0, input.clone());
+            let out = drain(&mut l);
+            assert!(matches!(out[0], Output::EndViewers(_)), "{input:?}: {out:?}");
+            assert_eq!(out.contains(&Output::SendRemoveVideo), removes, "{input:?}");
+            assert_eq!(out.last(), Some(&Output::Closed));
+            assert_eq!(out.iter().filter(|o| **o == Output::Closed).count(), 1);
+        }
+    }
+}

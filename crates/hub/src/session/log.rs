@@ -1,0 +1,331 @@
+//! The shared, bounded log of recent frames of one stream, read by every viewer.
+//!
+//! The data tunnel appends each frame once ([`FrameLog::push`]), whatever the number of viewers.
+//! Each viewer holds a [`Cursor`] (an index, not a queue): reading clones `Arc`s, never payload
+//! bytes. The log keeps at most `max_frames` frames and `max_bytes` payload bytes, but never
+//! evicts the newest keyframe's group of pictures while it is below twice those bounds, so a
+//! new viewer starts at once from a keyframe.
+//!
+//! Overflow policy ("resync at keyframe"): a cursor that fell out of the log, or is more than
+//! `viewer_max_lag_bytes` behind the newest frame, jumps to the newest keyframe (or waits for
+//! the next one) and reports how many frames it skipped. A slow viewer therefore costs the hub
+//! one cursor, never a growing queue, and never slows the source or other viewers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use mediamesh_media::{Frame, MediaError, StreamHeader, VideoParams};
+use tokio::sync::watch;
+
+/// Bounds of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Most frames kept.
+    pub max_frames: usize,
+    /// Most payload bytes kept.
+    pub max_bytes: usize,
+    /// How far (payload bytes) a viewer may trail the newest frame before it is resynchronised.
+    pub viewer_max_lag_bytes: usize,
+}
+
+/// The codec parameters in effect for a run of frames, shared by reference.
+#[derive(Debug)]
+pub struct HeaderEntry {
+    /// The header as the edge sent it.
+    pub header: StreamHeader,
+    /// Derived video parameters of the first video track.
+    pub video: Option<VideoParams>,
+    /// Egress encodings of this header, built once (see [`LogEntry::ws`]).
+    pub ws: OnceLock<Bytes>,
+}
+
+/// One frame in the log.
+#[derive(Debug)]
+pub struct LogEntry {
+    /// Position in the log (0 for the first frame of the session).
+    pub index: u64,
+    /// The frame as received.
+    pub frame: Frame,
+    /// Codec parameters this frame needs.
+    pub header: Arc<HeaderEntry>,
+    /// Wall-clock time the hub received it, microseconds since the Unix epoch.
+    pub hub_us: u64,
+    /// Payload bytes pushed before this frame, for lag accounting.
+    bytes_before: u64,
+    /// The WebSocket viewer message for this frame, built by the first viewer that needs it and
+    /// shared by all the others.
+    pub ws: OnceLock<Bytes>,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// Frames must follow a StreamHeader.
+    #[error("frame {seq} arrived before any StreamHeader")]
+    NoHeader {
+        /// The frame's sequence number.
+        seq: u64,
+    },
+    /// The frame names a track the header does not have.
+    #[error("frame {seq} names track {track}, which the StreamHeader does not declare")]
+    UnknownTrack {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The track id.
+        track: u8,
+    },
+    /// The log was closed.
+    #[error("the stream has ended")]
+    Closed,
+}
+
+/// Where a viewer is in the log.
+#[derive(Debug)]
+pub struct Cursor {
+    next: u64,
+    need_keyframe: bool,
+    started: bool,
+    signal: watch::Receiver<u64>,
+}
+
+impl Cursor {
+    /// The index of the next frame this cursor will read.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Waits until the log has changed since the last [`FrameLog::read`] with this cursor.
+    /// Returns `false` if the log is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.signal.changed().await.is_ok()
+    }
+}
+
+/// What a read found besides frames.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadStatus {
+    /// Frames this cursor jumped over to resynchronise.
+    pub skipped: u64,
+    /// Set when the log is closed and this cursor has read everything.
+    pub ended: Option<Arc<str>>,
+}
+
+/// Counters describing the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Frames held.
+    pub frames: usize,
+    /// Payload bytes held.
+    pub bytes: usize,
+    /// Index the next pushed frame will get.
+    pub head: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    entries: VecDeque<Arc<LogEntry>>,
+    /// Index of `entries[0]`.
+    base: u64,
+    bytes: usize,
+    /// Payload bytes ever pushed.
+    total_bytes: u64,
+    last_keyframe: Option<u64>,
+    header: Option<Arc<HeaderEntry>>,
+    end: Option<Arc<str>>,
+}
+
+impl Ring {
+    fn head(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    fn get(&self, index: u64) -> Option<&Arc<LogEntry>> {
+        index.checked_sub(self.base).and_then(|i| self.entries.get(i as usize))
+    }
+
+    fn lag_bytes(&self, index: u64) -> u64 {
+        self.get(index).map_or(0, |e| self.total_bytes - e.bytes_before)
+    }
+}
+
+/// The frame log of one stream session.
+#[derive(Debug)]
+pub struct FrameLog {
+    config: LogConfig,
+    ring: RwLock<Ring>,
+    signal: watch::Sender<u64>,
+}
+
+impl FrameLog {
+    /// An empty log.
+    pub fn new(config: LogConfig) -> Self {
+        Self { config, ring: RwLock::new(Ring::default()), signal: watch::Sender::new(0) }
+    }
+
+    // A panic while holding the lock leaves the ring consistent (every mutation is a single
+    // push/pop with its counters), so a poisoned lock is still safe to use.
+    fn read_ring(&self) -> RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_ring(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the codec parameters for the frames that follow.
+    pub fn set_header(&self, header: StreamHeader) -> Result<(), MediaError> {
+        header.validate()?;
+        let video = header.video().map(|t| t.video_params()).transpose()?;
+        self.write_ring().header = Some(Arc::new(HeaderEntry { header, video, ws: OnceLock::new() }));
+        Ok(())
+    }
+
+    /// The header currently in effect.
+    pub fn header(&self) -> Option<Arc<HeaderEntry>> {
+        self.read_ring().header.clone()
+    }
+
+    /// Appends a frame, evicting old ones past the bounds, and wakes the viewers.
+    pub fn push(&self, frame: Frame, hub_us: u64) -> Result<(), PushError> {
+        let head = {
+            let mut ring = self.write_ring();
+            if ring.end.is_some() {
+                return Err(PushError::Closed);
+            }
+            let header = ring.header.clone().ok_or(PushError::NoHeader { seq: frame.seq })?;
+            if header.header.track(frame.track).is_none() {
+                return Err(PushError::UnknownTrack { seq: frame.seq, track: frame.track });
+            }
+            let index = ring.head();
+            let len = frame.payload.len();
+            if frame.is_keyframe() {
+                ring.last_keyframe = Some(index);
+            }
+            let bytes_before = ring.total_bytes;
+            ring.entries.push_back(Arc::new(LogEntry {
+                index,
+                frame,
+                header,
+                hub_us,
+                bytes_before,
+                ws: OnceLock::new(),
+            }));
+            ring.bytes += len;
+            ring.total_bytes += len as u64;
+            self.evict(&mut ring);
+            ring.head()
+        };
+        self.signal.send_replace(head);
+        Ok(())
+    }
+
+    fn evict(&self, ring: &mut Ring) {
+        let c = &self.config;
+        while ring.entries.len() > c.max_frames || ring.bytes > c.max_bytes {
+            let Some(front) = ring.entries.front() else { break };
+            let keeps_gop = ring.last_keyframe == Some(front.index)
+                && ring.entries.len() <= 2 * c.max_frames
+                && ring.bytes <= 2 * c.max_bytes;
+            if keeps_gop {
+                break;
+            }
+            let len = front.frame.payload.len();
+            if ring.last_keyframe == Some(front.index) {
+                ring.last_keyframe = None;
+            }
+            ring.entries.pop_front();
+            ring.base += 1;
+            ring.bytes -= len;
+        }
+    }
+
+    /// Ends the log: viewers read what is left, then see `reason`.
+    pub fn close(&self, reason: &str) {
+        let head = {
+            let mut ring = self.write_ring();
+            if ring.end.is_none() {
+                ring.end = Some(reason.into());
+            }
+            ring.head()
+        };
+        // Bump the value even if unchanged so every waiting cursor wakes.
+        self.signal.send_modify(|h| *h = head);
+    }
+
+    /// Whether the log was closed.
+    pub fn is_closed(&self) -> bool {
+        self.read_ring().end.is_some()
+    }
+
+    /// A cursor for a new viewer: at the newest keyframe if the log has one, else waiting for
+    /// the next keyframe.
+    pub fn subscribe(&self) -> Cursor {
+        let ring = self.read_ring();
+        let signal = self.signal.subscribe();
+        match ring.last_keyframe {
+            Some(k) => Cursor { next: k, need_keyframe: false, started: true, signal },
+            None => Cursor { next: ring.head(), need_keyframe: true, started: false, signal },
+        }
+    }
+
+    /// Moves up to `max_bytes` of frames (at least one if any) from the cursor into `out`.
+    pub fn read(&self, cursor: &mut Cursor, max_bytes: usize, out: &mut Vec<Arc<LogEntry>>) -> ReadStatus {
+        // Mark the current state as seen before looking, so a push racing with this read
+        // still wakes the next `changed()`.
+        cursor.signal.borrow_and_update();
+        let ring = self.read_ring();
+        let head = ring.head();
+        let mut status = ReadStatus::default();
+
+        let behind = cursor.next < ring.base || ring.lag_bytes(cursor.next) > self.config.viewer_max_lag_bytes as u64;
+        if behind {
+            let target = ring
+                .last_keyframe
+                .filter(|&k| k > cursor.next && ring.lag_bytes(k) <= self.config.viewer_max_lag_bytes as u64);
+            let to = target.unwrap_or(head);
+            if cursor.started {
+                status.skipped += to - cursor.next;
+            }
+            cursor.next = to;
+            cursor.need_keyframe = target.is_none();
+        }
+        if cursor.need_keyframe {
+            let from = cursor.next.max(ring.base);
+            let key = (from..head).find(|&i| ring.get(i).is_some_and(|e| e.frame.is_keyframe()));
+            let to = key.unwrap_or(head);
+            if cursor.started {
+                status.skipped += to - cursor.next;
+            }
+            cursor.next = to;
+            cursor.need_keyframe = key.is_none();
+            cursor.started |= key.is_some();
+        }
+        let mut bytes = 0;
+        while cursor.next < head && (bytes < max_bytes || out.is_empty()) {
+            let Some(e) = ring.get(cursor.next) else { break };
+            bytes += e.frame.payload.len();
+            out.push(e.clone());
+            cursor.next += 1;
+        }
+        if cursor.next >= head {
+            status.ended = ring.end.clone();
+        }
+        status
+    }
+
+    /// Bytes the cursor trails the newest frame by.
+    pub fn lag_bytes(&self, position: u64) -> u64 {
+        let ring = self.read_ring();
+        if position < ring.base { ring.total_bytes } else { ring.lag_bytes(position) }
+    }
+
+    /// Current size of the log.
+    pub fn stats(&self) -> LogStats {
+        let ring = self.read_ring();
+        LogStats { frames: ring.entries.len(), bytes: ring.bytes, head: ring.head() }
+    }
+}
+
+#[cfg(test)]
+mod tests;

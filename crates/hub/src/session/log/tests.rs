@@ -1,0 +1,172 @@
+use bytes::Bytes;
+use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
+
+use super::*;
+
+const SPS: &[u8] = b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8";
+const PPS: &[u8] = b"\x68\xce\x0f\xc8";
+
+fn log(max_frames: usize, max_bytes: usize, lag: usize) -> FrameLog {
+    let l = FrameLog::new(LogConfig { max_frames, max_bytes, viewer_max_lag_bytes: lag });
+    l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
+        .unwrap();
+    l
+}
+
+fn frame(seq: u64, key: bool, len: usize) -> Frame {
+    Frame {
+        track: 0,
+        flags: FrameFlags::keyframe(key),
+        seq,
+        pts: seq as i64 * 3600,
+        dts: seq as i64 * 3600,
+        capture_us: 0,
+        payload: Bytes::from(vec![0u8; len]),
+    }
+}
+
+/// Pushes frames 0..n with a keyframe every `gop`.
+fn fill(l: &FrameLog, from: u64, n: u64, gop: u64, len: usize) {
+    for s in from..from + n {
+        l.push(frame(s, s % gop == 0, len), 0).unwrap();
+    }
+}
+
+fn read_all(l: &FrameLog, c: &mut Cursor) -> (Vec<u64>, ReadStatus) {
+    let mut out = Vec::new();
+    let st = l.read(c, usize::MAX, &mut out);
+    (out.iter().map(|e| e.frame.seq).collect(), st)
+}
+
+#[test]
+fn new_viewer_starts_at_the_newest_keyframe() {
+    let l = log(100, 1 << 20, 1 << 20);
+    fill(&l, 0, 23, 10, 10);
+    let mut c = l.subscribe();
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!(seqs, (20..23).collect::<Vec<_>>());
+    assert_eq!(st.skipped, 0);
+}
+
+#[test]
+fn viewer_before_any_keyframe_waits_for_one_without_counting_skips() {
+    let l = log(100, 1 << 20, 1 << 20);
+    l.push(frame(0, false, 10), 0).unwrap();
+    let mut c = l.subscribe();
+    l.push(frame(1, false, 10), 0).unwrap();
+    assert_eq!(read_all(&l, &mut c), (vec![], ReadStatus::default()));
+    l.push(frame(2, true, 10), 0).unwrap();
+    l.push(frame(3, false, 10), 0).unwrap();
+    assert_eq!(read_all(&l, &mut c), (vec![2, 3], ReadStatus::default()));
+}
+
+#[test]
+fn frames_are_shared_not_copied() {
+    let l = log(100, 1 << 20, 1 << 20);
+    fill(&l, 0, 5, 5, 1000);
+    let (mut a, mut b) = (l.subscribe(), l.subscribe());
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    l.read(&mut a, usize::MAX, &mut va);
+    l.read(&mut b, usize::MAX, &mut vb);
+    for (x, y) in va.iter().zip(&vb) {
+        assert!(Arc::ptr_eq(x, y));
+        assert_eq!(x.frame.payload.as_ptr(), y.frame.payload.as_ptr());
+    }
+}
+
+#[test]
+fn bounds_hold_and_the_newest_gop_survives() {
+    let l = log(10, 1 << 20, 1 << 30);
+    fill(&l, 0, 1000, 7, 10);
+    let s = l.stats();
+    assert!(s.frames <= 10, "{s:?}");
+    // A GOP longer than the bound is kept up to twice the bound.
+    let l = log(10, 1 << 20, 1 << 30);
+    fill(&l, 0, 15, 1000, 10);
+    assert_eq!(l.stats().frames, 15);
+    assert_eq!(read_all(&l, &mut l.subscribe()).0.first(), Some(&0));
+    fill(&l, 15, 10, 1000, 10);
+    assert_eq!(l.stats().frames, 10, "past twice the bound the keyframe goes too");
+    assert!(read_all(&l, &mut l.subscribe()).0.is_empty(), "no keyframe: new viewers wait");
+}
+
+#[test]
+fn byte_bound_holds() {
+    let l = log(1000, 5000, 1 << 30);
+    fill(&l, 0, 500, 10, 100);
+    assert!(l.stats().bytes <= 5000);
+}
+
+#[test]
+fn slow_cursor_resyncs_at_newest_keyframe_and_counts_skips() {
+    let l = log(20, 1 << 20, 1 << 30);
+    fill(&l, 0, 5, 10, 10);
+    let mut c = l.subscribe();
+    assert_eq!(read_all(&l, &mut c).0, vec![0, 1, 2, 3, 4]);
+    fill(&l, 5, 50, 10, 10); // cursor at 5 falls out of the log (base is now > 5)
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!(seqs.first(), Some(&50), "resumes at the newest keyframe");
+    assert_eq!(st.skipped, 45);
+    assert_eq!(seqs, (50..55).collect::<Vec<_>>());
+}
+
+#[test]
+fn lagging_by_bytes_resyncs_even_inside_the_log() {
+    let l = log(1000, 1 << 30, 500);
+    fill(&l, 0, 1, 10, 10);
+    let mut c = l.subscribe();
+    read_all(&l, &mut c);
+    fill(&l, 1, 64, 10, 10); // 640 bytes behind, log still holds everything
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!(seqs.first(), Some(&60));
+    assert_eq!(st.skipped, 59);
+}
+
+#[test]
+fn reads_are_bounded_by_bytes_but_make_progress() {
+    let l = log(100, 1 << 20, 1 << 30);
+    fill(&l, 0, 10, 10, 100);
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, 250, &mut out);
+    assert_eq!(out.len(), 3);
+    out.clear();
+    l.read(&mut c, 1, &mut out);
+    assert_eq!(out.len(), 1, "at least one frame per read");
+}
+
+#[test]
+fn close_delivers_the_rest_then_the_reason() {
+    let l = log(100, 1 << 20, 1 << 20);
+    fill(&l, 0, 3, 10, 10);
+    let mut c = l.subscribe();
+    l.close("edge went away");
+    assert_eq!(l.push(frame(3, false, 1), 0), Err(PushError::Closed));
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!(seqs, vec![0, 1, 2]);
+    assert_eq!(st.ended.as_deref(), Some("edge went away"));
+}
+
+#[test]
+fn frames_need_a_header_and_a_known_track() {
+    let l = FrameLog::new(LogConfig { max_frames: 10, max_bytes: 100, viewer_max_lag_bytes: 100 });
+    assert_eq!(l.push(frame(7, true, 1), 0), Err(PushError::NoHeader { seq: 7 }));
+    let l = log(10, 100, 100);
+    let mut f = frame(8, true, 1);
+    f.track = 3;
+    assert_eq!(l.push(f, 0), Err(PushError::UnknownTrack { seq: 8, track: 3 }));
+}
+
+#[tokio::test]
+async fn push_wakes_a_waiting_cursor() {
+    let l = Arc::new(log(100, 1 << 20, 1 << 20));
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, usize::MAX, &mut out);
+    let l2 = l.clone();
+    let pusher = tokio::spawn(async move { l2.push(frame(0, true, 1), 0).unwrap() });
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(5), c.changed()).await.unwrap());
+    pusher.await.unwrap();
+    l.read(&mut c, usize::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+}

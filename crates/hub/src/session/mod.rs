@@ -1,0 +1,355 @@
+//! Stream sessions: one per `node/stream` key, created by the first viewer, shared by all.
+//!
+//! [`Sessions`] maps keys to [`Session`]s. A session owns the stream's [`FrameLog`] and its
+//! counters; its lifecycle ([`lifecycle::Lifecycle`], pure) is run by a driver task
+//! ([`driver`]). Viewers join with [`Sessions::join`] and get a [`Viewer`] whose drop leaves.
+//! A data tunnel attaches with [`Sessions::attach`] and pushes frames straight into the log.
+
+pub(crate) mod driver;
+pub mod lifecycle;
+pub mod log;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use mediamesh_tunnel::wire::SessionId;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::lifecycle::{LifecycleConfig, Phase};
+use self::log::{Cursor, FrameLog, LogConfig};
+use self::stats::{SessionStats, ViewerStats};
+use crate::registry::NodeRegistry;
+
+/// Identifies a stream: the node that publishes it and its catalog name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    /// The node.
+    pub node: String,
+    /// The stream.
+    pub stream: String,
+}
+
+impl StreamKey {
+    /// A key from its parts.
+    pub fn new(node: impl Into<String>, stream: impl Into<String>) -> Self {
+        Self { node: node.into(), stream: stream.into() }
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.node, self.stream)
+    }
+}
+
+/// Events the driver of a session receives from tunnel tasks. Control-plane only: a handful
+/// per session lifetime, never one per frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A data tunnel attached.
+    UpstreamAttached,
+    /// The data tunnel ended.
+    UpstreamEnded(String),
+    /// The edge could not start the stream.
+    StartFailed(String),
+    /// The node's control channel closed.
+    NodeGone,
+}
+
+const EVENT_QUEUE: usize = 16;
+
+/// Settings of every session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Linger and start timeout.
+    pub lifecycle: LifecycleConfig,
+    /// Frame log bounds.
+    pub log: LogConfig,
+}
+
+/// One stream session.
+#[derive(Debug)]
+pub struct Session {
+    /// The stream.
+    pub key: StreamKey,
+    /// The id sent in AddVideo; the data tunnel names it.
+    pub id: SessionId,
+    /// When the first viewer created it.
+    pub created: Instant,
+    /// Recent frames, shared by every viewer.
+    pub log: FrameLog,
+    /// Counters.
+    pub stats: SessionStats,
+    viewers: Mutex<HashMap<u64, Arc<ViewerStats>>>,
+    demand: Notify,
+    events: mpsc::Sender<SessionEvent>,
+    phase: Mutex<Phase>,
+    upstream: Mutex<Option<CancellationToken>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here are single map/field updates; a poisoned value is consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Session {
+    /// The coarse lifecycle state.
+    pub fn phase(&self) -> Phase {
+        *lock(&self.phase)
+    }
+
+    /// How many viewers are attached.
+    pub fn viewer_count(&self) -> usize {
+        lock(&self.viewers).len()
+    }
+
+    /// Counters of each viewer, by id.
+    pub fn viewers(&self) -> Vec<Arc<ViewerStats>> {
+        let mut v: Vec<_> = lock(&self.viewers).values().cloned().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Reports an event to the driver (waits if its small queue is full).
+    pub async fn report(&self, event: SessionEvent) {
+        // The driver only stops after the session closed; then the event is moot.
+        let _ = self.events.send(event).await;
+    }
+
+    /// Reports an event without waiting; dropped if the queue is full.
+    pub fn try_report(&self, event: SessionEvent) {
+        if let Err(e) = self.events.try_send(event) {
+            tracing::debug!(stream = %self.key, session = self.id, error = %e, "session event not delivered");
+        }
+    }
+
+    /// Installs the cancel token of a newly attached data tunnel, cancelling the previous one.
+    pub fn set_upstream(&self, token: CancellationToken) {
+        if let Some(old) = lock(&self.upstream).replace(token) {
+            old.cancel();
+        }
+    }
+
+    fn cancel_upstream(&self) {
+        if let Some(t) = lock(&self.upstream).take() {
+            t.cancel();
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *lock(&self.phase) = phase;
+    }
+
+    fn remove_viewer(&self, id: u64) {
+        if lock(&self.viewers).remove(&id).is_some() {
+            self.demand.notify_one();
+        }
+    }
+}
+
+/// A viewer attached to a session. Dropping it leaves the session.
+#[derive(Debug)]
+pub struct Viewer {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Where it is in the log.
+    pub cursor: Cursor,
+    /// Its counters.
+    pub stats: Arc<ViewerStats>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.session.remove_viewer(self.stats.id);
+    }
+}
+
+/// Why a data tunnel could not attach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// No such session (never existed, or already over).
+    #[error("session {0} is not known to this hub (it may have ended)")]
+    UnknownSession(SessionId),
+    /// The session belongs to another node.
+    #[error("session {session} belongs to node {owner:?}, not {node:?}")]
+    WrongNode {
+        /// The session.
+        session: SessionId,
+        /// Its node.
+        owner: String,
+        /// The node that tried to attach.
+        node: String,
+    },
+    /// The session is for another stream.
+    #[error("session {session} is for stream {expected:?}, not {stream:?}")]
+    WrongStream {
+        /// The session.
+        session: SessionId,
+        /// Its stream.
+        expected: String,
+        /// What the tunnel named.
+        stream: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionMaps {
+    by_key: HashMap<StreamKey, Arc<Session>>,
+    by_id: HashMap<SessionId, Arc<Session>>,
+}
+
+impl SessionMaps {
+    pub(crate) fn remove(&mut self, s: &Arc<Session>) {
+        if self.by_key.get(&s.key).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            self.by_key.remove(&s.key);
+        }
+        self.by_id.remove(&s.id);
+    }
+}
+
+/// Every stream session of the hub.
+#[derive(Debug)]
+pub struct Sessions {
+    maps: Mutex<SessionMaps>,
+    next_session: AtomicU64,
+    next_viewer: AtomicU64,
+    config: SessionConfig,
+    registry: Arc<NodeRegistry>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Sessions {
+    /// An empty set of sessions whose drivers send commands through `registry`.
+    pub fn new(
+        config: SessionConfig,
+        registry: Arc<NodeRegistry>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        // Session ids start at a time-derived value so ids from a restarted hub do not collide
+        // with ones an edge may still hold.
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() << 20);
+        Arc::new(Self {
+            maps: Mutex::new(SessionMaps::default()),
+            next_session: AtomicU64::new(seed.max(1)),
+            next_viewer: AtomicU64::new(1),
+            config,
+            registry,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub(crate) fn lock_maps(&self) -> MutexGuard<'_, SessionMaps> {
+        lock(&self.maps)
+    }
+
+    /// Attaches a viewer to the stream's session, creating the session (and sending AddVideo)
+    /// if there is none. The caller checked the node offers the stream.
+    pub fn join(self: &Arc<Self>, key: &StreamKey, protocol: &'static str, remote: String) -> Viewer {
+        let now = Instant::now();
+        let mut maps = self.lock_maps();
+        let existing = maps.by_key.get(key).filter(|s| s.phase() != Phase::Closed && !s.log.is_closed()).cloned();
+        let (session, created) = match existing {
+            Some(s) => (s, None),
+            None => {
+                let (s, rx) = self.new_session(key.clone(), now);
+                maps.by_key.insert(key.clone(), s.clone());
+                maps.by_id.insert(s.id, s.clone());
+                (s.clone(), Some((s, rx)))
+            }
+        };
+        let id = self.next_viewer.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::new(ViewerStats::new(id, protocol, remote, now));
+        // The count changes under the map lock, so a driver deciding to close (which also holds
+        // it) never misses a viewer that is joining.
+        lock(&session.viewers).insert(id, stats.clone());
+        session.demand.notify_one();
+        drop(maps);
+        if let Some((s, rx)) = created {
+            tracing::info!(stream = %s.key, session = s.id, "session created by first viewer");
+            self.tasks.spawn(driver::run(self.clone(), s, rx, now));
+        }
+        let cursor = session.log.subscribe();
+        stats.position.store(cursor.position(), Ordering::Relaxed);
+        Viewer { session, cursor, stats }
+    }
+
+    fn new_session(&self, key: StreamKey, now: Instant) -> (Arc<Session>, mpsc::Receiver<SessionEvent>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let s = Arc::new(Session {
+            key,
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            created: now,
+            log: FrameLog::new(self.config.log),
+            stats: SessionStats::new(now),
+            viewers: Mutex::new(HashMap::new()),
+            demand: Notify::new(),
+            events: tx,
+            phase: Mutex::new(Phase::Starting),
+            upstream: Mutex::new(None),
+        });
+        (s, rx)
+    }
+
+    /// Finds the session a data tunnel names, checking it belongs to `node` and `stream`.
+    pub fn attach(&self, node: &str, session: SessionId, stream: &str) -> Result<Arc<Session>, AttachError> {
+        let s = self
+            .lock_maps()
+            .by_id
+            .get(&session)
+            .filter(|s| s.phase() != Phase::Closed)
+            .cloned()
+            .ok_or(AttachError::UnknownSession(session))?;
+        if s.key.node != node {
+            return Err(AttachError::WrongNode { session, owner: s.key.node.clone(), node: node.into() });
+        }
+        if s.key.stream != stream {
+            return Err(AttachError::WrongStream { session, expected: s.key.stream.clone(), stream: stream.into() });
+        }
+        Ok(s)
+    }
+
+    /// The session with this id.
+    pub fn by_id(&self, id: SessionId) -> Option<Arc<Session>> {
+        self.lock_maps().by_id.get(&id).cloned()
+    }
+
+    /// The live session of a stream.
+    pub fn get(&self, key: &StreamKey) -> Option<Arc<Session>> {
+        self.lock_maps().by_key.get(key).cloned()
+    }
+
+    /// Every session, sorted by key.
+    pub fn snapshot(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self.lock_maps().by_key.values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Tells every session of `node` that its control channel is gone.
+    pub fn node_gone(&self, node: &str) {
+        for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
+            s.try_report(SessionEvent::NodeGone);
+        }
+    }
+
+    pub(crate) fn registry(&self) -> &NodeRegistry {
+        &self.registry
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    pub(crate) fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+}

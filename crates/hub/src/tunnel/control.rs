@@ -1,0 +1,126 @@
+//! A node's control channel: registers the node, carries AddVideo/RemoveVideo, heartbeats.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{TunnelCtx, TunnelLink};
+use crate::registry::{COMMAND_QUEUE, NodeCommand, NodeEntry};
+use crate::session::SessionEvent;
+
+pub(super) async fn run(
+    ctx: Arc<TunnelCtx>,
+    mut link: TunnelLink,
+    node: String,
+    agent: String,
+    catalog: Vec<CatalogEntry>,
+    remote: SocketAddr,
+) {
+    let (tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
+    let cancel = ctx.shutdown.child_token();
+    let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = link.send(&ctx.welcome()).await {
+        warn!(%node, error = %e, "could not send Welcome");
+        return;
+    }
+    let streams: Vec<&str> = catalog.iter().map(|e| e.name.as_str()).collect();
+    info!(%node, %agent, streams = ?streams, "edge connected");
+    let entry = NodeEntry {
+        conn_id,
+        agent,
+        catalog: catalog.clone(),
+        remote,
+        connected_at: Instant::now(),
+        commands: tx,
+        cancel: cancel.clone(),
+    };
+    if let Some(old) = ctx.registry.register(&node, entry) {
+        info!(%node, "a newer control connection replaces the previous one");
+        old.cancel.cancel();
+    }
+
+    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    let outcome = loop {
+        tokio::select! {
+            msg = link.recv() => {
+                let now = Instant::now();
+                match msg {
+                    Ok(Some(m)) => {
+                        hb.on_receive(now);
+                        match m {
+                            Message::Ping { id } => {
+                                if let Err(e) = link.send(&Message::Pong { id }).await {
+                                    break format!("send failed: {e}");
+                                }
+                            }
+                            Message::Pong { id } => {
+                                if let Some(rtt) = hb.on_pong(now, id) {
+                                    debug!(%node, rtt_ms = rtt.as_secs_f64() * 1e3, "control rtt");
+                                }
+                            }
+                            Message::Error(e) if e.session != 0 => {
+                                warn!(%node, session = e.session, code = %e.code, message = %e.message, "edge reports a stream failure");
+                                if let Some(s) = ctx.sessions.by_id(e.session) {
+                                    s.try_report(SessionEvent::StartFailed(format!("edge {node}: {}", e.message)));
+                                }
+                            }
+                            Message::Error(e) => break format!("edge error ({}): {}", e.code, e.message),
+                            Message::GoAway { reason } => break format!("edge said goodbye: {reason}"),
+                            other => {
+                                let msg = format!("{} is not allowed on a control channel", other.name());
+                                link.fail(ErrorCode::Protocol, msg.clone()).await;
+                                break msg;
+                            }
+                        }
+                    }
+                    Ok(None) => break "connection closed by the edge".into(),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        link.fail(ErrorCode::Protocol, msg.clone()).await;
+                        break msg;
+                    }
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break "command queue closed".into() };
+                let msg = match cmd {
+                    NodeCommand::AddVideo { session, stream } => Message::AddVideo { session, stream },
+                    NodeCommand::RemoveVideo { session, stream } => Message::RemoveVideo { session, stream },
+                };
+                if let Err(e) = link.send(&msg).await {
+                    break format!("send failed: {e}");
+                }
+            }
+            () = tokio::time::sleep_until(hb.next_deadline().into()) => {
+                match hb.poll(Instant::now()) {
+                    HeartbeatAction::SendPing { id } => {
+                        if let Err(e) = link.send(&Message::Ping { id }).await {
+                            break format!("send failed: {e}");
+                        }
+                    }
+                    HeartbeatAction::Dead { silent_for } => {
+                        break format!("no traffic from the edge for {:.1} s", silent_for.as_secs_f64());
+                    }
+                    HeartbeatAction::Wait => {}
+                }
+            }
+            () = cancel.cancelled() => {
+                let reason = if ctx.shutdown.is_cancelled() { "hub shutting down" } else { "replaced by a newer connection" };
+                link.go_away(reason).await;
+                break reason.into();
+            }
+        }
+    };
+    if ctx.registry.unregister(&node, conn_id) {
+        info!(%node, reason = %outcome, "edge disconnected");
+        ctx.sessions.node_gone(&node);
+    } else {
+        debug!(%node, reason = %outcome, "replaced control connection ended");
+    }
+}

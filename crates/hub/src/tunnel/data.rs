@@ -1,0 +1,172 @@
+//! A data tunnel: one stream session's frames from the edge into the session's frame log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
+use tracing::{debug, info, warn};
+
+use super::{TunnelCtx, TunnelLink, unix_micros};
+use crate::session::log::PushError;
+use crate::session::{AttachError, Session, SessionEvent};
+
+/// How often the hub reports what it received.
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
+
+enum End {
+    /// The hub closed it (stream removed, replaced, shutdown): nothing to report.
+    Cancelled,
+    /// It ended on its own; the session must hear why.
+    Lost(String),
+}
+
+pub(super) async fn run(
+    ctx: Arc<TunnelCtx>,
+    mut link: TunnelLink,
+    node: String,
+    session_id: SessionId,
+    stream: String,
+) {
+    let session = match ctx.sessions.attach(&node, session_id, &stream) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = match e {
+                AttachError::UnknownSession(_) => ErrorCode::UnknownSession,
+                AttachError::WrongNode { .. } => ErrorCode::Unauthorized,
+                AttachError::WrongStream { .. } => ErrorCode::Protocol,
+            };
+            warn!(%node, %stream, error = %e, "data tunnel refused");
+            link.fail(code, e.to_string()).await;
+            return;
+        }
+    };
+    let cancel = ctx.shutdown.child_token();
+    session.set_upstream(cancel.clone());
+    if let Err(e) = link.send(&ctx.welcome()).await {
+        session.report(SessionEvent::UpstreamEnded(format!("could not send Welcome: {e}"))).await;
+        return;
+    }
+    info!(stream = %session.key, "data tunnel attached");
+    session.report(SessionEvent::UpstreamAttached).await;
+
+    let end = receive(&ctx, &mut link, &session, &cancel).await;
+    match end {
+        End::Cancelled => {
+            debug!(stream = %session.key, "data tunnel closed by the hub");
+            link.go_away("stream removed").await;
+        }
+        End::Lost(reason) => {
+            info!(stream = %session.key, %reason, "data tunnel ended");
+            session.report(SessionEvent::UpstreamEnded(reason)).await;
+        }
+    }
+}
+
+async fn receive(
+    ctx: &TunnelCtx,
+    link: &mut TunnelLink,
+    session: &Session,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> End {
+    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
+    feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = Feedback { last_seq: 0, frames: 0, bytes: 0 };
+    let mut reported = report;
+    let mut last_seq: Option<u64> = None;
+    loop {
+        tokio::select! {
+            msg = link.recv() => {
+                let now = Instant::now();
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return End::Lost("the edge closed the data tunnel".into()),
+                    Err(e) => {
+                        let code = match &e {
+                            mediamesh_tunnel::transport::LinkError::Decode(d) => d.code(),
+                            _ => ErrorCode::Protocol,
+                        };
+                        warn!(stream = %session.key, error = %e, "data tunnel error");
+                        send_error(link, code, e.to_string()).await;
+                        return End::Lost(e.to_string());
+                    }
+                };
+                hb.on_receive(now);
+                match msg {
+                    Message::Frame(f) => {
+                        if let Some(prev) = last_seq && f.seq > prev + 1 {
+                            session.stats.edge_dropped.add(f.seq - prev - 1);
+                        }
+                        last_seq = Some(f.seq);
+                        let (seq, len) = (f.seq, f.payload.len());
+                        match session.log.push(f, unix_micros()) {
+                            Ok(()) => {}
+                            Err(PushError::Closed) => return End::Cancelled,
+                            Err(e) => {
+                                send_error(link, ErrorCode::Protocol, e.to_string()).await;
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                        session.stats.frames_in.add(1);
+                        session.stats.bytes_in.add(len as u64);
+                        session.stats.rate_in.record(now, len);
+                        report.last_seq = seq;
+                        report.frames += 1;
+                        report.bytes += len as u64;
+                    }
+                    Message::StreamHeader(h) => {
+                        if let Err(e) = session.log.set_header(h) {
+                            send_error(link, ErrorCode::Protocol, e.to_string()).await;
+                            return End::Lost(e.to_string());
+                        }
+                        debug!(stream = %session.key, "stream header");
+                    }
+                    Message::EndOfStream { reason } => return End::Lost(format!("the edge ended the stream: {reason}")),
+                    Message::Ping { id } => {
+                        if let Err(e) = link.send(&Message::Pong { id }).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    Message::Pong { id } => {
+                        hb.on_pong(now, id);
+                    }
+                    Message::GoAway { reason } => return End::Lost(format!("the edge closed the tunnel: {reason}")),
+                    Message::Error(e) => return End::Lost(format!("edge error ({}): {}", e.code, e.message)),
+                    other => {
+                        let msg = format!("{} is not allowed on a data tunnel", other.name());
+                        send_error(link, ErrorCode::Protocol, msg.clone()).await;
+                        return End::Lost(msg);
+                    }
+                }
+            }
+            _ = feedback.tick() => {
+                if report != reported {
+                    reported = report;
+                    if let Err(e) = link.send(&Message::Feedback(report)).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(hb.next_deadline().into()) => {
+                match hb.poll(Instant::now()) {
+                    HeartbeatAction::SendPing { id } => {
+                        if let Err(e) = link.send(&Message::Ping { id }).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    HeartbeatAction::Dead { silent_for } => {
+                        return End::Lost(format!("no traffic from the edge for {:.1} s", silent_for.as_secs_f64()));
+                    }
+                    HeartbeatAction::Wait => {}
+                }
+            }
+            () = cancel.cancelled() => return End::Cancelled,
+        }
+    }
+}
+
+async fn send_error(link: &mut TunnelLink, code: ErrorCode, message: String) {
+    let msg = Message::Error(mediamesh_tunnel::wire::ErrorMsg { code, session: 0, message });
+    let _ = link.send(&msg).await;
+}

@@ -1,0 +1,197 @@
+//! The tunnel port: edges' control channels and data tunnels.
+//!
+//! Each connection: TCP accept → TLS with a required client certificate (the node name comes
+//! from it) → WebSocket upgrade on [`TUNNEL_PATH`] with subprotocol [`SUBPROTOCOL`] → Hello,
+//! all within the handshake timeout. The Hello's node must equal the certificate's; then the
+//! connection becomes a control channel ([`control`]) or a data tunnel ([`data`]). Any failure
+//! closes that connection only, with an Error message when the peer got far enough to read one.
+
+mod control;
+mod data;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mediamesh_tunnel::liveness::HeartbeatConfig;
+use mediamesh_tunnel::transport::{Link, ws_config};
+use mediamesh_tunnel::wire::{
+    Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome, negotiate_version,
+};
+use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::registry::NodeRegistry;
+use crate::session::Sessions;
+
+/// A tunnel connection after TLS and the WebSocket upgrade.
+pub(crate) type TunnelLink = Link<TlsStream<TcpStream>>;
+
+/// What tunnel tasks share.
+pub(crate) struct TunnelCtx {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<NodeRegistry>,
+    pub tls: TlsAcceptor,
+    pub limits: Limits,
+    pub heartbeat: HeartbeatConfig,
+    pub handshake_timeout: Duration,
+    pub write_deadline: Duration,
+    pub hub_name: String,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub next_conn: AtomicU64,
+}
+
+impl TunnelCtx {
+    fn welcome(&self) -> Message {
+        Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            hub: self.hub_name.clone(),
+            heartbeat_ms: u32::try_from(self.heartbeat.interval.as_millis()).unwrap_or(u32::MAX),
+            max_frame_bytes: self.limits.max_frame_bytes,
+        })
+    }
+}
+
+/// Accepts tunnel connections until shutdown.
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<TunnelCtx>) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = ctx.shutdown.cancelled() => return,
+        };
+        let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("tunnel", conn, %remote);
+        ctx.tasks.spawn(handle(ctx.clone(), tcp, remote).instrument(span));
+    }
+}
+
+async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + ctx.handshake_timeout;
+    let handshake = tokio::time::timeout_at(deadline.into(), establish(&ctx, tcp));
+    let (link, node) = match handshake.await {
+        Ok(Ok(x)) => x,
+        Ok(Err(reason)) => {
+            warn!(%reason, "tunnel connection refused");
+            return;
+        }
+        Err(_) => {
+            warn!(timeout = ?ctx.handshake_timeout, "tunnel handshake timed out");
+            return;
+        }
+    };
+    let hello = match tokio::time::timeout_at(deadline.into(), read_hello(link, &node)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(_) => {
+            warn!(%node, timeout = ?ctx.handshake_timeout, "no Hello within the handshake timeout");
+            return;
+        }
+    };
+    let (link, hello) = hello;
+    match hello.channel {
+        Channel::Control { catalog } => {
+            control::run(ctx, link, node, hello.agent, catalog, remote).instrument(info_span!("control")).await;
+        }
+        Channel::Data { session, stream } => {
+            data::run(ctx, link, node, session, stream).instrument(info_span!("data", session)).await;
+        }
+    }
+}
+
+/// TLS (client certificate required) and the WebSocket upgrade; returns the node name the
+/// certificate proves.
+async fn establish(ctx: &TunnelCtx, tcp: TcpStream) -> Result<(TunnelLink, String), String> {
+    let tls = ctx.tls.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    let node = mediamesh_tls::node_identity(certs).map_err(|e| e.to_string())?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, check_upgrade, Some(ws_config(&ctx.limits)))
+        .await
+        .map_err(|e| format!("WebSocket upgrade from node {node:?} failed: {e}"))?;
+    Ok((Link::new(ws, ctx.limits, ctx.write_deadline), node))
+}
+
+#[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
+fn check_upgrade(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let reject = |status: StatusCode, msg: &str| {
+        let mut r = ErrorResponse::new(Some(msg.to_owned()));
+        *r.status_mut() = status;
+        r
+    };
+    if req.uri().path() != TUNNEL_PATH {
+        return Err(reject(StatusCode::NOT_FOUND, "not a mediamesh tunnel endpoint"));
+    }
+    let offers_ours = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offers_ours {
+        return Err(reject(StatusCode::BAD_REQUEST, "missing WebSocket subprotocol mediamesh.tunnel.v1"));
+    }
+    resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    Ok(resp)
+}
+
+/// Reads and checks the Hello: version, and the claimed node against the certificate's.
+async fn read_hello(mut link: TunnelLink, node: &str) -> Option<(TunnelLink, Hello)> {
+    let hello = match link.recv().await {
+        Ok(Some(Message::Hello(h))) => h,
+        Ok(Some(other)) => {
+            let msg = format!("expected Hello as the first message, got {}", other.name());
+            warn!(%node, %msg, "tunnel refused");
+            link.fail(ErrorCode::Protocol, msg).await;
+            return None;
+        }
+        Ok(None) => {
+            debug!(%node, "closed before Hello");
+            return None;
+        }
+        Err(e) => {
+            warn!(%node, error = %e, "tunnel refused: bad Hello");
+            link.fail(ErrorCode::Protocol, e.to_string()).await;
+            return None;
+        }
+    };
+    if negotiate_version(hello.min_version, hello.max_version).is_none() {
+        let msg = format!(
+            "no common protocol version: edge speaks {}..={}, hub speaks {PROTOCOL_VERSION}",
+            hello.min_version, hello.max_version
+        );
+        warn!(%node, %msg, "tunnel refused");
+        link.fail(ErrorCode::UnsupportedVersion, msg).await;
+        return None;
+    }
+    if hello.node != node {
+        let msg = format!("the certificate identifies node {node:?}, but the Hello claims {:?}", hello.node);
+        warn!(%node, claimed = %hello.node, "tunnel refused: identity mismatch");
+        link.fail(ErrorCode::Unauthorized, msg).await;
+        return None;
+    }
+    info!(%node, agent = %hello.agent, "hello accepted");
+    Some((link, hello))
+}
+
+/// Microseconds since the Unix epoch, for frame receive stamps.
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}

@@ -1,0 +1,126 @@
+//! A hub and an edge (`edge-1`, test-pattern stream `cam1`) running in this process.
+
+use std::time::Duration;
+
+use mediamesh_edge::config::TestPatternConfig;
+use mediamesh_edge::{Edge, EdgeConfig, RunningEdge, StreamConfig};
+use mediamesh_hub::client::{ClientError, ConnectOptions, ViewerClient};
+use mediamesh_hub::{Hub, HubConfig, RunningHub};
+use mediamesh_tunnel::settings::Seconds;
+
+use crate::{TestPki, wait_until};
+
+/// A small, cheap test-pattern stream (320x240, 25 fps, keyframe every 25 frames).
+pub fn test_pattern() -> StreamConfig {
+    StreamConfig {
+        description: None,
+        test_pattern: Some(TestPatternConfig {
+            width: 320,
+            height: 240,
+            fps: 25,
+            bitrate_kbps: 300,
+            gop: 25,
+            label: None,
+        }),
+        ffmpeg: None,
+    }
+}
+
+/// Builds a [`Fixture`].
+pub struct FixtureBuilder {
+    hub: Box<dyn FnOnce(&mut HubConfig)>,
+    edge: Box<dyn FnOnce(&mut EdgeConfig)>,
+}
+
+impl FixtureBuilder {
+    /// Adjusts the hub's configuration (ports and TLS are set already).
+    pub fn hub(mut self, f: impl FnOnce(&mut HubConfig) + 'static) -> Self {
+        self.hub = Box::new(f);
+        self
+    }
+
+    /// Adjusts `edge-1`'s configuration (it has `cam1` already).
+    pub fn edge(mut self, f: impl FnOnce(&mut EdgeConfig) + 'static) -> Self {
+        self.edge = Box::new(f);
+        self
+    }
+
+    /// Starts the hub, then the edge, and waits until the edge is registered.
+    pub async fn start(self) -> Fixture {
+        crate::init_tracing();
+        let pki = TestPki::new();
+        let mut hub_cfg = Fixture::hub_config(&pki);
+        (self.hub)(&mut hub_cfg);
+        let hub = Hub::bind(hub_cfg).await.expect("hub starts");
+        let mut edge_cfg = Fixture::edge_config(&pki, &hub, "edge-1");
+        edge_cfg.streams.insert("cam1".into(), test_pattern());
+        (self.edge)(&mut edge_cfg);
+        let edge = Edge::start(edge_cfg).expect("edge starts");
+        let fx = Fixture { pki, hub, edge: Some(edge) };
+        fx.wait_for_node("edge-1").await;
+        fx
+    }
+}
+
+/// A running hub and edge.
+pub struct Fixture {
+    /// Certificates.
+    pub pki: TestPki,
+    /// The hub.
+    pub hub: RunningHub,
+    /// The edge `edge-1` (taken by tests that stop it).
+    pub edge: Option<RunningEdge>,
+}
+
+impl Fixture {
+    /// A builder with the defaults: linger 1 s, start timeout 10 s.
+    pub fn builder() -> FixtureBuilder {
+        FixtureBuilder { hub: Box::new(|_| {}), edge: Box::new(|_| {}) }
+    }
+
+    /// A hub configuration on 127.0.0.1 port 0, plain HTTP for viewers, linger 1 s.
+    pub fn hub_config(pki: &TestPki) -> HubConfig {
+        let h = &pki.main.hub;
+        let mut c = HubConfig::with_tunnel_tls(h.ca.clone(), h.cert.clone(), h.key.clone());
+        c.listen_address = std::net::Ipv4Addr::LOCALHOST.into();
+        c.stream_port = 0;
+        c.tunnel_port = 0;
+        c.linger = Seconds::new(1);
+        c.start_timeout = Seconds::new(10);
+        c
+    }
+
+    /// An edge configuration for `node` pointing at `hub`, with no streams.
+    pub fn edge_config(pki: &TestPki, hub: &RunningHub, node: &str) -> EdgeConfig {
+        let f = pki.edge(node);
+        let mut c =
+            EdgeConfig::new(hub.tunnel_addr.to_string(), node.into(), f.ca.clone(), f.cert.clone(), f.key.clone());
+        c.server_name = Some("localhost".into());
+        c
+    }
+
+    /// Waits until `node` has a control channel to the hub.
+    pub async fn wait_for_node(&self, node: &str) {
+        let reg = self.hub.registry().clone();
+        let node = node.to_owned();
+        wait_until("the edge to connect", Duration::from_secs(10), move || {
+            reg.snapshot().iter().any(|(n, _)| *n == node)
+        })
+        .await;
+    }
+
+    /// The WebSocket URL of a stream.
+    pub fn ws_url(&self, node: &str, stream: &str) -> String {
+        format!("ws://{}/api/v1/nodes/{node}/streams/{stream}/ws", self.hub.stream_addr)
+    }
+
+    /// Connects a viewer.
+    pub async fn viewer(&self, node: &str, stream: &str) -> Result<ViewerClient, ClientError> {
+        ViewerClient::connect(&self.ws_url(node, stream), &ConnectOptions::default()).await
+    }
+
+    /// The edge's counters.
+    pub fn edge_stats(&self) -> &std::sync::Arc<mediamesh_edge::stats::EdgeStats> {
+        self.edge.as_ref().expect("edge running").stats()
+    }
+}

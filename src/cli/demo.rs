@@ -1,0 +1,125 @@
+//! `mediamesh demo`: a hub and an edge with two test-pattern cameras in one process.
+//!
+//! It writes a development PKI and a `demo.yaml` (both blocks, a working example) into a state
+//! folder, loads that file like `hub` and `edge` do, runs both sides with TLS on (mutual TLS on
+//! the tunnel, HTTPS/WSS for viewers), and prints what to run to watch.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use mediamesh_edge::Edge;
+use mediamesh_hub::Hub;
+
+use crate::config::{LoadError, load};
+
+/// The demo's node name.
+const NODE: &str = "demo-edge";
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Port for viewers and the API (0 picks a free one).
+    #[arg(long, default_value_t = 10005)]
+    stream_port: u16,
+    /// Port for edge tunnels (0 picks a free one).
+    #[arg(long, default_value_t = 10006)]
+    tunnel_port: u16,
+    /// Address to listen on; use 0.0.0.0 to let other machines watch.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// Where certificates and demo.yaml go; default: $XDG_STATE_HOME/mediamesh/demo.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mediamesh").join("demo")
+}
+
+fn yaml_path(p: &Path) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    serde_json::to_string(&p.display().to_string()).unwrap_or_default()
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let hub_names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+    let pki = mediamesh_tls::dev::write_pki(&dir, &hub_names, &[NODE.to_owned()])
+        .with_context(|| format!("writing demo certificates to {}", dir.display()))?;
+    let (_, edge_tls) = &pki.edges[0];
+    let host = if args.listen.is_unspecified() { "127.0.0.1".to_owned() } else { args.listen.to_string() };
+    let yaml = format!(
+        "# Written by `mediamesh demo`: a hub and an edge in one file. Edit a copy and run\n\
+         # `mediamesh hub -c FILE` and `mediamesh edge -c FILE` to run them apart.\n\
+         cloudDataStream:\n  enable: true\n  streamPort: {sp}\n  tunnelPort: {tp}\n  listenAddress: \"{listen}\"\n\
+         \x20 tlsStreamCertFile: {hc}\n  tlsStreamPrivateKeyFile: {hk}\n\
+         \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: 10\n\
+         edgeDataStream:\n  enable: true\n  server: \"{host}:{tp}\"\n  nodeName: {NODE}\n\
+         \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {ec}\n  tlsTunnelPrivateKeyFile: {ek}\n\
+         \x20 streams:\n\
+         \x20   cam1:\n      description: test pattern, 1280x720 at 25 fps\n      testPattern: {{width: 1280, height: 720, fps: 25, bitrateKbps: 2000, gop: 50}}\n\
+         \x20   cam2:\n      description: test pattern, 640x360 at 15 fps\n      testPattern: {{width: 640, height: 360, fps: 15, bitrateKbps: 600, gop: 30}}\n",
+        sp = args.stream_port,
+        tp = args.tunnel_port,
+        listen = args.listen,
+        hc = yaml_path(&pki.hub.cert),
+        hk = yaml_path(&pki.hub.key),
+        ca = yaml_path(&pki.ca_cert),
+        ec = yaml_path(&edge_tls.cert),
+        ek = yaml_path(&edge_tls.key),
+    );
+    let config_path = dir.join("demo.yaml");
+    std::fs::write(&config_path, &yaml).with_context(|| format!("writing {}", config_path.display()))?;
+    let (file, text) = load(&config_path)?;
+    let (Some(hub_cfg), Some(mut edge_cfg)) = (file.cloud, file.edge) else {
+        anyhow::bail!("{}: the demo configuration lost a block", config_path.display());
+    };
+    let problems = [hub_cfg.validate().err().map(|e| e.to_string()), edge_cfg.validate().err().map(|e| e.to_string())];
+    if let Some(msg) = problems.into_iter().flatten().next() {
+        return Err(LoadError::invalid(&config_path, &text, msg).into());
+    }
+
+    let hub = Hub::bind(hub_cfg)
+        .await
+        .context("starting the demo hub (is another demo running? try --stream-port 0 --tunnel-port 0)")?;
+    // With port 0 the real tunnel port is known only now.
+    edge_cfg.server = format!("{host}:{}", hub.tunnel_addr.port());
+    let edge = Edge::start(edge_cfg).context("starting the demo edge")?;
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !hub.registry().snapshot().iter().any(|(n, _)| n == NODE) {
+        if Instant::now() > deadline {
+            anyhow::bail!("the demo edge did not connect to the hub within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let exe = std::env::current_exe().map_or_else(|_| "mediamesh".to_owned(), |p| p.display().to_string());
+    let base = format!("wss://{host}:{}", hub.stream_addr.port());
+    let ca = pki.ca_cert.display();
+    println!();
+    println!("mediamesh demo: a hub and edge node {NODE:?} with cameras cam1 (1280x720@25) and cam2 (640x360@15).");
+    println!("The edge dialled the hub over mutual TLS; a camera starts when someone watches it.");
+    println!();
+    println!("Watch cam1 (in another terminal):");
+    println!("  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --ca {ca} --frames 100 --out cam1.h264");
+    println!("  ffprobe cam1.h264");
+    println!("The REST API:");
+    println!("  curl --cacert {ca} https://{host}:{}/api/v1/streams", hub.stream_addr.port());
+    println!("Configuration used: {}", config_path.display());
+    println!();
+    println!("mediamesh demo ready on https://{host}:{} (Ctrl-C to stop)", hub.stream_addr.port());
+
+    super::stop_signal().await;
+    println!("stopping");
+    edge.stop(Duration::from_secs(5)).await;
+    hub.stop(Duration::from_secs(5)).await;
+    Ok(())
+}

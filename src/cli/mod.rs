@@ -1,0 +1,81 @@
+//! Command-line interface.
+
+mod certs;
+mod demo;
+mod run;
+mod view;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// mediamesh: carries live camera video from edge sites to the cloud.
+#[derive(Debug, Parser)]
+#[command(name = "mediamesh", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (cloud side): accepts edge tunnels, serves viewers and the REST API.
+    Hub {
+        /// YAML file with a `cloudDataStream` block.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the edge agent (site side): dials the hub, streams cameras on demand.
+    Edge {
+        /// YAML file with an `edgeDataStream` block.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a hub and an edge with two test-pattern cameras in this process, TLS on.
+    Demo(demo::DemoArgs),
+    /// Watch a stream over WebSocket: print what arrives, optionally save it as raw H.264.
+    View(view::ViewArgs),
+    /// Create a development CA, a hub certificate and edge certificates.
+    Certs(certs::CertsArgs),
+}
+
+impl Command {
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::View(_) | Command::Certs(_) => "warn",
+            _ => "info",
+        }
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Hub { config } => run::hub(&config).await,
+            Command::Edge { config } => run::edge(&config).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::View(args) => view::run(args).await,
+            Command::Certs(args) => certs::run(args),
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

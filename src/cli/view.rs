@@ -1,0 +1,222 @@
+//! `mediamesh view`: a WebSocket viewer for people and scripts.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
+use mediamesh_media::h264::sei::read_stamp;
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// The stream's WebSocket URL, e.g. wss://127.0.0.1:10005/api/v1/nodes/NODE/streams/STREAM/ws
+    url: String,
+    /// Stop after this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Write the received H.264 (Annex-B, playable by ffplay/ffprobe/VLC) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// CA certificate (PEM) to verify a wss:// hub; default: the system's CA bundle.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Give up when nothing arrives for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Print only the summary, not a line per frame.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    frames: u64,
+    keyframes: u64,
+    bytes: u64,
+    first_frame_ms: Option<f64>,
+    first_is_keyframe: Option<bool>,
+    duration_secs: f64,
+    width: Option<u32>,
+    height: Option<u32>,
+    codec: Option<String>,
+    latency_ms_p50: Option<f64>,
+    latency_ms_p99: Option<f64>,
+    latency_ms_max: Option<f64>,
+    skipped: u64,
+    counter_frames: u64,
+    counter_gaps: u64,
+    counter_out_of_order: u64,
+    pts_backwards: u64,
+    end_reason: Option<String>,
+}
+
+pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
+    let roots = match &args.ca {
+        Some(p) => Some(mediamesh_tls::load_roots(p)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut client = ViewerClient::connect(&args.url, &ConnectOptions { roots, recv_buffer: None })
+        .await
+        .with_context(|| format!("connecting to {}", args.url))?;
+    let mut out = match &args.out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut s = Summary::default();
+    let mut latencies: Vec<f64> = Vec::new();
+    let (mut last_counter, mut last_pts): (Option<u64>, Option<i64>) = (None, None);
+    let mut params: Vec<Vec<u8>> = Vec::new();
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
+    let interrupted = super::stop_signal();
+    tokio::pin!(interrupted);
+    loop {
+        if args.frames.is_some_and(|n| s.frames >= n) {
+            break;
+        }
+        let item = tokio::select! {
+            r = tokio::time::timeout(timeout, client.next()) => r,
+            () = &mut interrupted => break,
+        };
+        let item = match item {
+            Err(_) => anyhow::bail!("nothing received for {:.1} s (after {} frames)", timeout.as_secs_f64(), s.frames),
+            Ok(r) => r.context("receiving")?,
+        };
+        match item {
+            None => {
+                s.end_reason.get_or_insert_with(|| "connection closed".into());
+                break;
+            }
+            Some(ViewerItem::Header(tracks)) => {
+                if let Some(v) = tracks.iter().find(|t| t.kind == "video") {
+                    s.width = v.width;
+                    s.height = v.height;
+                    s.codec = v.codec_string.clone();
+                    params = v.parameter_set_bytes();
+                    if !args.quiet && !args.json {
+                        println!(
+                            "header: {} {}x{} ({} parameter sets)",
+                            v.codec_string.as_deref().unwrap_or(&v.codec),
+                            v.width.unwrap_or(0),
+                            v.height.unwrap_or(0),
+                            params.len()
+                        );
+                    }
+                }
+            }
+            Some(ViewerItem::Skip(n)) => {
+                s.skipped += n;
+                if !args.quiet && !args.json {
+                    println!("skipped {n} frames (resynchronised at a keyframe)");
+                }
+            }
+            Some(ViewerItem::End(reason)) => {
+                s.end_reason = Some(reason);
+                break;
+            }
+            Some(ViewerItem::Frame(f)) => {
+                let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+                let latency_ms = now_us.saturating_sub(f.capture_us) as f64 / 1000.0;
+                if s.frames == 0 {
+                    s.first_frame_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    s.first_is_keyframe = Some(f.flags.is_keyframe());
+                }
+                s.frames += 1;
+                s.keyframes += u64::from(f.flags.is_keyframe());
+                s.bytes += f.payload.len() as u64;
+                latencies.push(latency_ms);
+                if last_pts.is_some_and(|p| f.pts < p) {
+                    s.pts_backwards += 1;
+                }
+                last_pts = Some(f.pts);
+                if let Some(stamp) = read_stamp(&f.payload) {
+                    s.counter_frames += 1;
+                    match last_counter {
+                        Some(c) if stamp.counter <= c => s.counter_out_of_order += 1,
+                        Some(c) => s.counter_gaps += stamp.counter - c - 1,
+                        None => {}
+                    }
+                    last_counter = Some(stamp.counter);
+                }
+                if let Some(w) = out.as_mut() {
+                    if s.frames == 1 {
+                        for p in &params {
+                            w.write_all(&[0, 0, 0, 1])?;
+                            w.write_all(p)?;
+                        }
+                    }
+                    w.write_all(&f.payload)?;
+                }
+                if !args.quiet && !args.json {
+                    println!(
+                        "frame seq={} {} pts={} bytes={} latency={latency_ms:.1}ms",
+                        f.seq,
+                        if f.flags.is_keyframe() { "key" } else { "   " },
+                        f.pts,
+                        f.payload.len()
+                    );
+                }
+            }
+        }
+    }
+    s.duration_secs = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
+    (s.latency_ms_p50, s.latency_ms_p99, s.latency_ms_max) = (pct(0.5), pct(0.99), latencies.last().copied());
+    if let Some(mut w) = out {
+        w.flush()?;
+    }
+    client.close().await;
+    print_summary(&s, &args)?;
+    if s.frames == 0 {
+        anyhow::bail!("no frames received{}", s.end_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary, args: &ViewArgs) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    let secs = s.duration_secs.max(1e-9);
+    println!(
+        "received {} frames ({} keyframes, {} bytes) in {:.2} s: {:.1} fps, {:.2} Mbit/s",
+        s.frames,
+        s.keyframes,
+        s.bytes,
+        s.duration_secs,
+        s.frames as f64 / secs,
+        s.bytes as f64 * 8.0 / secs / 1e6
+    );
+    if let Some(ms) = s.first_frame_ms {
+        println!("first frame {:.0} ms after connecting (keyframe: {})", ms, s.first_is_keyframe.unwrap_or(false));
+    }
+    if let (Some(p50), Some(p99), Some(max)) = (s.latency_ms_p50, s.latency_ms_p99, s.latency_ms_max) {
+        println!("latency capture→viewer: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
+    }
+    if s.counter_frames > 0 {
+        println!(
+            "test-pattern counter: {} frames, {} gaps, {} out of order",
+            s.counter_frames, s.counter_gaps, s.counter_out_of_order
+        );
+    }
+    if s.skipped > 0 {
+        println!("skipped {} frames to stay live", s.skipped);
+    }
+    if let Some(r) = &s.end_reason {
+        println!("stream ended: {r}");
+    }
+    if let Some(p) = &args.out {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `mediamesh`: edge-to-cloud live camera relay.
+//!
+//! Subcommands: `hub` (the cloud side), `edge` (the site agent), `demo` (both, with test
+//! cameras, in one process), `view` (a WebSocket viewer), `certs` (development PKI).
+//! Configuration loading and logging setup live here; everything else is in the crates.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.command.default_log_level());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

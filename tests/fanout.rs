@@ -1,0 +1,138 @@
+//! Stream reuse, the linger timer and slow viewers, with a real hub and edge over mutual TLS
+//! on loopback, the built-in H.264 test pattern, and WebSocket viewers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use mediamesh_edge::stats::EdgeStats;
+use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
+use mediamesh_testkit::{Fixture, assert_consecutive, counters, read_frames, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_viewers_share_one_upstream() {
+    let fx = Fixture::builder().start().await;
+    let (a, b, c) = tokio::join!(fx.viewer("edge-1", "cam1"), fx.viewer("edge-1", "cam1"), fx.viewer("edge-1", "cam1"));
+    let mut viewers = [a.unwrap(), b.unwrap(), c.unwrap()];
+    for v in &mut viewers {
+        let frames = read_frames(v, 40).await;
+        assert!(frames[0].flags.is_keyframe(), "every viewer starts at a keyframe");
+        assert_consecutive(&counters(&frames));
+    }
+    let stats = fx.edge_stats();
+    assert_eq!(EdgeStats::get(&stats.add_video), 1, "exactly one AddVideo for three viewers");
+    assert_eq!(EdgeStats::get(&stats.uplinks_active), 1, "one upstream");
+    assert_eq!(EdgeStats::get(&stats.sources_started), 1, "one source");
+    let sessions = fx.hub.sessions().snapshot();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].viewer_count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linger_reuses_the_upstream_then_removes_it() {
+    let fx = Fixture::builder().start().await;
+    let mut v = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut v, 10).await;
+    let session_id = fx.hub.sessions().snapshot()[0].id;
+    v.close().await;
+
+    // Back within the linger period (1 s): the same upstream, no second AddVideo.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut v = fx.viewer("edge-1", "cam1").await.unwrap();
+    let again = read_frames(&mut v, 10).await;
+    assert!(again[0].flags.is_keyframe());
+    let stats = fx.edge_stats().clone();
+    assert_eq!(EdgeStats::get(&stats.add_video), 1, "reused within linger");
+    assert_eq!(fx.hub.sessions().snapshot()[0].id, session_id, "the same session");
+    let left = Instant::now();
+    v.close().await;
+
+    // Past the linger period: RemoveVideo, the source stopped, the session gone.
+    wait_until("RemoveVideo", Duration::from_secs(5), || EdgeStats::get(&stats.remove_video) == 1).await;
+    let waited = left.elapsed();
+    assert!(waited >= Duration::from_millis(900), "RemoveVideo only after the linger period, got {waited:?}");
+    wait_until("the source to stop", Duration::from_secs(5), || {
+        EdgeStats::get(&stats.sources_stopped) == 1 && EdgeStats::get(&stats.uplinks_active) == 0
+    })
+    .await;
+    let hub_sessions = fx.hub.sessions().clone();
+    wait_until("the session to close", Duration::from_secs(5), move || hub_sessions.snapshot().is_empty()).await;
+
+    // A new viewer after that starts a new upstream.
+    let mut v = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut v, 5).await;
+    assert_eq!(EdgeStats::get(&stats.add_video), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_stops_reading_costs_others_nothing() {
+    const CAP: usize = 256 * 1024;
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.max_frame_bytes = CAP as u32;
+            h.frame_log.max_bytes = CAP;
+            h.viewer_max_lag_bytes = CAP;
+            h.viewer_send_buffer_bytes = 64 * 1024;
+        })
+        .edge(|e| {
+            // A heavier stream (~2 Mbit/s) so the stuck viewer falls far behind quickly.
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 2000);
+        })
+        .start()
+        .await;
+    let mut healthy = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut healthy, 5).await;
+    // The stuck viewer: a tiny receive buffer, and it never reads.
+    let opts = ConnectOptions { recv_buffer: Some(4096), ..Default::default() };
+    let stuck = ViewerClient::connect(&fx.ws_url("edge-1", "cam1"), &opts).await.unwrap();
+
+    let window = Duration::from_secs(6);
+    let t0 = Instant::now();
+    let mut frames = Vec::new();
+    while t0.elapsed() < window {
+        frames.extend(read_frames(&mut healthy, 5).await);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let c = counters(&frames);
+    assert_consecutive(&c);
+    let fps = c.len() as f64 / elapsed;
+    assert!(fps > 20.0, "the healthy viewer kept the source rate (25 fps), got {fps:.1}");
+    let now = mediamesh_testkit::unix_micros();
+    let last_age_ms = now.saturating_sub(frames.last().unwrap().capture_us) as f64 / 1000.0;
+    assert!(last_age_ms < 1000.0, "the healthy viewer is live: last frame {last_age_ms:.0} ms old");
+
+    let session = &fx.hub.sessions().snapshot()[0];
+    let pushed = session.stats.bytes_in.get() as usize;
+    assert!(pushed > 4 * CAP, "the test must push far more than the caps ({pushed} bytes)");
+    let log = session.log.stats();
+    assert!(log.bytes <= 2 * CAP, "the frame log stays bounded: {} bytes", log.bytes);
+    let mut viewers = session.viewers();
+    assert_eq!(viewers.len(), 2);
+    viewers.sort_by_key(|v| v.frames.get());
+    let (stuck_stats, healthy_stats) = (&viewers[0], &viewers[1]);
+    eprintln!(
+        "pushed {pushed} bytes; stuck viewer {} frames {} bytes, healthy {} frames {} bytes",
+        stuck_stats.frames.get(),
+        stuck_stats.bytes.get(),
+        healthy_stats.frames.get(),
+        healthy_stats.bytes.get()
+    );
+    assert!(stuck_stats.frames.get() < healthy_stats.frames.get() / 2, "one viewer is stuck");
+    let pinned = stuck_stats.pending_bytes.load(Relaxed) as usize;
+    assert!(pinned <= CAP, "the stuck viewer pins at most one batch: {pinned} bytes");
+
+    // Once it reads again it is resynchronised at a keyframe instead of replaying the backlog.
+    let mut stuck = stuck;
+    let mut skipped = 0;
+    let first = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stuck.next()).await.unwrap().unwrap().unwrap() {
+            ViewerItem::Skip(n) => skipped += n,
+            ViewerItem::Frame(f) if skipped > 0 => break f,
+            _ => {}
+        }
+    };
+    assert!(skipped > 0, "the backlog was skipped");
+    assert!(first.flags.is_keyframe(), "delivery resumes at a keyframe");
+}
