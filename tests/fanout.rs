@@ -76,9 +76,9 @@ async fn a_viewer_that_stops_reading_costs_others_nothing() {
             h.viewer_send_buffer_bytes = 64 * 1024;
         })
         .edge(|e| {
-            // A heavier stream (~2 Mbit/s) so the stuck viewer falls far behind quickly.
+            // A heavier stream (3 Mbit/s) so the stuck viewer falls far behind quickly.
             let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
-            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 2000);
+            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
         })
         .start()
         .await;
