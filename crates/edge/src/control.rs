@@ -21,6 +21,7 @@ use crate::uplink::{self, UplinkEnd};
 struct Uplink {
     stream: String,
     cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the control channel until `shutdown`.
@@ -58,10 +59,20 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => break,
         }
     }
-    for (_, u) in uplinks.drain() {
+    // Stop every stream and wait for it: sources stopped, ffmpeg processes reaped. Nobody reads
+    // the reports any more; dropping the receiver keeps their sends from waiting.
+    drop(done_rx);
+    for u in uplinks.values() {
         u.cancel.cancel();
     }
+    let tasks = uplinks.drain().map(|(_, u)| u.task);
+    if tokio::time::timeout(UPLINK_STOP_GRACE, futures_util::future::join_all(tasks)).await.is_err() {
+        warn!("some streams did not stop within {UPLINK_STOP_GRACE:?}");
+    }
 }
+
+/// How long shutdown waits for streams to stop.
+const UPLINK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn describe(s: &crate::config::StreamConfig) -> String {
     if let Some(d) = &s.description {
@@ -179,11 +190,13 @@ fn add_video(
     }
     info!(%stream, session, "AddVideo: starting the stream");
     let cancel = CancellationToken::new();
-    uplinks.insert(session, Uplink { stream: stream.clone(), cancel: cancel.clone() });
-    let (ctx, cfg, done_tx) = (ctx.clone(), cfg.clone(), done_tx.clone());
-    tokio::spawn(async move {
-        let end = uplink::run(ctx, session, stream, cfg, cancel).await;
+    let (task_ctx, cfg, done_tx, task_cancel, name) =
+        (ctx.clone(), cfg.clone(), done_tx.clone(), cancel.clone(), stream.clone());
+    let task = tokio::spawn(async move {
+        let end = uplink::run(task_ctx, session, name, cfg, task_cancel).await;
+        // The control loop may be gone (shutdown); then nobody needs the report.
         let _ = done_tx.send((session, end)).await;
     });
+    uplinks.insert(session, Uplink { stream, cancel, task });
     None
 }

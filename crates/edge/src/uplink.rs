@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::EdgeCtx;
 use crate::config::StreamConfig;
-use crate::dial::dial;
+use crate::dial::{EdgeLink, dial};
 use crate::source;
 use crate::stats::EdgeStats;
 
@@ -43,10 +43,7 @@ pub(crate) async fn run(
     let end = match source::start(&stream, &cfg, sink, stats.clone()) {
         Err(e) => UplinkEnd::Failed(e.to_string()),
         Ok(handle) => {
-            let end = tokio::select! {
-                end = tunnel(&ctx, session, &stream, &mut output) => end,
-                () = cancel.cancelled() => UplinkEnd::Stopped,
-            };
+            let end = tunnel(&ctx, session, &stream, &mut output, &cancel).await;
             drop(output);
             handle.stop().await;
             end
@@ -57,20 +54,50 @@ pub(crate) async fn run(
     end
 }
 
-async fn tunnel(ctx: &EdgeCtx, session: SessionId, stream: &str, out: &mut source::SourceOutput) -> UplinkEnd {
+/// Dials the data tunnel and streams until the source, the hub or `cancel` ends it; closes the
+/// tunnel saying why (EndOfStream for a source failure, GoAway when stopped).
+async fn tunnel(
+    ctx: &EdgeCtx,
+    session: SessionId,
+    stream: &str,
+    out: &mut source::SourceOutput,
+    cancel: &CancellationToken,
+) -> UplinkEnd {
     let channel = Channel::Data { session, stream: stream.to_owned() };
-    let (mut link, welcome) = match dial(&ctx.dial, channel).await {
-        Ok(x) => x,
-        Err(e) => return UplinkEnd::Failed(format!("data tunnel: {e}")),
+    let (mut link, welcome) = tokio::select! {
+        r = dial(&ctx.dial, channel) => match r {
+            Ok(x) => x,
+            Err(e) => return UplinkEnd::Failed(format!("data tunnel: {e}")),
+        },
+        () = cancel.cancelled() => return UplinkEnd::Stopped,
     };
     link.set_limits(Limits { max_frame_bytes: welcome.max_frame_bytes });
     info!(%stream, session, "data tunnel open");
+    let end = pump(ctx, stream, out, &mut link, welcome.max_frame_bytes, cancel).await;
+    match &end {
+        UplinkEnd::Stopped => link.go_away("stream stopped").await,
+        UplinkEnd::Failed(reason) => {
+            link.finish(&Message::EndOfStream { reason: reason.clone() }, "source ended").await
+        }
+        UplinkEnd::ClosedByHub(_) => {}
+    }
+    end
+}
+
+async fn pump(
+    ctx: &EdgeCtx,
+    stream: &str,
+    out: &mut source::SourceOutput,
+    link: &mut EdgeLink,
+    max_frame_bytes: u32,
+    cancel: &CancellationToken,
+) -> UplinkEnd {
     let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
     let mut sent_header = false;
     loop {
         tokio::select! {
             frame = out.frames.recv() => {
-                let Some(frame) = frame else { return UplinkEnd::Failed("the source stopped".into()) };
+                let Some(frame) = frame else { return UplinkEnd::Failed(out.failure()) };
                 if !sent_header || out.header.has_changed().unwrap_or(false) {
                     let Some(header) = out.header.borrow_and_update().clone() else {
                         debug!(%stream, "frame before codec parameters; dropped");
@@ -81,8 +108,8 @@ async fn tunnel(ctx: &EdgeCtx, session: SessionId, stream: &str, out: &mut sourc
                     }
                     sent_header = true;
                 }
-                if frame.payload.len() > welcome.max_frame_bytes as usize {
-                    warn!(%stream, bytes = frame.payload.len(), cap = welcome.max_frame_bytes, "frame larger than the hub accepts; dropped");
+                if frame.payload.len() > max_frame_bytes as usize {
+                    warn!(%stream, bytes = frame.payload.len(), cap = max_frame_bytes, "frame larger than the hub accepts; dropped");
                     continue;
                 }
                 let len = frame.payload.len() as u64;
@@ -129,6 +156,7 @@ async fn tunnel(ctx: &EdgeCtx, session: SessionId, stream: &str, out: &mut sourc
                     HeartbeatAction::Wait => {}
                 }
             }
+            () = cancel.cancelled() => return UplinkEnd::Stopped,
         }
     }
 }

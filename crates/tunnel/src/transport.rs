@@ -27,6 +27,9 @@ pub enum LinkError {
     /// A write did not complete within the write deadline.
     #[error("write did not complete within {0:?}")]
     WriteTimeout(Duration),
+    /// The peer (or the network) closed the connection without a WebSocket close frame.
+    #[error("the connection closed abruptly (no close frame)")]
+    Abrupt,
 }
 
 /// The WebSocket configuration for a tunnel with these limits: frames and messages are capped
@@ -83,6 +86,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 Some(Ok(WsMessage::Text(_))) => return Err(LinkError::Text),
                 Some(Ok(_)) => continue, // WebSocket ping/pong frames are answered by tungstenite
                 Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
+                Some(Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ))) => return Err(LinkError::Abrupt),
+                Some(Err(tungstenite::Error::Io(e)))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Err(LinkError::Abrupt);
+                }
                 Some(Err(e)) => return Err(e.into()),
             }
         }
@@ -97,10 +113,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 
     /// Sends GoAway and a normal close frame; best effort.
-    pub async fn go_away(mut self, reason: impl Into<String>) {
+    pub async fn go_away(self, reason: impl Into<String>) {
         let reason = reason.into();
-        let _ = self.send(&Message::GoAway { reason: reason.clone() }).await;
-        self.close(CloseCode::Normal, &reason).await;
+        self.finish(&Message::GoAway { reason: reason.clone() }, &reason).await;
+    }
+
+    /// Sends a last message (GoAway, EndOfStream) and a normal close frame; best effort.
+    pub async fn finish(mut self, last: &Message, reason: &str) {
+        let _ = self.send(last).await;
+        self.close(CloseCode::Normal, reason).await;
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {

@@ -64,6 +64,11 @@ async fn supervise(
         let started = Instant::now();
         match run_once(&stream, &cfg, &mut sink, &cancel, &stats, &mut seq, epoch).await {
             Exit::Cancelled | Exit::SinkClosed => break,
+            Exit::CannotStart(reason) => {
+                warn!(%stream, %reason, "ffmpeg source failed");
+                sink.fail(reason);
+                break;
+            }
             Exit::Ended(reason) => {
                 backoff.connected(started);
                 backoff.disconnected(Instant::now());
@@ -81,6 +86,8 @@ async fn supervise(
 enum Exit {
     Cancelled,
     SinkClosed,
+    /// The executable is missing or not executable: retrying cannot help.
+    CannotStart(String),
     Ended(String),
 }
 
@@ -103,6 +110,12 @@ async fn run_once(
         .spawn()
     {
         Ok(c) => c,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) => {
+            return Exit::CannotStart(format!(
+                "cannot run {}: {e} (install ffmpeg or set ffmpeg.binary)",
+                cfg.binary.display()
+            ));
+        }
         Err(e) => return Exit::Ended(format!("cannot start {}: {e}", cfg.binary.display())),
     };
     EdgeStats::inc(&stats.sources_started);

@@ -13,8 +13,8 @@ pub mod testpattern_encoder {
     pub use super::testpattern::{EncodedPicture, Picture, TestPatternEncoder};
 }
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mediamesh_media::{Frame, StreamHeader};
 use tokio::sync::{mpsc, watch};
@@ -30,6 +30,15 @@ pub struct SourceOutput {
     pub frames: mpsc::Receiver<Frame>,
     /// The stream header; `None` until the source knows its parameters.
     pub header: watch::Receiver<Option<StreamHeader>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl SourceOutput {
+    /// Why the source stopped on its own, once `frames` has closed.
+    pub fn failure(&self) -> String {
+        let reason = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        reason.unwrap_or_else(|| "the source stopped".into())
+    }
 }
 
 /// The sending side, given to a source.
@@ -40,6 +49,7 @@ pub struct FrameSink {
     dropping: bool,
     want_keyframe: Arc<AtomicBool>,
     stats: Arc<EdgeStats>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// The data tunnel is gone; the source should stop.
@@ -91,6 +101,11 @@ impl FrameSink {
         self.want_keyframe.swap(false, Ordering::Relaxed)
     }
 
+    /// Records why the source is giving up; the uplink reports it to the hub.
+    pub fn fail(&self, reason: String) {
+        *self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+
     /// Whether the receiving side is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -101,8 +116,16 @@ impl FrameSink {
 pub fn channel(capacity: usize, stats: Arc<EdgeStats>) -> (FrameSink, SourceOutput) {
     let (tx, frames) = mpsc::channel(capacity);
     let (header_tx, header) = watch::channel(None);
-    let sink = FrameSink { tx, header: header_tx, dropping: false, want_keyframe: Arc::default(), stats };
-    (sink, SourceOutput { frames, header })
+    let failure = Arc::new(Mutex::new(None));
+    let sink = FrameSink {
+        tx,
+        header: header_tx,
+        dropping: false,
+        want_keyframe: Arc::default(),
+        stats,
+        failure: failure.clone(),
+    };
+    (sink, SourceOutput { frames, header, failure })
 }
 
 /// Why a source could not start.

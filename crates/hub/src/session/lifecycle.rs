@@ -18,19 +18,19 @@ use std::time::{Duration, Instant};
 pub struct LifecycleConfig {
     /// How long an unwatched session keeps its upstream.
     pub linger: Duration,
-    /// How long to wait for the upstream to attach after AddVideo.
+    /// How long to wait after AddVideo for the upstream's first keyframe.
     pub start_timeout: Duration,
 }
 
 /// Is the edge sending?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
-    /// AddVideo sent at `since`; no data tunnel yet.
+    /// AddVideo sent at `since`; no keyframe from a data tunnel yet.
     Requested {
         /// When AddVideo was sent.
         since: Instant,
     },
-    /// A data tunnel is attached.
+    /// A data tunnel delivers frames.
     Attached,
 }
 
@@ -51,7 +51,7 @@ pub enum Demand {
 pub enum Input {
     /// The number of viewers is now this.
     Viewers(usize),
-    /// The edge's data tunnel attached.
+    /// The edge's data tunnel delivered its first keyframe.
     UpstreamAttached,
     /// The data tunnel ended (edge sent EndOfStream, tunnel broke).
     UpstreamEnded(String),

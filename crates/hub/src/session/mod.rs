@@ -52,7 +52,7 @@ impl fmt::Display for StreamKey {
 /// per session lifetime, never one per frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
-    /// A data tunnel attached.
+    /// The data tunnel delivered its first keyframe.
     UpstreamAttached,
     /// The data tunnel ended.
     UpstreamEnded(String),

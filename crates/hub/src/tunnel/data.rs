@@ -48,7 +48,6 @@ pub(super) async fn run(
         return;
     }
     info!(stream = %session.key, "data tunnel attached");
-    session.report(SessionEvent::UpstreamAttached).await;
 
     let end = receive(&ctx, &mut link, &session, &cancel).await;
     match end {
@@ -75,6 +74,9 @@ async fn receive(
     let mut report = Feedback { last_seq: 0, frames: 0, bytes: 0 };
     let mut reported = report;
     let mut last_seq: Option<u64> = None;
+    // The session counts as started at the first keyframe, not at attach: a tunnel whose
+    // source never produces must still hit the start timeout.
+    let mut started = false;
     loop {
         tokio::select! {
             msg = link.recv() => {
@@ -99,7 +101,7 @@ async fn receive(
                             session.stats.edge_dropped.add(f.seq - prev - 1);
                         }
                         last_seq = Some(f.seq);
-                        let (seq, len) = (f.seq, f.payload.len());
+                        let (seq, len, key) = (f.seq, f.payload.len(), f.is_keyframe());
                         match session.log.push(f, unix_micros()) {
                             Ok(()) => {}
                             Err(PushError::Closed) => return End::Cancelled,
@@ -107,6 +109,10 @@ async fn receive(
                                 send_error(link, ErrorCode::Protocol, e.to_string()).await;
                                 return End::Lost(e.to_string());
                             }
+                        }
+                        if key && !started {
+                            started = true;
+                            session.report(SessionEvent::UpstreamAttached).await;
                         }
                         session.stats.frames_in.add(1);
                         session.stats.bytes_in.add(len as u64);

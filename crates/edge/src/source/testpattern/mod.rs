@@ -138,6 +138,7 @@ pub(super) fn spawn(
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(%stream, error = %e, "test pattern encoding failed");
+                    sink.fail(e.to_string());
                     break;
                 }
             };
