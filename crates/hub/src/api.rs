@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -120,7 +119,17 @@ async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn nodes(State(st): State<ApiState>) -> Json<serde_json::Value> {
+#[derive(Serialize)]
+struct NodesJson {
+    nodes: Vec<NodeJson>,
+}
+
+#[derive(Serialize)]
+struct StreamsJson {
+    streams: Vec<StreamJson>,
+}
+
+async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
     let now = Instant::now();
     let nodes: Vec<NodeJson> = st
         .registry
@@ -149,7 +158,7 @@ async fn nodes(State(st): State<ApiState>) -> Json<serde_json::Value> {
             }
         })
         .collect();
-    Json(serde_json::json!({ "nodes": nodes }))
+    Json(NodesJson { nodes })
 }
 
 #[derive(Serialize)]
@@ -244,10 +253,9 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
     }
 }
 
-async fn streams(State(st): State<ApiState>) -> Json<serde_json::Value> {
+async fn streams(State(st): State<ApiState>) -> Json<StreamsJson> {
     let now = Instant::now();
-    let streams: Vec<StreamJson> = st.sessions.snapshot().iter().map(|s| stream_json(s, now)).collect();
-    Json(serde_json::json!({ "streams": streams }))
+    Json(StreamsJson { streams: st.sessions.snapshot().iter().map(|s| stream_json(s, now)).collect() })
 }
 
 async fn stream(
@@ -263,20 +271,38 @@ async fn stream(
     })
 }
 
+/// The WebSocket upgrade, done by hand so the egress writer owns the raw connection (see
+/// `egress::ws`).
 async fn ws(
     State(st): State<ApiState>,
     Path((node, stream)): Path<(String, String)>,
     peer: Option<Extension<Peer>>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     st.registry.check_stream(&node, &stream)?;
-    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let accept = egress::ws_wire::accept_key(req.headers())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "websocket_required", e.to_string()))?;
+    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "upgrade_unavailable",
+            "this connection cannot be upgraded".into(),
+        )
+    })?;
     let remote = peer.map_or_else(|| "unknown".to_owned(), |Extension(Peer(a))| a.to_string());
     let key = StreamKey::new(node, stream);
     let sessions = st.sessions.clone();
-    // Viewers send only control frames; keep their messages small.
-    Ok(upgrade
-        .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| egress::ws::serve(socket, sessions, key, remote))
-        .into_response())
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, key, remote).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::UPGRADE, "websocket")
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header("sec-websocket-accept", accept)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }

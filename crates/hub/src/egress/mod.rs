@@ -4,3 +4,4 @@
 
 pub mod ws;
 pub mod ws_format;
+pub mod ws_wire;

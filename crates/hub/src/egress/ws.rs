@@ -1,88 +1,116 @@
 //! WebSocket viewers: `GET /api/v1/nodes/{node}/streams/{stream}/ws`.
+//!
+//! The writer takes a batch of frames from the log and writes it with vectored writes: for each
+//! frame, the shared prefix and the shared payload, so a burst costs one system call and no
+//! copy. A reader task parses the client's few frames (ping, close) with a size cap.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::ws_format::{ViewerEvent, encode_frame, header_event};
+use super::ws_format::{ViewerEvent, encode_frame_prefix, event_frame, header_frame};
+use super::ws_wire::{
+    CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING, OP_PONG,
+    close_frame, frame,
+};
 use crate::session::log::{HeaderEntry, LogEntry};
 use crate::session::{Sessions, StreamKey};
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what
 /// a stalled viewer pins in memory.
 const BATCH_BYTES: usize = 1024 * 1024;
+/// Largest message a viewer may send (they only need control frames).
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Slices per `writev` call (Linux accepts 1024; more gains nothing).
+const MAX_SLICES: usize = 64;
 
-/// Serves one viewer until it leaves or the stream ends.
-pub(crate) async fn serve(socket: WebSocket, sessions: Arc<Sessions>, key: StreamKey, remote: String) {
+/// Serves one viewer on an upgraded connection until it leaves or the stream ends.
+pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, key: StreamKey, remote: String)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let mut viewer = sessions.join(&key, "ws", remote);
     let (id, session) = (viewer.stats.id, viewer.session.clone());
     info!(stream = %key, viewer = id, remote = %viewer.stats.remote, "websocket viewer joined");
-    let (mut sink, mut incoming) = socket.split();
+    let (rd, mut wr) = tokio::io::split(io);
 
-    // Viewers send nothing we need; reading detects their close and answers pings.
+    // Control frames the reader wants written (pong, close reply); tiny and rare, so a full
+    // queue just drops the pong.
+    let (control_tx, mut control_rx) = mpsc::channel::<Bytes>(4);
     let gone = CancellationToken::new();
-    let reader = tokio::spawn({
-        let gone = gone.clone();
-        async move {
-            while let Some(Ok(msg)) = incoming.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-            gone.cancel();
-        }
-    });
+    let reader = tokio::spawn(read_client(rd, control_tx, gone.clone()));
 
     let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
     let mut batch: Vec<Arc<LogEntry>> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut header: Option<Arc<HeaderEntry>> = None;
     let reason = loop {
         batch.clear();
+        chunks.clear();
+        while let Ok(c) = control_rx.try_recv() {
+            chunks.push(c);
+        }
         let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
         viewer.stats.position.store(viewer.cursor.position(), Ordering::Relaxed);
-        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
-        viewer.stats.pending_bytes.store(pending, Ordering::Relaxed);
         if status.skipped > 0 {
             viewer.stats.skipped.add(status.skipped);
             viewer.stats.resyncs.add(1);
             session.stats.viewer_skipped.add(status.skipped);
             debug!(stream = %key, viewer = id, skipped = status.skipped, "viewer resynchronised at a keyframe");
-            let ev = serde_json::to_string(&ViewerEvent::Skip { frames: status.skipped }).unwrap_or_default();
-            if sink.feed(Message::Text(ev.into())).await.is_err() {
-                break "write failed".to_owned();
-            }
+            chunks.push(event_frame(&ViewerEvent::Skip { frames: status.skipped }));
         }
-        match send_batch(&mut sink, &batch, &mut header, &key).await {
-            Ok(bytes) => {
-                viewer.stats.pending_bytes.store(0, Ordering::Relaxed);
-                viewer.stats.frames.add(batch.len() as u64);
-                viewer.stats.bytes.add(bytes);
-                session.stats.frames_out.add(batch.len() as u64);
-                session.stats.bytes_out.add(bytes);
+        let mut bytes = 0u64;
+        for e in &batch {
+            if header.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &e.header)) {
+                chunks.push(e.header.ws.get_or_init(|| header_frame(&key.node, &key.stream, &e.header)).clone());
+                header = Some(e.header.clone());
             }
-            Err(()) => break "write failed".to_owned(),
+            chunks.push(e.ws_prefix.get_or_init(|| encode_frame_prefix(e)).clone());
+            chunks.push(e.frame.payload.clone());
+            bytes += e.frame.payload.len() as u64;
+        }
+        if let Some(reason) = &status.ended {
+            chunks.push(event_frame(&ViewerEvent::End { reason: reason.to_string() }));
+            chunks.push(close_frame(CLOSE_NORMAL, "stream ended"));
+        }
+        if !chunks.is_empty() {
+            viewer.stats.pending_bytes.store(bytes, Ordering::Relaxed);
+            let written = tokio::select! {
+                r = write_all_vectored(&mut wr, &chunks) => r,
+                () = gone.cancelled() => break "viewer closed".to_owned(),
+            };
+            if let Err(e) = written {
+                break format!("write failed: {e}");
+            }
+            viewer.stats.pending_bytes.store(0, Ordering::Relaxed);
+            viewer.stats.frames.add(batch.len() as u64);
+            viewer.stats.bytes.add(bytes);
+            session.stats.frames_out.add(batch.len() as u64);
+            session.stats.bytes_out.add(bytes);
         }
         if let Some(reason) = status.ended {
-            let ev = serde_json::to_string(&ViewerEvent::End { reason: reason.to_string() }).unwrap_or_default();
-            let _ = sink.send(Message::Text(ev.into())).await;
-            let close = CloseFrame { code: close_code::NORMAL, reason: "stream ended".into() };
-            let _ = sink.send(Message::Close(Some(close))).await;
             break format!("stream ended: {reason}");
         }
         if batch.is_empty() && status.skipped == 0 {
             tokio::select! {
                 changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
                 () = gone.cancelled() => break "viewer closed".to_owned(),
+                Some(c) = control_rx.recv() => {
+                    if let Err(e) = write_all_vectored(&mut wr, &[c]).await {
+                        break format!("write failed: {e}");
+                    }
+                }
             }
-        } else if gone.is_cancelled() {
-            break "viewer closed".to_owned();
         }
     };
     reader.abort();
+    let _ = wr.shutdown().await;
     info!(
         stream = %key, viewer = id, %reason,
         frames = viewer.stats.frames.get(), skipped = viewer.stats.skipped.get(),
@@ -90,30 +118,145 @@ pub(crate) async fn serve(socket: WebSocket, sessions: Arc<Sessions>, key: Strea
     );
 }
 
-/// Feeds a header event when the parameters change, then every frame, then flushes once.
-async fn send_batch<S>(
-    sink: &mut S,
-    batch: &[Arc<LogEntry>],
-    header: &mut Option<Arc<HeaderEntry>>,
-    key: &StreamKey,
-) -> Result<u64, ()>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let mut bytes = 0;
-    for e in batch {
-        if header.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &e.header)) {
-            let json = e.header.ws.get_or_init(|| header_event(&key.node, &key.stream, &e.header).into());
-            let text = std::str::from_utf8(json).unwrap_or_default().to_owned();
-            sink.feed(Message::Text(text.into())).await.map_err(|_| ())?;
-            *header = Some(e.header.clone());
+/// Reads the client's frames: answers pings, notices close, enforces the size cap.
+async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: mpsc::Sender<Bytes>, gone: CancellationToken) {
+    let mut parser = ClientFrames::new(MAX_CLIENT_FRAME);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        parser.extend(&buf[..n]);
+        loop {
+            match parser.next_frame() {
+                Ok(None) => break,
+                Ok(Some(f)) if f.opcode == OP_PING => {
+                    let _ = control.try_send(frame(OP_PONG, &f.payload));
+                }
+                Ok(Some(f)) if f.opcode == OP_CLOSE => {
+                    let _ = control.try_send(close_frame(CLOSE_NORMAL, ""));
+                    gone.cancel();
+                    return;
+                }
+                Ok(Some(_)) => {} // pongs and data: nothing to do
+                Err(e) => {
+                    let code =
+                        if matches!(e, ClientFrameError::TooBig { .. }) { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL };
+                    debug!(error = %e, "closing a viewer that sent a bad frame");
+                    let _ = control.try_send(close_frame(code, &e.to_string()));
+                    gone.cancel();
+                    return;
+                }
+            }
         }
-        let msg = e.ws.get_or_init(|| encode_frame(e)).clone();
-        sink.feed(Message::Binary(msg)).await.map_err(|_| ())?;
-        bytes += e.frame.payload.len() as u64;
     }
-    if !batch.is_empty() {
-        sink.flush().await.map_err(|_| ())?;
+    gone.cancel();
+}
+
+/// Writes every chunk, in order, with as few `writev` calls as the socket allows; then flushes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &[Bytes]) -> std::io::Result<()> {
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < chunks.len() {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (i, c) in chunks[idx..].iter().take(MAX_SLICES).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &c[off..] } else { c });
+                count += 1;
+            }
+            w.write_vectored(&slices[..count]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 && idx < chunks.len() {
+            let avail = chunks[idx].len() - off;
+            if left >= avail {
+                left -= avail;
+                idx += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+        while idx < chunks.len() && chunks[idx].len() == off {
+            idx += 1;
+            off = 0;
+        }
     }
-    Ok(bytes)
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `step` bytes per call, to exercise partial writes.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_survive_partial_writes() {
+        let chunks: Vec<Bytes> = (0..200u32).map(|i| Bytes::from(vec![i as u8; (i % 7) as usize])).collect();
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        for step in [1, 3, 64, 100_000] {
+            let mut w = Trickle { out: Vec::new(), step, calls: 0 };
+            write_all_vectored(&mut w, &chunks).await.unwrap();
+            assert_eq!(w.out, expected, "step {step}");
+            if step == 100_000 {
+                assert_eq!(w.calls, 200usize.div_ceil(MAX_SLICES), "one call per {MAX_SLICES} slices");
+            }
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! the first frame and whenever they change, `skip` when the viewer was resynchronised, `end`
 //! before the hub closes. Binary messages are frames: a fixed [`FRAME_HEADER_LEN`]-byte header
 //! then the Annex-B payload. The encoding of a frame does not depend on the viewer, so the hub
-//! builds it once per frame and every viewer sends the same bytes.
+//! builds its prefix (WebSocket frame header and our fixed header) once per frame; every viewer
+//! writes that prefix and the shared payload with one vectored write, copying nothing.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,6 +13,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mediamesh_media::{FrameFlags, TrackKind};
 use serde::{Deserialize, Serialize};
 
+use super::ws_wire::{OP_BINARY, OP_TEXT, frame, frame_header};
 use crate::session::log::{HeaderEntry, LogEntry};
 
 /// First byte of a binary frame message.
@@ -76,8 +78,8 @@ impl TrackJson {
     }
 }
 
-/// The header event for a header entry (JSON text).
-pub fn header_event(node: &str, stream: &str, h: &HeaderEntry) -> String {
+/// The header event for a header entry, as a complete WebSocket text frame.
+pub fn header_frame(node: &str, stream: &str, h: &HeaderEntry) -> Bytes {
     let tracks = h
         .header
         .tracks
@@ -96,15 +98,16 @@ pub fn header_event(node: &str, stream: &str, h: &HeaderEntry) -> String {
             }
         })
         .collect();
-    let ev = ViewerEvent::Header { node: node.into(), stream: stream.into(), tracks };
-    // Serialising a plain struct of strings and numbers cannot fail.
-    serde_json::to_string(&ev).unwrap_or_default()
+    event_frame(&ViewerEvent::Header { node: node.into(), stream: stream.into(), tracks })
 }
 
-/// The binary message of a frame.
-pub fn encode_frame(e: &LogEntry) -> Bytes {
+/// The bytes that precede a frame's payload on the wire: the WebSocket frame header of a
+/// binary message, then the fixed [`FRAME_HEADER_LEN`]-byte header.
+pub fn encode_frame_prefix(e: &LogEntry) -> Bytes {
     let f = &e.frame;
-    let mut b = BytesMut::with_capacity(FRAME_HEADER_LEN + f.payload.len());
+    let (ws, n) = frame_header(OP_BINARY, FRAME_HEADER_LEN + f.payload.len());
+    let mut b = BytesMut::with_capacity(n + FRAME_HEADER_LEN);
+    b.put_slice(&ws[..n]);
     b.put_u8(FRAME_MESSAGE);
     b.put_u8(f.track);
     b.put_u8(f.flags.bits());
@@ -114,8 +117,13 @@ pub fn encode_frame(e: &LogEntry) -> Bytes {
     b.put_i64(f.dts);
     b.put_u64(f.capture_us);
     b.put_u64(e.hub_us);
-    b.put_slice(&f.payload);
     b.freeze()
+}
+
+/// An event as a complete WebSocket text frame.
+pub fn event_frame(ev: &ViewerEvent) -> Bytes {
+    // Serialising a plain enum of strings and numbers cannot fail.
+    frame(OP_TEXT, serde_json::to_string(ev).unwrap_or_default().as_bytes())
 }
 
 /// A frame as a viewer receives it.

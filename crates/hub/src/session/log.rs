@@ -36,7 +36,7 @@ pub struct HeaderEntry {
     pub header: StreamHeader,
     /// Derived video parameters of the first video track.
     pub video: Option<VideoParams>,
-    /// Egress encodings of this header, built once (see [`LogEntry::ws`]).
+    /// The WebSocket header event, built once and shared by every viewer.
     pub ws: OnceLock<Bytes>,
 }
 
@@ -53,9 +53,9 @@ pub struct LogEntry {
     pub hub_us: u64,
     /// Payload bytes pushed before this frame, for lag accounting.
     bytes_before: u64,
-    /// The WebSocket viewer message for this frame, built by the first viewer that needs it and
-    /// shared by all the others.
-    pub ws: OnceLock<Bytes>,
+    /// What precedes the payload in a WebSocket viewer's frame message, built by the first
+    /// viewer that needs it and shared by all the others.
+    pub ws_prefix: OnceLock<Bytes>,
 }
 
 /// Why a frame was refused.
@@ -209,7 +209,7 @@ impl FrameLog {
                 header,
                 hub_us,
                 bytes_before,
-                ws: OnceLock::new(),
+                ws_prefix: OnceLock::new(),
             }));
             ring.bytes += len;
             ring.total_bytes += len as u64;
