@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// Where certificates and demo.yaml go; default: $XDG_STATE_HOME/mediamesh/demo.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Seconds a camera keeps running after its last viewer leaves.
+    #[arg(long, default_value_t = 10.0)]
+    linger: f64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -60,7 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          # `mediamesh hub -c FILE` and `mediamesh edge -c FILE` to run them apart.\n\
          cloudDataStream:\n  enable: true\n  streamPort: {sp}\n  tunnelPort: {tp}\n  listenAddress: \"{listen}\"\n\
          \x20 tlsStreamCertFile: {hc}\n  tlsStreamPrivateKeyFile: {hk}\n\
-         \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: 10\n\
+         \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: {linger}\n\
          edgeDataStream:\n  enable: true\n  server: \"{host}:{tp}\"\n  nodeName: {NODE}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {ec}\n  tlsTunnelPrivateKeyFile: {ek}\n\
          \x20 streams:\n\
@@ -69,6 +72,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sp = args.stream_port,
         tp = args.tunnel_port,
         listen = args.listen,
+        linger = args.linger,
         hc = yaml_path(&pki.hub.cert),
         hk = yaml_path(&pki.hub.key),
         ca = yaml_path(&pki.ca_cert),
