@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use mediamesh_tunnel::backoff::Backoff;
-use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{CatalogEntry, Channel, ErrorCode, ErrorMsg, Message, SessionId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -97,34 +97,22 @@ async fn serve(
     loop {
         tokio::select! {
             msg = link.recv() => {
-                let now = Instant::now();
                 let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => return "closed by the hub".into(),
                     Err(e) => return e.to_string(),
                 };
-                hb.on_receive(now);
-                let reply = match msg {
-                    Message::AddVideo { session, stream } => add_video(ctx, uplinks, done_tx, session, stream),
-                    Message::RemoveVideo { session, stream } => {
-                        EdgeStats::inc(&ctx.stats.remove_video);
-                        match uplinks.remove(&session) {
-                            Some(u) => {
-                                info!(%stream, session, "RemoveVideo: stopping the stream");
-                                u.cancel.cancel();
-                            }
-                            None => info!(%stream, session, "RemoveVideo for a stream that is not running"),
-                        }
+                let reply = match link.liveness(&mut hb, msg).await {
+                    Err(e) => return e.to_string(),
+                    Ok(None) => None,
+                    Ok(Some(Message::AddVideo { session, stream })) => add_video(ctx, uplinks, done_tx, session, stream),
+                    Ok(Some(Message::RemoveVideo { session, stream })) => {
+                        remove_video(ctx, uplinks, session, &stream);
                         None
                     }
-                    Message::Ping { id } => Some(Message::Pong { id }),
-                    Message::Pong { id } => {
-                        hb.on_pong(now, id);
-                        None
-                    }
-                    Message::GoAway { reason } => return format!("the hub said goodbye: {reason}"),
-                    Message::Error(e) => return format!("the hub reported an error ({}): {}", e.code, e.message),
-                    other => return format!("unexpected {} on the control channel", other.name()),
+                    Ok(Some(Message::GoAway { reason })) => return format!("the hub said goodbye: {reason}"),
+                    Ok(Some(Message::Error(e))) => return format!("the hub reported an error ({}): {}", e.code, e.message),
+                    Ok(Some(other)) => return format!("unexpected {} on the control channel", other.name()),
                 };
                 if let Some(reply) = reply
                     && let Err(e) = link.send(&reply).await
@@ -144,16 +132,8 @@ async fn serve(
                 }
             }
             () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                match hb.poll(Instant::now()) {
-                    HeartbeatAction::SendPing { id } => {
-                        if let Err(e) = link.send(&Message::Ping { id }).await {
-                            return e.to_string();
-                        }
-                    }
-                    HeartbeatAction::Dead { silent_for } => {
-                        return format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64());
-                    }
-                    HeartbeatAction::Wait => {}
+                if let Err(reason) = link.heartbeat(&mut hb, "hub").await {
+                    return reason;
                 }
             }
             () = shutdown.cancelled() => {
@@ -161,6 +141,18 @@ async fn serve(
                 return "shutting down".into();
             }
         }
+    }
+}
+
+/// Handles RemoveVideo: stops the session's uplink if it runs.
+fn remove_video(ctx: &EdgeCtx, uplinks: &mut HashMap<SessionId, Uplink>, session: SessionId, stream: &str) {
+    EdgeStats::inc(&ctx.stats.remove_video);
+    match uplinks.remove(&session) {
+        Some(u) => {
+            info!(%stream, session, "RemoveVideo: stopping the stream");
+            u.cancel.cancel();
+        }
+        None => info!(%stream, session, "RemoveVideo for a stream that is not running"),
     }
 }
 

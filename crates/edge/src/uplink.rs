@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{Channel, Limits, Message, SessionId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -120,40 +120,23 @@ async fn pump(
                 ctx.stats.bytes_sent.fetch_add(len, Relaxed);
             }
             msg = link.recv() => {
-                let now = Instant::now();
-                match msg {
-                    Ok(Some(m)) => {
-                        hb.on_receive(now);
-                        match m {
-                            Message::Feedback(fb) => debug!(%stream, last_seq = fb.last_seq, frames = fb.frames, "feedback"),
-                            Message::Ping { id } => {
-                                if let Err(e) = link.send(&Message::Pong { id }).await {
-                                    return UplinkEnd::Failed(e.to_string());
-                                }
-                            }
-                            Message::Pong { id } => {
-                                hb.on_pong(now, id);
-                            }
-                            Message::GoAway { reason } => return UplinkEnd::ClosedByHub(reason),
-                            Message::Error(e) => return UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message)),
-                            other => return UplinkEnd::Failed(format!("unexpected {} on a data tunnel", other.name())),
-                        }
-                    }
+                let msg = match msg {
+                    Ok(Some(m)) => m,
                     Ok(None) => return UplinkEnd::ClosedByHub("connection closed".into()),
                     Err(e) => return UplinkEnd::Failed(e.to_string()),
+                };
+                match link.liveness(&mut hb, msg).await {
+                    Err(e) => return UplinkEnd::Failed(e.to_string()),
+                    Ok(None) => {}
+                    Ok(Some(Message::Feedback(fb))) => debug!(%stream, last_seq = fb.last_seq, frames = fb.frames, "feedback"),
+                    Ok(Some(Message::GoAway { reason })) => return UplinkEnd::ClosedByHub(reason),
+                    Ok(Some(Message::Error(e))) => return UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message)),
+                    Ok(Some(other)) => return UplinkEnd::Failed(format!("unexpected {} on a data tunnel", other.name())),
                 }
             }
             () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                match hb.poll(Instant::now()) {
-                    HeartbeatAction::SendPing { id } => {
-                        if let Err(e) = link.send(&Message::Ping { id }).await {
-                            return UplinkEnd::Failed(e.to_string());
-                        }
-                    }
-                    HeartbeatAction::Dead { silent_for } => {
-                        return UplinkEnd::Failed(format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64()));
-                    }
-                    HeartbeatAction::Wait => {}
+                if let Err(reason) = link.heartbeat(&mut hb, "hub").await {
+                    return UplinkEnd::Failed(reason);
                 }
             }
             () = cancel.cancelled() => return UplinkEnd::Stopped,

@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
+use crate::liveness::{Heartbeat, HeartbeatAction};
 use crate::wire::{DecodeError, ErrorCode, ErrorMsg, Limits, Message, decode_message, encoded};
 
 /// Why a link failed.
@@ -101,6 +102,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 }
                 Some(Err(e)) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Takes the heartbeat step due now (call it at [`Heartbeat::next_deadline`]): sends Ping
+    /// when it is time. `Err` names why the connection is over (the peer is silent, a send
+    /// failed); `peer` names the other side in that message ("hub", "edge").
+    pub async fn heartbeat(&mut self, hb: &mut Heartbeat, peer: &str) -> Result<(), String> {
+        match hb.poll(std::time::Instant::now()) {
+            HeartbeatAction::SendPing { id } => self.send(&Message::Ping { id }).await.map_err(|e| e.to_string()),
+            HeartbeatAction::Dead { silent_for } => {
+                Err(format!("no traffic from the {peer} for {:.1} s", silent_for.as_secs_f64()))
+            }
+            HeartbeatAction::Wait => Ok(()),
+        }
+    }
+
+    /// Accounts a received message to the heartbeat and handles liveness: answers Ping with
+    /// Pong, takes RTT samples from Pong. Returns the message if it is anything else.
+    pub async fn liveness(&mut self, hb: &mut Heartbeat, msg: Message) -> Result<Option<Message>, LinkError> {
+        let now = std::time::Instant::now();
+        hb.on_receive(now);
+        match msg {
+            Message::Ping { id } => self.send(&Message::Pong { id }).await.map(|()| None),
+            Message::Pong { id } => {
+                hb.on_pong(now, id);
+                Ok(None)
+            }
+            other => Ok(Some(other)),
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -49,39 +49,28 @@ pub(super) async fn run(
     let outcome = loop {
         tokio::select! {
             msg = link.recv() => {
-                let now = Instant::now();
-                match msg {
-                    Ok(Some(m)) => {
-                        hb.on_receive(now);
-                        match m {
-                            Message::Ping { id } => {
-                                if let Err(e) = link.send(&Message::Pong { id }).await {
-                                    break format!("send failed: {e}");
-                                }
-                            }
-                            Message::Pong { id } => {
-                                if let Some(rtt) = hb.on_pong(now, id) {
-                                    debug!(%node, rtt_ms = rtt.as_secs_f64() * 1e3, "control rtt");
-                                }
-                            }
-                            Message::Error(e) if e.session != 0 => {
-                                warn!(%node, session = e.session, code = %e.code, message = %e.message, "edge reports a stream failure");
-                                if let Some(s) = ctx.sessions.by_id(e.session) {
-                                    s.try_report(SessionEvent::StartFailed(format!("edge {node}: {}", e.message)));
-                                }
-                            }
-                            Message::Error(e) => break format!("edge error ({}): {}", e.code, e.message),
-                            Message::GoAway { reason } => break format!("edge said goodbye: {reason}"),
-                            other => {
-                                let msg = format!("{} is not allowed on a control channel", other.name());
-                                link.fail(ErrorCode::Protocol, msg.clone()).await;
-                                break msg;
-                            }
-                        }
-                    }
+                let msg = match msg {
+                    Ok(Some(m)) => m,
                     Ok(None) => break "connection closed by the edge".into(),
                     Err(e) => {
                         let msg = e.to_string();
+                        link.fail(ErrorCode::Protocol, msg.clone()).await;
+                        break msg;
+                    }
+                };
+                match link.liveness(&mut hb, msg).await {
+                    Err(e) => break format!("send failed: {e}"),
+                    Ok(None) => {}
+                    Ok(Some(Message::Error(e))) if e.session != 0 => {
+                        warn!(%node, session = e.session, code = %e.code, message = %e.message, "edge reports a stream failure");
+                        if let Some(s) = ctx.sessions.by_id(e.session) {
+                            s.try_report(SessionEvent::StartFailed(format!("edge {node}: {}", e.message)));
+                        }
+                    }
+                    Ok(Some(Message::Error(e))) => break format!("edge error ({}): {}", e.code, e.message),
+                    Ok(Some(Message::GoAway { reason })) => break format!("edge said goodbye: {reason}"),
+                    Ok(Some(other)) => {
+                        let msg = format!("{} is not allowed on a control channel", other.name());
                         link.fail(ErrorCode::Protocol, msg.clone()).await;
                         break msg;
                     }
@@ -98,16 +87,8 @@ pub(super) async fn run(
                 }
             }
             () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                match hb.poll(Instant::now()) {
-                    HeartbeatAction::SendPing { id } => {
-                        if let Err(e) = link.send(&Message::Ping { id }).await {
-                            break format!("send failed: {e}");
-                        }
-                    }
-                    HeartbeatAction::Dead { silent_for } => {
-                        break format!("no traffic from the edge for {:.1} s", silent_for.as_secs_f64());
-                    }
-                    HeartbeatAction::Wait => {}
+                if let Err(reason) = link.heartbeat(&mut hb, "edge").await {
+                    break reason;
                 }
             }
             () = cancel.cancelled() => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
 use tracing::{debug, info, warn};
 
@@ -94,7 +94,11 @@ async fn receive(
                         return End::Lost(e.to_string());
                     }
                 };
-                hb.on_receive(now);
+                let msg = match link.liveness(&mut hb, msg).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => return End::Lost(e.to_string()),
+                };
                 match msg {
                     Message::Frame(f) => {
                         if let Some(prev) = last_seq && f.seq > prev + 1 {
@@ -129,14 +133,6 @@ async fn receive(
                         debug!(stream = %session.key, "stream header");
                     }
                     Message::EndOfStream { reason } => return End::Lost(format!("the edge ended the stream: {reason}")),
-                    Message::Ping { id } => {
-                        if let Err(e) = link.send(&Message::Pong { id }).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                    Message::Pong { id } => {
-                        hb.on_pong(now, id);
-                    }
                     Message::GoAway { reason } => return End::Lost(format!("the edge closed the tunnel: {reason}")),
                     Message::Error(e) => return End::Lost(format!("edge error ({}): {}", e.code, e.message)),
                     other => {
@@ -155,16 +151,8 @@ async fn receive(
                 }
             }
             () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                match hb.poll(Instant::now()) {
-                    HeartbeatAction::SendPing { id } => {
-                        if let Err(e) = link.send(&Message::Ping { id }).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                    HeartbeatAction::Dead { silent_for } => {
-                        return End::Lost(format!("no traffic from the edge for {:.1} s", silent_for.as_secs_f64()));
-                    }
-                    HeartbeatAction::Wait => {}
+                if let Err(reason) = link.heartbeat(&mut hb, "edge").await {
+                    return End::Lost(reason);
                 }
             }
             () = cancel.cancelled() => return End::Cancelled,
