@@ -179,3 +179,22 @@ async fn unknown_nodes_and_streams_are_404_with_a_message() {
     assert!(body.contains("not_found"), "{body}");
     still_flowing(&mut v).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_fail_another_nodes_stream() {
+    let fx = Fixture::builder().start().await;
+    let mut v = healthy_viewer(&fx).await;
+    let victim = fx.hub.sessions().snapshot()[0].id;
+    // edge-2, properly authenticated, reports a failure of edge-1's session.
+    let cfg = dial_config(&fx, fx.pki.edge("edge-2"), "edge-2");
+    let (mut control, _) = dial(&cfg, Channel::Control { catalog: vec![] }).await.unwrap();
+    let err = mediamesh_tunnel::wire::ErrorMsg {
+        code: ErrorCode::SourceFailed,
+        session: victim,
+        message: "pretend the camera died".into(),
+    };
+    control.send(&Message::Error(err)).await.unwrap();
+    still_flowing(&mut v).await;
+    still_flowing(&mut v).await;
+    assert_eq!(fx.hub.sessions().snapshot()[0].id, victim, "edge-1's session is untouched");
+}

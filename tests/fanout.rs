@@ -136,3 +136,32 @@ async fn a_viewer_that_stops_reading_costs_others_nothing() {
     assert!(skipped > 0, "the backlog was skipped");
     assert!(first.flags.is_keyframe(), "delivery resumes at a keyframe");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_viewer_is_disconnected_and_the_stream_lingers_out() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.viewer_write_timeout = mediamesh_tunnel::settings::Seconds::new(1);
+            h.viewer_send_buffer_bytes = 64 * 1024;
+        })
+        .edge(|e| {
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
+        })
+        .start()
+        .await;
+    // The only viewer, and it never reads.
+    let opts = ConnectOptions { recv_buffer: Some(4096), ..Default::default() };
+    let stuck = ViewerClient::connect(&fx.ws_url("edge-1", "cam1"), &opts).await.unwrap();
+    let sessions = fx.hub.sessions().clone();
+    wait_until("the session to start", Duration::from_secs(10), || !sessions.snapshot().is_empty()).await;
+    let session = sessions.snapshot()[0].clone();
+    let t0 = Instant::now();
+    wait_until("the stalled viewer to be dropped", Duration::from_secs(15), || session.viewer_count() == 0).await;
+    assert!(t0.elapsed() >= Duration::from_millis(900), "dropped only after the write timeout");
+    // With no viewer left the stream lingers out: RemoveVideo, source stopped.
+    let stats = fx.edge_stats().clone();
+    wait_until("RemoveVideo", Duration::from_secs(10), || EdgeStats::get(&stats.remove_video) == 1).await;
+    wait_until("the session to close", Duration::from_secs(5), || sessions.snapshot().is_empty()).await;
+    drop(stuck);
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mediamesh_tunnel::transport::{Link, LinkError, ws_config};
+use mediamesh_tunnel::transport::{Link, LinkError, Tracked, ws_config};
 use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome};
 use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
 use rustls_pki_types::ServerName;
@@ -114,7 +114,7 @@ async fn handshake(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welc
         .map_err(|e| DialError::Upgrade(format!("bad server address {:?}: {e}", cfg.server)))?;
     req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
     let limits = Limits::default();
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config(&limits)))
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, Tracked::new(tls), Some(ws_config(&limits)))
         .await
         .map_err(|e| DialError::Upgrade(describe_ws(&e)))?;
     let mut link = Link::new(ws, limits, cfg.write_deadline);

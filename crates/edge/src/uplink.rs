@@ -96,17 +96,21 @@ async fn pump(
     let mut sent_header = false;
     loop {
         tokio::select! {
-            frame = out.frames.recv() => {
-                let Some(frame) = frame else { return UplinkEnd::Failed(out.failure()) };
-                if !sent_header || out.header.has_changed().unwrap_or(false) {
-                    let Some(header) = out.header.borrow_and_update().clone() else {
-                        debug!(%stream, "frame before codec parameters; dropped");
+            item = out.items.recv() => {
+                let frame = match item {
+                    None => return UplinkEnd::Failed(out.failure()),
+                    Some(source::SourceItem::Header(header)) => {
+                        if let Err(e) = link.send(&Message::StreamHeader(header)).await {
+                            return UplinkEnd::Failed(format!("sending the stream header: {e}"));
+                        }
+                        sent_header = true;
                         continue;
-                    };
-                    if let Err(e) = link.send(&Message::StreamHeader(header)).await {
-                        return UplinkEnd::Failed(format!("sending the stream header: {e}"));
                     }
-                    sent_header = true;
+                    Some(source::SourceItem::Frame(f)) => f,
+                };
+                if !sent_header {
+                    debug!(%stream, "frame before codec parameters; dropped");
+                    continue;
                 }
                 if frame.payload.len() > max_frame_bytes as usize {
                     warn!(%stream, bytes = frame.payload.len(), cap = max_frame_bytes, "frame larger than the hub accepts; dropped");

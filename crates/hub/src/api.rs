@@ -34,6 +34,8 @@ pub(crate) struct ApiState {
     pub registry: Arc<NodeRegistry>,
     pub started: Instant,
     pub hub_name: String,
+    /// How long a write to a viewer may make no progress.
+    pub viewer_write_timeout: std::time::Duration,
 }
 
 /// The peer address of an HTTP connection, inserted by the server.
@@ -292,9 +294,12 @@ async fn ws(
     let remote = peer.map_or_else(|| "unknown".to_owned(), |Extension(Peer(a))| a.to_string());
     let key = StreamKey::new(node, stream);
     let sessions = st.sessions.clone();
+    let stall = st.viewer_write_timeout;
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, key, remote).await,
+            Ok(upgraded) => {
+                egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, key, remote, stall).await;
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });

@@ -75,6 +75,10 @@ pub struct HubConfig {
     /// `net.ipv4.tcp_wmem`, often 4 MiB). Default 512 KiB.
     #[serde(default = "default_viewer_send_buffer")]
     pub viewer_send_buffer_bytes: usize,
+    /// Seconds a write to a viewer may make no progress before the viewer is disconnected
+    /// (a client that stopped reading). Default 10.
+    #[serde(default = "default_viewer_write_timeout")]
+    pub viewer_write_timeout: Seconds,
 }
 
 /// Bounds of each stream's shared frame log.
@@ -128,6 +132,7 @@ impl HubConfig {
             frame_log: FrameLogSettings::default(),
             viewer_max_lag_bytes: default_viewer_lag_bytes(),
             viewer_send_buffer_bytes: default_viewer_send_buffer(),
+            viewer_write_timeout: default_viewer_write_timeout(),
         }
     }
 
@@ -171,6 +176,9 @@ impl HubConfig {
         if self.handshake_timeout.get().is_zero() {
             return err("handshakeTimeout", "must be greater than 0".into());
         }
+        if self.viewer_write_timeout.get().is_zero() {
+            return err("viewerWriteTimeout", "must be greater than 0".into());
+        }
         Ok(())
     }
 }
@@ -213,6 +221,9 @@ fn default_viewer_lag_bytes() -> usize {
 }
 fn default_viewer_send_buffer() -> usize {
     512 * 1024
+}
+fn default_viewer_write_timeout() -> Seconds {
+    Seconds::new(10)
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ impl Hub {
             registry: registry.clone(),
             started: Instant::now(),
             hub_name: config.hub_name.clone(),
+            viewer_write_timeout: config.viewer_write_timeout.get(),
         };
         let https = stream_tls.is_some();
         let send_buffer = (config.viewer_send_buffer_bytes > 0).then_some(config.viewer_send_buffer_bytes);

@@ -41,17 +41,88 @@ pub fn ws_config(limits: &Limits) -> WebSocketConfig {
     WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
 }
 
-/// A tunnel connection: typed messages over a WebSocket.
+/// A byte stream that remembers when bytes last arrived, so liveness counts a large frame
+/// that is still arriving on a slow link, not only whole messages.
+#[derive(Debug)]
+pub struct Tracked<S> {
+    inner: S,
+    last_read: std::time::Instant,
+}
+
+impl<S> Tracked<S> {
+    /// Wraps a stream; call before the WebSocket handshake.
+    pub fn new(inner: S) -> Self {
+        Self { inner, last_read: std::time::Instant::now() }
+    }
+
+    /// When bytes last arrived.
+    pub fn last_read(&self) -> std::time::Instant {
+        self.last_read
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_read = std::time::Instant::now();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A tunnel connection: typed messages over a WebSocket over a [`Tracked`] stream.
 #[derive(Debug)]
 pub struct Link<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Tracked<S>>,
     limits: Limits,
     write_deadline: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Wraps an upgraded WebSocket.
-    pub fn new(ws: WebSocketStream<S>, limits: Limits, write_deadline: Duration) -> Self {
+    pub fn new(ws: WebSocketStream<Tracked<S>>, limits: Limits, write_deadline: Duration) -> Self {
         Self { ws, limits, write_deadline }
     }
 
@@ -62,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
-        self.ws.get_ref()
+        &self.ws.get_ref().inner
     }
 
     /// Sends one message and flushes it, within the write deadline.
@@ -109,6 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// when it is time. `Err` names why the connection is over (the peer is silent, a send
     /// failed); `peer` names the other side in that message ("hub", "edge").
     pub async fn heartbeat(&mut self, hb: &mut Heartbeat, peer: &str) -> Result<(), String> {
+        // Bytes of a message still arriving count as life.
+        hb.on_receive(self.ws.get_ref().last_read());
         match hb.poll(std::time::Instant::now()) {
             HeartbeatAction::SendPing { id } => self.send(&Message::Ping { id }).await.map_err(|e| e.to_string()),
             HeartbeatAction::Dead { silent_for } => {
@@ -161,5 +234,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
         let frame = CloseFrame { code, reason: reason[..end].to_owned().into() };
         let _ = tokio::time::timeout(self.write_deadline, self.ws.close(Some(frame))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+    use crate::liveness::HeartbeatConfig;
+    use crate::wire::encoded;
+
+    /// A masked client WebSocket binary frame carrying `payload`.
+    fn masked_frame(payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![0x82, 0x80 | 126];
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[tokio::test]
+    async fn bytes_of_a_slow_message_keep_the_peer_alive() {
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let ws = tokio_tungstenite::accept_async(Tracked::new(server_io)).await.unwrap();
+            Link::new(ws, Limits::default(), Duration::from_secs(5))
+        });
+        let req = "ws://hub/t".into_client_request().unwrap();
+        let (mut client, _) = tokio_tungstenite::client_async(req, client_io).await.unwrap();
+        let mut link = server.await.unwrap();
+
+        let timeout = Duration::from_millis(400);
+        let mut hb = Heartbeat::new(Instant::now(), HeartbeatConfig { interval: Duration::from_secs(60), timeout });
+        // One message, trickled over three timeouts.
+        let frame = masked_frame(&encoded(&Message::GoAway { reason: "x".repeat(1000) }));
+        let started = Instant::now();
+        let mut sent = 0;
+        while sent < frame.len() {
+            let end = (sent + 50).min(frame.len());
+            client.get_mut().write_all(&frame[sent..end]).await.unwrap();
+            sent = end;
+            // Let the hub side read what arrived, then check liveness.
+            let _ = tokio::time::timeout(Duration::from_millis(100), link.recv()).await;
+            assert!(link.heartbeat(&mut hb, "edge").await.is_ok(), "declared dead after {:?}", started.elapsed());
+        }
+        assert!(started.elapsed() > 3 * timeout, "the message took longer than the timeout");
+        // Silence is still death.
+        tokio::time::sleep(timeout + Duration::from_millis(100)).await;
+        let err = link.heartbeat(&mut hb, "edge").await.unwrap_err();
+        assert!(err.contains("no traffic from the edge"), "{err}");
     }
 }

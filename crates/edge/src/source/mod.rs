@@ -1,9 +1,11 @@
 //! Sources: where a stream's frames come from, started on AddVideo and stopped on RemoveVideo.
 //!
-//! A source pushes frames into a [`FrameSink`] (a bounded queue to the data tunnel) and
-//! publishes its codec parameters on a `watch` channel (latest value wins; never queued). The
-//! sink's overflow policy is codec-aware: when the queue is full the frame is dropped, and every
-//! following frame is dropped until a keyframe, which the sink asks the source to produce early.
+//! A source pushes frames and codec-parameter changes into a [`FrameSink`], a bounded queue to
+//! the data tunnel. A header travels in the same queue as the frames, so it can never overtake
+//! older frames; it is never dropped (if the queue is full it waits and goes out just before the
+//! next accepted frame). The overflow policy is codec-aware: when the queue is full the frame is
+//! dropped, and every following frame is dropped until a keyframe, which the sink asks the
+//! source to produce early.
 
 mod ffmpeg;
 mod testpattern;
@@ -17,19 +19,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mediamesh_media::{Frame, StreamHeader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
 use crate::stats::EdgeStats;
 
-/// The receiving side of a source: frames and the header in effect.
+/// What a source produces, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceItem {
+    /// New codec parameters for the frames that follow.
+    Header(StreamHeader),
+    /// A frame.
+    Frame(Frame),
+}
+
+/// The receiving side of a source.
 #[derive(Debug)]
 pub struct SourceOutput {
-    /// Frames, in order.
-    pub frames: mpsc::Receiver<Frame>,
-    /// The stream header; `None` until the source knows its parameters.
-    pub header: watch::Receiver<Option<StreamHeader>>,
+    /// Headers and frames, in order.
+    pub items: mpsc::Receiver<SourceItem>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -44,8 +53,11 @@ impl SourceOutput {
 /// The sending side, given to a source.
 #[derive(Debug)]
 pub struct FrameSink {
-    tx: mpsc::Sender<Frame>,
-    header: watch::Sender<Option<StreamHeader>>,
+    tx: mpsc::Sender<SourceItem>,
+    /// The last header the source announced.
+    header: Option<StreamHeader>,
+    /// A header not yet queued (the queue was full).
+    pending_header: Option<StreamHeader>,
     dropping: bool,
     want_keyframe: Arc<AtomicBool>,
     stats: Arc<EdgeStats>,
@@ -57,15 +69,12 @@ pub struct FrameSink {
 pub struct SinkClosed;
 
 impl FrameSink {
-    /// Publishes new codec parameters (no-op if unchanged).
-    pub fn set_header(&self, header: StreamHeader) {
-        self.header.send_if_modified(|h| {
-            if h.as_ref() == Some(&header) {
-                return false;
-            }
-            *h = Some(header);
-            true
-        });
+    /// Announces codec parameters for the frames that follow (no-op if unchanged).
+    pub fn set_header(&mut self, header: StreamHeader) {
+        if self.header.as_ref() != Some(&header) {
+            self.header = Some(header.clone());
+            self.pending_header = Some(header);
+        }
     }
 
     /// Offers a frame. Never waits: when the queue is full the frame is dropped and so is
@@ -78,22 +87,37 @@ impl FrameSink {
             }
             frame.flags = frame.flags.with_discontinuity();
         }
-        match self.tx.try_send(frame) {
+        if let Some(h) = self.pending_header.take() {
+            match self.tx.try_send(SourceItem::Header(h)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(SourceItem::Header(h))) => {
+                    self.pending_header = Some(h);
+                    self.overflow();
+                    return Ok(());
+                }
+                Err(_) => return Err(SinkClosed),
+            }
+        }
+        match self.tx.try_send(SourceItem::Frame(frame)) {
             Ok(()) => {
                 self.dropping = false;
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                EdgeStats::inc(&self.stats.dropped_queue_full);
-                if !self.dropping {
-                    tracing::debug!("uplink queue full: dropping until the next keyframe");
-                }
-                self.dropping = true;
-                self.want_keyframe.store(true, Ordering::Relaxed);
+                self.overflow();
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkClosed),
         }
+    }
+
+    fn overflow(&mut self) {
+        EdgeStats::inc(&self.stats.dropped_queue_full);
+        if !self.dropping {
+            tracing::debug!("uplink queue full: dropping until the next keyframe");
+        }
+        self.dropping = true;
+        self.want_keyframe.store(true, Ordering::Relaxed);
     }
 
     /// Whether a keyframe was asked for since the last call (sources that can, make one).
@@ -112,20 +136,20 @@ impl FrameSink {
     }
 }
 
-/// A bounded source → tunnel queue of `capacity` frames.
+/// A bounded source → tunnel queue of `capacity` items (frames and headers).
 pub fn channel(capacity: usize, stats: Arc<EdgeStats>) -> (FrameSink, SourceOutput) {
-    let (tx, frames) = mpsc::channel(capacity);
-    let (header_tx, header) = watch::channel(None);
+    let (tx, items) = mpsc::channel(capacity);
     let failure = Arc::new(Mutex::new(None));
     let sink = FrameSink {
         tx,
-        header: header_tx,
+        header: None,
+        pending_header: None,
         dropping: false,
         want_keyframe: Arc::default(),
         stats,
         failure: failure.clone(),
     };
-    (sink, SourceOutput { frames, header, failure })
+    (sink, SourceOutput { items, failure })
 }
 
 /// Why a source could not start.
@@ -189,6 +213,15 @@ mod tests {
         Frame { track: 0, flags: FrameFlags::keyframe(key), seq, pts: 0, dts: 0, capture_us: 0, payload: Bytes::new() }
     }
 
+    fn frames(out: &mut SourceOutput) -> Vec<(u64, bool, bool)> {
+        std::iter::from_fn(|| out.items.try_recv().ok())
+            .filter_map(|i| match i {
+                SourceItem::Frame(f) => Some((f.seq, f.is_keyframe(), f.flags.is_discontinuity())),
+                SourceItem::Header(_) => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn full_queue_drops_until_keyframe_and_asks_for_one() {
         let stats = Arc::new(EdgeStats::default());
@@ -198,16 +231,36 @@ mod tests {
             if seq == 2 {
                 assert!(sink.take_keyframe_request(), "a drop asks for a keyframe");
                 // Make room: the tunnel drained the queue.
-                out.frames.try_recv().unwrap();
-                out.frames.try_recv().unwrap();
+                out.items.try_recv().unwrap();
+                out.items.try_recv().unwrap();
             }
         }
-        let got: Vec<(u64, bool, bool)> = std::iter::from_fn(|| out.frames.try_recv().ok())
-            .map(|f| (f.seq, f.is_keyframe(), f.flags.is_discontinuity()))
-            .collect();
+        let got = frames(&mut out);
         assert_eq!(got, vec![(4, true, true), (5, false, false)], "3 dropped while waiting, 4 resumes");
         assert_eq!(EdgeStats::get(&stats.dropped_queue_full), 1);
         assert_eq!(EdgeStats::get(&stats.dropped_awaiting_keyframe), 1);
+    }
+
+    #[test]
+    fn a_header_never_overtakes_older_frames_and_is_never_lost() {
+        let (mut sink, mut out) = channel(3, Arc::default());
+        let header = |n: u8| StreamHeader {
+            tracks: vec![mediamesh_media::TrackInfo::h264(0, Bytes::from(vec![0x67, n]), Bytes::from_static(b"\x68"))],
+        };
+        sink.set_header(header(1));
+        sink.push(frame(0, true)).unwrap();
+        sink.push(frame(1, false)).unwrap();
+        // The parameters change while the queue is full: the header waits, the frame drops.
+        sink.set_header(header(2));
+        sink.push(frame(2, true)).unwrap();
+        let first: Vec<SourceItem> = std::iter::from_fn(|| out.items.try_recv().ok()).collect();
+        assert_eq!(
+            first,
+            vec![SourceItem::Header(header(1)), SourceItem::Frame(frame(0, true)), SourceItem::Frame(frame(1, false))]
+        );
+        sink.push(frame(3, true)).unwrap();
+        let next: Vec<SourceItem> = std::iter::from_fn(|| out.items.try_recv().ok()).collect();
+        assert!(matches!(&next[..], [SourceItem::Header(h), SourceItem::Frame(f)] if *h == header(2) && f.seq == 3));
     }
 
     #[test]

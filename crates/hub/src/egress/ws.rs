@@ -7,6 +7,7 @@
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,8 +31,12 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 /// Slices per `writev` call (Linux accepts 1024; more gains nothing).
 const MAX_SLICES: usize = 64;
 
-/// Serves one viewer on an upgraded connection until it leaves or the stream ends.
-pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, key: StreamKey, remote: String)
+/// How long the goodbye (queued close reply, TLS shutdown) may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one viewer on an upgraded connection until it leaves, stalls for longer than
+/// `stall`, or the stream ends.
+pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, key: StreamKey, remote: String, stall: Duration)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -82,11 +87,11 @@ where
         if !chunks.is_empty() {
             viewer.stats.pending_bytes.store(bytes, Ordering::Relaxed);
             let written = tokio::select! {
-                r = write_all_vectored(&mut wr, &chunks) => r,
+                r = write_all_vectored(&mut wr, &chunks, stall) => r,
                 () = gone.cancelled() => break "viewer closed".to_owned(),
             };
             if let Err(e) = written {
-                break format!("write failed: {e}");
+                break describe_write_error(&e);
             }
             viewer.stats.pending_bytes.store(0, Ordering::Relaxed);
             viewer.stats.frames.add(batch.len() as u64);
@@ -102,20 +107,35 @@ where
                 changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
                 () = gone.cancelled() => break "viewer closed".to_owned(),
                 Some(c) = control_rx.recv() => {
-                    if let Err(e) = write_all_vectored(&mut wr, &[c]).await {
-                        break format!("write failed: {e}");
+                    if let Err(e) = write_all_vectored(&mut wr, &[c], stall).await {
+                        break describe_write_error(&e);
                     }
                 }
             }
         }
     };
+    let (frames, skipped) = (viewer.stats.frames.get(), viewer.stats.skipped.get());
+    // Leave the session first: a client that stalls the goodbye must not hold the stream.
+    drop(viewer);
     reader.abort();
-    let _ = wr.shutdown().await;
-    info!(
-        stream = %key, viewer = id, %reason,
-        frames = viewer.stats.frames.get(), skipped = viewer.stats.skipped.get(),
-        "websocket viewer left"
-    );
+    let goodbye = async {
+        // The reader may have queued a close reply (RFC 6455 §5.5.1) or a protocol-error close.
+        let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv().ok()).collect();
+        if !queued.is_empty() {
+            let _ = write_all_vectored(&mut wr, &queued, CLOSE_GRACE).await;
+        }
+        let _ = wr.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+    info!(stream = %key, viewer = id, %reason, frames, skipped, "websocket viewer left");
+}
+
+fn describe_write_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        format!("stalled: the viewer stopped reading ({e})")
+    } else {
+        format!("write failed: {e}")
+    }
 }
 
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
@@ -155,7 +175,13 @@ async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: mpsc::Sender<Byte
 }
 
 /// Writes every chunk, in order, with as few `writev` calls as the socket allows; then flushes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &[Bytes]) -> std::io::Result<()> {
+/// Fails with `TimedOut` if any single call makes no progress for `stall`.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    chunks: &[Bytes],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress for {stall:?}"));
     let (mut idx, mut off) = (0usize, 0usize);
     while idx < chunks.len() {
         let n = {
@@ -165,7 +191,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &[Bytes]) 
                 slices[i] = IoSlice::new(if i == 0 { &c[off..] } else { c });
                 count += 1;
             }
-            w.write_vectored(&slices[..count]).await?
+            tokio::time::timeout(stall, w.write_vectored(&slices[..count])).await.map_err(|_| timed_out())??
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -187,7 +213,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &[Bytes]) 
             off = 0;
         }
     }
-    w.flush().await
+    tokio::time::timeout(stall, w.flush()).await.map_err(|_| timed_out())?
 }
 
 #[cfg(test)]
@@ -252,7 +278,7 @@ mod tests {
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         for step in [1, 3, 64, 100_000] {
             let mut w = Trickle { out: Vec::new(), step, calls: 0 };
-            write_all_vectored(&mut w, &chunks).await.unwrap();
+            write_all_vectored(&mut w, &chunks, Duration::from_secs(5)).await.unwrap();
             assert_eq!(w.out, expected, "step {step}");
             if step == 100_000 {
                 assert_eq!(w.calls, 200usize.div_ceil(MAX_SLICES), "one call per {MAX_SLICES} slices");

@@ -126,6 +126,9 @@ pub enum ClientFrameError {
     /// Control frames must be final and at most 125 bytes.
     #[error("invalid control frame")]
     BadControl,
+    /// Opcodes 3–7 and 0xB–0xF are reserved.
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
 }
 
 /// Incremental parser of client frames with a payload cap, checked before buffering.
@@ -155,6 +158,9 @@ impl ClientFrames {
         let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
         if rsv != 0 {
             return Err(ClientFrameError::Reserved);
+        }
+        if matches!(opcode, 0x3..=0x7 | 0xb..=0xf) {
+            return Err(ClientFrameError::ReservedOpcode(opcode));
         }
         if b[1] & 0x80 == 0 {
             return Err(ClientFrameError::Unmasked);
@@ -263,6 +269,9 @@ mod tests {
         let mut p = ClientFrames::new(1024);
         p.extend(&masked(OP_PING, &[0; 126]));
         assert_eq!(p.next_frame(), Err(ClientFrameError::BadControl));
+        let mut p = ClientFrames::new(1024);
+        p.extend(&masked(0x3, b"x"));
+        assert_eq!(p.next_frame(), Err(ClientFrameError::ReservedOpcode(3)));
     }
 
     #[test]

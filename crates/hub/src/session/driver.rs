@@ -78,7 +78,7 @@ fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) ->
                     Ok(()) => tracing::info!(stream = %key, session = session.id, "RemoveVideo sent"),
                     Err(e) => tracing::debug!(stream = %key, session = session.id, error = %e, "RemoveVideo not sent"),
                 }
-                session.cancel_upstream();
+                session.cancel_upstream(false);
             }
             Output::EndViewers(reason) => {
                 tracing::info!(stream = %key, session = session.id, %reason, viewers = session.viewer_count(), "stream ended");
@@ -89,7 +89,7 @@ fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) ->
                 session.set_phase(Phase::Closed);
                 // Viewers that raced with the close see an ended stream rather than wait forever.
                 session.log.close("the stream session closed");
-                session.cancel_upstream();
+                session.cancel_upstream(true);
                 tracing::info!(stream = %key, session = session.id, "session closed");
                 return true;
             }

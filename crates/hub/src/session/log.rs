@@ -263,7 +263,10 @@ impl FrameLog {
     pub fn subscribe(&self) -> Cursor {
         let ring = self.read_ring();
         let signal = self.signal.subscribe();
-        match ring.last_keyframe {
+        // Start at the newest keyframe unless it is already further back than a viewer may
+        // lag; then wait for the next one.
+        let start = ring.last_keyframe.filter(|&k| ring.lag_bytes(k) <= self.config.viewer_max_lag_bytes as u64);
+        match start {
             Some(k) => Cursor { next: k, need_keyframe: false, started: true, signal },
             None => Cursor { next: ring.head(), need_keyframe: true, started: false, signal },
         }

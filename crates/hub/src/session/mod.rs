@@ -90,7 +90,15 @@ pub struct Session {
     demand: Notify,
     events: mpsc::Sender<SessionEvent>,
     phase: Mutex<Phase>,
-    upstream: Mutex<Option<CancellationToken>>,
+    upstream: Mutex<UpstreamSlot>,
+}
+
+/// The data tunnel feeding a session, and whether the session still takes one.
+#[derive(Debug, Default)]
+struct UpstreamSlot {
+    /// The current tunnel's id and cancel token.
+    current: Option<(u64, CancellationToken)>,
+    closed: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,15 +137,36 @@ impl Session {
         }
     }
 
-    /// Installs the cancel token of a newly attached data tunnel, cancelling the previous one.
-    pub fn set_upstream(&self, token: CancellationToken) {
-        if let Some(old) = lock(&self.upstream).replace(token) {
+    /// Installs data tunnel `id` with its cancel token, cancelling the previous tunnel.
+    /// Returns false (and cancels `token`) if the session has closed meanwhile.
+    pub fn set_upstream(&self, id: u64, token: CancellationToken) -> bool {
+        let mut slot = lock(&self.upstream);
+        if slot.closed {
+            token.cancel();
+            return false;
+        }
+        if let Some((_, old)) = slot.current.replace((id, token)) {
             old.cancel();
         }
+        true
     }
 
-    fn cancel_upstream(&self) {
-        if let Some(t) = lock(&self.upstream).take() {
+    /// Data tunnel `id` is ending: true if it was still the session's current one (and so must
+    /// report why), false if a newer tunnel replaced it or the session closed it.
+    pub fn release_upstream(&self, id: u64) -> bool {
+        let mut slot = lock(&self.upstream);
+        let current = slot.current.as_ref().is_some_and(|(cur, _)| *cur == id);
+        if current {
+            slot.current = None;
+        }
+        current
+    }
+
+    /// Cancels the data tunnel; with `close`, refuses any later one.
+    fn cancel_upstream(&self, close: bool) {
+        let mut slot = lock(&self.upstream);
+        slot.closed |= close;
+        if let Some((_, t)) = slot.current.take() {
             t.cancel();
         }
     }
@@ -294,7 +323,7 @@ impl Sessions {
             demand: Notify::new(),
             events: tx,
             phase: Mutex::new(Phase::Starting),
-            upstream: Mutex::new(None),
+            upstream: Mutex::new(UpstreamSlot::default()),
         });
         (s, rx)
     }

@@ -63,8 +63,13 @@ pub(super) async fn run(
                     Ok(None) => {}
                     Ok(Some(Message::Error(e))) if e.session != 0 => {
                         warn!(%node, session = e.session, code = %e.code, message = %e.message, "edge reports a stream failure");
-                        if let Some(s) = ctx.sessions.by_id(e.session) {
-                            s.try_report(SessionEvent::StartFailed(format!("edge {node}: {}", e.message)));
+                        // A node may only fail its own sessions.
+                        match ctx.sessions.by_id(e.session) {
+                            Some(s) if s.key.node == node => {
+                                s.try_report(SessionEvent::StartFailed(format!("edge {node}: {}", e.message)));
+                            }
+                            Some(s) => warn!(%node, owner = %s.key.node, session = e.session, "ignoring an error about another node's session"),
+                            None => {}
                         }
                     }
                     Ok(Some(Message::Error(e))) => break format!("edge error ({}): {}", e.code, e.message),

@@ -42,22 +42,60 @@ pub(super) async fn run(
         }
     };
     let cancel = ctx.shutdown.child_token();
-    session.set_upstream(cancel.clone());
+    let id = ctx.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !session.set_upstream(id, cancel.clone()) {
+        link.fail(ErrorCode::UnknownSession, format!("session {session_id} has ended")).await;
+        return;
+    }
+    // Whatever happens below (even a panic), the session hears that its tunnel ended.
+    let mut guard = UpstreamGuard { session: session.clone(), id, reason: Some("the data tunnel task failed".into()) };
     if let Err(e) = link.send(&ctx.welcome()).await {
-        session.report(SessionEvent::UpstreamEnded(format!("could not send Welcome: {e}"))).await;
+        guard.reason = Some(format!("could not send Welcome: {e}"));
+        guard.finish().await;
         return;
     }
     info!(stream = %session.key, "data tunnel attached");
 
-    let end = receive(&ctx, &mut link, &session, &cancel).await;
-    match end {
+    match receive(&ctx, &mut link, &session, &cancel).await {
         End::Cancelled => {
+            guard.reason = None;
             debug!(stream = %session.key, "data tunnel closed by the hub");
             link.go_away("stream removed").await;
         }
         End::Lost(reason) => {
             info!(stream = %session.key, %reason, "data tunnel ended");
-            session.report(SessionEvent::UpstreamEnded(reason)).await;
+            guard.reason = Some(reason);
+        }
+    }
+    guard.finish().await;
+}
+
+/// Reports the end of data tunnel `id` to its session when dropped, unless the hub itself
+/// closed it or a newer tunnel replaced it.
+struct UpstreamGuard {
+    session: Arc<Session>,
+    id: u64,
+    reason: Option<String>,
+}
+
+impl UpstreamGuard {
+    /// Reports the end, waiting for room in the session's event queue.
+    async fn finish(mut self) {
+        if let Some(reason) = self.reason.take()
+            && self.session.release_upstream(self.id)
+        {
+            self.session.report(SessionEvent::UpstreamEnded(reason)).await;
+        }
+        self.session.release_upstream(self.id);
+    }
+}
+
+/// The path for a panicking task: report without waiting.
+impl Drop for UpstreamGuard {
+    fn drop(&mut self) {
+        let current = self.session.release_upstream(self.id);
+        if let (true, Some(reason)) = (current, self.reason.take()) {
+            self.session.try_report(SessionEvent::UpstreamEnded(reason));
         }
     }
 }
@@ -101,8 +139,8 @@ async fn receive(
                 };
                 match msg {
                     Message::Frame(f) => {
-                        if let Some(prev) = last_seq && f.seq > prev + 1 {
-                            session.stats.edge_dropped.add(f.seq - prev - 1);
+                        if let Some(gap) = last_seq.and_then(|prev| f.seq.checked_sub(prev)).filter(|g| *g > 1) {
+                            session.stats.edge_dropped.add(gap - 1);
                         }
                         last_seq = Some(f.seq);
                         let (seq, len, key) = (f.seq, f.payload.len(), f.is_keyframe());

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::HeartbeatConfig;
-use mediamesh_tunnel::transport::{Link, ws_config};
+use mediamesh_tunnel::transport::{Link, Tracked, ws_config};
 use mediamesh_tunnel::wire::{
     Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome, negotiate_version,
 };
@@ -122,9 +122,10 @@ async fn establish(ctx: &TunnelCtx, tcp: TcpStream) -> Result<(TunnelLink, Strin
     let tls = ctx.tls.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
     let node = mediamesh_tls::node_identity(certs).map_err(|e| e.to_string())?;
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, check_upgrade, Some(ws_config(&ctx.limits)))
-        .await
-        .map_err(|e| format!("WebSocket upgrade from node {node:?} failed: {e}"))?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(Tracked::new(tls), check_upgrade, Some(ws_config(&ctx.limits)))
+            .await
+            .map_err(|e| format!("WebSocket upgrade from node {node:?} failed: {e}"))?;
     Ok((Link::new(ws, ctx.limits, ctx.write_deadline), node))
 }
 

@@ -170,3 +170,15 @@ async fn push_wakes_a_waiting_cursor() {
     l.read(&mut c, usize::MAX, &mut out);
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn a_new_viewer_behind_the_lag_bound_waits_for_the_next_keyframe() {
+    let l = log(1000, 1 << 30, 500);
+    fill(&l, 0, 60, 100, 10); // one keyframe, 600 bytes back: beyond the 500-byte lag bound
+    let mut c = l.subscribe();
+    let (seqs, st) = read_all(&l, &mut c);
+    assert!(seqs.is_empty());
+    assert_eq!(st.skipped, 0, "nothing was skipped: the viewer had nothing yet");
+    l.push(frame(60, true, 10), 0).unwrap();
+    assert_eq!(read_all(&l, &mut c), (vec![60], ReadStatus::default()));
+}
