@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mediamesh_edge::StreamConfig;
-use mediamesh_edge::config::FfmpegConfig;
+use mediamesh_edge::config::{FfmpegConfig, VideoCodecName};
 use mediamesh_edge::stats::EdgeStats;
 use mediamesh_testkit::{Fixture, wait_until};
 
@@ -28,22 +28,47 @@ fn processes_with(marker: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_camera_reaches_a_viewer_as_decodable_h264() {
+    ffmpeg_camera_end_to_end(VideoCodecName::H264).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_libx265_camera_reaches_a_viewer_as_decodable_h265() {
+    ffmpeg_camera_end_to_end(VideoCodecName::H265).await;
+}
+
+async fn ffmpeg_camera_end_to_end(codec: VideoCodecName) {
     if !have("ffmpeg") || !have("ffprobe") {
         eprintln!("SKIPPED: ffmpeg/ffprobe not installed (the test command installs them: apt-get install -y ffmpeg)");
         return;
     }
     let marker = format!("mmtest-{}-{}", std::process::id(), mediamesh_testkit::unix_micros());
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (encoder, codec_name) = match codec {
+        VideoCodecName::H264 => (args(&["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]), "h264"),
+        VideoCodecName::H265 => (
+            args(&[
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-x265-params",
+                "log-level=error",
+            ]),
+            "hevc",
+        ),
+    };
     let ffmpeg = FfmpegConfig {
         input: args(&["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]),
         encode: {
-            let mut e =
-                args(&["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p"]);
-            e.extend(args(&["-g", "25", "-bf", "0", "-metadata"]));
+            let mut e = encoder;
+            e.extend(args(&["-pix_fmt", "yuv420p", "-g", "25", "-bf", "0", "-metadata"]));
             e.push(format!("comment={marker}"));
             e
         },
         binary: "ffmpeg".into(),
+        codec,
     };
     let fx = Fixture::builder()
         .edge(move |e| {
@@ -54,7 +79,7 @@ async fn ffmpeg_camera_reaches_a_viewer_as_decodable_h264() {
         .await;
 
     let dir = fx.pki.dir().to_path_buf();
-    let out = dir.join("lavfi.h264");
+    let out = dir.join(format!("lavfi.{codec_name}"));
     let view = tokio::process::Command::new(env!("CARGO_BIN_EXE_mediamesh"))
         .args(["view", &fx.ws_url("edge-1", "lavfi"), "--frames", "60", "--quiet", "--json", "--out"])
         .arg(&out)
@@ -77,7 +102,7 @@ async fn ffmpeg_camera_reaches_a_viewer_as_decodable_h264() {
     assert!(probe.status.success(), "ffprobe: {}", String::from_utf8_lossy(&probe.stderr));
     let p: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
     let s = &p["streams"][0];
-    assert_eq!(s["codec_name"], "h264");
+    assert_eq!(s["codec_name"], codec_name);
     assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(320), Some(240)));
     assert_eq!(s["nb_read_frames"], "60", "ffprobe decodes every frame the viewer saved");
     assert!(!processes_with(&marker).is_empty(), "ffmpeg runs while the stream lingers");

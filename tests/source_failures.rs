@@ -19,6 +19,7 @@ fn ffmpeg_stream(binary: &str, input: &[&str]) -> StreamConfig {
             input: input.iter().map(|s| s.to_string()).collect(),
             encode: vec!["-c:v".into(), "copy".into()],
             binary: binary.into(),
+            codec: Default::default(),
         }),
     }
 }

@@ -13,10 +13,11 @@ use mediamesh_media::h264::sei::read_stamp;
 pub struct ViewArgs {
     /// The stream's WebSocket URL, e.g. wss://127.0.0.1:10005/api/v1/nodes/NODE/streams/STREAM/ws
     url: String,
-    /// Stop after this many frames.
+    /// Stop after this many video frames.
     #[arg(long)]
     frames: Option<u64>,
-    /// Write the received H.264 (Annex-B, playable by ffplay/ffprobe/VLC) to this file.
+    /// Write the received video (raw H.264 or H.265 Annex-B, playable by ffplay/ffprobe/VLC) to
+    /// this file.
     #[arg(long)]
     out: Option<PathBuf>,
     /// CA certificate (PEM) to verify a wss:// hub; default: the system's CA bundle.
@@ -46,6 +47,8 @@ struct Summary {
     width: Option<u32>,
     height: Option<u32>,
     codec: Option<String>,
+    audio_codec: Option<String>,
+    audio_frames: u64,
     latency_ms_p50: Option<f64>,
     latency_ms_p99: Option<f64>,
     latency_ms_max: Option<f64>,
@@ -76,6 +79,7 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
     let mut latencies: Vec<f64> = Vec::new();
     let (mut last_counter, mut last_pts): (Option<u64>, Option<i64>) = (None, None);
     let mut params: Vec<Vec<u8>> = Vec::new();
+    let mut video_track: Option<u8> = None;
     let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
     let interrupted = super::stop_signal();
     tokio::pin!(interrupted);
@@ -97,7 +101,19 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
                 break;
             }
             Some(ViewerItem::Header(tracks)) => {
+                if let Some(a) = tracks.iter().find(|t| t.kind == "audio") {
+                    s.audio_codec = Some(a.codec_string.clone().unwrap_or_else(|| a.codec.clone()));
+                    if !args.quiet && !args.json {
+                        println!(
+                            "header: audio {} {} Hz, {} channel(s)",
+                            a.codec,
+                            a.sample_rate.unwrap_or(a.clock_rate),
+                            a.channels.unwrap_or(0)
+                        );
+                    }
+                }
                 if let Some(v) = tracks.iter().find(|t| t.kind == "video") {
+                    video_track = Some(v.id);
                     s.width = v.width;
                     s.height = v.height;
                     s.codec = v.codec_string.clone();
@@ -122,6 +138,9 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
             Some(ViewerItem::End(reason)) => {
                 s.end_reason = Some(reason);
                 break;
+            }
+            Some(ViewerItem::Frame(f)) if video_track.is_some_and(|v| v != f.track) => {
+                s.audio_frames += 1;
             }
             Some(ViewerItem::Frame(f)) => {
                 let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
@@ -214,6 +233,9 @@ fn print_summary(s: &Summary, args: &ViewArgs) -> anyhow::Result<()> {
             "test-pattern counter: {} frames, {} gaps, {} out of order",
             s.counter_frames, s.counter_gaps, s.counter_out_of_order
         );
+    }
+    if let Some(codec) = &s.audio_codec {
+        println!("audio: {codec}, {} frames", s.audio_frames);
     }
     if s.skipped > 0 {
         println!("skipped {} frames to stay live", s.skipped);

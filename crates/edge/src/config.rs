@@ -124,6 +124,20 @@ pub struct FfmpegConfig {
     /// The ffmpeg executable. Default `ffmpeg` (searched in PATH).
     #[serde(default = "default_ffmpeg")]
     pub binary: PathBuf,
+    /// The video codec ffmpeg outputs: `h264` (default) or `h265`.
+    #[serde(default)]
+    pub codec: VideoCodecName,
+}
+
+/// A video codec as named in configuration.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodecName {
+    /// H.264.
+    #[default]
+    H264,
+    /// H.265 / HEVC.
+    H265,
 }
 
 /// A configuration value that is well-formed YAML but cannot work.

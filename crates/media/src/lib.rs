@@ -7,20 +7,24 @@
 //!   never copies media;
 //! - [`TrackInfo`] / [`StreamHeader`]: what a stream carries and the codec parameters a decoder
 //!   needs before the first frame;
-//! - [`h264`]: H.264 NAL units in Annex-B form, an incremental access-unit splitter for byte
-//!   streams (ffmpeg's stdout), keyframe detection, SPS parsing, and the SEI message our test
-//!   pattern uses to carry its frame counter.
+//! - [`h264`] and [`h265`]: NAL units in Annex-B form, an incremental access-unit splitter for
+//!   byte streams (ffmpeg's stdout), keyframe detection, SPS parsing, and (H.264) the SEI message
+//!   our test pattern uses to carry its frame counter;
+//! - [`aac`]: the AudioSpecificConfig.
 //!
 //! Nothing here performs I/O, spawns tasks or reads a clock: callers pass times in.
 
 #![forbid(unsafe_code)]
 
+pub mod aac;
+pub mod annexb;
 mod codec;
 mod error;
 mod frame;
 pub mod h264;
+pub mod h265;
 
-pub use codec::{Codec, StreamHeader, TrackInfo, TrackKind, VideoParams};
+pub use codec::{AudioParams, Codec, StreamHeader, TrackInfo, TrackKind, VideoParams};
 pub use error::MediaError;
 pub use frame::{Frame, FrameFlags, TrackId};
 

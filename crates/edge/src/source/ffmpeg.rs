@@ -1,7 +1,7 @@
-//! A stream produced by an ffmpeg process: `ffmpeg <input> <encode> -an -f h264 pipe:1`.
+//! A stream produced by an ffmpeg process: `ffmpeg <input> <encode> -an -f h264|hevc pipe:1`.
 //!
-//! Its stdout (raw H.264, Annex-B) is split into access units; keyframes and SPS/PPS are
-//! detected from the NAL units. Its stderr goes to our log. While the stream is wanted, a
+//! Its stdout (raw H.264 or H.265, Annex-B) is split into access units; keyframes and parameter
+//! sets are detected from the NAL units. Its stderr goes to our log. While the stream is wanted, a
 //! process that exits is restarted with capped exponential backoff; when the stream is stopped
 //! the process is killed and reaped (`kill_on_drop` covers a panicking task too).
 
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mediamesh_media::h264::AccessUnitSplitter;
+use mediamesh_media::annexb::{AccessUnit, AccessUnitSplitter, VideoCodec};
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
 use mediamesh_tunnel::backoff::{Backoff, BackoffConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{FrameSink, unix_micros};
-use crate::config::FfmpegConfig;
+use crate::config::{FfmpegConfig, VideoCodecName};
 use crate::stats::EdgeStats;
 
 /// Largest access unit accepted from ffmpeg.
@@ -31,7 +31,11 @@ pub(crate) fn arguments(cfg: &FfmpegConfig) -> Vec<String> {
     let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "warning"].map(String::from).into();
     args.extend(cfg.input.iter().cloned());
     args.extend(cfg.encode.iter().cloned());
-    args.extend(["-an", "-f", "h264", "-flush_packets", "1", "pipe:1"].map(String::from));
+    let format = match cfg.codec {
+        VideoCodecName::H264 => "h264",
+        VideoCodecName::H265 => "hevc",
+    };
+    args.extend(["-an", "-f", format, "-flush_packets", "1", "pipe:1"].map(String::from));
     args
 }
 
@@ -130,7 +134,7 @@ async fn run_once(
         });
     }
     let exit = match child.stdout.take() {
-        Some(stdout) => pump(stream, stdout, sink, cancel, seq, epoch).await,
+        Some(stdout) => pump(stream, cfg.codec, stdout, sink, cancel, seq, epoch).await,
         None => Exit::Ended("ffmpeg has no stdout".into()),
     };
     let status = reap(&mut child).await;
@@ -147,13 +151,18 @@ async fn run_once(
 /// Reads access units from ffmpeg's stdout into the sink.
 async fn pump(
     stream: &str,
+    codec: VideoCodecName,
     mut stdout: tokio::process::ChildStdout,
     sink: &mut FrameSink,
     cancel: &CancellationToken,
     seq: &mut u64,
     epoch: Instant,
 ) -> Exit {
-    let mut splitter = AccessUnitSplitter::new(MAX_ACCESS_UNIT);
+    let syntax = match codec {
+        VideoCodecName::H264 => VideoCodec::H264,
+        VideoCodecName::H265 => VideoCodec::H265,
+    };
+    let mut splitter = AccessUnitSplitter::new(syntax, MAX_ACCESS_UNIT);
     let mut buf = vec![0u8; 64 * 1024];
     let mut aus = Vec::new();
     let mut have_header = false;
@@ -170,8 +179,8 @@ async fn pump(
             warn!(%stream, error = %e, "discarding corrupt ffmpeg output");
         }
         for au in aus.drain(..) {
-            if let (Some(sps), Some(pps)) = (&au.sps, &au.pps) {
-                let header = StreamHeader { tracks: vec![TrackInfo::h264(0, sps.clone(), pps.clone())] };
+            if let Some(track) = video_track(codec, &au) {
+                let header = StreamHeader { tracks: vec![track] };
                 match header.validate() {
                     Ok(()) => {
                         sink.set_header(header);
@@ -202,6 +211,14 @@ async fn pump(
     }
 }
 
+/// The video track an access unit's parameter sets describe, if it carries all of them.
+fn video_track(codec: VideoCodecName, au: &AccessUnit) -> Option<TrackInfo> {
+    match codec {
+        VideoCodecName::H264 => Some(TrackInfo::h264(0, au.sps.clone()?, au.pps.clone()?)),
+        VideoCodecName::H265 => Some(TrackInfo::h265(0, au.vps.clone()?, au.sps.clone()?, au.pps.clone()?)),
+    }
+}
+
 /// Kills the process if it still runs and waits for it, so no zombie is left.
 async fn reap(child: &mut Child) -> String {
     if let Ok(Some(status)) = child.try_wait() {
@@ -225,6 +242,7 @@ mod tests {
             input: vec!["-i".into(), "x.mp4".into()],
             encode: vec!["-c:v".into(), "copy".into()],
             binary: "ffmpeg".into(),
+            codec: VideoCodecName::H264,
         };
         let args = arguments(&cfg);
         let i = args.iter().position(|a| a == "x.mp4").unwrap();

@@ -81,7 +81,9 @@ impl FrameSink {
     /// every frame up to the next keyframe.
     pub fn push(&mut self, mut frame: Frame) -> Result<(), SinkClosed> {
         if self.dropping {
-            if !frame.is_keyframe() {
+            let sync =
+                self.header.as_ref().map_or(frame.is_keyframe(), |h| h.is_sync_point(frame.track, frame.is_keyframe()));
+            if !sync {
                 EdgeStats::inc(&self.stats.dropped_awaiting_keyframe);
                 return Ok(());
             }

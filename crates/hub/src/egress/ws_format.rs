@@ -65,9 +65,16 @@ pub struct TrackJson {
     /// Picture height.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// Audio sample rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Audio channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
     /// Timestamp units per second.
     pub clock_rate: u32,
-    /// Parameter sets (SPS, PPS), base64, without start codes.
+    /// Codec configuration, base64: SPS and PPS (H.264), VPS, SPS and PPS (H.265) without
+    /// start codes; the AudioSpecificConfig (AAC); nothing for G.711 and Opus.
     pub parameter_sets: Vec<String>,
 }
 
@@ -86,13 +93,19 @@ pub fn header_frame(node: &str, stream: &str, h: &HeaderEntry) -> Bytes {
         .iter()
         .map(|t| {
             let video = (t.codec.kind() == TrackKind::Video).then(|| t.video_params().ok()).flatten();
+            let audio = (t.codec.kind() == TrackKind::Audio).then(|| t.audio_params().ok()).flatten();
             TrackJson {
                 id: t.id,
                 kind: t.codec.kind().name().into(),
                 codec: t.codec.name().into(),
-                codec_string: video.as_ref().map(|v| v.codec_string.clone()),
+                codec_string: video
+                    .as_ref()
+                    .map(|v| v.codec_string.clone())
+                    .or_else(|| audio.as_ref().and_then(|a| a.codec_string.clone())),
                 width: video.as_ref().map(|v| v.width),
                 height: video.as_ref().map(|v| v.height),
+                sample_rate: audio.as_ref().map(|a| a.sample_rate),
+                channels: audio.as_ref().map(|a| a.channels),
                 clock_rate: t.clock_rate,
                 parameter_sets: t.parameter_sets.iter().map(|p| B64.encode(p)).collect(),
             }

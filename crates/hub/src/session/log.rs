@@ -4,7 +4,8 @@
 //! Each viewer holds a [`Cursor`] (an index, not a queue): reading clones `Arc`s, never payload
 //! bytes. The log keeps at most `max_frames` frames and `max_bytes` payload bytes, but never
 //! evicts the newest keyframe's group of pictures while it is below twice those bounds, so a
-//! new viewer starts at once from a keyframe.
+//! new viewer starts at once from a keyframe. "Keyframe" here means a sync point: a video
+//! keyframe, or any frame of an audio-only stream.
 //!
 //! Overflow policy ("resync at keyframe"): a cursor that fell out of the log, or is more than
 //! `viewer_max_lag_bytes` behind the newest frame, jumps to the newest keyframe (or waits for
@@ -56,6 +57,14 @@ pub struct LogEntry {
     /// What precedes the payload in a WebSocket viewer's frame message, built by the first
     /// viewer that needs it and shared by all the others.
     pub ws_prefix: OnceLock<Bytes>,
+}
+
+impl LogEntry {
+    /// Whether a viewer can start at this frame (a video keyframe; any frame of an audio-only
+    /// stream).
+    pub fn is_sync_point(&self) -> bool {
+        self.header.header.is_sync_point(self.frame.track, self.frame.is_keyframe())
+    }
 }
 
 /// Why a frame was refused.
@@ -199,7 +208,7 @@ impl FrameLog {
             }
             let index = ring.head();
             let len = frame.payload.len();
-            if frame.is_keyframe() {
+            if header.header.is_sync_point(frame.track, frame.is_keyframe()) {
                 ring.last_keyframe = Some(index);
             }
             let bytes_before = ring.total_bytes;
@@ -295,7 +304,7 @@ impl FrameLog {
         }
         if cursor.need_keyframe {
             let from = cursor.next.max(ring.base);
-            let key = (from..head).find(|&i| ring.get(i).is_some_and(|e| e.frame.is_keyframe()));
+            let key = (from..head).find(|&i| ring.get(i).is_some_and(|e| e.is_sync_point()));
             let to = key.unwrap_or(head);
             if cursor.started {
                 status.skipped += to - cursor.next;

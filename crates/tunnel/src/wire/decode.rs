@@ -1,7 +1,7 @@
 //! Decoding bytes to messages, with every length checked before allocation.
 
 use bytes::{Buf, Bytes, BytesMut};
-use mediamesh_media::{Codec, Frame, FrameFlags, StreamHeader, TrackInfo};
+use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
 use super::primitives::Reader;
 use super::{
@@ -144,17 +144,17 @@ fn stream_header(r: &mut Reader) -> Result<StreamHeader, DecodeError> {
     let mut tracks = Vec::with_capacity(n);
     for _ in 0..n {
         let id = r.u8("track.id")?;
-        let codec = match r.u8("track.codec")? {
-            codec_id::H264 => Codec::H264,
-            v => return Err(DecodeError::InvalidValue { field: "track.codec", value: v.into() }),
-        };
+        let id_byte = r.u8("track.codec")?;
+        let codec = codec_id::codec(id_byte)
+            .ok_or(DecodeError::InvalidValue { field: "track.codec", value: id_byte.into() })?;
         let clock_rate = r.u32("track.clock_rate")?;
+        let channels = r.u16("track.channels")?;
         let sets = r.count("track.parameter_sets", MAX_PARAMETER_SETS)?;
         let mut parameter_sets = Vec::with_capacity(sets);
         for _ in 0..sets {
             parameter_sets.push(r.bytes16("track.parameter_set", MAX_PARAMETER_SET_LEN)?);
         }
-        tracks.push(TrackInfo { id, codec, clock_rate, parameter_sets });
+        tracks.push(TrackInfo { id, codec, clock_rate, channels, parameter_sets });
     }
     let header = StreamHeader { tracks };
     header.validate().map_err(|e| DecodeError::InvalidHeader(e.to_string()))?;

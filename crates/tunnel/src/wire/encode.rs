@@ -1,7 +1,7 @@
 //! Encoding messages to bytes.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use mediamesh_media::{Codec, Frame};
+use mediamesh_media::Frame;
 
 use super::primitives::WriteExt;
 use super::{Channel, MAGIC, MAX_TEXT_LEN, Message, codec_id, msg_type};
@@ -58,10 +58,9 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             out.put_count(h.tracks.len());
             for t in &h.tracks {
                 out.put_u8(t.id);
-                out.put_u8(match t.codec {
-                    Codec::H264 => codec_id::H264,
-                });
+                out.put_u8(codec_id::of(t.codec));
                 out.put_u32(t.clock_rate);
+                out.put_u16(t.channels);
                 out.put_count(t.parameter_sets.len());
                 for p in &t.parameter_sets {
                     out.put_bytes16(p);

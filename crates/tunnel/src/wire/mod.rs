@@ -91,8 +91,45 @@ pub mod msg_type {
 
 /// Codec ids on the wire.
 pub mod codec_id {
+    use mediamesh_media::Codec;
+
     /// H.264 / AVC.
     pub const H264: u8 = 1;
+    /// H.265 / HEVC.
+    pub const H265: u8 = 2;
+    /// AAC.
+    pub const AAC: u8 = 16;
+    /// G.711 A-law.
+    pub const PCMA: u8 = 17;
+    /// G.711 µ-law.
+    pub const PCMU: u8 = 18;
+    /// Opus.
+    pub const OPUS: u8 = 19;
+
+    /// The wire id of a codec.
+    pub fn of(codec: Codec) -> u8 {
+        match codec {
+            Codec::H264 => H264,
+            Codec::H265 => H265,
+            Codec::Aac => AAC,
+            Codec::Pcma => PCMA,
+            Codec::Pcmu => PCMU,
+            Codec::Opus => OPUS,
+        }
+    }
+
+    /// The codec of a wire id.
+    pub fn codec(id: u8) -> Option<Codec> {
+        Some(match id {
+            H264 => Codec::H264,
+            H265 => Codec::H265,
+            AAC => Codec::Aac,
+            PCMA => Codec::Pcma,
+            PCMU => Codec::Pcmu,
+            OPUS => Codec::Opus,
+            _ => return None,
+        })
+    }
 }
 
 /// Identifies one upstream run of a stream, chosen by the hub in AddVideo.

@@ -8,7 +8,13 @@ const SPS: &[u8] = b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x4
 const PPS: &[u8] = b"\x68\xce\x0f\xc8";
 
 fn header() -> StreamHeader {
-    StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] }
+    StreamHeader {
+        tracks: vec![
+            TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS)),
+            TrackInfo::audio(1, mediamesh_media::Codec::Aac, 48_000, 2, Some(Bytes::from_static(&[0x11, 0x90]))),
+            TrackInfo::audio(2, mediamesh_media::Codec::Opus, 48_000, 2, None),
+        ],
+    }
 }
 
 fn sample_messages() -> Vec<Message> {

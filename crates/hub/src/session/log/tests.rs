@@ -182,3 +182,19 @@ fn a_new_viewer_behind_the_lag_bound_waits_for_the_next_keyframe() {
     l.push(frame(60, true, 10), 0).unwrap();
     assert_eq!(read_all(&l, &mut c), (vec![60], ReadStatus::default()));
 }
+
+#[test]
+fn audio_frames_are_not_sync_points_when_there_is_video() {
+    let l = FrameLog::new(LogConfig { max_frames: 100, max_bytes: 1 << 20, viewer_max_lag_bytes: 1 << 20 });
+    let video = TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS));
+    let audio = TrackInfo::audio(1, mediamesh_media::Codec::Pcma, 8000, 1, None);
+    l.set_header(StreamHeader { tracks: vec![video, audio] }).unwrap();
+    let mut a = frame(0, true, 10);
+    a.track = 1;
+    l.push(frame(1, false, 10), 0).unwrap();
+    l.push(a, 0).unwrap();
+    let mut c = l.subscribe();
+    assert!(read_all(&l, &mut c).0.is_empty(), "an audio 'keyframe' is no place to start video");
+    l.push(frame(2, true, 10), 0).unwrap();
+    assert_eq!(read_all(&l, &mut c).0, vec![2]);
+}
