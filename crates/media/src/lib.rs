@@ -10,7 +10,9 @@
 //! - [`h264`] and [`h265`]: NAL units in Annex-B form, an incremental access-unit splitter for
 //!   byte streams (ffmpeg's stdout), keyframe detection, SPS parsing, and (H.264) the SEI message
 //!   our test pattern uses to carry its frame counter;
-//! - [`aac`]: the AudioSpecificConfig.
+//! - [`aac`]: the AudioSpecificConfig;
+//! - [`rtp`]: RTP payload formats (packetizing once per frame for RTSP viewers, depacketizing
+//!   what cameras send), RTCP sender reports, SDP descriptions.
 //!
 //! Nothing here performs I/O, spawns tasks or reads a clock: callers pass times in.
 
@@ -23,6 +25,7 @@ mod error;
 mod frame;
 pub mod h264;
 pub mod h265;
+pub mod rtp;
 
 pub use codec::{AudioParams, Codec, StreamHeader, TrackInfo, TrackKind, VideoParams};
 pub use error::MediaError;
