@@ -171,7 +171,7 @@ mod tests {
         let (edge, _) = load(&root.join("edge.yaml")).unwrap();
         let edge = edge.edge.unwrap();
         edge.validate().unwrap();
-        assert_eq!(edge.streams.len(), 3);
+        assert_eq!(edge.streams.len(), 4);
     }
 
     #[test]

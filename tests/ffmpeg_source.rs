@@ -72,8 +72,10 @@ async fn ffmpeg_camera_end_to_end(codec: VideoCodecName) {
     };
     let fx = Fixture::builder()
         .edge(move |e| {
-            e.streams
-                .insert("lavfi".into(), StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg) });
+            e.streams.insert(
+                "lavfi".into(),
+                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None },
+            );
         })
         .start()
         .await;

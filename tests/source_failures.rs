@@ -21,6 +21,7 @@ fn ffmpeg_stream(binary: &str, input: &[&str]) -> StreamConfig {
             binary: binary.into(),
             codec: Default::default(),
         }),
+        rtsp: None,
     }
 }
 

@@ -70,9 +70,59 @@ pub struct StreamConfig {
     /// The built-in test pattern (H.264 encoded in-process).
     #[serde(default)]
     pub test_pattern: Option<TestPatternConfig>,
-    /// An ffmpeg command producing H.264.
+    /// An ffmpeg command producing H.264 or H.265.
     #[serde(default)]
     pub ffmpeg: Option<FfmpegConfig>,
+    /// An RTSP camera (or any RTSP server).
+    #[serde(default)]
+    pub rtsp: Option<RtspConfig>,
+}
+
+/// An RTSP camera.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RtspConfig {
+    /// `rtsp://[user:password@]host[:port]/path`. Credentials in the URL are used for Basic or
+    /// Digest authentication and never logged.
+    pub url: String,
+    /// `tcp` (RTP interleaved on the RTSP connection; default) or `udp`.
+    #[serde(default)]
+    pub transport: RtspTransport,
+    /// User name, if not in the URL.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password, if not in the URL.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Redial backoff while the stream is wanted (default: 0.2 s doubling to 2 s).
+    #[serde(default = "default_camera_backoff")]
+    pub reconnect: BackoffSettings,
+}
+
+impl std::fmt::Debug for RtspConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtspConfig")
+            .field("url", &crate::source::redact_url(&self.url))
+            .field("transport", &self.transport)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// How RTP travels from a camera.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    /// Interleaved on the RTSP TCP connection.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+fn default_camera_backoff() -> BackoffSettings {
+    BackoffSettings { initial: Seconds::from_millis(200), max: Seconds::new(2), reset_after: Seconds::new(10) }
 }
 
 /// The built-in test-pattern camera.
@@ -202,20 +252,26 @@ impl EdgeConfig {
             if mediamesh_tunnel::wire::validate_name(name).is_err() {
                 return err(&key, "stream names use letters, digits, '-', '_' and '.'".into());
             }
-            match (&s.test_pattern, &s.ffmpeg) {
-                (Some(tp), None) => {
-                    tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?
-                }
-                (None, Some(ff)) => {
-                    if ff.input.is_empty() {
-                        return err(
-                            &format!("{key}.ffmpeg.input"),
-                            "needs at least the input arguments (e.g. -i URL)".into(),
-                        );
-                    }
-                }
-                (None, None) => return err(&key, "needs a source: testPattern or ffmpeg".into()),
-                (Some(_), Some(_)) => return err(&key, "has both testPattern and ffmpeg; choose one".into()),
+            let sources = [s.test_pattern.is_some(), s.ffmpeg.is_some(), s.rtsp.is_some()];
+            match sources.iter().filter(|x| **x).count() {
+                0 => return err(&key, "needs a source: testPattern, ffmpeg or rtsp".into()),
+                1 => {}
+                _ => return err(&key, "has more than one source (testPattern, ffmpeg, rtsp); choose one".into()),
+            }
+            if let Some(tp) = &s.test_pattern {
+                tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?;
+            }
+            if let Some(ff) = &s.ffmpeg
+                && ff.input.is_empty()
+            {
+                return err(&format!("{key}.ffmpeg.input"), "needs at least the input arguments (e.g. -i URL)".into());
+            }
+            if let Some(r) = &s.rtsp {
+                crate::source::rtsp::parse_url(r)
+                    .map_err(|reason| ConfigError { key: format!("{key}.rtsp.url"), reason })?;
+                r.reconnect
+                    .to_config()
+                    .map_err(|e| ConfigError { key: format!("{key}.rtsp.reconnect"), reason: e.to_string() })?;
             }
         }
         Ok(())
@@ -294,7 +350,12 @@ mod tests {
             EdgeConfig::new("hub.example.com:10006".into(), "edge-1".into(), "ca".into(), "c".into(), "k".into());
         c.streams.insert(
             "cam1".to_owned(),
-            StreamConfig { description: None, test_pattern: Some(TestPatternConfig::default()), ffmpeg: None },
+            StreamConfig {
+                description: None,
+                test_pattern: Some(TestPatternConfig::default()),
+                ffmpeg: None,
+                rtsp: None,
+            },
         );
         c
     }

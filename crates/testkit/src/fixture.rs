@@ -23,6 +23,7 @@ pub fn test_pattern() -> StreamConfig {
             label: None,
         }),
         ffmpeg: None,
+        rtsp: None,
     }
 }
 

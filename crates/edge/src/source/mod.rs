@@ -8,6 +8,7 @@
 //! source to produce early.
 
 mod ffmpeg;
+pub(crate) mod rtsp;
 mod testpattern;
 
 /// The test-pattern encoder, usable on its own (the bench encodes its clip with it).
@@ -193,10 +194,26 @@ pub fn start(
         testpattern::spawn(name, tp, sink, cancel.clone(), stats)?
     } else if let Some(ff) = &cfg.ffmpeg {
         ffmpeg::spawn(name, ff, sink, cancel.clone(), stats)
+    } else if let Some(r) = &cfg.rtsp {
+        rtsp::spawn(name, r, sink, cancel.clone(), stats)
     } else {
         return Err(SourceError::NoSource(name.into()));
     };
     Ok(SourceHandle { cancel, done })
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Microseconds since the Unix epoch.
@@ -263,6 +280,24 @@ mod tests {
         sink.push(frame(3, true)).unwrap();
         let next: Vec<SourceItem> = std::iter::from_fn(|| out.items.try_recv().ok()).collect();
         assert!(matches!(&next[..], [SourceItem::Header(h), SourceItem::Frame(f)] if *h == header(2) && f.seq == 3));
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("rtsp://admin:s3cr3t@cam.local:554/live"), "rtsp://admin:***@cam.local:554/live");
+        assert_eq!(redact_url("rtsp://cam.local/live"), "rtsp://cam.local/live");
+        let cfg = crate::config::RtspConfig {
+            url: "rtsp://u:p%40ss@cam/x".into(),
+            transport: Default::default(),
+            username: None,
+            password: None,
+            reconnect: Default::default(),
+        };
+        assert!(!format!("{cfg:?}").contains("p%40ss"));
+        let (url, creds) = rtsp::parse_url(&cfg).unwrap();
+        assert_eq!(url.as_str(), "rtsp://cam/x");
+        let creds = creds.unwrap();
+        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("u", "p@ss"));
     }
 
     #[test]
