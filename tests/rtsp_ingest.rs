@@ -18,7 +18,7 @@ fn rtsp_stream(url: String, transport: RtspTransport) -> StreamConfig {
         description: None,
         test_pattern: None,
         ffmpeg: None,
-        rtsp: Some(RtspConfig { url, transport, username: None, password: None, reconnect: Default::default() }),
+        rtsp: Some(RtspConfig { transport, ..RtspConfig::new(url) }),
     }
 }
 

@@ -94,9 +94,22 @@ pub struct RtspConfig {
     /// Password, if not in the URL.
     #[serde(default)]
     pub password: Option<String>,
-    /// Redial backoff while the stream is wanted (default: 0.2 s doubling to 2 s).
+    /// Redial backoff while the stream is wanted (default: 0.2 s doubling to 1 s).
     #[serde(default = "default_camera_backoff")]
     pub reconnect: BackoffSettings,
+}
+
+impl RtspConfig {
+    /// A camera at `url`, over TCP, with the default redial backoff.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            transport: RtspTransport::Tcp,
+            username: None,
+            password: None,
+            reconnect: default_camera_backoff(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RtspConfig {
@@ -121,8 +134,10 @@ pub enum RtspTransport {
     Udp,
 }
 
+/// Redialling a camera is cheap (a refused connection costs nothing), and a camera back from a
+/// restart should be picked up within a second.
 fn default_camera_backoff() -> BackoffSettings {
-    BackoffSettings { initial: Seconds::from_millis(200), max: Seconds::new(2), reset_after: Seconds::new(10) }
+    BackoffSettings { initial: Seconds::from_millis(200), max: Seconds::new(1), reset_after: Seconds::new(10) }
 }
 
 /// The built-in test-pattern camera.

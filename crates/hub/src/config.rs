@@ -79,6 +79,50 @@ pub struct HubConfig {
     /// (a client that stopped reading). Default 10.
     #[serde(default = "default_viewer_write_timeout")]
     pub viewer_write_timeout: Seconds,
+    /// The RTSP server for ffmpeg, GStreamer, OpenCV, VLC and NVRs.
+    #[serde(default)]
+    pub rtsp: RtspSettings,
+}
+
+/// The `rtsp` block.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RtspSettings {
+    /// Whether to serve RTSP. Default true.
+    #[serde(default = "yes")]
+    pub enable: bool,
+    /// TCP port. Default 8554 (0 picks a free one).
+    #[serde(default = "default_rtsp_port")]
+    pub port: u16,
+    /// Whether viewers may choose RTP over UDP. Default true.
+    #[serde(default = "yes")]
+    pub udp: bool,
+    /// UDP port RTP is sent from. Default 8000 (0 with `udpRtcpPort: 0` picks a free pair).
+    #[serde(default = "default_rtp_port")]
+    pub udp_rtp_port: u16,
+    /// UDP port RTCP is sent from and receiver reports arrive on. Default 8001.
+    #[serde(default = "default_rtcp_port")]
+    pub udp_rtcp_port: u16,
+    /// Seconds a UDP session lives without RTCP or a request (RFC 2326 `timeout`). Default 60.
+    #[serde(default = "default_rtsp_session_timeout")]
+    pub session_timeout: Seconds,
+    /// Seconds a connection that is not playing may go without a request. Default 10.
+    #[serde(default = "default_rtsp_request_timeout")]
+    pub request_timeout: Seconds,
+}
+
+impl Default for RtspSettings {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            port: default_rtsp_port(),
+            udp: true,
+            udp_rtp_port: default_rtp_port(),
+            udp_rtcp_port: default_rtcp_port(),
+            session_timeout: default_rtsp_session_timeout(),
+            request_timeout: default_rtsp_request_timeout(),
+        }
+    }
 }
 
 /// Bounds of each stream's shared frame log.
@@ -133,6 +177,7 @@ impl HubConfig {
             viewer_max_lag_bytes: default_viewer_lag_bytes(),
             viewer_send_buffer_bytes: default_viewer_send_buffer(),
             viewer_write_timeout: default_viewer_write_timeout(),
+            rtsp: RtspSettings::default(),
         }
     }
 
@@ -179,6 +224,27 @@ impl HubConfig {
         if self.viewer_write_timeout.get().is_zero() {
             return err("viewerWriteTimeout", "must be greater than 0".into());
         }
+        let r = &self.rtsp;
+        if r.enable {
+            if r.port != 0 && (r.port == self.stream_port || r.port == self.tunnel_port) {
+                return err("rtsp.port", format!("{} is already the streamPort or tunnelPort", r.port));
+            }
+            if r.udp && (r.udp_rtp_port == 0) != (r.udp_rtcp_port == 0) {
+                return err(
+                    "rtsp.udpRtpPort",
+                    "udpRtpPort and udpRtcpPort are both 0 (pick a pair) or both set".into(),
+                );
+            }
+            if r.udp && r.udp_rtp_port != 0 && r.udp_rtp_port == r.udp_rtcp_port {
+                return err("rtsp.udpRtcpPort", "must differ from udpRtpPort".into());
+            }
+            if r.session_timeout.get() < std::time::Duration::from_secs(1) {
+                return err("rtsp.sessionTimeout", "must be at least 1 second".into());
+            }
+            if r.request_timeout.get().is_zero() {
+                return err("rtsp.requestTimeout", "must be greater than 0".into());
+            }
+        }
         Ok(())
     }
 }
@@ -223,6 +289,21 @@ fn default_viewer_send_buffer() -> usize {
     512 * 1024
 }
 fn default_viewer_write_timeout() -> Seconds {
+    Seconds::new(10)
+}
+fn default_rtsp_port() -> u16 {
+    8554
+}
+fn default_rtp_port() -> u16 {
+    8000
+}
+fn default_rtcp_port() -> u16 {
+    8001
+}
+fn default_rtsp_session_timeout() -> Seconds {
+    Seconds::new(60)
+}
+fn default_rtsp_request_timeout() -> Seconds {
     Seconds::new(10)
 }
 

@@ -15,6 +15,8 @@ use tracing::info;
 
 use crate::api::{ApiState, router};
 use crate::config::{ConfigError, HubConfig};
+use crate::egress::rtsp::RtspCtx;
+use crate::egress::rtsp::udp::UdpPair;
 use crate::registry::NodeRegistry;
 use crate::session::lifecycle::LifecycleConfig;
 use crate::session::log::LogConfig;
@@ -78,6 +80,30 @@ impl Hub {
         };
         let tunnel_addr = local(&tunnel_listener, "tunnelPort")?;
         let stream_addr = local(&stream_listener, "streamPort")?;
+        let rtsp = &config.rtsp;
+        let (rtsp_listener, udp) = if rtsp.enable {
+            let l = bind("rtsp.port", rtsp.port).await?;
+            let udp = if rtsp.udp {
+                let pair = UdpPair::bind(config.listen_address, rtsp.udp_rtp_port, rtsp.udp_rtcp_port).await.map_err(
+                    |source| HubError::Bind {
+                        port: "rtsp.udpRtpPort",
+                        addr: SocketAddr::new(config.listen_address, rtsp.udp_rtp_port),
+                        source,
+                    },
+                )?;
+                Some(Arc::new(pair))
+            } else {
+                None
+            };
+            (Some(l), udp)
+        } else {
+            (None, None)
+        };
+        let rtsp_addr = match &rtsp_listener {
+            Some(l) => Some(local(l, "rtsp.port")?),
+            None => None,
+        };
+        let rtsp_udp_ports = udp.as_ref().map(|u| u.ports);
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -127,8 +153,31 @@ impl Hub {
             shutdown.clone(),
             tasks.clone(),
         ));
-        info!(%tunnel_addr, %stream_addr, https, hub = %config.hub_name, "hub listening");
-        Ok(RunningHub { tunnel_addr, stream_addr, https, shutdown, tasks, sessions, registry })
+        if let Some(listener) = rtsp_listener {
+            let rtsp_ctx = Arc::new(RtspCtx {
+                sessions: sessions.clone(),
+                registry: registry.clone(),
+                udp,
+                session_timeout: config.rtsp.session_timeout.get(),
+                request_timeout: config.rtsp.request_timeout.get(),
+                start_timeout: config.start_timeout.get(),
+                stall: config.viewer_write_timeout.get(),
+                shutdown: shutdown.clone(),
+            });
+            tasks.spawn(crate::egress::rtsp::serve(listener, rtsp_ctx, tasks.clone()));
+        }
+        info!(%tunnel_addr, %stream_addr, ?rtsp_addr, ?rtsp_udp_ports, https, hub = %config.hub_name, "hub listening");
+        Ok(RunningHub {
+            tunnel_addr,
+            stream_addr,
+            rtsp_addr,
+            rtsp_udp_ports,
+            https,
+            shutdown,
+            tasks,
+            sessions,
+            registry,
+        })
     }
 }
 
@@ -139,6 +188,10 @@ pub struct RunningHub {
     pub tunnel_addr: SocketAddr,
     /// Where viewers and the API are.
     pub stream_addr: SocketAddr,
+    /// Where RTSP viewers connect, if RTSP is enabled.
+    pub rtsp_addr: Option<SocketAddr>,
+    /// The RTP and RTCP ports RTSP viewers over UDP get media from.
+    pub rtsp_udp_ports: Option<(u16, u16)>,
     /// Whether the stream port speaks TLS.
     pub https: bool,
     shutdown: CancellationToken,
@@ -167,6 +220,13 @@ impl RunningHub {
             self.stream_addr.ip().to_string()
         };
         format!("{scheme}://{host}:{}", self.stream_addr.port())
+    }
+
+    /// The RTSP URL of a stream on this machine, if RTSP is enabled.
+    pub fn rtsp_url(&self, node: &str, stream: &str) -> Option<String> {
+        let a = self.rtsp_addr?;
+        let host = if a.ip().is_unspecified() { "127.0.0.1".to_owned() } else { a.ip().to_string() };
+        Some(format!("rtsp://{host}:{}/{node}/{stream}", a.port()))
     }
 
     /// Starts shutting down: ends sessions, says GoAway to edges, stops accepting.

@@ -88,6 +88,9 @@ impl Fixture {
         c.tunnel_port = 0;
         c.linger = Seconds::new(1);
         c.start_timeout = Seconds::new(10);
+        c.rtsp.port = 0;
+        c.rtsp.udp_rtp_port = 0;
+        c.rtsp.udp_rtcp_port = 0;
         c
     }
 
@@ -113,6 +116,11 @@ impl Fixture {
     /// The WebSocket URL of a stream.
     pub fn ws_url(&self, node: &str, stream: &str) -> String {
         format!("ws://{}/api/v1/nodes/{node}/streams/{stream}/ws", self.hub.stream_addr)
+    }
+
+    /// The RTSP URL of a stream.
+    pub fn rtsp_url(&self, node: &str, stream: &str) -> String {
+        self.hub.rtsp_url(node, stream).expect("RTSP is enabled in tests")
     }
 
     /// Connects a viewer.

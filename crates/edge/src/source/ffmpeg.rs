@@ -26,6 +26,54 @@ const MAX_ACCESS_UNIT: usize = 16 * 1024 * 1024;
 /// A process that ran this long resets the restart backoff.
 const STABLE_RUN: Duration = Duration::from_secs(10);
 
+/// Timestamps for a stream that carries none (raw H.264/H.265 on a pipe): the arrival time,
+/// except that access units arriving in one burst (one `read`) are spread by the stream's
+/// observed frame interval, so timestamps strictly increase by about one frame; they never run
+/// more than 200 ms ahead of arrival.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    last_pts: Option<i64>,
+    last_arrival: Option<i64>,
+    /// Access units that arrived at `last_arrival`.
+    burst: i64,
+    /// Smoothed frame interval (90 kHz ticks), 40 ms to begin with.
+    interval: i64,
+}
+
+impl Pacer {
+    const MAX_LEAD: i64 = 18_000;
+
+    pub(crate) fn new() -> Self {
+        Self { last_pts: None, last_arrival: None, burst: 0, interval: 3_600 }
+    }
+
+    /// The pts of an access unit that arrived at `arrival` (90 kHz ticks).
+    pub(crate) fn stamp(&mut self, arrival: i64) -> i64 {
+        match self.last_arrival {
+            Some(prev) if prev == arrival => self.burst += 1,
+            Some(prev) => {
+                // The frames of the previous burst covered the time since it arrived.
+                let sample = (arrival - prev) / self.burst.max(1);
+                if sample > 0 && sample < 90_000 {
+                    self.interval = (self.interval * 7 + sample) / 8;
+                }
+                self.burst = 1;
+            }
+            None => self.burst = 1,
+        }
+        self.last_arrival = Some(arrival);
+        let pts = match self.last_pts {
+            None => arrival,
+            Some(last) => {
+                let spaced = arrival.max(last + self.interval.max(1));
+                if spaced - arrival > Self::MAX_LEAD { arrival.max(last + 1) } else { spaced }
+            }
+        };
+        self.last_pts = Some(pts);
+        pts
+    }
+}
+
 /// The full argument list ffmpeg is started with.
 pub(crate) fn arguments(cfg: &FfmpegConfig) -> Vec<String> {
     let mut args: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "warning"].map(String::from).into();
@@ -166,6 +214,7 @@ async fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     let mut aus = Vec::new();
     let mut have_header = false;
+    let mut pacer = Pacer::new();
     loop {
         let n = tokio::select! {
             r = stdout.read(&mut buf) => match r {
@@ -192,8 +241,9 @@ async fn pump(
             if !have_header {
                 continue; // nothing is decodable before the first SPS/PPS
             }
-            // Raw H.264 carries no timestamps: stamp arrival time (live sources).
-            let pts = (epoch.elapsed().as_micros() * u128::from(VIDEO_CLOCK_RATE) / 1_000_000) as i64;
+            // Raw H.264/H.265 carries no timestamps: stamp arrival, spread within bursts.
+            let arrival = (epoch.elapsed().as_micros() * u128::from(VIDEO_CLOCK_RATE) / 1_000_000) as i64;
+            let pts = pacer.stamp(arrival);
             let frame = Frame {
                 track: 0,
                 flags: FrameFlags::keyframe(au.keyframe),
@@ -235,6 +285,25 @@ async fn reap(child: &mut Child) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_are_spread_and_timestamps_follow_arrival() {
+        let mut p = Pacer::new();
+        // 25 fps, but frames come in pairs (two access units per read).
+        let mut out = Vec::new();
+        for pair in 0..20i64 {
+            let arrival = pair * 7_200;
+            out.push(p.stamp(arrival));
+            out.push(p.stamp(arrival));
+        }
+        assert!(out.windows(2).all(|w| w[1] > w[0]), "strictly increasing: {out:?}");
+        let gaps: Vec<i64> = out.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[10..].iter().all(|g| (1_800..=5_400).contains(g)), "about one frame apart: {gaps:?}");
+        let last_arrival = 19 * 7_200;
+        assert!(out[39] - last_arrival <= Pacer::MAX_LEAD, "never far ahead of arrival");
+        // A long pause: timestamps jump to arrival, not one interval on.
+        assert_eq!(p.stamp(1_000_000), 1_000_000);
+    }
 
     #[test]
     fn output_arguments_follow_the_user_arguments() {

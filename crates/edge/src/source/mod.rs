@@ -286,13 +286,7 @@ mod tests {
     fn passwords_never_reach_logs() {
         assert_eq!(redact_url("rtsp://admin:s3cr3t@cam.local:554/live"), "rtsp://admin:***@cam.local:554/live");
         assert_eq!(redact_url("rtsp://cam.local/live"), "rtsp://cam.local/live");
-        let cfg = crate::config::RtspConfig {
-            url: "rtsp://u:p%40ss@cam/x".into(),
-            transport: Default::default(),
-            username: None,
-            password: None,
-            reconnect: Default::default(),
-        };
+        let cfg = crate::config::RtspConfig::new("rtsp://u:p%40ss@cam/x");
         assert!(!format!("{cfg:?}").contains("p%40ss"));
         let (url, creds) = rtsp::parse_url(&cfg).unwrap();
         assert_eq!(url.as_str(), "rtsp://cam/x");

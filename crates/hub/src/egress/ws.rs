@@ -6,7 +6,6 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::io::{describe_write_error, write_all_vectored};
 use super::ws_format::{ViewerEvent, encode_frame_prefix, event_frame, header_frame};
 use super::ws_wire::{
     CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING, OP_PONG,
@@ -28,8 +28,6 @@ use crate::session::{Sessions, StreamKey};
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Largest message a viewer may send (they only need control frames).
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
-/// Slices per `writev` call (Linux accepts 1024; more gains nothing).
-const MAX_SLICES: usize = 64;
 
 /// How long the goodbye (queued close reply, TLS shutdown) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -62,12 +60,9 @@ where
             chunks.push(c);
         }
         let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
-        viewer.stats.position.store(viewer.cursor.position(), Ordering::Relaxed);
+        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+        viewer.account_read(&status, pending);
         if status.skipped > 0 {
-            viewer.stats.skipped.add(status.skipped);
-            viewer.stats.resyncs.add(1);
-            session.stats.viewer_skipped.add(status.skipped);
-            debug!(stream = %key, viewer = id, skipped = status.skipped, "viewer resynchronised at a keyframe");
             chunks.push(event_frame(&ViewerEvent::Skip { frames: status.skipped }));
         }
         let mut bytes = 0u64;
@@ -85,19 +80,15 @@ where
             chunks.push(close_frame(CLOSE_NORMAL, "stream ended"));
         }
         if !chunks.is_empty() {
-            viewer.stats.pending_bytes.store(bytes, Ordering::Relaxed);
+            let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
             let written = tokio::select! {
-                r = write_all_vectored(&mut wr, &chunks, stall) => r,
+                r = write_all_vectored(&mut wr, &mut slices, stall) => r,
                 () = gone.cancelled() => break "viewer closed".to_owned(),
             };
             if let Err(e) = written {
                 break describe_write_error(&e);
             }
-            viewer.stats.pending_bytes.store(0, Ordering::Relaxed);
-            viewer.stats.frames.add(batch.len() as u64);
-            viewer.stats.bytes.add(bytes);
-            session.stats.frames_out.add(batch.len() as u64);
-            session.stats.bytes_out.add(bytes);
+            viewer.account_sent(batch.len() as u64, bytes);
         }
         if let Some(reason) = status.ended {
             break format!("stream ended: {reason}");
@@ -107,7 +98,7 @@ where
                 changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
                 () = gone.cancelled() => break "viewer closed".to_owned(),
                 Some(c) = control_rx.recv() => {
-                    if let Err(e) = write_all_vectored(&mut wr, &[c], stall).await {
+                    if let Err(e) = write_all_vectored(&mut wr, &mut [IoSlice::new(&c)], stall).await {
                         break describe_write_error(&e);
                     }
                 }
@@ -122,20 +113,13 @@ where
         // The reader may have queued a close reply (RFC 6455 §5.5.1) or a protocol-error close.
         let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv().ok()).collect();
         if !queued.is_empty() {
-            let _ = write_all_vectored(&mut wr, &queued, CLOSE_GRACE).await;
+            let mut slices: Vec<IoSlice<'_>> = queued.iter().map(|c| IoSlice::new(c)).collect();
+            let _ = write_all_vectored(&mut wr, &mut slices, CLOSE_GRACE).await;
         }
         let _ = wr.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
     info!(stream = %key, viewer = id, %reason, frames, skipped, "websocket viewer left");
-}
-
-fn describe_write_error(e: &std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        format!("stalled: the viewer stopped reading ({e})")
-    } else {
-        format!("write failed: {e}")
-    }
 }
 
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
@@ -172,117 +156,4 @@ async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: mpsc::Sender<Byte
         }
     }
     gone.cancel();
-}
-
-/// Writes every chunk, in order, with as few `writev` calls as the socket allows; then flushes.
-/// Fails with `TimedOut` if any single call makes no progress for `stall`.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    chunks: &[Bytes],
-    stall: Duration,
-) -> std::io::Result<()> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress for {stall:?}"));
-    let (mut idx, mut off) = (0usize, 0usize);
-    while idx < chunks.len() {
-        let n = {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (i, c) in chunks[idx..].iter().take(MAX_SLICES).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &c[off..] } else { c });
-                count += 1;
-            }
-            tokio::time::timeout(stall, w.write_vectored(&slices[..count])).await.map_err(|_| timed_out())??
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = n;
-        while left > 0 && idx < chunks.len() {
-            let avail = chunks[idx].len() - off;
-            if left >= avail {
-                left -= avail;
-                idx += 1;
-                off = 0;
-            } else {
-                off += left;
-                left = 0;
-            }
-        }
-        while idx < chunks.len() && chunks[idx].len() == off {
-            idx += 1;
-            off = 0;
-        }
-    }
-    tokio::time::timeout(stall, w.flush()).await.map_err(|_| timed_out())?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A writer that accepts at most `step` bytes per call, to exercise partial writes.
-    struct Trickle {
-        out: Vec<u8>,
-        step: usize,
-        calls: usize,
-    }
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.step);
-            self.out.extend_from_slice(&buf[..n]);
-            self.calls += 1;
-            std::task::Poll::Ready(Ok(n))
-        }
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.step - n);
-                self.out.extend_from_slice(&b[..take]);
-                n += take;
-                if n == self.step {
-                    break;
-                }
-            }
-            self.calls += 1;
-            std::task::Poll::Ready(Ok(n))
-        }
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn vectored_writes_survive_partial_writes() {
-        let chunks: Vec<Bytes> = (0..200u32).map(|i| Bytes::from(vec![i as u8; (i % 7) as usize])).collect();
-        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        for step in [1, 3, 64, 100_000] {
-            let mut w = Trickle { out: Vec::new(), step, calls: 0 };
-            write_all_vectored(&mut w, &chunks, Duration::from_secs(5)).await.unwrap();
-            assert_eq!(w.out, expected, "step {step}");
-            if step == 100_000 {
-                assert_eq!(w.calls, 200usize.div_ceil(MAX_SLICES), "one call per {MAX_SLICES} slices");
-            }
-        }
-    }
 }

@@ -57,6 +57,9 @@ pub struct LogEntry {
     /// What precedes the payload in a WebSocket viewer's frame message, built by the first
     /// viewer that needs it and shared by all the others.
     pub ws_prefix: OnceLock<Bytes>,
+    /// The frame's RTP payloads, built by the first RTSP viewer that needs them and shared by
+    /// all the others.
+    pub rtp: OnceLock<Vec<mediamesh_media::rtp::RtpPayload>>,
 }
 
 impl LogEntry {
@@ -219,6 +222,7 @@ impl FrameLog {
                 hub_us,
                 bytes_before,
                 ws_prefix: OnceLock::new(),
+                rtp: OnceLock::new(),
             }));
             ring.bytes += len;
             ring.total_bytes += len as u64;

@@ -193,6 +193,31 @@ pub struct Viewer {
     pub stats: Arc<ViewerStats>,
 }
 
+impl Viewer {
+    /// Accounts a read from the log: the cursor's position, frames skipped to resync, and the
+    /// payload bytes now waiting to be written.
+    pub fn account_read(&self, status: &log::ReadStatus, pending_bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.position.store(self.cursor.position(), Relaxed);
+        self.stats.pending_bytes.store(pending_bytes, Relaxed);
+        if status.skipped > 0 {
+            self.stats.skipped.add(status.skipped);
+            self.stats.resyncs.add(1);
+            self.session.stats.viewer_skipped.add(status.skipped);
+            tracing::debug!(stream = %self.session.key, viewer = self.stats.id, skipped = status.skipped, "viewer resynchronised at a keyframe");
+        }
+    }
+
+    /// Accounts frames written to the viewer.
+    pub fn account_sent(&self, frames: u64, bytes: u64) {
+        self.stats.pending_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats.frames.add(frames);
+        self.stats.bytes.add(bytes);
+        self.session.stats.frames_out.add(frames);
+        self.session.stats.bytes_out.add(bytes);
+    }
+}
+
 impl Drop for Viewer {
     fn drop(&mut self) {
         self.session.remove_viewer(self.stats.id);

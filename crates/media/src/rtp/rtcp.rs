@@ -35,6 +35,12 @@ pub fn sender_report(ssrc: u32, ntp: u64, rtp_timestamp: u32, packets: u32, octe
     b
 }
 
+/// An RTCP BYE for one source (the stream has ended).
+pub fn bye(ssrc: u32) -> [u8; 8] {
+    let s = ssrc.to_be_bytes();
+    [0x81, 203, 0, 1, s[0], s[1], s[2], s[3]]
+}
+
 /// Whether a buffer looks like an RTCP compound packet (version 2, packet type 200–206).
 pub fn is_rtcp(data: &[u8]) -> bool {
     data.len() >= 8 && data[0] >> 6 == 2 && (200..=206).contains(&data[1])

@@ -1,0 +1,673 @@
+//! One RTSP connection: the reader parses and answers requests; a writer task owns the socket's
+//! write half and sends responses and, for TCP-interleaved sessions, the media; UDP sessions get
+//! a sender task of their own.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mediamesh_media::rtp::sdp::describe;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::media::{MediaOut, Plan, TrackOut, tcp_slices};
+use super::request::{self, Incoming, Method, Request, Response};
+use super::transport::{self, Dest};
+use super::udp::{Liveness, send_vectored};
+use super::{RtspCtx, random_u64};
+use crate::egress::io::{describe_write_error, write_all_vectored};
+use crate::session::log::LogEntry;
+use crate::session::{StreamKey, Viewer};
+
+/// Largest batch of media taken from the log at once.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// What the reader asks the writer to do.
+enum WriterCmd {
+    Response(Bytes),
+    Play { session: String, media: Box<MediaOut>, response: Bytes },
+    Stop { session: String, response: Bytes },
+}
+
+enum Playing {
+    No,
+    Tcp,
+    Udp { cancel: CancellationToken, rtcp: Vec<SocketAddr> },
+}
+
+struct RtspSession {
+    key: StreamKey,
+    viewer: Option<Viewer>,
+    tracks: Vec<TrackOut>,
+    playing: Playing,
+}
+
+struct Conn {
+    ctx: Arc<RtspCtx>,
+    peer: SocketAddr,
+    writer: mpsc::Sender<WriterCmd>,
+    closed: CancellationToken,
+    sessions: HashMap<String, RtspSession>,
+    /// Viewers joined by DESCRIBE, waiting for SETUP.
+    described: HashMap<StreamKey, Viewer>,
+    liveness: Liveness,
+}
+
+pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, wr) = tcp.into_split();
+    let (tx, rx) = mpsc::channel(16);
+    let closed = ctx.shutdown.child_token();
+    let writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
+    let liveness = Liveness::default();
+    let mut conn =
+        Conn { ctx, peer, writer: tx, closed, sessions: HashMap::new(), described: HashMap::new(), liveness };
+    let reason = conn.read_loop(&mut rd).await;
+    let sessions = conn.sessions.len();
+    conn.close_all();
+    drop(conn);
+    let writer_reason = tokio::time::timeout(Duration::from_secs(2), writer).await.ok().and_then(Result::ok);
+    // Lingering close: the client may still be sending (the rest of an oversized request);
+    // reading it for a moment lets the last response reach the client instead of being
+    // destroyed by the TCP reset that closing with unread data causes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 8192];
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    info!(%peer, %reason, writer = ?writer_reason, sessions, "rtsp connection closed");
+}
+
+impl Conn {
+    async fn read_loop(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            loop {
+                match request::parse(&mut buf) {
+                    Ok(Some(Incoming::Request(req))) => {
+                        self.touch();
+                        if let Err(reason) = self.handle(req).await {
+                            return reason;
+                        }
+                    }
+                    Ok(Some(Incoming::Interleaved { channel, data })) => {
+                        // RTCP receiver reports: proof of life.
+                        tracing::trace!(channel, len = data.len(), "interleaved data from the client");
+                        self.touch();
+                    }
+                    Ok(None) => break,
+                    Err(refusal) => {
+                        info!(peer = %self.peer, %refusal, "rtsp request refused");
+                        let _ =
+                            self.writer.send(WriterCmd::Response(Response::from(&refusal).encode(refusal.cseq))).await;
+                        return format!("refused: {refusal}");
+                    }
+                }
+            }
+            // A connection that is not streaming must keep talking.
+            let idle = (!self.sessions.values().any(|s| !matches!(s.playing, Playing::No)))
+                .then_some(self.ctx.request_timeout);
+            let read = rd.read_buf(&mut buf);
+            let n = tokio::select! {
+                r = async {
+                    match idle {
+                        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| t),
+                        None => Ok(read.await),
+                    }
+                } => r,
+                () = self.closed.cancelled() => return "closed by the server".into(),
+            };
+            match n {
+                Err(t) => return format!("no request for {:.0} s", t.as_secs_f64()),
+                Ok(Ok(0)) => return "closed by the client".into(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("read failed: {e}"),
+            }
+        }
+    }
+
+    fn touch(&self) {
+        if let Some(udp) = &self.ctx.udp {
+            self.liveness.store(udp.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    async fn respond(&self, req: &Request, resp: Response) -> Result<(), String> {
+        if resp.status() >= 400 {
+            debug!(peer = %self.peer, method = ?req.method, uri = %req.uri, status = resp.status(), "rtsp error response");
+        }
+        self.writer.send(WriterCmd::Response(resp.encode(Some(req.cseq)))).await.map_err(|_| "writer gone".to_owned())
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<(), String> {
+        let resp = match req.method {
+            Method::Options => Response::ok().header("Public", PUBLIC),
+            Method::Describe => self.describe(&req).await,
+            Method::Setup => self.setup(&req).await,
+            Method::Play => return self.play(&req).await,
+            Method::Teardown => return self.teardown(&req).await,
+            Method::GetParameter | Method::SetParameter => match self.session_of(&req) {
+                Ok(_) if !req.body.is_empty() => Response::ok(), // parameters are not supported; keepalive
+
+                Err(r) => r,
+                Ok(_) => Response::ok(),
+            },
+            Method::Pause | Method::Other(_) => Response::new(501, "Not Implemented").header("Public", PUBLIC),
+        };
+        self.respond(&req, resp).await
+    }
+
+    /// The session a request names; 454 if it names one this connection did not create.
+    fn session_of(&self, req: &Request) -> Result<Option<String>, Response> {
+        match req.header("Session").map(|v| v.split(';').next().unwrap_or_default().trim().to_owned()) {
+            None => Ok(None),
+            Some(id) if self.sessions.contains_key(&id) => Ok(Some(id)),
+            Some(_) => Err(Response::new(454, "Session Not Found")),
+        }
+    }
+
+    /// Joins the stream (once per connection and stream) and waits for its codec parameters.
+    async fn viewer_for(&mut self, key: &StreamKey) -> Result<Viewer, Response> {
+        self.ctx.registry.check_stream(&key.node, &key.stream).map_err(|e| not_found(&e.to_string()))?;
+        let mut viewer = match self.described.remove(key) {
+            Some(v) => v,
+            None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),
+        };
+        let deadline = tokio::time::Instant::now() + self.ctx.start_timeout;
+        loop {
+            if viewer.session.log.header().is_some() {
+                return Ok(viewer);
+            }
+            if viewer.session.log.is_closed() {
+                return Err(unavailable("the stream ended before it started"));
+            }
+            if tokio::time::timeout_at(deadline, viewer.cursor.changed()).await.is_err() {
+                return Err(unavailable(&format!(
+                    "the edge did not start the stream within {:.0} s",
+                    self.ctx.start_timeout.as_secs_f64()
+                )));
+            }
+        }
+    }
+
+    async fn describe(&mut self, req: &Request) -> Response {
+        let Some((key, _)) = parse_uri(&req.uri) else { return not_found("no such stream path") };
+        let viewer = match self.viewer_for(&key).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(header) = viewer.session.log.header() else { return unavailable("no codec parameters") };
+        let sdp = super::sdp::session_description(&key, &header.header, viewer.session.id);
+        self.described.insert(key, viewer);
+        Response::ok().header("Content-Base", content_base(&req.uri)).body("application/sdp", sdp)
+    }
+
+    async fn setup(&mut self, req: &Request) -> Response {
+        let Some((key, track)) = parse_uri(&req.uri) else { return not_found("no such stream path") };
+        let existing = match self.session_of(req) {
+            Err(r) => return r,
+            Ok(id) => id,
+        };
+        if let Some(id) = &existing {
+            let s = &self.sessions[id];
+            if s.key != key {
+                return Response::new(459, "Aggregate Operation Not Allowed");
+            }
+            if !matches!(s.playing, Playing::No) {
+                return Response::new(455, "Method Not Valid in This State");
+            }
+        }
+        let viewer = match existing.as_ref().and_then(|id| self.sessions.get_mut(id)).and_then(|s| s.viewer.take()) {
+            Some(v) => v,
+            None => match self.viewer_for(&key).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            },
+        };
+        let Some(header) = viewer.session.log.header() else { return unavailable("no codec parameters") };
+        let track_id = match track {
+            Some(t) => t,
+            None if header.header.tracks.len() == 1 => header.header.tracks[0].id,
+            None => {
+                return Response::new(459, "Aggregate Operation Not Allowed")
+                    .body("text/plain", "SETUP needs a track URL (…/trackID=N)\n");
+            }
+        };
+        let Some(info) = header.header.track(track_id) else {
+            self.park(existing.as_deref(), &key, viewer);
+            return not_found(&format!("this stream has no track {track_id}"));
+        };
+        let dest = match req.header("Transport").map(|t| transport::choose(t, self.peer.ip(), track_id)) {
+            Some(Ok(d)) => d,
+            Some(Err(reason)) => {
+                self.park(existing.as_deref(), &key, viewer);
+                return Response::new(461, "Unsupported Transport").body("text/plain", format!("{reason}\n"));
+            }
+            None => {
+                self.park(existing.as_deref(), &key, viewer);
+                return Response::new(461, "Unsupported Transport").body("text/plain", "missing Transport header\n");
+            }
+        };
+        if matches!(dest, Dest::Udp { .. }) && self.ctx.udp.is_none() {
+            self.park(existing.as_deref(), &key, viewer);
+            return Response::new(461, "Unsupported Transport").body("text/plain", "UDP is disabled on this hub\n");
+        }
+        let ssrc = random_u64() as u32;
+        let out =
+            TrackOut::new(track_id, describe(info).payload_type, dest, ssrc, random_u64() as u16, random_u64() as u32);
+        let answer = transport::answer(&dest, ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
+        let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
+        let session = self.sessions.entry(id.clone()).or_insert_with(|| RtspSession {
+            key: key.clone(),
+            viewer: None,
+            tracks: Vec::new(),
+            playing: Playing::No,
+        });
+        session.tracks.retain(|t| t.id != track_id);
+        session.tracks.push(out);
+        session.viewer = Some(viewer);
+        Response::ok()
+            .header("Transport", answer)
+            .header("Session", format!("{id};timeout={}", self.ctx.session_timeout.as_secs()))
+    }
+
+    /// Puts a viewer back where a failed SETUP found it.
+    fn park(&mut self, session: Option<&str>, key: &StreamKey, viewer: Viewer) {
+        match session.and_then(|id| self.sessions.get_mut(id)) {
+            Some(s) => s.viewer = Some(viewer),
+            None => {
+                self.described.insert(key.clone(), viewer);
+            }
+        }
+    }
+
+    async fn play(&mut self, req: &Request) -> Result<(), String> {
+        let id = match self.session_of(req) {
+            Err(r) => return self.respond(req, r).await,
+            // PLAY before any SETUP (RFC 2326: PLAY is not valid in the Init state).
+            Ok(None) => return self.respond(req, Response::new(455, "Method Not Valid in This State")).await,
+            Ok(Some(id)) => id,
+        };
+        let base = content_base(&req.uri);
+        let tcp_busy = self.sessions.iter().any(|(sid, s)| *sid != id && matches!(s.playing, Playing::Tcp));
+        let udp = self.ctx.udp.clone();
+        let liveness = self.liveness.clone();
+        let closed = self.closed.clone();
+        let stall = self.ctx.stall;
+        let timeout = self.ctx.session_timeout;
+        let Some(s) = self.sessions.get_mut(&id) else { return Ok(()) };
+        let session_hdr = format!("{id};timeout={}", timeout.as_secs());
+        if !matches!(s.playing, Playing::No) {
+            return self.respond(req, Response::ok().header("Session", session_hdr)).await;
+        }
+        if s.tracks.is_empty() || s.viewer.is_none() {
+            return self.respond(req, Response::new(455, "Method Not Valid in This State")).await;
+        }
+        let all_tcp = s.tracks.iter().all(|t| matches!(t.dest, Dest::Tcp { .. }));
+        let all_udp = s.tracks.iter().all(|t| matches!(t.dest, Dest::Udp { .. }));
+        if !all_tcp && !all_udp {
+            return self
+                .respond(
+                    req,
+                    Response::new(461, "Unsupported Transport").body("text/plain", "mixed TCP and UDP tracks\n"),
+                )
+                .await;
+        }
+        if all_tcp && tcp_busy {
+            return self
+                .respond(
+                    req,
+                    Response::new(455, "Method Not Valid in This State")
+                        .body("text/plain", "one interleaved session per connection\n"),
+                )
+                .await;
+        }
+        let rtp_info: Vec<String> =
+            s.tracks.iter().map(|t| format!("url={base}trackID={};seq={}", t.id, t.seq)).collect();
+        let response = Response::ok()
+            .header("Session", session_hdr)
+            .header("Range", "npt=0.000-")
+            .header("RTP-Info", rtp_info.join(","))
+            .encode(Some(req.cseq));
+        let Some(viewer) = s.viewer.take() else { return Ok(()) };
+        let media = MediaOut { viewer, tracks: std::mem::take(&mut s.tracks) };
+        info!(peer = %self.peer, stream = %s.key, session = %id, tcp = all_tcp, "rtsp viewer playing");
+        if all_tcp {
+            s.playing = Playing::Tcp;
+            return self
+                .writer
+                .send(WriterCmd::Play { session: id, media: Box::new(media), response })
+                .await
+                .map_err(|_| "writer gone".into());
+        }
+        let Some(udp) = udp else { return Ok(()) };
+        let cancel = CancellationToken::new();
+        let rtcp: Vec<SocketAddr> = media
+            .tracks
+            .iter()
+            .filter_map(|t| match t.dest {
+                Dest::Udp { rtcp, .. } => Some(rtcp),
+                Dest::Tcp { .. } => None,
+            })
+            .collect();
+        for a in &rtcp {
+            udp.watch(*a, liveness.clone());
+        }
+        s.playing = Playing::Udp { cancel: cancel.clone(), rtcp };
+        self.touch();
+        self.writer.send(WriterCmd::Response(response)).await.map_err(|_| "writer gone".to_owned())?;
+        tokio::spawn(udp_sender(media, udp, cancel, closed, liveness, timeout, stall));
+        Ok(())
+    }
+
+    async fn teardown(&mut self, req: &Request) -> Result<(), String> {
+        let id = match self.session_of(req) {
+            Err(r) => return self.respond(req, r).await,
+            Ok(None) => return self.respond(req, Response::new(454, "Session Not Found")).await,
+            Ok(Some(id)) => id,
+        };
+        let response = Response::ok().encode(Some(req.cseq));
+        if let Some(s) = self.sessions.remove(&id) {
+            info!(peer = %self.peer, stream = %s.key, session = %id, "rtsp teardown");
+            match s.playing {
+                Playing::Tcp => {
+                    return self
+                        .writer
+                        .send(WriterCmd::Stop { session: id, response })
+                        .await
+                        .map_err(|_| "writer gone".into());
+                }
+                Playing::Udp { cancel, rtcp } => self.stop_udp(&cancel, &rtcp),
+                Playing::No => {}
+            }
+        }
+        self.writer.send(WriterCmd::Response(response)).await.map_err(|_| "writer gone".into())
+    }
+
+    fn stop_udp(&self, cancel: &CancellationToken, rtcp: &[SocketAddr]) {
+        cancel.cancel();
+        if let Some(udp) = &self.ctx.udp {
+            for a in rtcp {
+                udp.unwatch(*a);
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, s) in std::mem::take(&mut self.sessions) {
+            if let Playing::Udp { cancel, rtcp } = &s.playing {
+                self.stop_udp(cancel, rtcp);
+            }
+        }
+        self.described.clear();
+        self.closed.cancel();
+    }
+}
+
+const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+fn not_found(why: &str) -> Response {
+    Response::new(404, "Not Found").body("text/plain", format!("{why}\n"))
+}
+
+fn unavailable(why: &str) -> Response {
+    Response::new(503, "Service Unavailable").body("text/plain", format!("{why}\n"))
+}
+
+/// `rtsp://host[:port]/node/stream[/trackID=N][?query]` (or the path alone) → the stream and
+/// the track.
+pub(crate) fn parse_uri(uri: &str) -> Option<(StreamKey, Option<u8>)> {
+    let path = match uri.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+        None => uri,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (node, stream, track) = match segments.as_slice() {
+        [node, stream] => (*node, *stream, None),
+        [node, stream, last] => {
+            let n = last.strip_prefix("trackID=").or_else(|| last.strip_prefix("track"))?.parse::<u8>().ok()?;
+            (*node, *stream, Some(n))
+        }
+        _ => return None,
+    };
+    let valid = |n: &str| mediamesh_tunnel::wire::validate_name(n).is_ok();
+    (valid(node) && valid(stream)).then(|| (StreamKey::new(node, stream), track))
+}
+
+/// The stream's base URL (with a trailing slash) for relative track controls.
+fn content_base(uri: &str) -> String {
+    let mut base = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
+    if let Some(i) = base.rfind("/trackID=") {
+        base.truncate(i);
+    }
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    base
+}
+
+/// Owns the write half: responses in order, and the media of a TCP-interleaved session.
+async fn writer_task(
+    mut wr: OwnedWriteHalf,
+    mut cmds: mpsc::Receiver<WriterCmd>,
+    closed: CancellationToken,
+    stall: Duration,
+) -> String {
+    let mut media: Option<(String, Box<MediaOut>)> = None;
+    let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
+    let reason = 'outer: loop {
+        let mut progressed = false;
+        while let Ok(cmd) = cmds.try_recv() {
+            progressed = true;
+            if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
+                break 'outer r;
+            }
+        }
+        if let Some((_, m)) = media.as_mut() {
+            batch.clear();
+            let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
+            let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+            m.viewer.account_read(&status, pending);
+            if !batch.is_empty() {
+                m.plan(&batch, &mut plan);
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
+                if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
+                    break describe_write_error(&e);
+                }
+                m.viewer.account_sent(plan.frames, plan.bytes);
+                progressed = true;
+            }
+            if let Some(end) = status.ended {
+                let byes: Vec<Vec<u8>> = m
+                    .byes()
+                    .into_iter()
+                    .filter_map(|(i, b)| match m.tracks[i].dest {
+                        Dest::Tcp { rtcp, .. } => {
+                            let mut f = vec![b'$', rtcp, 0, b.len() as u8];
+                            f.extend_from_slice(&b);
+                            Some(f)
+                        }
+                        Dest::Udp { .. } => None,
+                    })
+                    .collect();
+                let mut slices: Vec<IoSlice<'_>> = byes.iter().map(|b| IoSlice::new(b)).collect();
+                let _ = write_all_vectored(&mut wr, &mut slices, stall).await;
+                break format!("stream ended: {end}");
+            }
+            progressed |= status.skipped > 0;
+        }
+        if progressed {
+            continue;
+        }
+        enum Wake {
+            Cmd(Option<WriterCmd>),
+            Changed(bool),
+            Closed,
+        }
+        let wake = {
+            let changed = async {
+                match media.as_mut() {
+                    Some((_, m)) => m.viewer.cursor.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = cmds.recv() => Wake::Cmd(c),
+                c = changed => Wake::Changed(c),
+                () = closed.cancelled() => Wake::Closed,
+            }
+        };
+        match wake {
+            Wake::Closed => {
+                // Responses already queued (a refusal's answer) still go out.
+                while let Ok(cmd) = cmds.try_recv() {
+                    if apply(cmd, &mut media, &mut wr, stall).await.is_err() {
+                        break;
+                    }
+                }
+                break "connection closed".into();
+            }
+            Wake::Cmd(None) => break "connection closed".into(),
+            Wake::Cmd(Some(cmd)) => {
+                if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
+                    break r;
+                }
+            }
+            Wake::Changed(true) => {}
+            Wake::Changed(false) => break "session gone".into(),
+        }
+    };
+    drop(media);
+    closed.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    reason
+}
+
+async fn apply(
+    cmd: WriterCmd,
+    media: &mut Option<(String, Box<MediaOut>)>,
+    wr: &mut OwnedWriteHalf,
+    stall: Duration,
+) -> Result<(), String> {
+    let bytes = match cmd {
+        WriterCmd::Response(b) => b,
+        WriterCmd::Play { session, media: m, response } => {
+            *media = Some((session, m));
+            response
+        }
+        WriterCmd::Stop { session, response } => {
+            if media.as_ref().is_some_and(|(id, _)| *id == session) {
+                *media = None;
+            }
+            response
+        }
+    };
+    write_all_vectored(wr, &mut [IoSlice::new(&bytes)], stall).await.map_err(|e| describe_write_error(&e))
+}
+
+/// Sends a UDP session's media until it is torn down, the stream ends, or the client goes
+/// silent for the session timeout.
+async fn udp_sender(
+    mut m: MediaOut,
+    udp: Arc<super::udp::UdpPair>,
+    cancel: CancellationToken,
+    conn_closed: CancellationToken,
+    liveness: Liveness,
+    timeout: Duration,
+    stall: Duration,
+) {
+    let (mut batch, mut plan): (Vec<Arc<LogEntry>>, Plan) = Default::default();
+    let check = Duration::from_secs(1).min(timeout);
+    let reason = loop {
+        batch.clear();
+        let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
+        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+        m.viewer.account_read(&status, pending);
+        if !batch.is_empty() {
+            m.plan(&batch, &mut plan);
+            let mut rtcp = plan.rtcp.iter().peekable();
+            for (i, (ei, pi, ti, h)) in plan.packets.iter().enumerate() {
+                while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
+                    send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
+                }
+                let p = &super::media::payloads(&batch[*ei])[*pi];
+                let Dest::Udp { rtp, .. } = m.tracks[*ti].dest else { continue };
+                let slices = [IoSlice::new(&h[4..]), IoSlice::new(p.prefix()), IoSlice::new(&p.body)];
+                match tokio::time::timeout(stall, send_vectored(&udp.rtp, &slices, rtp)).await {
+                    Ok(Ok(())) => {}
+                    // ICMP unreachable from an earlier datagram and the like: the client may be
+                    // gone; its silence will time the session out.
+                    Ok(Err(e)) => debug!(to = %rtp, error = %e, "udp send failed"),
+                    Err(_) => break,
+                }
+            }
+            for (_, rti, sr) in rtcp {
+                send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
+            }
+            m.viewer.account_sent(plan.frames, plan.bytes);
+        }
+        if let Some(end) = status.ended {
+            for (i, bye) in m.byes() {
+                send_rtcp(&udp, &m.tracks[i].dest, &bye).await;
+            }
+            conn_closed.cancel();
+            break format!("stream ended: {end}");
+        }
+        if !batch.is_empty() || status.skipped > 0 {
+            continue;
+        }
+        tokio::select! {
+            ok = m.viewer.cursor.changed() => if !ok { break "session gone".into() },
+            () = cancel.cancelled() => break "torn down".into(),
+            () = tokio::time::sleep(check) => {
+                let silent = udp.now_ms().saturating_sub(liveness.load(Ordering::Relaxed));
+                if silent > timeout.as_millis() as u64 {
+                    conn_closed.cancel();
+                    break format!("no RTCP or request for {:.0} s (session timeout)", timeout.as_secs_f64());
+                }
+            }
+        }
+    };
+    debug!(stream = %m.viewer.session.key, %reason, "udp sender stopped");
+}
+
+async fn send_rtcp(udp: &super::udp::UdpPair, dest: &Dest, data: &[u8]) {
+    if let Dest::Udp { rtcp, .. } = dest
+        && let Err(e) = udp.rtcp.send_to(data, rtcp).await
+    {
+        debug!(to = %rtcp, error = %e, "rtcp send failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        let (k, t) = parse_uri("rtsp://hub:8554/edge-1/cam1").unwrap();
+        assert_eq!((k.to_string(), t), ("edge-1/cam1".into(), None));
+        assert_eq!(parse_uri("rtsp://hub/edge-1/cam1/trackID=1?x=y").unwrap().1, Some(1));
+        assert_eq!(parse_uri("/edge-1/cam1/").unwrap().0.stream, "cam1");
+        assert!(parse_uri("rtsp://hub/only-one").is_none());
+        assert!(parse_uri("rtsp://hub/a/b/c/d").is_none());
+        assert!(parse_uri("rtsp://hub/../etc/x").is_none());
+        assert_eq!(content_base("rtsp://h/a/b"), "rtsp://h/a/b/");
+        assert_eq!(content_base("rtsp://h/a/b/trackID=0"), "rtsp://h/a/b/");
+    }
+}

@@ -1,0 +1,168 @@
+//! Sending a stream to one RTSP viewer: the frame's RTP payloads are built once per frame and
+//! shared (cached on the log entry); this viewer only writes its own 12-byte RTP headers (its
+//! SSRC, sequence numbers and timestamp offset), plus the 4-byte interleaved prefix on TCP.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mediamesh_media::rtp::{self, DEFAULT_MAX_PAYLOAD, RtpPayload, rtcp};
+
+use super::transport::Dest;
+use crate::session::Viewer;
+use crate::session::log::LogEntry;
+
+/// How often a sender report goes out per track.
+const SR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One track as this viewer receives it.
+#[derive(Debug)]
+pub(crate) struct TrackOut {
+    pub id: u8,
+    pub payload_type: u8,
+    pub dest: Dest,
+    pub ssrc: u32,
+    /// The next sequence number.
+    pub seq: u16,
+    pub ts_offset: u32,
+    packets: u32,
+    octets: u32,
+    last_sr: Option<Instant>,
+}
+
+impl TrackOut {
+    pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, ssrc: u32, seq: u16, ts_offset: u32) -> Self {
+        Self { id, payload_type, dest, ssrc, seq, ts_offset, packets: 0, octets: 0, last_sr: None }
+    }
+}
+
+/// A playing viewer: its place in the stream and its tracks.
+#[derive(Debug)]
+pub(crate) struct MediaOut {
+    pub viewer: Viewer,
+    pub tracks: Vec<TrackOut>,
+}
+
+/// What one batch sends to one viewer, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Per RTP packet: the log entry, the payload index, the track, and this viewer's header
+    /// (interleaved prefix in bytes 0..4, RTP header in 4..16).
+    pub packets: Vec<(usize, usize, usize, [u8; 16])>,
+    /// RTCP packets to send after the packet with this index, with the track.
+    pub rtcp: Vec<(usize, usize, Vec<u8>)>,
+    pub bytes: u64,
+    pub frames: u64,
+}
+
+impl Plan {
+    fn clear(&mut self) {
+        self.packets.clear();
+        self.rtcp.clear();
+        self.bytes = 0;
+        self.frames = 0;
+    }
+}
+
+/// The shared RTP payloads of a frame, built by the first RTSP viewer that needs them.
+pub(crate) fn payloads(e: &LogEntry) -> &[RtpPayload] {
+    e.rtp.get_or_init(|| match e.header.header.track(e.frame.track) {
+        Some(t) => rtp::packetize(t, &e.frame, DEFAULT_MAX_PAYLOAD),
+        None => Vec::new(),
+    })
+}
+
+impl MediaOut {
+    /// Plans the packets of `batch` for this viewer (frames of tracks it did not set up are
+    /// skipped).
+    pub(crate) fn plan(&mut self, batch: &[Arc<LogEntry>], plan: &mut Plan) {
+        plan.clear();
+        for (ei, e) in batch.iter().enumerate() {
+            let Some(ti) = self.tracks.iter().position(|t| t.id == e.frame.track) else { continue };
+            let t = &mut self.tracks[ti];
+            let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
+            for (pi, p) in payloads(e).iter().enumerate() {
+                let mut h = [0u8; 16];
+                let len = 12 + p.len();
+                if let Dest::Tcp { rtp: ch, .. } = t.dest {
+                    h[0] = b'$';
+                    h[1] = ch;
+                    h[2..4].copy_from_slice(&(len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+                }
+                let rtp_header: &mut [u8; 12] =
+                    (&mut h[4..16]).try_into().unwrap_or_else(|_| unreachable!("16 - 4 = 12"));
+                rtp::write_header(
+                    rtp_header,
+                    t.payload_type,
+                    p.marker,
+                    t.seq,
+                    base.wrapping_add(p.timestamp_delta),
+                    t.ssrc,
+                );
+                t.seq = t.seq.wrapping_add(1);
+                t.packets = t.packets.wrapping_add(1);
+                t.octets = t.octets.wrapping_add(p.len() as u32);
+                plan.packets.push((ei, pi, ti, h));
+            }
+            plan.bytes += e.frame.payload.len() as u64;
+            plan.frames += 1;
+            if t.last_sr.is_none_or(|at| at.elapsed() >= SR_INTERVAL) {
+                t.last_sr = Some(Instant::now());
+                let sr = rtcp::sender_report(
+                    t.ssrc,
+                    rtcp::ntp_from_unix_micros(e.frame.capture_us),
+                    base,
+                    t.packets,
+                    t.octets,
+                    "mediamesh",
+                );
+                plan.rtcp.push((plan.packets.len(), ti, sr));
+            }
+        }
+    }
+
+    /// RTCP BYE for every track (the stream ended).
+    pub(crate) fn byes(&self) -> Vec<(usize, Vec<u8>)> {
+        self.tracks.iter().enumerate().map(|(i, t)| (i, rtcp::bye(t.ssrc).to_vec())).collect()
+    }
+}
+
+/// The slices of a planned batch on a TCP connection, in order: RTP packets (this viewer's
+/// header, the shared prefix and body) and interleaved RTCP.
+pub(crate) fn tcp_slices<'a>(
+    batch: &'a [Arc<LogEntry>],
+    plan: &'a Plan,
+    tracks: &[TrackOut],
+    rtcp_frames: &'a mut Vec<Vec<u8>>,
+) -> Vec<IoSlice<'a>> {
+    rtcp_frames.clear();
+    for (_, ti, sr) in &plan.rtcp {
+        let ch = match tracks[*ti].dest {
+            Dest::Tcp { rtcp, .. } => rtcp,
+            Dest::Udp { .. } => continue,
+        };
+        let mut f = vec![b'$', ch];
+        f.extend_from_slice(&(sr.len() as u16).to_be_bytes());
+        f.extend_from_slice(sr);
+        rtcp_frames.push(f);
+    }
+    let mut slices = Vec::with_capacity(plan.packets.len() * 3 + rtcp_frames.len());
+    let mut next_rtcp = 0;
+    for (i, (ei, pi, _, h)) in plan.packets.iter().enumerate() {
+        while next_rtcp < plan.rtcp.len() && plan.rtcp[next_rtcp].0 == i {
+            slices.push(IoSlice::new(&rtcp_frames[next_rtcp]));
+            next_rtcp += 1;
+        }
+        let p = &payloads(&batch[*ei])[*pi];
+        slices.push(IoSlice::new(h));
+        if !p.prefix().is_empty() {
+            slices.push(IoSlice::new(p.prefix()));
+        }
+        slices.push(IoSlice::new(&p.body));
+    }
+    while next_rtcp < rtcp_frames.len() {
+        slices.push(IoSlice::new(&rtcp_frames[next_rtcp]));
+        next_rtcp += 1;
+    }
+    slices
+}

@@ -1,0 +1,76 @@
+//! The RTSP server (RFC 2326): `rtsp://hub:8554/{node}/{stream}` for ffmpeg, GStreamer, OpenCV,
+//! VLC and NVRs.
+//!
+//! RTSP viewers attach to the same stream sessions as WebSocket viewers (one upstream per
+//! stream). Each frame is packetized into RTP once and shared; a viewer writes only its own RTP
+//! headers. RTP travels interleaved on the RTSP connection (TCP) or over UDP unicast from the
+//! hub's shared RTP/RTCP socket pair; RTCP sender reports map RTP time to the capture clock.
+//!
+//! Sessions are bound to the connection that created them (another connection naming one gets
+//! 454); a UDP session without RTCP or requests for the session timeout ends; a connection that
+//! sends no request for the request timeout before it plays is closed.
+
+mod conn;
+mod media;
+pub mod request;
+mod sdp;
+mod transport;
+pub(crate) mod udp;
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::registry::NodeRegistry;
+use crate::session::Sessions;
+
+/// What RTSP connections share.
+#[derive(Debug)]
+pub(crate) struct RtspCtx {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<NodeRegistry>,
+    pub udp: Option<Arc<udp::UdpPair>>,
+    pub session_timeout: Duration,
+    pub request_timeout: Duration,
+    pub start_timeout: Duration,
+    pub stall: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Accepts RTSP connections until shutdown.
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskTracker) {
+    if let Some(udp) = &ctx.udp {
+        tasks.spawn(udp.clone().receive(ctx.shutdown.clone()));
+    }
+    let next = AtomicU64::new(1);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "rtsp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = ctx.shutdown.cancelled() => return,
+        };
+        let id = next.fetch_add(1, Ordering::Relaxed);
+        tasks.spawn(conn::run(ctx.clone(), tcp, peer).instrument(info_span!("rtsp", conn = id, %peer)));
+    }
+}
+
+/// A random 64-bit value (SSRCs, initial sequence numbers and timestamps, session ids), from
+/// the standard library's randomly keyed hasher.
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}

@@ -1,0 +1,111 @@
+//! The hub's UDP sockets for RTSP viewers that chose UDP: one RTP and one RTCP socket shared
+//! by every viewer (as MediaMTX does), and the receiver reports that keep UDP sessions alive.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// When a UDP session last showed life, in ms since [`UdpPair::origin`].
+pub(crate) type Liveness = Arc<AtomicU64>;
+
+/// The RTP/RTCP socket pair.
+#[derive(Debug)]
+pub(crate) struct UdpPair {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub ports: (u16, u16),
+    origin: Instant,
+    /// Client RTCP address → the liveness of its session.
+    clients: Mutex<HashMap<SocketAddr, Liveness>>,
+}
+
+impl UdpPair {
+    /// Binds `rtp_port` and `rtcp_port` on `ip`. With both 0, picks a free even port and the
+    /// next one, as RTP convention expects.
+    pub(crate) async fn bind(ip: IpAddr, rtp_port: u16, rtcp_port: u16) -> std::io::Result<Self> {
+        let (rtp, rtcp) = if rtp_port == 0 && rtcp_port == 0 {
+            let mut tries = 0;
+            loop {
+                let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+                let p = rtp.local_addr()?.port();
+                if p % 2 == 0
+                    && let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, p + 1)).await
+                {
+                    break (rtp, rtcp);
+                }
+                tries += 1;
+                if tries > 50 {
+                    return Err(std::io::Error::other("no free even/odd UDP port pair"));
+                }
+            }
+        } else {
+            (
+                UdpSocket::bind(SocketAddr::new(ip, rtp_port)).await?,
+                UdpSocket::bind(SocketAddr::new(ip, rtcp_port)).await?,
+            )
+        };
+        let ports = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
+        Ok(Self { rtp, rtcp, ports, origin: Instant::now(), clients: Mutex::new(HashMap::new()) })
+    }
+
+    /// Milliseconds since the pair was bound (the liveness clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Starts tracking receiver reports from a client's RTCP address.
+    pub(crate) fn watch(&self, client_rtcp: SocketAddr, liveness: Liveness) {
+        self.lock().insert(client_rtcp, liveness);
+    }
+
+    /// Stops tracking a client.
+    pub(crate) fn unwatch(&self, client_rtcp: SocketAddr) {
+        self.lock().remove(&client_rtcp);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Liveness>> {
+        // Single map operations; a poisoned map is consistent.
+        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads what clients send (receiver reports; NAT-opening packets) until cancelled.
+    pub(crate) async fn receive(self: Arc<Self>, cancel: CancellationToken) {
+        let mut buf = vec![0u8; 2048];
+        let mut buf2 = vec![0u8; 2048];
+        loop {
+            tokio::select! {
+                r = self.rtcp.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r
+                        && mediamesh_media::rtp::rtcp::is_rtcp(&buf[..n])
+                        && let Some(l) = self.lock().get(&from)
+                    {
+                        l.store(self.now_ms(), Ordering::Relaxed);
+                    }
+                }
+                // Drain the RTP socket too, so stray packets do not sit in kernel memory.
+                _ = self.rtp.recv_from(&mut buf2) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Sends one datagram made of several slices (no copy into a contiguous buffer).
+pub(crate) async fn send_vectored(sock: &UdpSocket, bufs: &[IoSlice<'_>], to: SocketAddr) -> std::io::Result<()> {
+    let to = socket2::SockAddr::from(to);
+    loop {
+        sock.writable().await?;
+        match sock.try_io(Interest::WRITABLE, || socket2::SockRef::from(sock).send_to_vectored(bufs, &to)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
