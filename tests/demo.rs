@@ -12,7 +12,7 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     let dir = std::env::temp_dir().join(format!("mm-demo-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_mediamesh"))
-        .args(["demo", "--stream-port", "0", "--tunnel-port", "0", "--state-dir"])
+        .args(["demo", "--stream-port", "0", "--tunnel-port", "0", "--rtsp-port", "0", "--state-dir"])
         .arg(dir.join("state"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

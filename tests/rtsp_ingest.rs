@@ -204,3 +204,34 @@ async fn wrong_camera_credentials_are_reported_to_the_viewer() {
     assert!(!reason.contains("wrong"), "the password never appears: {reason}");
     assert!(t0.elapsed() < Duration::from_secs(5), "reported at once, not after the start timeout: {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_change_reaches_the_viewers() {
+    let Some(mut cam) = GstCamera::start(&["--audio", "none", "--size", "320x240"]) else { return };
+    let url = cam.url(None);
+    let fx = Fixture::builder()
+        .edge(move |e| {
+            e.streams.insert("door".into(), rtsp_stream(url, RtspTransport::Tcp));
+        })
+        .start()
+        .await;
+    let mut v = fx.viewer("edge-1", "door").await.unwrap();
+    let mut seen = Seen::default();
+    watch(&mut v, 10, &mut seen).await;
+    assert_eq!(track(&seen, "video").width, Some(320));
+
+    // The camera comes back with another resolution (new SPS/PPS).
+    cam.restart_with(["--audio", "none", "--size", "480x272"].map(String::from).to_vec());
+    let before = seen.video;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while track(&seen, "video").width != Some(480) {
+        assert!(Instant::now() < deadline, "no header with the new resolution");
+        watch(&mut v, seen.video + 1, &mut seen).await;
+    }
+    assert_eq!(track(&seen, "video").height, Some(272));
+    watch(&mut v, seen.video + 10, &mut seen).await;
+    assert!(seen.video > before + 10, "frames keep coming at the new size");
+    assert_eq!(seen.video_pts_backwards, 0);
+    let header = fx.hub.sessions().snapshot()[0].log.header().unwrap();
+    assert_eq!(header.video.as_ref().map(|p| (p.width, p.height)), Some((480, 272)), "the hub's view changed too");
+}

@@ -26,6 +26,9 @@ pub struct DemoArgs {
     /// Port for edge tunnels (0 picks a free one).
     #[arg(long, default_value_t = 10006)]
     tunnel_port: u16,
+    /// Port for RTSP viewers (0 picks a free one).
+    #[arg(long, default_value_t = 8554)]
+    rtsp_port: u16,
     /// Address to listen on; use 0.0.0.0 to let other machines watch.
     #[arg(long, default_value = "127.0.0.1")]
     listen: IpAddr,
@@ -64,12 +67,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          cloudDataStream:\n  enable: true\n  streamPort: {sp}\n  tunnelPort: {tp}\n  listenAddress: \"{listen}\"\n\
          \x20 tlsStreamCertFile: {hc}\n  tlsStreamPrivateKeyFile: {hk}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: {linger}\n\
+         \x20 rtsp: {{port: {rp}, udpRtpPort: 0, udpRtcpPort: 0}}\n\
          edgeDataStream:\n  enable: true\n  server: \"{host}:{tp}\"\n  nodeName: {NODE}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {ec}\n  tlsTunnelPrivateKeyFile: {ek}\n\
          \x20 streams:\n\
          \x20   cam1:\n      description: test pattern, 1280x720 at 25 fps\n      testPattern: {{width: 1280, height: 720, fps: 25, bitrateKbps: 2000, gop: 50}}\n\
          \x20   cam2:\n      description: test pattern, 640x360 at 15 fps\n      testPattern: {{width: 640, height: 360, fps: 15, bitrateKbps: 600, gop: 30}}\n",
         sp = args.stream_port,
+        rp = args.rtsp_port,
         tp = args.tunnel_port,
         listen = args.listen,
         linger = args.linger,
@@ -115,6 +120,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Watch cam1 (in another terminal):");
     println!("  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --ca {ca} --frames 100 --out cam1.h264");
     println!("  ffprobe cam1.h264");
+    if let Some(rtsp) = hub.rtsp_url(NODE, "cam1") {
+        println!("Or with any RTSP client (ffplay, VLC, GStreamer, OpenCV):");
+        println!("  ffplay -rtsp_transport tcp {rtsp}");
+        println!("  ffprobe -rtsp_transport udp {}", rtsp.replace("/cam1", "/cam2"));
+    }
     println!("The REST API:");
     println!("  curl --cacert {ca} https://{host}:{}/api/v1/streams", hub.stream_addr.port());
     println!("Configuration used: {}", config_path.display());

@@ -24,7 +24,8 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
         return Err(LoadError::invalid(path, &text, e.to_string()).into());
     }
     let hub = Hub::bind(cfg).await.context("starting the hub")?;
-    println!("mediamesh hub ready: viewers and API at {}, edges at {}", hub.base_url(), hub.tunnel_addr);
+    let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();
+    println!("mediamesh hub ready: viewers and API at {}{rtsp}, edges at {}", hub.base_url(), hub.tunnel_addr);
     super::stop_signal().await;
     info!("stopping");
     hub.stop(Duration::from_secs(5)).await;

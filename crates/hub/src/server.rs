@@ -162,6 +162,7 @@ impl Hub {
                 request_timeout: config.rtsp.request_timeout.get(),
                 start_timeout: config.start_timeout.get(),
                 stall: config.viewer_write_timeout.get(),
+                send_buffer,
                 shutdown: shutdown.clone(),
             });
             tasks.spawn(crate::egress::rtsp::serve(listener, rtsp_ctx, tasks.clone()));

@@ -103,6 +103,13 @@ impl GstCamera {
 
     /// Starts it again on the same port, with the same arguments.
     pub fn restart(&mut self) {
+        let args = self.args.clone();
+        self.restart_with(args);
+    }
+
+    /// Starts it again on the same port with other arguments (a new resolution, …).
+    pub fn restart_with(&mut self, args: Vec<String>) {
+        self.args = args;
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

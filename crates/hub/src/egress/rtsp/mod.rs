@@ -40,6 +40,8 @@ pub(crate) struct RtspCtx {
     pub request_timeout: Duration,
     pub start_timeout: Duration,
     pub stall: Duration,
+    /// SO_SNDBUF of each connection (`viewerSendBufferBytes`), if set.
+    pub send_buffer: Option<usize>,
     pub shutdown: CancellationToken,
 }
 
@@ -62,6 +64,11 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskT
             () = ctx.shutdown.cancelled() => return,
         };
         let id = next.fetch_add(1, Ordering::Relaxed);
+        if let Some(size) = ctx.send_buffer
+            && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
+        {
+            tracing::debug!(%peer, error = %e, "cannot set the send buffer size");
+        }
         tasks.spawn(conn::run(ctx.clone(), tcp, peer).instrument(info_span!("rtsp", conn = id, %peer)));
     }
 }
