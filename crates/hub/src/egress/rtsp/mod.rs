@@ -14,6 +14,7 @@ mod conn;
 mod media;
 pub mod request;
 mod sdp;
+mod send;
 mod transport;
 pub(crate) mod udp;
 

@@ -1,0 +1,223 @@
+//! Sending to one RTSP connection: the writer task (responses in order, and the media of a
+//! TCP-interleaved session) and the sender task of a UDP session.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::media::{MediaOut, Plan, tcp_slices};
+use super::transport::Dest;
+use super::udp::{Liveness, send_vectored};
+use crate::egress::io::{describe_write_error, write_all_vectored};
+use crate::session::log::LogEntry;
+
+/// Largest batch of media taken from the log at once.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// What the reader asks the writer to do.
+pub(crate) enum WriterCmd {
+    Response(Bytes),
+    Play { session: String, media: Box<MediaOut>, response: Bytes },
+    Stop { session: String, response: Bytes },
+}
+
+/// Owns the write half: responses in order, and the media of a TCP-interleaved session.
+pub(crate) async fn writer_task(
+    mut wr: OwnedWriteHalf,
+    mut cmds: mpsc::Receiver<WriterCmd>,
+    closed: CancellationToken,
+    stall: Duration,
+) -> String {
+    let mut media: Option<(String, Box<MediaOut>)> = None;
+    let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
+    let reason = 'outer: loop {
+        let mut progressed = false;
+        while let Ok(cmd) = cmds.try_recv() {
+            progressed = true;
+            if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
+                break 'outer r;
+            }
+        }
+        if let Some((_, m)) = media.as_mut() {
+            batch.clear();
+            let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
+            let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+            m.viewer.account_read(&status, pending);
+            if !batch.is_empty() {
+                m.plan(&batch, &mut plan);
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
+                if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
+                    break describe_write_error(&e);
+                }
+                m.viewer.account_sent(plan.frames, plan.bytes);
+                progressed = true;
+            }
+            if let Some(end) = status.ended {
+                let byes: Vec<Vec<u8>> = m
+                    .byes()
+                    .into_iter()
+                    .filter_map(|(i, b)| match m.tracks[i].dest {
+                        Dest::Tcp { rtcp, .. } => {
+                            let mut f = vec![b'$', rtcp, 0, b.len() as u8];
+                            f.extend_from_slice(&b);
+                            Some(f)
+                        }
+                        Dest::Udp { .. } => None,
+                    })
+                    .collect();
+                let mut slices: Vec<IoSlice<'_>> = byes.iter().map(|b| IoSlice::new(b)).collect();
+                let _ = write_all_vectored(&mut wr, &mut slices, stall).await;
+                break format!("stream ended: {end}");
+            }
+            progressed |= status.skipped > 0;
+        }
+        if progressed {
+            continue;
+        }
+        enum Wake {
+            Cmd(Option<WriterCmd>),
+            Changed(bool),
+            Closed,
+        }
+        let wake = {
+            let changed = async {
+                match media.as_mut() {
+                    Some((_, m)) => m.viewer.cursor.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = cmds.recv() => Wake::Cmd(c),
+                c = changed => Wake::Changed(c),
+                () = closed.cancelled() => Wake::Closed,
+            }
+        };
+        match wake {
+            Wake::Closed => {
+                // Responses already queued (a refusal's answer) still go out.
+                while let Ok(cmd) = cmds.try_recv() {
+                    if apply(cmd, &mut media, &mut wr, stall).await.is_err() {
+                        break;
+                    }
+                }
+                break "connection closed".into();
+            }
+            Wake::Cmd(None) => break "connection closed".into(),
+            Wake::Cmd(Some(cmd)) => {
+                if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
+                    break r;
+                }
+            }
+            Wake::Changed(true) => {}
+            Wake::Changed(false) => break "session gone".into(),
+        }
+    };
+    drop(media);
+    closed.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    reason
+}
+
+async fn apply(
+    cmd: WriterCmd,
+    media: &mut Option<(String, Box<MediaOut>)>,
+    wr: &mut OwnedWriteHalf,
+    stall: Duration,
+) -> Result<(), String> {
+    let bytes = match cmd {
+        WriterCmd::Response(b) => b,
+        WriterCmd::Play { session, media: m, response } => {
+            *media = Some((session, m));
+            response
+        }
+        WriterCmd::Stop { session, response } => {
+            if media.as_ref().is_some_and(|(id, _)| *id == session) {
+                *media = None;
+            }
+            response
+        }
+    };
+    write_all_vectored(wr, &mut [IoSlice::new(&bytes)], stall).await.map_err(|e| describe_write_error(&e))
+}
+
+/// Sends a UDP session's media until it is torn down, the stream ends, or the client goes
+/// silent for the session timeout.
+pub(crate) async fn udp_sender(
+    mut m: MediaOut,
+    udp: Arc<super::udp::UdpPair>,
+    cancel: CancellationToken,
+    conn_closed: CancellationToken,
+    liveness: Liveness,
+    timeout: Duration,
+    stall: Duration,
+) {
+    let (mut batch, mut plan): (Vec<Arc<LogEntry>>, Plan) = Default::default();
+    let check = Duration::from_secs(1).min(timeout);
+    let reason = loop {
+        batch.clear();
+        let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
+        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+        m.viewer.account_read(&status, pending);
+        if !batch.is_empty() {
+            m.plan(&batch, &mut plan);
+            let mut rtcp = plan.rtcp.iter().peekable();
+            for (i, (ei, pi, ti, h)) in plan.packets.iter().enumerate() {
+                while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
+                    send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
+                }
+                let p = &super::media::payloads(&batch[*ei])[*pi];
+                let Dest::Udp { rtp, .. } = m.tracks[*ti].dest else { continue };
+                let slices = [IoSlice::new(&h[4..]), IoSlice::new(p.prefix()), IoSlice::new(&p.body)];
+                match tokio::time::timeout(stall, send_vectored(&udp.rtp, &slices, rtp)).await {
+                    Ok(Ok(())) => {}
+                    // ICMP unreachable from an earlier datagram and the like: the client may be
+                    // gone; its silence will time the session out.
+                    Ok(Err(e)) => debug!(to = %rtp, error = %e, "udp send failed"),
+                    Err(_) => break,
+                }
+            }
+            for (_, rti, sr) in rtcp {
+                send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
+            }
+            m.viewer.account_sent(plan.frames, plan.bytes);
+        }
+        if let Some(end) = status.ended {
+            for (i, bye) in m.byes() {
+                send_rtcp(&udp, &m.tracks[i].dest, &bye).await;
+            }
+            conn_closed.cancel();
+            break format!("stream ended: {end}");
+        }
+        if !batch.is_empty() || status.skipped > 0 {
+            continue;
+        }
+        tokio::select! {
+            ok = m.viewer.cursor.changed() => if !ok { break "session gone".into() },
+            () = cancel.cancelled() => break "torn down".into(),
+            () = tokio::time::sleep(check) => {
+                let silent = udp.now_ms().saturating_sub(liveness.load(Ordering::Relaxed));
+                if silent > timeout.as_millis() as u64 {
+                    conn_closed.cancel();
+                    break format!("no RTCP or request for {:.0} s (session timeout)", timeout.as_secs_f64());
+                }
+            }
+        }
+    };
+    debug!(stream = %m.viewer.session.key, %reason, "udp sender stopped");
+}
+
+async fn send_rtcp(udp: &super::udp::UdpPair, dest: &Dest, data: &[u8]) {
+    if let Dest::Udp { rtcp, .. } = dest
+        && let Err(e) = udp.rtcp.send_to(data, rtcp).await
+    {
+        debug!(to = %rtcp, error = %e, "rtcp send failed");
+    }
+}
