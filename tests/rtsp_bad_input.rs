@@ -212,3 +212,86 @@ async fn a_silent_client_is_closed_after_the_request_timeout() {
     );
     still_flowing(&mut v).await;
 }
+
+fn viewers_of(fx: &Fixture) -> usize {
+    fx.hub.sessions().get(&mediamesh_hub::session::StreamKey::new("edge-1", "cam1")).map_or(0, |s| s.viewer_count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_four_sessions_and_unclaimed_describes_expire() {
+    let (fx, mut v, addr, url) = setup().await;
+    let tcp = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n";
+    let track = format!("{url}/trackID=0");
+
+    let mut c = Raw::connect(addr).await;
+    let mut ids = Vec::new();
+    for cseq in 1..=4 {
+        let r = c.request("SETUP", &track, cseq, tcp).await;
+        assert_eq!(r.status, 200, "session {cseq}");
+        ids.push(r.header("Session").unwrap().split(';').next().unwrap().to_owned());
+    }
+    let r = c.request("SETUP", &track, 5, tcp).await;
+    assert_eq!(r.status, 453, "a fifth session: {}", r.body);
+    let hdr = format!("Session: {}\r\n", ids[0]);
+    assert_eq!(c.request("TEARDOWN", &url, 6, &hdr).await.status, 200);
+    assert_eq!(c.request("SETUP", &track, 7, tcp).await.status, 200, "room again after a TEARDOWN");
+    drop(c);
+
+    // A playing (UDP) connection has no request timeout, so a DESCRIBE it never follows with
+    // SETUP must let go of the stream on its own.
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtcp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp = format!(
+        "Transport: RTP/AVP;unicast;client_port={}-{}\r\n",
+        rtp.local_addr().unwrap().port(),
+        rtcp.local_addr().unwrap().port()
+    );
+    let mut p = Raw::connect(addr).await;
+    let r = p.request("SETUP", &track, 1, &udp).await;
+    assert_eq!(r.status, 200);
+    let hdr = format!("Session: {}\r\n", r.header("Session").unwrap().split(';').next().unwrap());
+    assert_eq!(p.request("PLAY", &url, 2, &hdr).await.status, 200);
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_secs(5), rtp.recv(&mut buf)).await.expect("RTP over UDP").unwrap();
+    mediamesh_testkit::wait_until("only the WS and UDP viewers", Duration::from_secs(5), || viewers_of(&fx) == 2).await;
+
+    assert_eq!(p.request("DESCRIBE", &url, 3, "").await.status, 200);
+    assert_eq!(viewers_of(&fx), 3, "the DESCRIBE joined the stream");
+    // requestTimeout is 1 s in this fixture.
+    mediamesh_testkit::wait_until("the described viewer expires", Duration::from_secs(5), || viewers_of(&fx) == 2)
+        .await;
+    assert_eq!(p.request("OPTIONS", "*", 4, "").await.status, 200, "the connection itself stays");
+    tokio::time::timeout(Duration::from_secs(5), rtp.recv(&mut buf)).await.expect("RTP still flows").unwrap();
+    still_flowing(&mut v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_max_connections_per_ip() {
+    let fx = Fixture::builder().hub(|h| h.rtsp.max_connections_per_ip = 3).start().await;
+    let mut v = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut v, 3).await;
+    let addr = fx.hub.rtsp_addr.unwrap();
+
+    let mut held = Vec::new();
+    for cseq in 1..=3 {
+        let mut c = Raw::connect(addr).await;
+        assert_eq!(c.request("OPTIONS", "*", cseq, "").await.status, 200);
+        held.push(c);
+    }
+    let mut over = Raw::connect(addr).await;
+    over.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+    assert!(over.response().await.is_none(), "the fourth connection is closed unanswered");
+
+    held.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Raw::connect(addr).await;
+        c.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+        if c.response().await.is_some_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a slot frees when a connection closes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    still_flowing(&mut v).await;
+}

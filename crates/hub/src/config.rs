@@ -109,6 +109,10 @@ pub struct RtspSettings {
     /// Seconds a connection that is not playing may go without a request. Default 10.
     #[serde(default = "default_rtsp_request_timeout")]
     pub request_timeout: Seconds,
+    /// RTSP connections one client address may hold open at once; more are closed on accept.
+    /// Default 64.
+    #[serde(default = "default_rtsp_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for RtspSettings {
@@ -121,6 +125,7 @@ impl Default for RtspSettings {
             udp_rtcp_port: default_rtcp_port(),
             session_timeout: default_rtsp_session_timeout(),
             request_timeout: default_rtsp_request_timeout(),
+            max_connections_per_ip: default_rtsp_max_connections_per_ip(),
         }
     }
 }
@@ -244,6 +249,9 @@ impl HubConfig {
             if r.request_timeout.get().is_zero() {
                 return err("rtsp.requestTimeout", "must be greater than 0".into());
             }
+            if r.max_connections_per_ip == 0 {
+                return err("rtsp.maxConnectionsPerIp", "must be at least 1".into());
+            }
         }
         Ok(())
     }
@@ -305,6 +313,9 @@ fn default_rtsp_session_timeout() -> Seconds {
 }
 fn default_rtsp_request_timeout() -> Seconds {
     Seconds::new(10)
+}
+fn default_rtsp_max_connections_per_ip() -> u32 {
+    64
 }
 
 #[cfg(test)]

@@ -163,6 +163,8 @@ impl Hub {
                 start_timeout: config.start_timeout.get(),
                 stall: config.viewer_write_timeout.get(),
                 send_buffer,
+                max_per_ip: config.rtsp.max_connections_per_ip as usize,
+                per_ip: Default::default(),
                 shutdown: shutdown.clone(),
             });
             tasks.spawn(crate::egress::rtsp::serve(listener, rtsp_ctx, tasks.clone()));

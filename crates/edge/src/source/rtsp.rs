@@ -18,8 +18,8 @@ use mediamesh_media::rtp::{DepacketizedFrame, Depacketizer, RtpPacketIn};
 use mediamesh_media::{Codec, Frame, FrameFlags, StreamHeader, TrackInfo, TrackKind, VIDEO_CLOCK_RATE};
 use mediamesh_tunnel::backoff::Backoff;
 use retina::client::{
-    Credentials, PacketItem, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
-    UdpTransportOptions,
+    Credentials, InitialTimestampPolicy, PacketItem, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions,
+    Transport, UdpTransportOptions,
 };
 use retina::codec::{ParametersRef, VideoParametersCodec};
 use tokio_util::sync::CancellationToken;
@@ -85,9 +85,15 @@ pub(super) fn spawn(
 #[derive(Default)]
 struct Timeline {
     seq: u64,
-    /// Per track: (offset added to this session's timestamps, last pts given out).
-    tracks: [(i64, Option<i64>); 2],
+    /// The latest timestamp given out, in microseconds.
+    last_us: Option<i64>,
 }
+
+/// Where the timeline starts (1 s), so a track that begins slightly before another never gets
+/// a negative timestamp.
+const TIMELINE_START_US: i64 = 1_000_000;
+/// How long a camera may send nothing before it counts as lost.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn supervise(
     stream: String,
@@ -148,6 +154,7 @@ struct Route {
     stream_index: usize,
     track: TrackInfo,
     depacketizer: Depacketizer,
+    warned: bool,
 }
 
 async fn run_once(
@@ -187,7 +194,9 @@ async fn run_once(
         for r in &mut routes {
             fill_parameters(&mut r.track, session.streams()[r.stream_index].parameters());
         }
-        let playing = session.play(PlayOptions::default()).await.map_err(|e| End::Failed(first_line(&e)))?;
+        // Permissive: many cameras (and RTSP servers) omit `rtptime` in RTP-Info.
+        let play = PlayOptions::default().initial_timestamp(InitialTimestampPolicy::Permissive);
+        let playing = session.play(play).await.map_err(|e| End::Failed(first_line(&e)))?;
         Ok::<_, End>((playing, routes))
     };
     let (mut playing, mut routes) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -200,14 +209,16 @@ async fn run_once(
     info!(%stream, ?codecs, "camera session playing");
     publish_header(&routes, sink);
 
-    // This session's timestamps continue where the previous session's ended.
-    let mut offset: [Option<i64>; 2] = [None, None];
+    // One offset for the whole session (every track), in microseconds: the tracks keep the
+    // alignment the camera gave them, and the session continues where the previous one ended.
+    let mut base_us: Option<i64> = None;
     let mut frames = Vec::new();
     let result = loop {
-        let item = match playing.next().await {
-            None => break End::Failed("the camera ended the session".into()),
-            Some(Err(e)) => break End::Failed(first_line(&e)),
-            Some(Ok(item)) => item,
+        let item = match tokio::time::timeout(MEDIA_TIMEOUT, playing.next()).await {
+            Err(_) => break End::Failed(format!("no media from the camera for {} s", MEDIA_TIMEOUT.as_secs())),
+            Ok(None) => break End::Failed("the camera ended the session".into()),
+            Ok(Some(Err(e))) => break End::Failed(first_line(&e)),
+            Ok(Some(Ok(item))) => item,
         };
         let PacketItem::Rtp(pkt) = item else { continue };
         let Some(ri) = routes.iter().position(|r| r.stream_index == pkt.stream_id()) else { continue };
@@ -221,13 +232,13 @@ async fn run_once(
             tracing::debug!(%stream, error = %e, "dropped a damaged frame");
         }
         for f in frames.drain(..) {
-            let t = usize::from(routes[ri].track.id);
-            let off = *offset[t].get_or_insert_with(|| {
-                let step = i64::from(routes[ri].track.clock_rate) / 50; // a nominal 20 ms
-                timeline.tracks[t].1.map_or(0, |last| last + step) - f.timestamp
-            });
-            let pts = f.timestamp + off;
-            timeline.tracks[t].1 = Some(pts);
+            let clock = i64::from(routes[ri].track.clock_rate.max(1));
+            let elapsed_us = f.timestamp.saturating_mul(1_000_000) / clock;
+            let base = *base_us
+                .get_or_insert_with(|| timeline.last_us.map_or(TIMELINE_START_US, |last| last + 20_000) - elapsed_us);
+            let pts_us = elapsed_us + base;
+            timeline.last_us = Some(timeline.last_us.map_or(pts_us, |l| l.max(pts_us)));
+            let pts = pts_us.saturating_mul(clock) / 1_000_000;
             let (frame, changed) = deliver(&mut routes[ri], f, pts, timeline);
             if changed {
                 // The new parameters reach the queue before the frame that uses them.
@@ -272,6 +283,7 @@ fn pick_streams(streams: &[retina::client::Stream]) -> Result<Vec<Route>, String
             stream_index: i,
             track: TrackInfo { id, codec, clock_rate, channels, parameter_sets: vec![] },
             depacketizer: Depacketizer::new(codec, MAX_FRAME),
+            warned: false,
         });
     }
     if routes.is_empty() {
@@ -323,6 +335,15 @@ fn ready(t: &TrackInfo) -> bool {
 /// Turns a depacketized frame into a [`Frame`] (none while the video's parameters are not
 /// known), and says whether the track's parameters changed.
 fn deliver(route: &mut Route, f: DepacketizedFrame, pts: i64, timeline: &mut Timeline) -> (Option<Frame>, bool) {
+    if route.track.codec.kind() == TrackKind::Audio && !ready(&route.track) {
+        // Not in the stream header (its parameters are unusable): never send its frames.
+        if !route.warned {
+            route.warned = true;
+            let reason = route.track.audio_params().err().map(|e| e.to_string()).unwrap_or_default();
+            warn!(codec = %route.track.codec, %reason, "the camera's audio track is unusable; carrying video only");
+        }
+        return (None, false);
+    }
     let track = &mut route.track;
     let mut changed = false;
     let mut payload = f.data;

@@ -330,6 +330,13 @@ impl FrameLog {
         status
     }
 
+    /// The pts of the first frame of `track` at or after `position`, if the log holds one.
+    pub fn first_pts_from(&self, position: u64, track: mediamesh_media::TrackId) -> Option<i64> {
+        let ring = self.read_ring();
+        (position.max(ring.base)..ring.head())
+            .find_map(|i| ring.get(i).filter(|e| e.frame.track == track).map(|e| e.frame.pts))
+    }
+
     /// Bytes the cursor trails the newest frame by.
     pub fn lag_bytes(&self, position: u64) -> u64 {
         let ring = self.read_ring();

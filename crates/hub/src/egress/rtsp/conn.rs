@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::BytesMut;
 use mediamesh_media::rtp::sdp::describe;
 use tokio::io::AsyncReadExt;
@@ -37,14 +39,20 @@ struct RtspSession {
     playing: Playing,
 }
 
+/// Sessions one connection may hold (players open one; a multi-view NVR rarely more).
+const MAX_SESSIONS: usize = 4;
+/// Streams one connection may have DESCRIBEd without a SETUP yet.
+const MAX_DESCRIBED: usize = 4;
+
 struct Conn {
     ctx: Arc<RtspCtx>,
     peer: SocketAddr,
     writer: mpsc::Sender<WriterCmd>,
     closed: CancellationToken,
     sessions: HashMap<String, RtspSession>,
-    /// Viewers joined by DESCRIBE, waiting for SETUP.
-    described: HashMap<StreamKey, Viewer>,
+    /// Viewers joined by DESCRIBE, waiting for SETUP, with when they expire: a viewer holds
+    /// the stream's upstream open, so one the client never sets up must not hold it for long.
+    described: HashMap<StreamKey, (Viewer, Instant)>,
     liveness: Liveness,
 }
 
@@ -53,7 +61,7 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel(16);
     let closed = ctx.shutdown.child_token();
-    let writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
+    let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
     let liveness = Liveness::default();
     let mut conn =
         Conn { ctx, peer, writer: tx, closed, sessions: HashMap::new(), described: HashMap::new(), liveness };
@@ -61,7 +69,14 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let sessions = conn.sessions.len();
     conn.close_all();
     drop(conn);
-    let writer_reason = tokio::time::timeout(Duration::from_secs(2), writer).await.ok().and_then(Result::ok);
+    // The writer flushes what is queued and ends; one stuck on a dead peer is stopped.
+    let writer_reason = match tokio::time::timeout(Duration::from_secs(2), &mut writer).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            writer.abort();
+            Some("stopped: still writing 2 s after the connection closed".to_owned())
+        }
+    };
     // Lingering close: the client may still be sending (the rest of an oversized request);
     // reading it for a moment lets the last response reach the client instead of being
     // destroyed by the TCP reset that closing with unread data causes.
@@ -108,6 +123,7 @@ impl Conn {
             // A connection that is not streaming must keep talking.
             let idle = (!self.sessions.values().any(|s| !matches!(s.playing, Playing::No)))
                 .then_some(self.ctx.request_timeout);
+            let expiry = self.described.values().map(|(_, at)| *at).min();
             let read = rd.read_buf(&mut buf);
             let n = tokio::select! {
                 r = async {
@@ -116,6 +132,15 @@ impl Conn {
                         None => Ok(read.await),
                     }
                 } => r,
+                () = async {
+                    match expiry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.expire_described();
+                    continue;
+                }
                 () = self.closed.cancelled() => return "closed by the server".into(),
             };
             match n {
@@ -125,6 +150,18 @@ impl Conn {
                 Ok(Err(e)) => return format!("read failed: {e}"),
             }
         }
+    }
+
+    /// Drops DESCRIBEd viewers the client did not set up in time.
+    fn expire_described(&mut self) {
+        let now = Instant::now();
+        self.described.retain(|key, (_, at)| {
+            let keep = *at > now;
+            if !keep {
+                debug!(peer = %self.peer, stream = %key, "described stream never set up; leaving it");
+            }
+            keep
+        });
     }
 
     fn touch(&self) {
@@ -171,7 +208,7 @@ impl Conn {
     async fn viewer_for(&mut self, key: &StreamKey) -> Result<Viewer, Response> {
         self.ctx.registry.check_stream(&key.node, &key.stream).map_err(|e| not_found(&e.to_string()))?;
         let mut viewer = match self.described.remove(key) {
-            Some(v) => v,
+            Some((v, _)) => v,
             None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),
         };
         let deadline = tokio::time::Instant::now() + self.ctx.start_timeout;
@@ -182,24 +219,31 @@ impl Conn {
             if viewer.session.log.is_closed() {
                 return Err(unavailable("the stream ended before it started"));
             }
-            if tokio::time::timeout_at(deadline, viewer.cursor.changed()).await.is_err() {
-                return Err(unavailable(&format!(
-                    "the edge did not start the stream within {:.0} s",
-                    self.ctx.start_timeout.as_secs_f64()
-                )));
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, viewer.cursor.changed()) => if r.is_err() {
+                    return Err(unavailable(&format!(
+                        "the edge did not start the stream within {:.0} s",
+                        self.ctx.start_timeout.as_secs_f64()
+                    )));
+                },
+                () = self.closed.cancelled() => return Err(unavailable("the connection is closing")),
             }
         }
     }
 
     async fn describe(&mut self, req: &Request) -> Response {
         let Some((key, _)) = parse_uri(&req.uri) else { return not_found("no such stream path") };
+        self.expire_described();
+        if self.described.len() >= MAX_DESCRIBED && !self.described.contains_key(&key) {
+            return not_enough("too many streams described and not set up on this connection");
+        }
         let viewer = match self.viewer_for(&key).await {
             Ok(v) => v,
             Err(r) => return r,
         };
         let Some(header) = viewer.session.log.header() else { return unavailable("no codec parameters") };
         let sdp = super::sdp::session_description(&key, &header.header, viewer.session.id);
-        self.described.insert(key, viewer);
+        self.park(None, &key, viewer);
         Response::ok().header("Content-Base", content_base(&req.uri)).body("application/sdp", sdp)
     }
 
@@ -217,6 +261,8 @@ impl Conn {
             if !matches!(s.playing, Playing::No) {
                 return Response::new(455, "Method Not Valid in This State");
             }
+        } else if self.sessions.len() >= MAX_SESSIONS {
+            return not_enough(&format!("at most {MAX_SESSIONS} sessions per connection"));
         }
         let viewer = match existing.as_ref().and_then(|id| self.sessions.get_mut(id)).and_then(|s| s.viewer.take()) {
             Some(v) => v,
@@ -230,6 +276,7 @@ impl Conn {
             Some(t) => t,
             None if header.header.tracks.len() == 1 => header.header.tracks[0].id,
             None => {
+                self.park(existing.as_deref(), &key, viewer);
                 return Response::new(459, "Aggregate Operation Not Allowed")
                     .body("text/plain", "SETUP needs a track URL (…/trackID=N)\n");
             }
@@ -277,7 +324,8 @@ impl Conn {
         match session.and_then(|id| self.sessions.get_mut(id)) {
             Some(s) => s.viewer = Some(viewer),
             None => {
-                self.described.insert(key.clone(), viewer);
+                let expires = Instant::now() + self.ctx.request_timeout;
+                self.described.insert(key.clone(), (viewer, expires));
             }
         }
     }
@@ -323,14 +371,26 @@ impl Conn {
                 )
                 .await;
         }
-        let rtp_info: Vec<String> =
-            s.tracks.iter().map(|t| format!("url={base}trackID={};seq={}", t.id, t.seq)).collect();
+        let Some(mut viewer) = s.viewer.take() else { return Ok(()) };
+        // Start from the newest keyframe, not wherever DESCRIBE left the cursor.
+        viewer.cursor = viewer.session.log.subscribe();
+        let from = viewer.cursor.position();
+        let rtp_info: Vec<String> = s
+            .tracks
+            .iter()
+            .map(|t| {
+                let mut info = format!("url={base}trackID={};seq={}", t.id, t.seq);
+                if let Some(pts) = viewer.session.log.first_pts_from(from, t.id) {
+                    info.push_str(&format!(";rtptime={}", (pts as u32).wrapping_add(t.ts_offset)));
+                }
+                info
+            })
+            .collect();
         let response = Response::ok()
             .header("Session", session_hdr)
             .header("Range", "npt=0.000-")
             .header("RTP-Info", rtp_info.join(","))
             .encode(Some(req.cseq));
-        let Some(viewer) = s.viewer.take() else { return Ok(()) };
         let media = MediaOut { viewer, tracks: std::mem::take(&mut s.tracks) };
         info!(peer = %self.peer, stream = %s.key, session = %id, tcp = all_tcp, "rtsp viewer playing");
         if all_tcp {
@@ -342,7 +402,7 @@ impl Conn {
                 .map_err(|_| "writer gone".into());
         }
         let Some(udp) = udp else { return Ok(()) };
-        let cancel = CancellationToken::new();
+        let cancel = closed.child_token();
         let rtcp: Vec<SocketAddr> = media
             .tracks
             .iter()
@@ -389,7 +449,7 @@ impl Conn {
         cancel.cancel();
         if let Some(udp) = &self.ctx.udp {
             for a in rtcp {
-                udp.unwatch(*a);
+                udp.unwatch(*a, &self.liveness);
             }
         }
     }
@@ -409,6 +469,10 @@ const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER, S
 
 fn not_found(why: &str) -> Response {
     Response::new(404, "Not Found").body("text/plain", format!("{why}\n"))
+}
+
+fn not_enough(why: &str) -> Response {
+    Response::new(453, "Not Enough Bandwidth").body("text/plain", format!("{why}\n"))
 }
 
 fn unavailable(why: &str) -> Response {

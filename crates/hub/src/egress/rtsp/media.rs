@@ -85,9 +85,12 @@ impl MediaOut {
                 let mut h = [0u8; 16];
                 let len = 12 + p.len();
                 if let Dest::Tcp { rtp: ch, .. } = t.dest {
+                    // Interleaved framing has a 16-bit length; the packetizers stay far below it,
+                    // but a packet that did not would break the framing for everything after.
+                    let Ok(len16) = u16::try_from(len) else { continue };
                     h[0] = b'$';
                     h[1] = ch;
-                    h[2..4].copy_from_slice(&(len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+                    h[2..4].copy_from_slice(&len16.to_be_bytes());
                 }
                 let rtp_header: &mut [u8; 12] =
                     (&mut h[4..16]).try_into().unwrap_or_else(|_| unreachable!("16 - 4 = 12"));

@@ -8,7 +8,9 @@
 //!
 //! Sessions are bound to the connection that created them (another connection naming one gets
 //! 454); a UDP session without RTCP or requests for the session timeout ends; a connection that
-//! sends no request for the request timeout before it plays is closed.
+//! sends no request for the request timeout before it plays is closed. A connection holds at
+//! most 4 sessions and 4 DESCRIBEd-but-not-set-up streams (453 beyond); one client address holds
+//! at most `maxConnectionsPerIp` connections.
 
 mod conn;
 mod media;
@@ -18,9 +20,11 @@ mod send;
 mod transport;
 pub(crate) mod udp;
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -43,7 +47,47 @@ pub(crate) struct RtspCtx {
     pub stall: Duration,
     /// SO_SNDBUF of each connection (`viewerSendBufferBytes`), if set.
     pub send_buffer: Option<usize>,
+    /// Connections one client address may hold (`maxConnectionsPerIp`).
+    pub max_per_ip: usize,
+    /// Open connections per client address.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub shutdown: CancellationToken,
+}
+
+/// One open connection counted against its address; uncounts on drop.
+pub(crate) struct IpSlot {
+    ctx: Arc<RtspCtx>,
+    ip: IpAddr,
+}
+
+impl RtspCtx {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Single map operations; a poisoned map is consistent.
+        self.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a connection from `ip`, or `None` if that address is at its limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { ctx: self.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.ctx.counts();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Accepts RTSP connections until shutdown.
@@ -64,13 +108,25 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskT
             },
             () = ctx.shutdown.cancelled() => return,
         };
+        let Some(slot) = ctx.admit(peer.ip()) else {
+            tracing::debug!(%peer, limit = ctx.max_per_ip, "rtsp connection refused: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let id = next.fetch_add(1, Ordering::Relaxed);
         if let Some(size) = ctx.send_buffer
             && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
         {
             tracing::debug!(%peer, error = %e, "cannot set the send buffer size");
         }
-        tasks.spawn(conn::run(ctx.clone(), tcp, peer).instrument(info_span!("rtsp", conn = id, %peer)));
+        let conn = conn::run(ctx.clone(), tcp, peer);
+        tasks.spawn(
+            async move {
+                conn.await;
+                drop(slot);
+            }
+            .instrument(info_span!("rtsp", conn = id, %peer)),
+        );
     }
 }
 

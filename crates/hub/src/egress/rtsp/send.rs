@@ -39,6 +39,11 @@ pub(crate) async fn writer_task(
     let mut media: Option<(String, Box<MediaOut>)> = None;
     let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
     let reason = 'outer: loop {
+        if closed.is_cancelled() {
+            // Responses already queued (a refusal's answer) still go out; media stops.
+            drain(&mut cmds, &mut wr, stall).await;
+            break "connection closed".into();
+        }
         let mut progressed = false;
         while let Ok(cmd) = cmds.try_recv() {
             progressed = true;
@@ -102,12 +107,7 @@ pub(crate) async fn writer_task(
         };
         match wake {
             Wake::Closed => {
-                // Responses already queued (a refusal's answer) still go out.
-                while let Ok(cmd) = cmds.try_recv() {
-                    if apply(cmd, &mut media, &mut wr, stall).await.is_err() {
-                        break;
-                    }
-                }
+                drain(&mut cmds, &mut wr, stall).await;
                 break "connection closed".into();
             }
             Wake::Cmd(None) => break "connection closed".into(),
@@ -124,6 +124,18 @@ pub(crate) async fn writer_task(
     closed.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
     reason
+}
+
+/// Writes the responses still queued; a PLAY's media is not started.
+async fn drain(cmds: &mut mpsc::Receiver<WriterCmd>, wr: &mut OwnedWriteHalf, stall: Duration) {
+    while let Ok(cmd) = cmds.try_recv() {
+        let bytes = match cmd {
+            WriterCmd::Response(b) | WriterCmd::Play { response: b, .. } | WriterCmd::Stop { response: b, .. } => b,
+        };
+        if write_all_vectored(wr, &mut [IoSlice::new(&bytes)], stall).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn apply(
@@ -161,6 +173,7 @@ pub(crate) async fn udp_sender(
 ) {
     let (mut batch, mut plan): (Vec<Arc<LogEntry>>, Plan) = Default::default();
     let check = Duration::from_secs(1).min(timeout);
+    let mut pace = Pacer::new(UDP_RATE_BYTES_PER_S, UDP_BURST_BYTES);
     let reason = loop {
         batch.clear();
         let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
@@ -169,20 +182,33 @@ pub(crate) async fn udp_sender(
         if !batch.is_empty() {
             m.plan(&batch, &mut plan);
             let mut rtcp = plan.rtcp.iter().peekable();
+            let mut stalled = None;
             for (i, (ei, pi, ti, h)) in plan.packets.iter().enumerate() {
                 while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
                     send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
                 }
                 let p = &super::media::payloads(&batch[*ei])[*pi];
                 let Dest::Udp { rtp, .. } = m.tracks[*ti].dest else { continue };
+                pace.take(12 + p.len()).await;
                 let slices = [IoSlice::new(&h[4..]), IoSlice::new(p.prefix()), IoSlice::new(&p.body)];
                 match tokio::time::timeout(stall, send_vectored(&udp.rtp, &slices, rtp)).await {
                     Ok(Ok(())) => {}
                     // ICMP unreachable from an earlier datagram and the like: the client may be
                     // gone; its silence will time the session out.
                     Ok(Err(e)) => debug!(to = %rtp, error = %e, "udp send failed"),
-                    Err(_) => break,
+                    Err(_) => {
+                        stalled = Some(*ei);
+                        break;
+                    }
                 }
+            }
+            if let Some(ei) = stalled {
+                // Only the frames before the one that stalled went out.
+                let sent: Vec<_> =
+                    batch[..ei].iter().filter(|e| m.tracks.iter().any(|t| t.id == e.frame.track)).collect();
+                m.viewer.account_sent(sent.len() as u64, sent.iter().map(|e| e.frame.payload.len() as u64).sum());
+                conn_closed.cancel();
+                break format!("the shared UDP socket accepted nothing for {:.0} s", stall.as_secs_f64());
             }
             for (_, rti, sr) in rtcp {
                 send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
@@ -212,6 +238,36 @@ pub(crate) async fn udp_sender(
         }
     };
     debug!(stream = %m.viewer.session.key, %reason, "udp sender stopped");
+}
+
+/// What one UDP viewer may be sent per second (100 Mbit/s) and at once: the kernel drops
+/// datagrams a socket buffer cannot hold, so a viewer catching up on a burst is paced instead.
+const UDP_RATE_BYTES_PER_S: f64 = 100e6 / 8.0;
+const UDP_BURST_BYTES: f64 = 256.0 * 1024.0;
+
+/// A token bucket.
+struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, at: tokio::time::Instant::now() }
+    }
+
+    /// Waits until `bytes` may be sent, and takes them.
+    async fn take(&mut self, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+        }
+    }
 }
 
 async fn send_rtcp(udp: &super::udp::UdpPair, dest: &Dest, data: &[u8]) {

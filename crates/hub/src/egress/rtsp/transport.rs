@@ -68,7 +68,7 @@ fn pair(v: &str) -> Option<(u32, u32)> {
         Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
         None => {
             let a: u32 = v.trim().parse().ok()?;
-            Some((a, a + 1))
+            Some((a, a.checked_add(1)?))
         }
     }
 }
@@ -105,6 +105,7 @@ mod tests {
         assert!(choose("RTP/AVP;multicast;ttl=1", IP, 0).is_err());
         assert!(choose("RAW/RAW/UDP;unicast", IP, 0).is_err());
         assert!(choose("RTP/AVP/TCP;interleaved=300-301", IP, 0).is_err());
+        assert!(choose("RTP/AVP;unicast;client_port=4294967295", IP, 0).is_err(), "no overflow");
     }
 
     #[test]

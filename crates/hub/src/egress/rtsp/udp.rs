@@ -65,9 +65,12 @@ impl UdpPair {
         self.lock().insert(client_rtcp, liveness);
     }
 
-    /// Stops tracking a client.
-    pub(crate) fn unwatch(&self, client_rtcp: SocketAddr) {
-        self.lock().remove(&client_rtcp);
+    /// Stops tracking a client, if `liveness` is still the entry for its address.
+    pub(crate) fn unwatch(&self, client_rtcp: SocketAddr, liveness: &Liveness) {
+        let mut map = self.lock();
+        if map.get(&client_rtcp).is_some_and(|l| Arc::ptr_eq(l, liveness)) {
+            map.remove(&client_rtcp);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Liveness>> {
