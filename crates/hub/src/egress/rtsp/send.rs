@@ -19,9 +19,6 @@ use super::udp::{Liveness, send_vectored};
 use crate::egress::io::{describe_write_error, write_all_vectored};
 use crate::session::log::LogEntry;
 
-/// Largest batch of media taken from the log at once.
-const BATCH_BYTES: usize = 1024 * 1024;
-
 /// What the reader asks the writer to do.
 pub(crate) enum WriterCmd {
     Response(Bytes),
@@ -52,12 +49,8 @@ pub(crate) async fn writer_task(
             }
         }
         if let Some((_, m)) = media.as_mut() {
-            batch.clear();
-            let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
-            let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
-            m.viewer.account_read(&status, pending);
+            let status = m.next_batch(&mut batch, &mut plan);
             if !batch.is_empty() {
-                m.plan(&batch, &mut plan);
                 let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     break describe_write_error(&e);
@@ -175,12 +168,8 @@ pub(crate) async fn udp_sender(
     let check = Duration::from_secs(1).min(timeout);
     let mut pace = Pacer::new(UDP_RATE_BYTES_PER_S, UDP_BURST_BYTES);
     let reason = loop {
-        batch.clear();
-        let status = m.viewer.session.log.read(&mut m.viewer.cursor, BATCH_BYTES, &mut batch);
-        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
-        m.viewer.account_read(&status, pending);
+        let status = m.next_batch(&mut batch, &mut plan);
         if !batch.is_empty() {
-            m.plan(&batch, &mut plan);
             let mut rtcp = plan.rtcp.iter().peekable();
             let mut stalled = None;
             for (i, (ei, pi, ti, h)) in plan.packets.iter().enumerate() {
