@@ -2,7 +2,8 @@
 //!
 //! The KubeEdge proposal's keys keep their names and meaning (`enable`, `server`,
 //! `handshakeTimeout`, `readDeadline`, `writeDeadline`, `tlsTunnel*`); mediamesh's additions
-//! (`nodeName`, `streams`, `heartbeat`, `reconnect`, `uplinkQueueFrames`) sit beside them.
+//! (`nodeName`, `streams`, `heartbeat`, `reconnect`, `uplinkQueue*`, `congestion`) sit beside
+//! them.
 //! `docs/configuration.md` is the reference.
 
 use std::collections::BTreeMap;
@@ -54,10 +55,78 @@ pub struct EdgeConfig {
     /// Redial backoff.
     #[serde(default)]
     pub reconnect: BackoffSettings,
-    /// Frames buffered between a source and its data tunnel; when full, the source drops
-    /// frames until the next keyframe. Default 64.
+    /// Frames an uplink holds for its data tunnel (and while the tunnel is down); beyond it,
+    /// frames are dropped until the next keyframe. Default 128.
     #[serde(default = "default_queue")]
     pub uplink_queue_frames: usize,
+    /// Payload bytes an uplink holds, likewise. Default 8 MiB.
+    #[serde(default = "default_queue_bytes")]
+    pub uplink_queue_bytes: usize,
+    /// Bytes a data tunnel's socket may hold unsent (TCP_NOTSENT_LOWAT), so frames wait in the
+    /// uplink's queue, where they can be dropped wisely, rather than in the kernel. 0 keeps the
+    /// kernel's default. Default 32 KiB.
+    #[serde(default = "default_unsent")]
+    pub uplink_unsent_bytes: u32,
+    /// When an uplink sheds load.
+    #[serde(default)]
+    pub congestion: CongestionSettings,
+}
+
+/// The `congestion` block: delays at which an uplink sheds load, in seconds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CongestionSettings {
+    /// Delay at which non-reference frames are dropped. Default 0.2.
+    #[serde(default = "default_non_reference_delay")]
+    pub non_reference_delay: Seconds,
+    /// Delay at which only keyframes are sent. Default 0.5.
+    #[serde(default = "default_gop_delay")]
+    pub gop_delay: Seconds,
+    /// Delay below which the link counts as clear. Default 0.1.
+    #[serde(default = "default_clear_delay")]
+    pub clear_delay: Seconds,
+    /// How long the delay must stay clear before shedding eases one step. Default 2.
+    #[serde(default = "default_clear_after")]
+    pub clear_after: Seconds,
+    /// A frame that waited longer than this is dropped. Default 1.
+    #[serde(default = "default_max_frame_age")]
+    pub max_frame_age: Seconds,
+}
+
+impl Default for CongestionSettings {
+    fn default() -> Self {
+        Self {
+            non_reference_delay: default_non_reference_delay(),
+            gop_delay: default_gop_delay(),
+            clear_delay: default_clear_delay(),
+            clear_after: default_clear_after(),
+            max_frame_age: default_max_frame_age(),
+        }
+    }
+}
+
+impl CongestionSettings {
+    /// The validated thresholds.
+    pub fn to_config(self) -> Result<crate::congestion::CongestionConfig, ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError { key: format!("congestion.{key}"), reason });
+        let c = crate::congestion::CongestionConfig {
+            non_reference_at: self.non_reference_delay.get(),
+            gop_at: self.gop_delay.get(),
+            clear_below: self.clear_delay.get(),
+            clear_after: self.clear_after.get(),
+            max_frame_age: self.max_frame_age.get(),
+        };
+        if c.clear_below.is_zero() || c.clear_below > c.non_reference_at {
+            return err("clearDelay", "must be greater than 0 and at most nonReferenceDelay".into());
+        }
+        if c.gop_at < c.non_reference_at {
+            return err("gopDelay", "must be at least nonReferenceDelay".into());
+        }
+        if c.max_frame_age < c.gop_at {
+            return err("maxFrameAge", "must be at least gopDelay".into());
+        }
+        Ok(c)
+    }
 }
 
 /// One stream: exactly one source kind.
@@ -233,6 +302,9 @@ impl EdgeConfig {
             heartbeat: HeartbeatSettings::default(),
             reconnect: BackoffSettings::default(),
             uplink_queue_frames: default_queue(),
+            uplink_queue_bytes: default_queue_bytes(),
+            uplink_unsent_bytes: default_unsent(),
+            congestion: CongestionSettings::default(),
         }
     }
 
@@ -251,6 +323,10 @@ impl EdgeConfig {
         if self.uplink_queue_frames < 2 {
             return err("uplinkQueueFrames", "must be at least 2".into());
         }
+        if self.uplink_queue_bytes < 64 * 1024 {
+            return err("uplinkQueueBytes", "must be at least 65536".into());
+        }
+        self.congestion.to_config()?;
         self.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
         self.reconnect.to_config().map_err(|e| ConfigError { key: "reconnect".into(), reason: e.to_string() })?;
         if self.handshake_timeout.get().is_zero() {
@@ -332,7 +408,28 @@ fn default_deadline() -> Seconds {
     Seconds::new(15)
 }
 fn default_queue() -> usize {
-    64
+    128
+}
+fn default_queue_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_unsent() -> u32 {
+    32 * 1024
+}
+fn default_non_reference_delay() -> Seconds {
+    Seconds::from_millis(200)
+}
+fn default_gop_delay() -> Seconds {
+    Seconds::from_millis(500)
+}
+fn default_clear_delay() -> Seconds {
+    Seconds::from_millis(100)
+}
+fn default_clear_after() -> Seconds {
+    Seconds::new(2)
+}
+fn default_max_frame_age() -> Seconds {
+    Seconds::new(1)
 }
 fn default_width() -> u32 {
     1280

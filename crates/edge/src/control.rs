@@ -1,20 +1,26 @@
 //! The control channel: one connection to the hub, redialled with capped exponential backoff
 //! and full jitter while the agent runs. AddVideo starts an uplink; RemoveVideo stops it.
+//!
+//! Uplinks outlive a broken control channel: each redials its own data tunnel. When the
+//! control channel returns, its Hello re-announces the running sessions so the hub re-binds
+//! them (or says RemoveVideo for those it no longer has). If the hub stays unreachable longer
+//! than its grace period (announced in Welcome), it has ended those sessions: the uplinks
+//! stop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::backoff::Backoff;
 use mediamesh_tunnel::liveness::Heartbeat;
-use mediamesh_tunnel::wire::{CatalogEntry, Channel, ErrorCode, ErrorMsg, Message, SessionId};
+use mediamesh_tunnel::wire::{CatalogEntry, Channel, ErrorCode, ErrorMsg, Message, RunningStream, SessionId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::EdgeCtx;
-use crate::dial::{EdgeLink, dial};
+use crate::dial::{EdgeLink, connect};
 use crate::stats::EdgeStats;
 use crate::uplink::{self, UplinkEnd};
 
@@ -32,31 +38,52 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
     let mut uplinks: HashMap<SessionId, Uplink> = HashMap::new();
     let catalog: Vec<CatalogEntry> =
         ctx.streams.iter().map(|(name, s)| CatalogEntry { name: name.clone(), description: describe(s) }).collect();
+    // The hub's grace period, from its last Welcome (until then, the default hub's).
+    let mut grace = DEFAULT_GRACE;
     while !shutdown.is_cancelled() {
-        let attempt = tokio::select! {
-            r = dial(&ctx.dial, Channel::Control { catalog: catalog.clone() }) => r,
-            () = shutdown.cancelled() => break,
+        let running: Vec<RunningStream> =
+            uplinks.iter().map(|(s, u)| RunningStream { session: *s, stream: u.stream.clone() }).collect();
+        let channel = Channel::Control { catalog: catalog.clone(), running };
+        let away_since = Instant::now();
+        let attempt = {
+            let dialling = connect(&ctx.dial, &channel, &mut backoff, &ctx.link_up, "control", |_| false);
+            tokio::pin!(dialling);
+            loop {
+                let orphaned = tokio::time::sleep_until((away_since + grace).into());
+                tokio::select! {
+                    r = &mut dialling => break Some(r),
+                    // Streams that end on their own while the hub is away.
+                    Some((session, end)) = done_rx.recv() => {
+                        if let Some(u) = uplinks.remove(&session) {
+                            info!(stream = %u.stream, session, end = ?end, "stream ended while the hub was unreachable");
+                        }
+                    }
+                    () = orphaned, if !uplinks.is_empty() => {
+                        warn!(streams = uplinks.len(), grace_s = grace.as_secs_f64(), "the hub has been unreachable longer than its grace period; stopping its streams");
+                        for (_, u) in uplinks.drain() {
+                            u.cancel.cancel();
+                        }
+                    }
+                    () = shutdown.cancelled() => break None,
+                }
+            }
         };
+        let Some(attempt) = attempt else { break };
         match attempt {
             Ok((link, welcome)) => {
-                let up = Instant::now();
-                backoff.connected(up);
+                backoff.connected(Instant::now());
+                grace = Duration::from_millis(welcome.grace_ms.into());
                 EdgeStats::inc(&ctx.stats.control_connects);
                 ctx.stats.connected.store(true, Relaxed);
-                info!(hub = %welcome.hub, server = %ctx.dial.server, "connected to the hub");
+                info!(hub = %welcome.hub, server = %ctx.dial.server, running = uplinks.len(), "connected to the hub");
                 let reason = serve(&ctx, link, &mut uplinks, &done_tx, &mut done_rx, &shutdown).await;
                 ctx.stats.connected.store(false, Relaxed);
                 backoff.disconnected(Instant::now());
-                warn!(%reason, "control channel closed");
+                if !shutdown.is_cancelled() {
+                    warn!(%reason, "control channel closed; redialling");
+                }
             }
-            Err(e) if e.is_permanent() => error!(error = %e, "cannot connect to the hub"),
-            Err(e) => warn!(error = %e, "cannot connect to the hub"),
-        }
-        let delay = backoff.next_delay();
-        info!(retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => break,
+            Err(e) => error!(error = %e, "cannot connect to the hub"),
         }
     }
     // Stop every stream and wait for it: sources stopped, ffmpeg processes reaped. Nobody reads
@@ -72,7 +99,9 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
 }
 
 /// How long shutdown waits for streams to stop.
-const UPLINK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const UPLINK_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The hub's grace period until a Welcome says otherwise.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 fn describe(s: &crate::config::StreamConfig) -> String {
     if let Some(d) = &s.description {

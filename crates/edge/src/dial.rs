@@ -1,8 +1,20 @@
 //! Dialling the hub: TCP, TLS (the hub verified against our CA, our certificate presented),
 //! the WebSocket upgrade, then Hello → Welcome, all within `handshakeTimeout`.
+//!
+//! [`connect`] redials until it succeeds. Attempts start on the backoff schedule even while
+//! earlier ones still hang (a link that is down drops SYNs silently, and the kernel would retry
+//! only after 1, 3, 7 s), so the first attempt after the link returns is never far away. When
+//! any connection of this edge succeeds, every waiting [`connect`] tries at once: the link is
+//! back.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use mediamesh_tunnel::backoff::Backoff;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
 
 use mediamesh_tunnel::transport::{Link, LinkError, Tracked, ws_config};
 use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome};
@@ -32,6 +44,9 @@ pub struct DialConfig {
     pub handshake_timeout: Duration,
     /// Time for any single write.
     pub write_deadline: Duration,
+    /// TCP_NOTSENT_LOWAT of tunnel sockets: bytes the kernel may hold unsent before a write
+    /// waits, so frames queue where the edge can still drop them. `None` keeps the default.
+    pub unsent_lowat: Option<u32>,
 }
 
 impl std::fmt::Debug for DialConfig {
@@ -58,6 +73,8 @@ pub enum DialError {
         server: String,
         /// What went wrong.
         reason: String,
+        /// Whether it is about certificates (retrying cannot help) rather than the network.
+        certificate: bool,
     },
     /// The WebSocket upgrade failed; with TLS 1.3 this is also where the hub refusing our
     /// certificate shows up.
@@ -87,7 +104,7 @@ impl DialError {
     /// incompatible version). Such errors are still retried, but logged as errors.
     pub fn is_permanent(&self) -> bool {
         matches!(self, DialError::Refused { code: ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion, .. })
-            || matches!(self, DialError::Tls { .. })
+            || matches!(self, DialError::Tls { certificate: true, .. })
             || matches!(self, DialError::Upgrade(m) if m.contains("refused this edge's certificate"))
     }
 }
@@ -101,14 +118,27 @@ pub async fn dial(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welco
 }
 
 async fn handshake(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welcome), DialError> {
-    let tcp = TcpStream::connect(&cfg.server)
-        .await
-        .map_err(|source| DialError::Connect { server: cfg.server.clone(), source })?;
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT.min(cfg.handshake_timeout), TcpStream::connect(&cfg.server));
+    let tcp = match connect.await {
+        Ok(r) => r.map_err(|source| DialError::Connect { server: cfg.server.clone(), source })?,
+        Err(_) => {
+            let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the TCP connect");
+            return Err(DialError::Connect { server: cfg.server.clone(), source });
+        }
+    };
     let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(cfg.tls.clone())
-        .connect(cfg.server_name.clone(), tcp)
-        .await
-        .map_err(|e| DialError::Tls { server: cfg.server.clone(), reason: describe_io(&e) })?;
+    if let Some(lowat) = cfg.unsent_lowat
+        && let Err(e) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(lowat)
+    {
+        tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
+    let tls = TlsConnector::from(cfg.tls.clone()).connect(cfg.server_name.clone(), tcp).await.map_err(|e| {
+        DialError::Tls {
+            server: cfg.server.clone(),
+            reason: describe_io(&e),
+            certificate: e.get_ref().is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()),
+        }
+    })?;
     let mut req = format!("wss://{}{TUNNEL_PATH}", cfg.server)
         .into_client_request()
         .map_err(|e| DialError::Upgrade(format!("bad server address {:?}: {e}", cfg.server)))?;
@@ -136,6 +166,69 @@ async fn handshake(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welc
         Ok(None) => Err(DialError::Protocol("the hub closed the connection".into())),
         Err(LinkError::Ws(ws)) => Err(DialError::Upgrade(describe_ws(&ws))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How long one TCP connect may take (a SYN the network drops is not retried by the kernel
+/// for 1 s, then 2, then 4; a fresh attempt is the faster way through a link that came back).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most attempts in flight at once.
+const MAX_IN_FLIGHT: usize = 8;
+/// Retry interval after an error that a retry cannot fix until the configuration changes.
+const PERMANENT_RETRY: Duration = Duration::from_secs(30);
+
+/// Connects for `channel`, redialling on the `backoff` schedule (and at once when another
+/// connection of this edge gets through) until an attempt succeeds, or fails in a way
+/// `is_final` says retrying cannot fix. `what` names the connection in logs.
+pub(crate) async fn connect(
+    cfg: &DialConfig,
+    channel: &Channel,
+    backoff: &mut Backoff,
+    link_up: &watch::Sender<u64>,
+    what: &str,
+    is_final: impl Fn(&DialError) -> bool,
+) -> Result<(EdgeLink, Welcome), DialError> {
+    let mut up = link_up.subscribe();
+    let mut attempts = FuturesUnordered::new();
+    let mut next = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next), if attempts.len() < MAX_IN_FLIGHT => {
+                attempts.push(dial(cfg, channel.clone()));
+                next = tokio::time::Instant::now() + backoff.next_delay();
+            }
+            Some(r) = attempts.next() => match r {
+                Ok(x) => {
+                    if failures > 0 {
+                        info!(connection = what, failures, "connected to the hub again");
+                    }
+                    link_up.send_modify(|g| *g = g.wrapping_add(1));
+                    return Ok(x);
+                }
+                Err(e) if is_final(&e) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let msg = e.to_string();
+                    if e.is_permanent() {
+                        error!(connection = what, error = %msg, "cannot connect to the hub; retrying in {PERMANENT_RETRY:?}");
+                        next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);
+                    } else if failures == 1 || msg != last_error {
+                        warn!(connection = what, error = %msg, "cannot connect to the hub; retrying");
+                    } else {
+                        debug!(connection = what, error = %msg, attempt = failures, "cannot connect to the hub");
+                    }
+                    last_error = msg;
+                }
+            },
+            r = up.changed() => {
+                if r.is_ok() && attempts.len() < MAX_IN_FLIGHT {
+                    // Another connection got through: the link is back.
+                    next = tokio::time::Instant::now();
+                }
+            }
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod congestion;
 mod control;
 pub mod dial;
+pub mod outbox;
 pub mod source;
 pub mod stats;
 pub mod uplink;
@@ -57,7 +59,11 @@ pub(crate) struct EdgeCtx {
     pub heartbeat: HeartbeatConfig,
     pub backoff: BackoffConfig,
     pub uplink_queue_frames: usize,
+    pub outbox: outbox::OutboxConfig,
+    pub congestion: congestion::CongestionConfig,
     pub stats: Arc<EdgeStats>,
+    /// Bumped whenever a connection to the hub succeeds: redialling connections try at once.
+    pub link_up: tokio::sync::watch::Sender<u64>,
 }
 
 /// The edge agent.
@@ -108,12 +114,19 @@ impl Edge {
                 node: claim_node.unwrap_or(config.node_name.clone()),
                 handshake_timeout: config.handshake_timeout.get(),
                 write_deadline: config.write_deadline.get(),
+                unsent_lowat: (config.uplink_unsent_bytes > 0).then_some(config.uplink_unsent_bytes),
             },
             streams: config.streams.clone(),
             heartbeat,
             backoff,
             uplink_queue_frames: config.uplink_queue_frames,
+            outbox: outbox::OutboxConfig {
+                max_frames: config.uplink_queue_frames,
+                max_bytes: config.uplink_queue_bytes,
+            },
+            congestion: config.congestion.to_config()?,
             stats: stats.clone(),
+            link_up: tokio::sync::watch::Sender::new(0),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(control::run(ctx, shutdown.clone()));

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use mediamesh_tunnel::wire::DropReason;
+
 /// Counters of one edge agent.
 #[derive(Debug, Default)]
 pub struct EdgeStats {
@@ -23,13 +25,25 @@ pub struct EdgeStats {
     pub frames_sent: AtomicU64,
     /// Payload bytes sent on data tunnels.
     pub bytes_sent: AtomicU64,
-    /// Frames dropped because the uplink queue was full (congestion).
-    pub dropped_queue_full: AtomicU64,
-    /// Frames dropped while waiting for a keyframe after a drop.
-    pub dropped_awaiting_keyframe: AtomicU64,
+    /// Data tunnels established (first connections and reconnects).
+    pub data_connects: AtomicU64,
+    /// Data tunnels lost while their stream was wanted (each is redialled).
+    pub data_lost: AtomicU64,
+    /// Frames dropped, by reason ([`DropReason::ALL`] order).
+    drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 impl EdgeStats {
+    /// Counts `n` frames dropped for `reason`.
+    pub fn add_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// Frames dropped for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Relaxed)
+    }
+
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);

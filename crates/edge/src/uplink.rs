@@ -1,34 +1,49 @@
 //! An uplink: one stream session's source and its data tunnel to the hub.
 //!
-//! Started on AddVideo, stopped on RemoveVideo (or when the tunnel ends). The source runs while
-//! the tunnel is being dialled; frames wait in the bounded source queue (whose overflow policy
-//! drops to the next keyframe), so a slow tunnel never grows memory.
+//! Started on AddVideo, stopped on RemoveVideo. While the stream is wanted the source keeps
+//! running and the tunnel is redialled whenever it breaks ([`crate::dial::connect`]); frames
+//! wait in the [`Outbox`], which keeps only the newest group of pictures while the tunnel is
+//! down and sheds load codec-aware when it is congested ([`crate::congestion`]). Sending runs
+//! in its own task, so a slow link never stops the uplink from reading the hub's Pings and
+//! Feedback or from dropping what has become stale.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mediamesh_tunnel::liveness::Heartbeat;
-use mediamesh_tunnel::wire::{Channel, Limits, Message, SessionId};
+use bytes::Bytes;
+use mediamesh_tunnel::backoff::Backoff;
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
+use mediamesh_tunnel::transport::LinkSender;
+use mediamesh_tunnel::wire::{
+    Channel, DropReason, ErrorCode, Limits, Message, SessionId, UplinkReport, Welcome, encoded,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::EdgeCtx;
 use crate::config::StreamConfig;
-use crate::dial::{EdgeLink, dial};
-use crate::source;
-use crate::stats::EdgeStats;
+use crate::congestion::{Congestion, PathEstimator};
+use crate::dial::{DialError, EdgeLink, connect};
+use crate::outbox::{Outbox, Outgoing};
+use crate::source::{self, SourceItem, SourceOutput};
 
 /// How an uplink ended.
 #[derive(Debug)]
 pub enum UplinkEnd {
     /// RemoveVideo or shutdown.
     Stopped,
-    /// The source or the tunnel failed; the hub should hear why.
+    /// The source failed; the hub should hear why.
     Failed(String),
-    /// The hub closed the tunnel.
+    /// The hub ended it (it no longer has the session, or closed the tunnel on purpose).
     ClosedByHub(String),
 }
+
+/// How often the uplink reports to the hub.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     ctx: Arc<EdgeCtx>,
@@ -43,7 +58,8 @@ pub(crate) async fn run(
     let end = match source::start(&stream, &cfg, sink, stats.clone()) {
         Err(e) => UplinkEnd::Failed(e.to_string()),
         Ok(handle) => {
-            let end = tunnel(&ctx, session, &stream, &mut output, &cancel).await;
+            let mut up = Uplink::new(&ctx, session, &stream);
+            let end = up.run(&mut output, &cancel).await;
             drop(output);
             handle.stop().await;
             end
@@ -54,96 +70,298 @@ pub(crate) async fn run(
     end
 }
 
-/// Dials the data tunnel and streams until the source, the hub or `cancel` ends it; closes the
-/// tunnel saying why (EndOfStream for a source failure, GoAway when stopped).
-async fn tunnel(
-    ctx: &EdgeCtx,
-    session: SessionId,
-    stream: &str,
-    out: &mut source::SourceOutput,
-    cancel: &CancellationToken,
-) -> UplinkEnd {
-    let channel = Channel::Data { session, stream: stream.to_owned() };
-    let (mut link, welcome) = tokio::select! {
-        r = dial(&ctx.dial, channel) => match r {
-            Ok(x) => x,
-            Err(e) => return UplinkEnd::Failed(format!("data tunnel: {e}")),
-        },
-        () = cancel.cancelled() => return UplinkEnd::Stopped,
-    };
-    link.set_limits(Limits { max_frame_bytes: welcome.max_frame_bytes });
-    info!(%stream, session, "data tunnel open");
-    let end = pump(ctx, stream, out, &mut link, welcome.max_frame_bytes, cancel).await;
-    match &end {
-        UplinkEnd::Stopped => link.go_away("stream stopped").await,
-        UplinkEnd::Failed(reason) => {
-            link.finish(&Message::EndOfStream { reason: reason.clone() }, "source ended").await
-        }
-        UplinkEnd::ClosedByHub(_) => {}
-    }
-    end
+/// Why a connected tunnel ended.
+enum TunnelEnd {
+    /// The link broke; redial.
+    Lost(String),
+    /// The uplink is over.
+    Done(UplinkEnd),
 }
 
-async fn pump(
-    ctx: &EdgeCtx,
-    stream: &str,
-    out: &mut source::SourceOutput,
-    link: &mut EdgeLink,
-    max_frame_bytes: u32,
-    cancel: &CancellationToken,
-) -> UplinkEnd {
-    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
-    let mut sent_header = false;
-    loop {
-        tokio::select! {
-            item = out.items.recv() => {
-                let frame = match item {
-                    None => return UplinkEnd::Failed(out.failure()),
-                    Some(source::SourceItem::Header(header)) => {
-                        if let Err(e) = link.send(&Message::StreamHeader(header)).await {
-                            return UplinkEnd::Failed(format!("sending the stream header: {e}"));
-                        }
-                        sent_header = true;
-                        continue;
-                    }
-                    Some(source::SourceItem::Frame(f)) => f,
-                };
-                if !sent_header {
-                    debug!(%stream, "frame before codec parameters; dropped");
-                    continue;
-                }
-                if frame.payload.len() > max_frame_bytes as usize {
-                    warn!(%stream, bytes = frame.payload.len(), cap = max_frame_bytes, "frame larger than the hub accepts; dropped");
-                    continue;
-                }
-                let len = frame.payload.len() as u64;
-                if let Err(e) = link.send(&Message::Frame(frame)).await {
-                    return UplinkEnd::Failed(format!("sending a frame: {e}"));
-                }
-                EdgeStats::inc(&ctx.stats.frames_sent);
-                ctx.stats.bytes_sent.fetch_add(len, Relaxed);
-            }
-            msg = link.recv() => {
-                let msg = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return UplinkEnd::ClosedByHub("connection closed".into()),
-                    Err(e) => return UplinkEnd::Failed(e.to_string()),
-                };
-                match link.liveness(&mut hb, msg).await {
-                    Err(e) => return UplinkEnd::Failed(e.to_string()),
-                    Ok(None) => {}
-                    Ok(Some(Message::Feedback(fb))) => debug!(%stream, last_seq = fb.last_seq, frames = fb.frames, "feedback"),
-                    Ok(Some(Message::GoAway { reason })) => return UplinkEnd::ClosedByHub(reason),
-                    Ok(Some(Message::Error(e))) => return UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message)),
-                    Ok(Some(other)) => return UplinkEnd::Failed(format!("unexpected {} on a data tunnel", other.name())),
-                }
-            }
-            () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                if let Err(reason) = link.heartbeat(&mut hb, "hub").await {
-                    return UplinkEnd::Failed(reason);
-                }
-            }
-            () = cancel.cancelled() => return UplinkEnd::Stopped,
+struct Uplink<'a> {
+    ctx: &'a EdgeCtx,
+    session: SessionId,
+    stream: &'a str,
+    outbox: Outbox,
+    congestion: Congestion,
+    path: PathEstimator,
+    /// Drops already added to the edge-wide counters.
+    counted: [u64; DropReason::ALL.len()],
+    connects: u32,
+    srtt: Option<Duration>,
+}
+
+impl<'a> Uplink<'a> {
+    fn new(ctx: &'a EdgeCtx, session: SessionId, stream: &'a str) -> Self {
+        Self {
+            ctx,
+            session,
+            stream,
+            outbox: Outbox::new(ctx.outbox),
+            congestion: Congestion::new(ctx.congestion),
+            path: PathEstimator::default(),
+            counted: [0; DropReason::ALL.len()],
+            connects: 0,
+            srtt: None,
         }
     }
+
+    async fn run(&mut self, out: &mut SourceOutput, cancel: &CancellationToken) -> UplinkEnd {
+        let seed = self.session ^ crate::source::unix_micros();
+        let mut backoff = Backoff::new(self.ctx.backoff, seed);
+        let channel = Channel::Data { session: self.session, stream: self.stream.to_owned() };
+        let label = format!("data {}", self.stream);
+        loop {
+            let attempt = {
+                let dialling = connect(&self.ctx.dial, &channel, &mut backoff, &self.ctx.link_up, &label, is_final);
+                tokio::pin!(dialling);
+                loop {
+                    tokio::select! {
+                        r = &mut dialling => break r,
+                        item = out.items.recv() => match item {
+                            Some(item) => self.push(item, false),
+                            None => return UplinkEnd::Failed(out.failure()),
+                        },
+                        () = cancel.cancelled() => return UplinkEnd::Stopped,
+                    }
+                }
+            };
+            let (link, welcome) = match attempt {
+                Ok(x) => x,
+                Err(e) => return UplinkEnd::ClosedByHub(format!("the hub refused the data tunnel: {e}")),
+            };
+            self.connects += 1;
+            crate::stats::EdgeStats::inc(&self.ctx.stats.data_connects);
+            backoff.connected(Instant::now());
+            info!(stream = %self.stream, session = self.session, connects = self.connects, "data tunnel open");
+            // The new tunnel starts with the header and a keyframe, as fresh as can be had.
+            self.outbox.reconnected(out.request_keyframe());
+            self.congestion.reset();
+            self.path.reset();
+            let end = self.pump(link, &welcome, out, cancel).await;
+            backoff.disconnected(Instant::now());
+            self.count_drops();
+            match end {
+                TunnelEnd::Done(end) => return end,
+                TunnelEnd::Lost(reason) => {
+                    crate::stats::EdgeStats::inc(&self.ctx.stats.data_lost);
+                    warn!(stream = %self.stream, session = self.session, %reason, "data tunnel lost; redialling");
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, item: SourceItem, connected: bool) {
+        match item {
+            SourceItem::Header(h) => self.outbox.push_header(h),
+            SourceItem::Frame(f) => self.outbox.push_frame(Instant::now(), f, connected),
+        }
+        self.count_drops();
+    }
+
+    /// Adds the outbox's new drops to the edge-wide counters.
+    fn count_drops(&mut self) {
+        for (i, n) in self.outbox.drops().iter().enumerate() {
+            if *n > self.counted[i] {
+                self.ctx.stats.add_drop(DropReason::ALL[i], n - self.counted[i]);
+                self.counted[i] = *n;
+            }
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        mut link: EdgeLink,
+        welcome: &Welcome,
+        out: &mut SourceOutput,
+        cancel: &CancellationToken,
+    ) -> TunnelEnd {
+        link.set_limits(Limits { max_frame_bytes: welcome.max_frame_bytes });
+        let max_frame = welcome.max_frame_bytes as usize;
+        let (tx, mut rx) = link.split();
+        // One message may wait for the writer; the rest wait in the outbox, where they can
+        // still be dropped.
+        let (data_tx, data_rx) = mpsc::channel::<Bytes>(1);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel::<Control>(8);
+        let mut writer = tokio::spawn(write(tx, data_rx, ctrl_rx));
+        let mut hb = Heartbeat::new(Instant::now(), self.ctx.heartbeat);
+        let mut report = tokio::time::interval(REPORT_INTERVAL);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_age = self.congestion.config().max_frame_age;
+        let end = loop {
+            let now = Instant::now();
+            let delay = self.outbox.head_age(now).max(self.path.excess(now));
+            let level = self.congestion.update(now, delay);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    finish(&ctrl_tx, &mut writer, Message::GoAway { reason: "stream stopped".into() }).await;
+                    return TunnelEnd::Done(UplinkEnd::Stopped);
+                }
+                r = &mut writer => break TunnelEnd::Lost(r.unwrap_or_else(|e| format!("the writer failed: {e}"))),
+                msg = rx.recv() => {
+                    if let Some(end) = self.on_message(msg, &mut hb, &ctrl_tx) {
+                        break end;
+                    }
+                }
+                () = tokio::time::sleep_until(hb.next_deadline().into()) => {
+                    hb.on_receive(rx.last_read());
+                    match hb.poll(Instant::now()) {
+                        HeartbeatAction::SendPing { id } => {
+                            let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::Ping { id })));
+                        }
+                        HeartbeatAction::Dead { silent_for } => {
+                            break TunnelEnd::Lost(format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64()));
+                        }
+                        HeartbeatAction::Wait => {}
+                    }
+                }
+                item = out.items.recv() => match item {
+                    Some(item) => self.push(item, true),
+                    None => {
+                        let reason = out.failure();
+                        finish(&ctrl_tx, &mut writer, Message::EndOfStream { reason: reason.clone() }).await;
+                        return TunnelEnd::Done(UplinkEnd::Failed(reason));
+                    }
+                },
+                permit = data_tx.reserve(), if !self.outbox.is_empty() => {
+                    let Ok(permit) = permit else { break TunnelEnd::Lost("the writer stopped".into()) };
+                    match self.outbox.pop(Instant::now(), level, max_age) {
+                        Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
+                        Some(Outgoing::Frame(f)) if f.payload.len() > max_frame => {
+                            warn!(stream = %self.stream, bytes = f.payload.len(), cap = max_frame, "frame larger than the hub accepts; dropped");
+                            self.ctx.stats.add_drop(DropReason::TooLarge, 1);
+                        }
+                        Some(Outgoing::Frame(f)) => {
+                            self.path.on_sent(f.seq, Instant::now());
+                            crate::stats::EdgeStats::inc(&self.ctx.stats.frames_sent);
+                            self.ctx.stats.bytes_sent.fetch_add(f.payload.len() as u64, Relaxed);
+                            permit.send(encoded(&Message::Frame(f)));
+                        }
+                        None => {}
+                    }
+                    self.count_drops();
+                }
+                _ = report.tick() => {
+                    let r = self.report(Instant::now());
+                    let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::UplinkReport(r))));
+                }
+            }
+        };
+        writer.abort();
+        end
+    }
+
+    /// Handles a message from the hub; `Some` ends the tunnel.
+    fn on_message(
+        &mut self,
+        msg: Result<Option<Message>, mediamesh_tunnel::transport::LinkError>,
+        hb: &mut Heartbeat,
+        ctrl: &mpsc::Sender<Control>,
+    ) -> Option<TunnelEnd> {
+        let now = Instant::now();
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return Some(TunnelEnd::Lost("the hub closed the connection".into())),
+            Err(e) => return Some(TunnelEnd::Lost(e.to_string())),
+        };
+        hb.on_receive(now);
+        match msg {
+            Message::Ping { id } => {
+                let _ = ctrl.try_send(Control::Send(encoded(&Message::Pong { id })));
+            }
+            Message::Pong { id } => {
+                hb.on_pong(now, id);
+                self.srtt = hb.srtt();
+            }
+            Message::Feedback(fb) => {
+                self.path.on_feedback(fb.last_seq, now);
+                debug!(stream = %self.stream, last_seq = fb.last_seq, frames = fb.frames, "feedback");
+            }
+            Message::GoAway { reason } => return Some(TunnelEnd::Done(UplinkEnd::ClosedByHub(reason))),
+            Message::Error(e) => {
+                return Some(TunnelEnd::Done(UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message))));
+            }
+            other => {
+                return Some(TunnelEnd::Done(UplinkEnd::Failed(format!(
+                    "unexpected {} on a data tunnel",
+                    other.name()
+                ))));
+            }
+        }
+        None
+    }
+
+    fn report(&self, now: Instant) -> UplinkReport {
+        let drops =
+            DropReason::ALL.iter().zip(self.outbox.drops()).filter(|(_, n)| **n > 0).map(|(r, n)| (*r, *n)).collect();
+        UplinkReport {
+            queue_frames: u32::try_from(self.outbox.frames()).unwrap_or(u32::MAX),
+            queue_bytes: self.outbox.bytes() as u64,
+            queue_delay_ms: millis(self.outbox.head_age(now)),
+            path_delay_ms: millis(self.path.excess(now)),
+            rtt_us: self.srtt.map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+            level: self.congestion.level(),
+            connects: self.connects,
+            drops,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Whether a data tunnel refusal is final: the hub no longer has the session (it restarted, or
+/// the session ended while the edge was away), or the identity does not allow it.
+fn is_final(e: &DialError) -> bool {
+    matches!(
+        e,
+        DialError::Refused {
+            code: ErrorCode::UnknownSession | ErrorCode::Unauthorized | ErrorCode::UnknownStream | ErrorCode::Protocol,
+            ..
+        }
+    )
+}
+
+type Tx = LinkSender<TlsStream<TcpStream>>;
+
+/// What the uplink asks its writer besides media.
+enum Control {
+    /// Send these encoded bytes before any waiting media.
+    Send(Bytes),
+    /// Send this last message, close, and stop.
+    Finish(Message),
+}
+
+/// Sends control messages first, then media, until a write fails; returns why it stopped.
+async fn write(mut tx: Tx, mut data: mpsc::Receiver<Bytes>, mut ctrl: mpsc::Receiver<Control>) -> String {
+    loop {
+        let next = tokio::select! {
+            biased;
+            c = ctrl.recv() => c,
+            d = data.recv() => d.map(Control::Send),
+        };
+        match next {
+            None => return "the uplink closed".into(),
+            Some(Control::Send(b)) => {
+                if let Err(e) = tx.send_raw(b).await {
+                    return e.to_string();
+                }
+            }
+            Some(Control::Finish(msg)) => {
+                let reason = msg.name();
+                tx.finish(&msg, reason).await;
+                return "finished".into();
+            }
+        }
+    }
+}
+
+/// Sends a last message through the writer and waits (briefly) for it to go out.
+async fn finish(ctrl: &mpsc::Sender<Control>, writer: &mut tokio::task::JoinHandle<String>, last: Message) {
+    if ctrl.send(Control::Finish(last)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut *writer).await;
+    }
+    writer.abort();
 }

@@ -264,8 +264,8 @@ async fn stream(
     State(st): State<ApiState>,
     Path((node, stream)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    st.registry.check_stream(&node, &stream)?;
     let key = StreamKey::new(node, stream);
+    st.sessions.check_stream(&key)?;
     Ok(match st.sessions.get(&key) {
         Some(s) => Json(stream_json(&s, Instant::now())).into_response(),
         None => Json(serde_json::json!({ "node": key.node, "stream": key.stream, "state": "idle", "viewers": 0 }))
@@ -281,7 +281,7 @@ async fn ws(
     peer: Option<Extension<Peer>>,
     mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    st.registry.check_stream(&node, &stream)?;
+    st.sessions.check_stream(&StreamKey::new(node.clone(), stream.clone()))?;
     let accept = egress::ws_wire::accept_key(req.headers())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "websocket_required", e.to_string()))?;
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().ok_or_else(|| {

@@ -54,9 +54,21 @@ pub struct HubConfig {
     /// Seconds the first viewer waits for the edge to deliver a keyframe. Default 15.
     #[serde(default = "default_start_timeout")]
     pub start_timeout: Seconds,
+    /// Seconds viewers stay connected while their edge is unreachable (a broken link, an edge
+    /// restarting); delivery resumes at a keyframe if it returns in time. 0 ends them at once.
+    /// Default 30.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Seconds,
     /// Seconds an edge has for the TLS handshake and its Hello. Default 10.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Seconds,
+    /// Seconds a tunnel may go without receiving anything before the edge counts as dead; the
+    /// shorter of this and `heartbeat.timeout` applies. Default 15.
+    #[serde(default = "default_deadline")]
+    pub read_deadline: Seconds,
+    /// Seconds any single write to a tunnel may take. Default 15.
+    #[serde(default = "default_deadline")]
+    pub write_deadline: Seconds,
     /// Ping interval and dead-peer timeout on tunnels.
     #[serde(default)]
     pub heartbeat: HeartbeatSettings,
@@ -175,7 +187,10 @@ impl HubConfig {
             hub_name: default_hub_name(),
             linger: default_linger(),
             start_timeout: default_start_timeout(),
+            grace_period: default_grace_period(),
             handshake_timeout: default_handshake_timeout(),
+            read_deadline: default_deadline(),
+            write_deadline: default_deadline(),
             heartbeat: HeartbeatSettings::default(),
             max_frame_bytes: default_max_frame_bytes(),
             frame_log: FrameLogSettings::default(),
@@ -225,6 +240,12 @@ impl HubConfig {
         }
         if self.handshake_timeout.get().is_zero() {
             return err("handshakeTimeout", "must be greater than 0".into());
+        }
+        if self.read_deadline.get().is_zero() {
+            return err("readDeadline", "must be greater than 0".into());
+        }
+        if self.write_deadline.get().is_zero() {
+            return err("writeDeadline", "must be greater than 0".into());
         }
         if self.viewer_write_timeout.get().is_zero() {
             return err("viewerWriteTimeout", "must be greater than 0".into());
@@ -280,6 +301,12 @@ fn default_start_timeout() -> Seconds {
 }
 fn default_handshake_timeout() -> Seconds {
     Seconds::new(10)
+}
+fn default_grace_period() -> Seconds {
+    Seconds::new(30)
+}
+fn default_deadline() -> Seconds {
+    Seconds::new(15)
 }
 fn default_max_frame_bytes() -> u32 {
     DEFAULT_MAX_FRAME_BYTES

@@ -109,9 +109,18 @@ impl Hub {
         let tasks = TaskTracker::new();
         let registry = Arc::new(NodeRegistry::default());
         let heartbeat = config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
+        // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.
+        let heartbeat = mediamesh_tunnel::liveness::HeartbeatConfig {
+            timeout: heartbeat.timeout.min(config.read_deadline.get()),
+            ..heartbeat
+        };
         let sessions = Sessions::new(
             SessionConfig {
-                lifecycle: LifecycleConfig { linger: config.linger.get(), start_timeout: config.start_timeout.get() },
+                lifecycle: LifecycleConfig {
+                    linger: config.linger.get(),
+                    start_timeout: config.start_timeout.get(),
+                    grace: config.grace_period.get(),
+                },
                 log: LogConfig {
                     max_frames: config.frame_log.max_frames,
                     max_bytes: config.frame_log.max_bytes,
@@ -129,7 +138,8 @@ impl Hub {
             limits: Limits { max_frame_bytes: config.max_frame_bytes },
             heartbeat,
             handshake_timeout: config.handshake_timeout.get(),
-            write_deadline: Duration::from_secs(15),
+            write_deadline: config.write_deadline.get(),
+            grace: config.grace_period.get(),
             hub_name: config.hub_name.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -156,7 +166,6 @@ impl Hub {
         if let Some(listener) = rtsp_listener {
             let rtsp_ctx = Arc::new(RtspCtx {
                 sessions: sessions.clone(),
-                registry: registry.clone(),
                 udp,
                 session_timeout: config.rtsp.session_timeout.get(),
                 request_timeout: config.rtsp.request_timeout.get(),

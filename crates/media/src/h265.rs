@@ -40,6 +40,34 @@ pub fn is_keyframe(access_unit: &[u8]) -> bool {
     nals(access_unit).any(|n| nal_type(n).is_some_and(is_irap))
 }
 
+/// If every coded slice of an Annex-B access unit is a sub-layer non-reference picture
+/// (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N and the reserved even types below 16), the temporal
+/// id they share. Such a picture is not referenced within its own sub-layer; it is safe to drop
+/// when no higher sub-layer exists, which the caller judges from the highest temporal id seen.
+pub fn non_reference_temporal_id(access_unit: &[u8]) -> Option<u8> {
+    let mut tid = None;
+    for n in nals(access_unit) {
+        let Some(t) = nal_type(n) else { continue };
+        if !is_vcl(t) {
+            continue;
+        }
+        if t >= 16 || t % 2 != 0 {
+            return None;
+        }
+        let this = (n[1] & 0x07).saturating_sub(1);
+        if tid.is_some_and(|x| x != this) {
+            return None;
+        }
+        tid = Some(this);
+    }
+    tid
+}
+
+/// The highest temporal id of the coded slices of an Annex-B access unit.
+pub fn temporal_id(access_unit: &[u8]) -> Option<u8> {
+    nals(access_unit).filter(|n| nal_type(n).is_some_and(is_vcl)).map(|n| (n[1] & 0x07).saturating_sub(1)).max()
+}
+
 /// Parses an SPS NAL unit (without start code) into picture size and codec string.
 pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     let invalid = |reason: String| MediaError::InvalidSps { len: sps.len(), reason };

@@ -8,6 +8,7 @@ use mediamesh_hub::client::{ClientError, ConnectOptions, ViewerClient};
 use mediamesh_hub::{Hub, HubConfig, RunningHub};
 use mediamesh_tunnel::settings::Seconds;
 
+use crate::impair::ImpairProxy;
 use crate::{TestPki, wait_until};
 
 /// A small, cheap test-pattern stream (320x240, 25 fps, keyframe every 25 frames).
@@ -31,6 +32,7 @@ pub fn test_pattern() -> StreamConfig {
 pub struct FixtureBuilder {
     hub: Box<dyn FnOnce(&mut HubConfig)>,
     edge: Box<dyn FnOnce(&mut EdgeConfig)>,
+    proxy: bool,
 }
 
 impl FixtureBuilder {
@@ -46,6 +48,12 @@ impl FixtureBuilder {
         self
     }
 
+    /// Puts an [`ImpairProxy`] between the edge and the hub's tunnel port.
+    pub fn through_proxy(mut self) -> Self {
+        self.proxy = true;
+        self
+    }
+
     /// Starts the hub, then the edge, and waits until the edge is registered.
     pub async fn start(self) -> Fixture {
         crate::init_tracing();
@@ -54,10 +62,17 @@ impl FixtureBuilder {
         (self.hub)(&mut hub_cfg);
         let hub = Hub::bind(hub_cfg).await.expect("hub starts");
         let mut edge_cfg = Fixture::edge_config(&pki, &hub, "edge-1");
+        let proxy = match self.proxy {
+            true => Some(ImpairProxy::start(hub.tunnel_addr).await.expect("proxy starts")),
+            false => None,
+        };
+        if let Some(p) = &proxy {
+            edge_cfg.server = p.addr().to_string();
+        }
         edge_cfg.streams.insert("cam1".into(), test_pattern());
         (self.edge)(&mut edge_cfg);
         let edge = Edge::start(edge_cfg).expect("edge starts");
-        let fx = Fixture { pki, hub, edge: Some(edge) };
+        let fx = Fixture { pki, hub, edge: Some(edge), proxy };
         fx.wait_for_node("edge-1").await;
         fx
     }
@@ -71,12 +86,14 @@ pub struct Fixture {
     pub hub: RunningHub,
     /// The edge `edge-1` (taken by tests that stop it).
     pub edge: Option<RunningEdge>,
+    /// The impairment proxy between edge and hub, if the builder asked for one.
+    pub proxy: Option<ImpairProxy>,
 }
 
 impl Fixture {
     /// A builder with the defaults: linger 1 s, start timeout 10 s.
     pub fn builder() -> FixtureBuilder {
-        FixtureBuilder { hub: Box::new(|_| {}), edge: Box::new(|_| {}) }
+        FixtureBuilder { hub: Box::new(|_| {}), edge: Box::new(|_| {}), proxy: false }
     }
 
     /// A hub configuration on 127.0.0.1 port 0, plain HTTP for viewers, linger 1 s.

@@ -16,7 +16,9 @@
 pub mod camera;
 mod fixture;
 pub mod http;
+pub mod impair;
 mod pki;
+pub mod rtsp_player;
 
 use std::time::{Duration, Instant};
 

@@ -97,28 +97,33 @@ impl HeartbeatSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackoffSettings {
-    /// Upper bound of the first delay, seconds (default 0.2).
+    /// Upper bound of the first delay, seconds (default 0.1).
     #[serde(default = "default_backoff_initial")]
     pub initial: Seconds,
-    /// Cap on the delay, seconds (default 10).
+    /// Cap on the delay, seconds (default 1: a link back from a short outage is found within
+    /// about a second).
     #[serde(default = "default_backoff_max")]
     pub max: Seconds,
     /// A connection up this long resets the schedule, seconds (default 10).
-    #[serde(default = "default_backoff_max")]
+    #[serde(default = "default_backoff_reset")]
     pub reset_after: Seconds,
 }
 
 fn default_backoff_initial() -> Seconds {
-    Seconds::from_millis(200)
+    Seconds::from_millis(100)
 }
 
 fn default_backoff_max() -> Seconds {
+    Seconds::new(1)
+}
+
+fn default_backoff_reset() -> Seconds {
     Seconds::new(10)
 }
 
 impl Default for BackoffSettings {
     fn default() -> Self {
-        Self { initial: default_backoff_initial(), max: default_backoff_max(), reset_after: default_backoff_max() }
+        Self { initial: default_backoff_initial(), max: default_backoff_max(), reset_after: default_backoff_reset() }
     }
 }
 

@@ -1,8 +1,11 @@
 //! The tunnel protocol over a WebSocket (feature `transport`): one protocol message per binary
 //! WebSocket message. Used by both the hub and the edge; generic over the byte stream (TLS).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -41,23 +44,51 @@ pub fn ws_config(limits: &Limits) -> WebSocketConfig {
     WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
 }
 
+/// When bytes last arrived on a [`Tracked`] stream; cheap to clone and read from anywhere
+/// (the receiving half of a split link, a heartbeat task).
+#[derive(Debug, Clone)]
+pub struct LastRead {
+    base: std::time::Instant,
+    micros: Arc<AtomicU64>,
+}
+
+impl LastRead {
+    fn new() -> Self {
+        Self { base: std::time::Instant::now(), micros: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn touch(&self) {
+        self.micros.store(self.base.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// When bytes last arrived (the wrap time if none have).
+    pub fn get(&self) -> std::time::Instant {
+        self.base + Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+}
+
 /// A byte stream that remembers when bytes last arrived, so liveness counts a large frame
 /// that is still arriving on a slow link, not only whole messages.
 #[derive(Debug)]
 pub struct Tracked<S> {
     inner: S,
-    last_read: std::time::Instant,
+    last_read: LastRead,
 }
 
 impl<S> Tracked<S> {
     /// Wraps a stream; call before the WebSocket handshake.
     pub fn new(inner: S) -> Self {
-        Self { inner, last_read: std::time::Instant::now() }
+        Self { inner, last_read: LastRead::new() }
     }
 
     /// When bytes last arrived.
     pub fn last_read(&self) -> std::time::Instant {
-        self.last_read
+        self.last_read.get()
+    }
+
+    /// A handle on the time bytes last arrived.
+    pub fn last_read_handle(&self) -> LastRead {
+        self.last_read.clone()
     }
 }
 
@@ -70,7 +101,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last_read = std::time::Instant::now();
+            self.last_read.touch();
         }
         r
     }
@@ -151,29 +182,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     /// The next protocol message; `Ok(None)` when the peer closed. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Message>, LinkError> {
-        loop {
-            match self.ws.next().await {
-                None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
-                Some(Ok(WsMessage::Binary(b))) => return Ok(Some(decode_message(b, &self.limits)?)),
-                Some(Ok(WsMessage::Text(_))) => return Err(LinkError::Text),
-                Some(Ok(_)) => continue, // WebSocket ping/pong frames are answered by tungstenite
-                Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
-                Some(Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                ))) => return Err(LinkError::Abrupt),
-                Some(Err(tungstenite::Error::Io(e)))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::UnexpectedEof
-                            | std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::BrokenPipe
-                    ) =>
-                {
-                    return Err(LinkError::Abrupt);
-                }
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
+        recv_from(&mut self.ws, &self.limits).await
+    }
+
+    /// Splits the link so sending (which may wait on a slow link) and receiving run at the
+    /// same time.
+    pub fn split(self) -> (LinkSender<S>, LinkReceiver<S>) {
+        let last_read = self.ws.get_ref().last_read_handle();
+        let (sink, stream) = self.ws.split();
+        (
+            LinkSender { sink, write_deadline: self.write_deadline },
+            LinkReceiver { stream, limits: self.limits, last_read },
+        )
     }
 
     /// Takes the heartbeat step due now (call it at [`Heartbeat::next_deadline`]): sends Ping
@@ -227,14 +247,100 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
-        // Close reasons are limited to 123 bytes by RFC 6455.
-        let mut end = reason.len().min(120);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let frame = CloseFrame { code, reason: reason[..end].to_owned().into() };
+        let frame = CloseFrame { code, reason: close_reason(reason).to_owned().into() };
         let _ = tokio::time::timeout(self.write_deadline, self.ws.close(Some(frame))).await;
     }
+}
+
+/// The next protocol message from a WebSocket stream (whole or split).
+async fn recv_from<W>(ws: &mut W, limits: &Limits) -> Result<Option<Message>, LinkError>
+where
+    W: futures_util::Stream<Item = Result<WsMessage, tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
+            Some(Ok(WsMessage::Binary(b))) => return Ok(Some(decode_message(b, limits)?)),
+            Some(Ok(WsMessage::Text(_))) => return Err(LinkError::Text),
+            Some(Ok(_)) => continue, // WebSocket ping/pong frames are answered by tungstenite
+            Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
+            Some(Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ))) => {
+                return Err(LinkError::Abrupt);
+            }
+            Some(Err(tungstenite::Error::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Err(LinkError::Abrupt);
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// The sending half of a split [`Link`].
+#[derive(Debug)]
+pub struct LinkSender<S> {
+    sink: SplitSink<WebSocketStream<Tracked<S>>, WsMessage>,
+    write_deadline: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LinkSender<S> {
+    /// Sends one message and flushes it, within the write deadline.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
+        self.send_raw(encoded(msg)).await
+    }
+
+    /// Sends already-encoded message bytes (one whole message), within the write deadline.
+    pub async fn send_raw(&mut self, bytes: bytes::Bytes) -> Result<(), LinkError> {
+        match tokio::time::timeout(self.write_deadline, self.sink.send(WsMessage::Binary(bytes))).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(LinkError::WriteTimeout(self.write_deadline)),
+        }
+    }
+
+    /// Sends a last message (GoAway, EndOfStream) and a normal close frame; best effort.
+    pub async fn finish(mut self, last: &Message, reason: &str) {
+        let _ = self.send(last).await;
+        let frame = CloseFrame { code: CloseCode::Normal, reason: close_reason(reason).to_owned().into() };
+        let _ = tokio::time::timeout(self.write_deadline, self.sink.send(WsMessage::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(self.write_deadline, self.sink.close()).await;
+    }
+}
+
+/// The receiving half of a split [`Link`].
+#[derive(Debug)]
+pub struct LinkReceiver<S> {
+    stream: SplitStream<WebSocketStream<Tracked<S>>>,
+    limits: Limits,
+    last_read: LastRead,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LinkReceiver<S> {
+    /// The next protocol message; `Ok(None)` when the peer closed. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Message>, LinkError> {
+        recv_from(&mut self.stream, &self.limits).await
+    }
+
+    /// When bytes last arrived (including bytes of a message still arriving).
+    pub fn last_read(&self) -> std::time::Instant {
+        self.last_read.get()
+    }
+}
+
+/// A close reason cut to the 123 bytes RFC 6455 allows, at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Sources: where a stream's frames come from, started on AddVideo and stopped on RemoveVideo.
 //!
 //! A source pushes frames and codec-parameter changes into a [`FrameSink`], a bounded queue to
-//! the data tunnel. A header travels in the same queue as the frames, so it can never overtake
+//! its uplink, which drains it at once into its [`crate::outbox::Outbox`] (where the dropping
+//! policies live). A header travels in the same queue as the frames, so it can never overtake
 //! older frames; it is never dropped (if the queue is full it waits and goes out just before the
-//! next accepted frame). The overflow policy is codec-aware: when the queue is full the frame is
-//! dropped, and every following frame is dropped until a keyframe, which the sink asks the
-//! source to produce early.
+//! next accepted frame). Should the uplink fall behind anyway, the overflow policy is
+//! codec-aware: the frame is dropped, and every following frame until a keyframe, which the
+//! sink asks the source to produce early. Sources that can make a keyframe on request (the test
+//! pattern) say so, and the uplink asks for one when a new data tunnel opens.
 
 mod ffmpeg;
 pub(crate) mod rtsp;
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mediamesh_media::{Frame, StreamHeader};
+use mediamesh_tunnel::wire::DropReason;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +44,17 @@ pub struct SourceOutput {
     /// Headers and frames, in order.
     pub items: mpsc::Receiver<SourceItem>,
     failure: Arc<Mutex<Option<String>>>,
+    want_keyframe: Arc<AtomicBool>,
+    makes_keyframes: Arc<AtomicBool>,
 }
 
 impl SourceOutput {
+    /// Asks the source for a keyframe; true if it makes them on request.
+    pub fn request_keyframe(&self) -> bool {
+        self.want_keyframe.store(true, Ordering::Relaxed);
+        self.makes_keyframes.load(Ordering::Relaxed)
+    }
+
     /// Why the source stopped on its own, once `frames` has closed.
     pub fn failure(&self) -> String {
         let reason = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -61,6 +72,7 @@ pub struct FrameSink {
     pending_header: Option<StreamHeader>,
     dropping: bool,
     want_keyframe: Arc<AtomicBool>,
+    makes_keyframes: Arc<AtomicBool>,
     stats: Arc<EdgeStats>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -85,7 +97,7 @@ impl FrameSink {
             let sync =
                 self.header.as_ref().map_or(frame.is_keyframe(), |h| h.is_sync_point(frame.track, frame.is_keyframe()));
             if !sync {
-                EdgeStats::inc(&self.stats.dropped_awaiting_keyframe);
+                self.stats.add_drop(DropReason::AwaitingKeyframe, 1);
                 return Ok(());
             }
             frame.flags = frame.flags.with_discontinuity();
@@ -115,12 +127,17 @@ impl FrameSink {
     }
 
     fn overflow(&mut self) {
-        EdgeStats::inc(&self.stats.dropped_queue_full);
+        self.stats.add_drop(DropReason::QueueFull, 1);
         if !self.dropping {
             tracing::debug!("uplink queue full: dropping until the next keyframe");
         }
         self.dropping = true;
         self.want_keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// Declares that this source makes a keyframe when asked ([`FrameSink::take_keyframe_request`]).
+    pub fn makes_keyframes_on_request(&self) {
+        self.makes_keyframes.store(true, Ordering::Relaxed);
     }
 
     /// Whether a keyframe was asked for since the last call (sources that can, make one).
@@ -143,16 +160,19 @@ impl FrameSink {
 pub fn channel(capacity: usize, stats: Arc<EdgeStats>) -> (FrameSink, SourceOutput) {
     let (tx, items) = mpsc::channel(capacity);
     let failure = Arc::new(Mutex::new(None));
+    let want_keyframe: Arc<AtomicBool> = Arc::default();
+    let makes_keyframes: Arc<AtomicBool> = Arc::default();
     let sink = FrameSink {
         tx,
         header: None,
         pending_header: None,
         dropping: false,
-        want_keyframe: Arc::default(),
+        want_keyframe: want_keyframe.clone(),
+        makes_keyframes: makes_keyframes.clone(),
         stats,
         failure: failure.clone(),
     };
-    (sink, SourceOutput { items, failure })
+    (sink, SourceOutput { items, failure, want_keyframe, makes_keyframes })
 }
 
 /// Why a source could not start.
@@ -256,8 +276,8 @@ mod tests {
         }
         let got = frames(&mut out);
         assert_eq!(got, vec![(4, true, true), (5, false, false)], "3 dropped while waiting, 4 resumes");
-        assert_eq!(EdgeStats::get(&stats.dropped_queue_full), 1);
-        assert_eq!(EdgeStats::get(&stats.dropped_awaiting_keyframe), 1);
+        assert_eq!(stats.drops(DropReason::QueueFull), 1);
+        assert_eq!(stats.drops(DropReason::AwaitingKeyframe), 1);
     }
 
     #[test]

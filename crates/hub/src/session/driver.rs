@@ -38,7 +38,9 @@ pub(crate) async fn run(
                 let input = match ev {
                     Some(SessionEvent::UpstreamAttached) => Input::UpstreamAttached,
                     Some(SessionEvent::UpstreamEnded(r)) => Input::UpstreamEnded(r),
+                    Some(SessionEvent::UpstreamLost(r)) => Input::UpstreamLost(r),
                     Some(SessionEvent::StartFailed(r)) => Input::StartFailed(r),
+                    Some(SessionEvent::NodeBack) => Input::NodeBack,
                     Some(SessionEvent::NodeGone) | None => Input::NodeGone,
                 };
                 tracing::debug!(stream = %session.key, session = session.id, ?input, "session event");
@@ -69,6 +71,10 @@ fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) ->
                 let cmd = NodeCommand::AddVideo { session: session.id, stream: key.stream.clone() };
                 match sessions.registry().send(&key.node, cmd) {
                     Ok(()) => tracing::info!(stream = %key, session = session.id, "AddVideo sent"),
+                    // The node left between the viewer's check and now: wait for it to return.
+                    Err(crate::registry::NodeError::NotConnected { .. }) => {
+                        lc.handle_input(Instant::now(), Input::NodeGone);
+                    }
                     Err(e) => lc.handle_input(Instant::now(), Input::StartFailed(e.to_string())),
                 }
             }

@@ -6,6 +6,12 @@
 //! viewer leaves, a linger timer runs; a viewer arriving within it keeps the upstream. When the
 //! timer fires, RemoveVideo goes out and the session closes.
 //!
+//! When the link to the edge breaks (the data tunnel is lost, or the node's control channel),
+//! the session goes *away* for up to a grace period: viewers stay, delivery pauses. When the
+//! node's control channel returns, AddVideo goes out again for the same session (the edge
+//! ignores it if its uplink survived); when a data tunnel delivers a keyframe again, the session
+//! is live again. When the grace period runs out, viewers get a clean end of stream.
+//!
 //! Drive it like str0m's `Rtc`: [`Lifecycle::handle_input`] / [`Lifecycle::handle_timeout`]
 //! with the current time, then drain [`Lifecycle::poll_output`], then sleep until
 //! [`Lifecycle::poll_timeout`].
@@ -20,6 +26,8 @@ pub struct LifecycleConfig {
     pub linger: Duration,
     /// How long to wait after AddVideo for the upstream's first keyframe.
     pub start_timeout: Duration,
+    /// How long viewers are kept while the edge is away.
+    pub grace: Duration,
 }
 
 /// Is the edge sending?
@@ -32,6 +40,13 @@ pub enum Upstream {
     },
     /// A data tunnel delivers frames.
     Attached,
+    /// The link to the edge broke at `since`; waiting for it to come back.
+    Away {
+        /// When the link broke.
+        since: Instant,
+        /// Whether the node's control channel is up again (AddVideo was re-sent).
+        node_back: bool,
+    },
 }
 
 /// Is anyone watching?
@@ -53,12 +68,17 @@ pub enum Input {
     Viewers(usize),
     /// The edge's data tunnel delivered its first keyframe.
     UpstreamAttached,
-    /// The data tunnel ended (edge sent EndOfStream, tunnel broke).
+    /// The source ended for good (the edge sent EndOfStream, or the tunnel broke the
+    /// protocol).
     UpstreamEnded(String),
+    /// The data tunnel was lost (the link broke, the edge went away); it may come back.
+    UpstreamLost(String),
     /// The edge refused or failed to start the stream.
     StartFailed(String),
     /// The node's control channel is gone.
     NodeGone,
+    /// The node's control channel is back and the edge did not re-announce this session.
+    NodeBack,
     /// The hub is shutting down.
     Shutdown,
 }
@@ -85,6 +105,8 @@ pub enum Phase {
     Live,
     /// Sending (or starting), without viewers, until the linger timer fires.
     Lingering,
+    /// The edge is away; viewers wait for the grace period.
+    Away,
     /// Over.
     Closed,
 }
@@ -96,6 +118,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Live => "live",
             Phase::Lingering => "lingering",
+            Phase::Away => "away",
             Phase::Closed => "closed",
         }
     }
@@ -140,7 +163,19 @@ impl Lifecycle {
             Input::UpstreamAttached => self.upstream = Upstream::Attached,
             Input::UpstreamEnded(reason) => self.close(Some(reason), true),
             Input::StartFailed(reason) => self.close(Some(reason), false),
-            Input::NodeGone => self.close(Some("the edge node disconnected".into()), false),
+            Input::UpstreamLost(_) => self.go_away(now, None),
+            Input::NodeGone => self.go_away(now, Some(false)),
+            Input::NodeBack => {
+                if let Upstream::Away { since, node_back: false } | Upstream::Requested { since } = self.upstream {
+                    // Requested: AddVideo may have been lost with the old control channel.
+                    let since = match self.upstream {
+                        Upstream::Away { .. } => since,
+                        _ => now,
+                    };
+                    self.upstream = Upstream::Away { since, node_back: true };
+                    self.outputs.push_back(Output::SendAddVideo);
+                }
+            }
             Input::Shutdown => self.close(Some("the hub is shutting down".into()), true),
         }
     }
@@ -155,6 +190,13 @@ impl Lifecycle {
         {
             let reason =
                 format!("the edge did not start the stream within {:.1} s", self.config.start_timeout.as_secs_f64());
+            self.close(Some(reason), true);
+            return;
+        }
+        if let Upstream::Away { since, .. } = self.upstream
+            && now >= since + self.config.grace
+        {
+            let reason = format!("the edge has been unreachable for {:.1} s", self.config.grace.as_secs_f64());
             self.close(Some(reason), true);
             return;
         }
@@ -177,6 +219,7 @@ impl Lifecycle {
         }
         let start = match self.upstream {
             Upstream::Requested { since } => Some(since + self.config.start_timeout),
+            Upstream::Away { since, .. } => Some(since + self.config.grace),
             Upstream::Attached => None,
         };
         let linger = match self.demand {
@@ -191,6 +234,7 @@ impl Lifecycle {
         match (self.closed, self.upstream, self.demand) {
             (true, ..) => Phase::Closed,
             (false, _, Demand::Idle { .. }) => Phase::Lingering,
+            (false, Upstream::Away { .. }, _) => Phase::Away,
             (false, Upstream::Requested { .. }, _) => Phase::Starting,
             (false, Upstream::Attached, Demand::Watched(_)) => Phase::Live,
         }
@@ -199,6 +243,15 @@ impl Lifecycle {
     /// The upstream state.
     pub fn upstream(&self) -> Upstream {
         self.upstream
+    }
+
+    /// The link broke at `now`: wait for the grace period. `node_back` is `Some(false)` when
+    /// the control channel is gone too (AddVideo must be re-sent when it returns).
+    fn go_away(&mut self, now: Instant, node_back: Option<bool>) {
+        self.upstream = match self.upstream {
+            Upstream::Away { since, node_back: back } => Upstream::Away { since, node_back: node_back.unwrap_or(back) },
+            _ => Upstream::Away { since: now, node_back: node_back.unwrap_or(true) },
+        };
     }
 
     fn close(&mut self, end_reason: Option<String>, remove: bool) {
@@ -218,8 +271,11 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
-    const CFG: LifecycleConfig =
-        LifecycleConfig { linger: Duration::from_secs(10), start_timeout: Duration::from_secs(5) };
+    const CFG: LifecycleConfig = LifecycleConfig {
+        linger: Duration::from_secs(10),
+        start_timeout: Duration::from_secs(5),
+        grace: Duration::from_secs(30),
+    };
 
     fn drain(l: &mut Lifecycle) -> Vec<Output> {
         std::iter::from_fn(|| l.poll_output()).collect()
@@ -287,7 +343,7 @@ mod tests {
     #[test]
     fn everyone_leaving_while_starting_lingers_from_then() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(t0, LifecycleConfig { linger: 2 * S, start_timeout: 60 * S }, 1);
+        let mut l = Lifecycle::new(t0, LifecycleConfig { linger: 2 * S, start_timeout: 60 * S, grace: 30 * S }, 1);
         drain(&mut l);
         l.handle_input(t0 + S, Input::Viewers(0));
         assert_eq!(l.phase(), Phase::Lingering);
@@ -303,7 +359,6 @@ mod tests {
         for (input, removes) in [
             (Input::StartFailed("no such stream".into()), false),
             (Input::UpstreamEnded("ffmpeg exited".into()), true),
-            (Input::NodeGone, false),
             (Input::Shutdown, true),
         ] {
             let mut l = Lifecycle::new(t0, CFG, 1);
@@ -316,5 +371,71 @@ mod tests {
             assert_eq!(out.last(), Some(&Output::Closed));
             assert_eq!(out.iter().filter(|o| **o == Output::Closed).count(), 1);
         }
+    }
+
+    #[test]
+    fn a_lost_link_keeps_viewers_for_the_grace_period_then_ends_them() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 2);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::UpstreamLost("no traffic for 3 s".into()));
+        l.handle_input(t0 + 2 * S, Input::NodeGone);
+        assert_eq!(drain(&mut l), vec![], "nothing ends while away");
+        assert_eq!(l.phase(), Phase::Away);
+        assert_eq!(l.poll_timeout(), Some(t0 + 31 * S), "grace counts from the first loss");
+        l.handle_timeout(t0 + 30 * S);
+        assert_eq!(drain(&mut l), vec![]);
+        l.handle_timeout(t0 + 31 * S);
+        let out = drain(&mut l);
+        assert!(matches!(&out[0], Output::EndViewers(r) if r.contains("unreachable for 30.0 s")), "{out:?}");
+        assert_eq!(&out[1..], &[Output::SendRemoveVideo, Output::Closed]);
+    }
+
+    #[test]
+    fn the_node_coming_back_resends_add_video_once_and_a_keyframe_makes_it_live() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::NodeGone);
+        l.handle_input(t0 + 5 * S, Input::NodeBack);
+        l.handle_input(t0 + 5 * S, Input::NodeBack);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo], "once per return");
+        assert_eq!(l.phase(), Phase::Away);
+        l.handle_input(t0 + 6 * S, Input::UpstreamAttached);
+        assert_eq!(l.phase(), Phase::Live);
+        assert_eq!(l.poll_timeout(), None);
+        // A loss after that starts a new grace period.
+        l.handle_input(t0 + 100 * S, Input::UpstreamLost("reset".into()));
+        assert_eq!(l.poll_timeout(), Some(t0 + 130 * S));
+        // The data tunnel alone was lost: the control channel is up, so no AddVideo.
+        l.handle_input(t0 + 101 * S, Input::NodeBack);
+        assert_eq!(drain(&mut l), vec![]);
+    }
+
+    #[test]
+    fn a_node_gone_while_starting_restarts_when_it_returns() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::NodeGone);
+        assert_eq!(l.phase(), Phase::Away);
+        l.handle_input(t0 + 2 * S, Input::NodeBack);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo]);
+        assert_eq!(l.poll_timeout(), Some(t0 + 31 * S), "the grace period, not the start timeout");
+    }
+
+    #[test]
+    fn an_unwatched_session_away_still_lingers_out() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::UpstreamLost("cut".into()));
+        l.handle_input(t0 + 2 * S, Input::Viewers(0));
+        assert_eq!(l.poll_timeout(), Some(t0 + 12 * S));
+        l.handle_timeout(t0 + 12 * S);
+        assert_eq!(drain(&mut l), vec![Output::SendRemoveVideo, Output::Closed]);
     }
 }

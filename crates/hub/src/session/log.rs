@@ -11,6 +11,12 @@
 //! `viewer_max_lag_bytes` behind the newest frame, jumps to the newest keyframe (or waits for
 //! the next one) and reports how many frames it skipped. A slow viewer therefore costs the hub
 //! one cursor, never a growing queue, and never slows the source or other viewers.
+//!
+//! Epochs: each new data tunnel begins an epoch ([`FrameLog::begin_epoch`]). Frames of an epoch
+//! before its first sync point are not kept, so delivery resumes at a keyframe; and each track's
+//! timestamps are shifted, when needed, so they keep increasing across the break even if the
+//! edge's source restarted its clock. The first frame kept after a break carries the
+//! discontinuity flag.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -68,6 +74,18 @@ impl LogEntry {
     pub fn is_sync_point(&self) -> bool {
         self.header.header.is_sync_point(self.frame.track, self.frame.is_keyframe())
     }
+}
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Appended to the log.
+    Appended {
+        /// Whether viewers can start at it.
+        sync_point: bool,
+    },
+    /// Not kept: the epoch has not reached its first sync point yet.
+    AwaitingSyncPoint,
 }
 
 /// Why a frame was refused.
@@ -145,6 +163,53 @@ struct Ring {
     last_keyframe: Option<u64>,
     header: Option<Arc<HeaderEntry>>,
     end: Option<Arc<str>>,
+    /// The current epoch (one per data tunnel).
+    epoch: u64,
+    /// Frames are dropped until the epoch's first sync point.
+    awaiting_sync: bool,
+    /// The next appended frame follows a break.
+    discontinuity: bool,
+    /// Per track: the timestamp shift and the last decode time, for continuity across epochs.
+    timelines: Vec<(mediamesh_media::TrackId, Timeline)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    offset: i64,
+    last_dts: i64,
+    /// The last positive dts step, as the gap to leave when a new epoch's clock restarts.
+    step: i64,
+    /// The epoch the offset was last set for.
+    epoch: u64,
+}
+
+impl Ring {
+    /// Shifts the frame's timestamps so the track's decode times keep increasing across
+    /// epochs; within an epoch the source's own timing is kept.
+    fn continue_timeline(&mut self, frame: &mut Frame) {
+        let epoch = self.epoch;
+        let i = match self.timelines.iter().position(|(t, _)| *t == frame.track) {
+            Some(i) => i,
+            None => {
+                let tl = Timeline { offset: 0, last_dts: frame.dts, step: 1, epoch };
+                self.timelines.push((frame.track, tl));
+                return;
+            }
+        };
+        let tl = &mut self.timelines[i].1;
+        if tl.epoch != epoch {
+            tl.epoch = epoch;
+            if frame.dts.saturating_add(tl.offset) <= tl.last_dts {
+                tl.offset = tl.last_dts.saturating_add(tl.step).saturating_sub(frame.dts);
+            }
+        }
+        frame.pts = frame.pts.saturating_add(tl.offset);
+        frame.dts = frame.dts.saturating_add(tl.offset);
+        if frame.dts > tl.last_dts {
+            tl.step = frame.dts - tl.last_dts;
+            tl.last_dts = frame.dts;
+        }
+    }
 }
 
 impl Ring {
@@ -185,12 +250,26 @@ impl FrameLog {
         self.ring.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sets the codec parameters for the frames that follow.
+    /// Sets the codec parameters for the frames that follow (a repeat of the current ones, as
+    /// a reconnected edge sends, changes nothing).
     pub fn set_header(&self, header: StreamHeader) -> Result<(), MediaError> {
         header.validate()?;
         let video = header.video().map(|t| t.video_params()).transpose()?;
-        self.write_ring().header = Some(Arc::new(HeaderEntry { header, video, ws: OnceLock::new() }));
+        let mut ring = self.write_ring();
+        if ring.header.as_ref().is_some_and(|h| h.header == header) {
+            return Ok(());
+        }
+        ring.header = Some(Arc::new(HeaderEntry { header, video, ws: OnceLock::new() }));
         Ok(())
+    }
+
+    /// A new data tunnel begins: frames are kept again from its first sync point, and its
+    /// timestamps continue the log's.
+    pub fn begin_epoch(&self) {
+        let mut ring = self.write_ring();
+        ring.epoch += 1;
+        ring.awaiting_sync = true;
+        ring.discontinuity = ring.total_bytes > 0 || !ring.entries.is_empty();
     }
 
     /// The header currently in effect.
@@ -199,8 +278,8 @@ impl FrameLog {
     }
 
     /// Appends a frame, evicting old ones past the bounds, and wakes the viewers.
-    pub fn push(&self, frame: Frame, hub_us: u64) -> Result<(), PushError> {
-        let head = {
+    pub fn push(&self, mut frame: Frame, hub_us: u64) -> Result<Pushed, PushError> {
+        let (head, sync_point) = {
             let mut ring = self.write_ring();
             if ring.end.is_some() {
                 return Err(PushError::Closed);
@@ -209,9 +288,18 @@ impl FrameLog {
             if header.header.track(frame.track).is_none() {
                 return Err(PushError::UnknownTrack { seq: frame.seq, track: frame.track });
             }
+            let sync_point = header.header.is_sync_point(frame.track, frame.is_keyframe());
+            if ring.awaiting_sync && !sync_point {
+                return Ok(Pushed::AwaitingSyncPoint);
+            }
+            ring.awaiting_sync = false;
+            if std::mem::take(&mut ring.discontinuity) {
+                frame.flags = frame.flags.with_discontinuity();
+            }
+            ring.continue_timeline(&mut frame);
             let index = ring.head();
             let len = frame.payload.len();
-            if header.header.is_sync_point(frame.track, frame.is_keyframe()) {
+            if sync_point {
                 ring.last_keyframe = Some(index);
             }
             let bytes_before = ring.total_bytes;
@@ -227,10 +315,10 @@ impl FrameLog {
             ring.bytes += len;
             ring.total_bytes += len as u64;
             self.evict(&mut ring);
-            ring.head()
+            (ring.head(), sync_point)
         };
         self.signal.send_replace(head);
-        Ok(())
+        Ok(Pushed::Appended { sync_point })
     }
 
     fn evict(&self, ring: &mut Ring) {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use mediamesh_tunnel::wire::SessionId;
+use mediamesh_tunnel::wire::{RunningStream, SessionId};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,12 +54,16 @@ impl fmt::Display for StreamKey {
 pub enum SessionEvent {
     /// The data tunnel delivered its first keyframe.
     UpstreamAttached,
-    /// The data tunnel ended.
+    /// The source ended for good.
     UpstreamEnded(String),
+    /// The data tunnel was lost; the edge may bring it back.
+    UpstreamLost(String),
     /// The edge could not start the stream.
     StartFailed(String),
     /// The node's control channel closed.
     NodeGone,
+    /// The node's control channel is back and the edge did not re-announce this session.
+    NodeBack,
 }
 
 const EVENT_QUEUE: usize = 16;
@@ -392,6 +396,39 @@ impl Sessions {
     pub fn node_gone(&self, node: &str) {
         for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
             s.try_report(SessionEvent::NodeGone);
+        }
+    }
+
+    /// `node`'s control channel is (back) up and the edge says it runs `running`. Sessions of
+    /// the node it did not mention are told (they re-send AddVideo if they were waiting for the
+    /// edge); the running sessions this hub does not know are returned, for the edge to stop.
+    pub fn node_back(&self, node: &str, running: &[RunningStream]) -> Vec<RunningStream> {
+        let mut unknown = Vec::new();
+        for r in running {
+            let known = self.lock_maps().by_id.get(&r.session).is_some_and(|s| {
+                s.key.node == node && s.key.stream == r.stream && s.phase() != Phase::Closed && !s.log.is_closed()
+            });
+            if !known {
+                unknown.push(r.clone());
+            }
+        }
+        for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
+            if !running.iter().any(|r| r.session == s.id) {
+                s.try_report(SessionEvent::NodeBack);
+            }
+        }
+        unknown
+    }
+
+    /// Whether viewers may join `key`: its node is connected and offers it, or a session for
+    /// it is still open (waiting for its edge to come back).
+    pub fn check_stream(&self, key: &StreamKey) -> Result<(), crate::registry::NodeError> {
+        match self.registry.check_stream(&key.node, &key.stream) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.get(key) {
+                Some(s) if s.phase() != Phase::Closed && !s.log.is_closed() => Ok(()),
+                _ => Err(e),
+            },
         }
     }
 

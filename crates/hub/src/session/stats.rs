@@ -82,11 +82,26 @@ pub struct SessionStats {
     pub bytes_out: Counter,
     /// Frames viewers skipped to resynchronise (sum over viewers).
     pub viewer_skipped: Counter,
+    /// Frames a new data tunnel sent before its first keyframe, dropped by the hub.
+    pub resume_skipped: Counter,
+    /// Data tunnels that attached (1 + reconnects).
+    pub tunnel_connects: Counter,
+    /// Times the link to the edge was lost while the session ran.
+    pub upstream_lost: Counter,
+    /// Smoothed Ping/Pong round trip of the current data tunnel, microseconds (0 = none yet).
+    pub tunnel_rtt_us: AtomicU64,
+    /// The edge's latest report on its uplink.
+    pub uplink: Mutex<Option<mediamesh_tunnel::wire::UplinkReport>>,
     /// Incoming rate.
     pub rate_in: RateMeter,
 }
 
 impl SessionStats {
+    /// The edge's latest uplink report, if one arrived.
+    pub fn uplink(&self) -> Option<mediamesh_tunnel::wire::UplinkReport> {
+        self.uplink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Zeroed counters starting at `now`.
     pub fn new(now: Instant) -> Self {
         Self {
@@ -96,6 +111,11 @@ impl SessionStats {
             frames_out: Counter::default(),
             bytes_out: Counter::default(),
             viewer_skipped: Counter::default(),
+            resume_skipped: Counter::default(),
+            tunnel_connects: Counter::default(),
+            upstream_lost: Counter::default(),
+            tunnel_rtt_us: AtomicU64::new(0),
+            uplink: Mutex::new(None),
             rate_in: RateMeter::new(now),
         }
     }

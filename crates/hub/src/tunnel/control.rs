@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mediamesh_tunnel::liveness::Heartbeat;
-use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message};
+use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message, RunningStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -14,14 +14,21 @@ use super::{TunnelCtx, TunnelLink};
 use crate::registry::{COMMAND_QUEUE, NodeCommand, NodeEntry};
 use crate::session::SessionEvent;
 
+/// What a control Hello carried.
+pub(super) struct ControlHello {
+    pub agent: String,
+    pub catalog: Vec<CatalogEntry>,
+    pub running: Vec<RunningStream>,
+}
+
 pub(super) async fn run(
     ctx: Arc<TunnelCtx>,
     mut link: TunnelLink,
     node: String,
-    agent: String,
-    catalog: Vec<CatalogEntry>,
+    hello: ControlHello,
     remote: SocketAddr,
 ) {
+    let ControlHello { agent, catalog, running } = hello;
     let (tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
     let cancel = ctx.shutdown.child_token();
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -40,9 +47,22 @@ pub(super) async fn run(
         commands: tx,
         cancel: cancel.clone(),
     };
-    if let Some(old) = ctx.registry.register(&node, entry) {
+    let reconnect = ctx.registry.register(&node, entry);
+    if let Some(old) = &reconnect {
         info!(%node, "a newer control connection replaces the previous one");
         old.cancel.cancel();
+    }
+    // Re-bind what the edge still runs; stop what this hub no longer knows (a hub restart, a
+    // session that ended while the edge was away).
+    if !running.is_empty() {
+        info!(%node, sessions = running.len(), "edge re-announces its running streams");
+    }
+    for r in ctx.sessions.node_back(&node, &running) {
+        info!(%node, stream = %r.stream, session = r.session, "stopping a stream this hub no longer has");
+        let msg = Message::RemoveVideo { session: r.session, stream: r.stream };
+        if let Err(e) = link.send(&msg).await {
+            warn!(%node, error = %e, "could not send RemoveVideo");
+        }
     }
 
     let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);

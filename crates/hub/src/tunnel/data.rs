@@ -1,4 +1,10 @@
 //! A data tunnel: one stream session's frames from the edge into the session's frame log.
+//!
+//! A tunnel that breaks (the link failed, the edge went away) leaves its session waiting for a
+//! new one ([`SessionEvent::UpstreamLost`]); a tunnel whose source ended, or that broke the
+//! protocol, ends its session ([`SessionEvent::UpstreamEnded`]). Each new tunnel starts a new
+//! epoch of the session's log: nothing before its first keyframe is kept, and timestamps keep
+//! increasing across the break.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,17 +14,23 @@ use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
 use tracing::{debug, info, warn};
 
 use super::{TunnelCtx, TunnelLink, unix_micros};
-use crate::session::log::PushError;
+use crate::session::log::{PushError, Pushed};
 use crate::session::{AttachError, Session, SessionEvent};
+use mediamesh_tunnel::transport::LinkError;
 
-/// How often the hub reports what it received.
+/// Feedback goes out after a frame once this long has passed since the last one, so the edge
+/// sees the path's delay with at most this much added.
+const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// And at least this often while anything changed.
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
 
 enum End {
     /// The hub closed it (stream removed, replaced, shutdown): nothing to report.
     Cancelled,
-    /// It ended on its own; the session must hear why.
+    /// The link broke; the edge may come back.
     Lost(String),
+    /// The source ended, or the edge broke the protocol: the session ends.
+    Ended(String),
 }
 
 pub(super) async fn run(
@@ -48,25 +60,37 @@ pub(super) async fn run(
         return;
     }
     // Whatever happens below (even a panic), the session hears that its tunnel ended.
-    let mut guard = UpstreamGuard { session: session.clone(), id, reason: Some("the data tunnel task failed".into()) };
+    let mut guard = UpstreamGuard {
+        session: session.clone(),
+        id,
+        event: Some(SessionEvent::UpstreamLost("the data tunnel task failed".into())),
+    };
     if let Err(e) = link.send(&ctx.welcome()).await {
-        guard.reason = Some(format!("could not send Welcome: {e}"));
+        guard.event = Some(SessionEvent::UpstreamLost(format!("could not send Welcome: {e}")));
         guard.finish().await;
         return;
     }
+    session.stats.tunnel_connects.add(1);
+    session.log.begin_epoch();
     info!(stream = %session.key, "data tunnel attached");
 
     match receive(&ctx, &mut link, &session, &cancel).await {
         End::Cancelled => {
-            guard.reason = None;
+            guard.event = None;
             debug!(stream = %session.key, "data tunnel closed by the hub");
             link.go_away("stream removed").await;
         }
         End::Lost(reason) => {
+            info!(stream = %session.key, %reason, "data tunnel lost; waiting for the edge");
+            session.stats.upstream_lost.add(1);
+            guard.event = Some(SessionEvent::UpstreamLost(reason));
+        }
+        End::Ended(reason) => {
             info!(stream = %session.key, %reason, "data tunnel ended");
-            guard.reason = Some(reason);
+            guard.event = Some(SessionEvent::UpstreamEnded(reason));
         }
     }
+    session.stats.tunnel_rtt_us.store(0, std::sync::atomic::Ordering::Relaxed);
     guard.finish().await;
 }
 
@@ -75,16 +99,16 @@ pub(super) async fn run(
 struct UpstreamGuard {
     session: Arc<Session>,
     id: u64,
-    reason: Option<String>,
+    event: Option<SessionEvent>,
 }
 
 impl UpstreamGuard {
     /// Reports the end, waiting for room in the session's event queue.
     async fn finish(mut self) {
-        if let Some(reason) = self.reason.take()
+        if let Some(event) = self.event.take()
             && self.session.release_upstream(self.id)
         {
-            self.session.report(SessionEvent::UpstreamEnded(reason)).await;
+            self.session.report(event).await;
         }
         self.session.release_upstream(self.id);
     }
@@ -94,8 +118,8 @@ impl UpstreamGuard {
 impl Drop for UpstreamGuard {
     fn drop(&mut self) {
         let current = self.session.release_upstream(self.id);
-        if let (true, Some(reason)) = (current, self.reason.take()) {
-            self.session.try_report(SessionEvent::UpstreamEnded(reason));
+        if let (true, Some(event)) = (current, self.event.take()) {
+            self.session.try_report(event);
         }
     }
 }
@@ -111,6 +135,7 @@ async fn receive(
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = Feedback { last_seq: 0, frames: 0, bytes: 0 };
     let mut reported = report;
+    let mut reported_at = Instant::now();
     let mut last_seq: Option<u64> = None;
     // The session counts as started at the first keyframe, not at attach: a tunnel whose
     // source never produces must still hit the start timeout.
@@ -122,19 +147,21 @@ async fn receive(
                 let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => return End::Lost("the edge closed the data tunnel".into()),
-                    Err(e) => {
-                        let code = match &e {
-                            mediamesh_tunnel::transport::LinkError::Decode(d) => d.code(),
-                            _ => ErrorCode::Protocol,
-                        };
-                        warn!(stream = %session.key, error = %e, "data tunnel error");
-                        send_error(link, code, e.to_string()).await;
-                        return End::Lost(e.to_string());
+                    Err(LinkError::Decode(d)) => {
+                        warn!(stream = %session.key, error = %d, "data tunnel: bad message");
+                        send_error(link, d.code(), d.to_string()).await;
+                        return End::Ended(format!("bad message from the edge: {d}"));
                     }
+                    Err(e) => return End::Lost(e.to_string()),
                 };
                 let msg = match link.liveness(&mut hb, msg).await {
                     Ok(Some(m)) => m,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        if let Some(rtt) = hb.srtt() {
+                            session.stats.tunnel_rtt_us.store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        continue;
+                    }
                     Err(e) => return End::Lost(e.to_string()),
                 };
                 match msg {
@@ -143,18 +170,20 @@ async fn receive(
                             session.stats.edge_dropped.add(gap - 1);
                         }
                         last_seq = Some(f.seq);
-                        let (seq, len, key) = (f.seq, f.payload.len(), f.is_keyframe());
+                        let (seq, len) = (f.seq, f.payload.len());
                         match session.log.push(f, unix_micros()) {
-                            Ok(()) => {}
+                            Ok(Pushed::Appended { sync_point }) => {
+                                if sync_point && !started {
+                                    started = true;
+                                    session.report(SessionEvent::UpstreamAttached).await;
+                                }
+                            }
+                            Ok(Pushed::AwaitingSyncPoint) => session.stats.resume_skipped.add(1),
                             Err(PushError::Closed) => return End::Cancelled,
                             Err(e) => {
                                 send_error(link, ErrorCode::Protocol, e.to_string()).await;
-                                return End::Lost(e.to_string());
+                                return End::Ended(e.to_string());
                             }
-                        }
-                        if key && !started {
-                            started = true;
-                            session.report(SessionEvent::UpstreamAttached).await;
                         }
                         session.stats.frames_in.add(1);
                         session.stats.bytes_in.add(len as u64);
@@ -162,27 +191,38 @@ async fn receive(
                         report.last_seq = seq;
                         report.frames += 1;
                         report.bytes += len as u64;
+                        if now.duration_since(reported_at) >= FEEDBACK_MIN_INTERVAL {
+                            reported = report;
+                            reported_at = now;
+                            if let Err(e) = link.send(&Message::Feedback(report)).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                    }
+                    Message::UplinkReport(r) => {
+                        *session.stats.uplink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
                     }
                     Message::StreamHeader(h) => {
                         if let Err(e) = session.log.set_header(h) {
                             send_error(link, ErrorCode::Protocol, e.to_string()).await;
-                            return End::Lost(e.to_string());
+                            return End::Ended(e.to_string());
                         }
                         debug!(stream = %session.key, "stream header");
                     }
-                    Message::EndOfStream { reason } => return End::Lost(format!("the edge ended the stream: {reason}")),
+                    Message::EndOfStream { reason } => return End::Ended(format!("the edge ended the stream: {reason}")),
                     Message::GoAway { reason } => return End::Lost(format!("the edge closed the tunnel: {reason}")),
-                    Message::Error(e) => return End::Lost(format!("edge error ({}): {}", e.code, e.message)),
+                    Message::Error(e) => return End::Ended(format!("edge error ({}): {}", e.code, e.message)),
                     other => {
                         let msg = format!("{} is not allowed on a data tunnel", other.name());
                         send_error(link, ErrorCode::Protocol, msg.clone()).await;
-                        return End::Lost(msg);
+                        return End::Ended(msg);
                     }
                 }
             }
             _ = feedback.tick() => {
                 if report != reported {
                     reported = report;
+                    reported_at = Instant::now();
                     if let Err(e) = link.send(&Message::Feedback(report)).await {
                         return End::Lost(e.to_string());
                     }

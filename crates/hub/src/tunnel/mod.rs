@@ -44,6 +44,8 @@ pub(crate) struct TunnelCtx {
     pub heartbeat: HeartbeatConfig,
     pub handshake_timeout: Duration,
     pub write_deadline: Duration,
+    /// How long sessions wait for an edge that went away (announced in Welcome).
+    pub grace: Duration,
     pub hub_name: String,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -57,6 +59,7 @@ impl TunnelCtx {
             hub: self.hub_name.clone(),
             heartbeat_ms: u32::try_from(self.heartbeat.interval.as_millis()).unwrap_or(u32::MAX),
             max_frame_bytes: self.limits.max_frame_bytes,
+            grace_ms: u32::try_from(self.grace.as_millis()).unwrap_or(u32::MAX),
         })
     }
 }
@@ -107,8 +110,9 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     };
     let (link, hello) = hello;
     match hello.channel {
-        Channel::Control { catalog } => {
-            control::run(ctx, link, node, hello.agent, catalog, remote).instrument(info_span!("control")).await;
+        Channel::Control { catalog, running } => {
+            let hello = control::ControlHello { agent: hello.agent, catalog, running };
+            control::run(ctx, link, node, hello, remote).instrument(info_span!("control")).await;
         }
         Channel::Data { session, stream } => {
             data::run(ctx, link, node, session, stream).instrument(info_span!("data", session)).await;

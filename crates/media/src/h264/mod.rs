@@ -37,6 +37,23 @@ pub fn is_keyframe(access_unit: &[u8]) -> bool {
     nals(access_unit).any(|n| nal_type(n) == Some(NAL_IDR))
 }
 
+/// Whether an Annex-B access unit is a non-reference picture: it has coded slices and every
+/// one has `nal_ref_idc` 0, so no other picture is predicted from it and dropping it breaks
+/// nothing (B-frames without pyramid, the upper layer of temporal scalability).
+pub fn is_non_reference(access_unit: &[u8]) -> bool {
+    let mut slices = false;
+    for n in nals(access_unit) {
+        let Some(&b) = n.first() else { continue };
+        if is_vcl(b & 0x1f) {
+            if b & 0x60 != 0 {
+                return false;
+            }
+            slices = true;
+        }
+    }
+    slices
+}
+
 /// The last SPS and PPS found in an Annex-B access unit.
 pub fn parameter_sets(access_unit: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let (mut sps, mut pps) = (None, None);

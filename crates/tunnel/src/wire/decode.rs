@@ -5,9 +5,9 @@ use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
 use super::primitives::Reader;
 use super::{
-    CatalogEntry, Channel, DecodeError, ErrorCode, ErrorMsg, FRAME_HEADER_LEN, Feedback, Hello, Limits, MAGIC,
-    MAX_CATALOG_ENTRIES, MAX_CONTROL_MESSAGE, MAX_PARAMETER_SET_LEN, MAX_PARAMETER_SETS, MAX_TEXT_LEN, MAX_TRACKS,
-    Message, Welcome, codec_id, msg_type, type_name,
+    CatalogEntry, Channel, CongestionLevel, DecodeError, DropReason, ErrorCode, ErrorMsg, FRAME_HEADER_LEN, Feedback,
+    Hello, Limits, MAGIC, MAX_CATALOG_ENTRIES, MAX_CONTROL_MESSAGE, MAX_PARAMETER_SET_LEN, MAX_PARAMETER_SETS,
+    MAX_TEXT_LEN, MAX_TRACKS, Message, RunningStream, UplinkReport, Welcome, codec_id, msg_type, type_name,
 };
 
 /// Decodes one message that fills `buf` exactly (length prefix included), as carried in one
@@ -78,6 +78,7 @@ fn decode_body(body: Bytes, limits: &Limits) -> Result<Message, DecodeError> {
             hub: r.string("welcome.hub", MAX_TEXT_LEN)?,
             heartbeat_ms: r.u32("welcome.heartbeat_ms")?,
             max_frame_bytes: r.u32("welcome.max_frame_bytes")?,
+            grace_ms: r.u32("welcome.grace_ms")?,
         }),
         msg_type::ADD_VIDEO => {
             Message::AddVideo { session: r.u64("add_video.session")?, stream: r.name("add_video.stream")? }
@@ -101,6 +102,7 @@ fn decode_body(body: Bytes, limits: &Limits) -> Result<Message, DecodeError> {
             bytes: r.u64("feedback.bytes")?,
         }),
         msg_type::END_OF_STREAM => Message::EndOfStream { reason: r.string("end_of_stream.reason", MAX_TEXT_LEN)? },
+        msg_type::UPLINK_REPORT => Message::UplinkReport(uplink_report(&mut r)?),
         other => return Err(DecodeError::UnknownType(other)),
     };
     if r.remaining() != 0 {
@@ -131,12 +133,38 @@ fn hello(r: &mut Reader) -> Result<Hello, DecodeError> {
                     description: r.string("catalog.description", MAX_TEXT_LEN)?,
                 });
             }
-            Channel::Control { catalog }
+            let n = r.count("hello.running", MAX_CATALOG_ENTRIES)?;
+            let mut running = Vec::with_capacity(n);
+            for _ in 0..n {
+                running.push(RunningStream { session: r.u64("running.session")?, stream: r.name("running.stream")? });
+            }
+            Channel::Control { catalog, running }
         }
         2 => Channel::Data { session: r.u64("hello.session")?, stream: r.name("hello.stream")? },
         v => return Err(DecodeError::InvalidValue { field: "hello.channel", value: v.into() }),
     };
     Ok(Hello { min_version, max_version, node, agent, channel })
+}
+
+fn uplink_report(r: &mut Reader) -> Result<UplinkReport, DecodeError> {
+    let queue_frames = r.u32("uplink_report.queue_frames")?;
+    let queue_bytes = r.u64("uplink_report.queue_bytes")?;
+    let queue_delay_ms = r.u32("uplink_report.queue_delay_ms")?;
+    let path_delay_ms = r.u32("uplink_report.path_delay_ms")?;
+    let rtt_us = r.u32("uplink_report.rtt_us")?;
+    let level_byte = r.u8("uplink_report.level")?;
+    let level = CongestionLevel::from_u8(level_byte)
+        .ok_or(DecodeError::InvalidValue { field: "uplink_report.level", value: level_byte.into() })?;
+    let connects = r.u32("uplink_report.connects")?;
+    let n = r.count("uplink_report.drops", DropReason::ALL.len())?;
+    let mut drops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = r.u8("drop.reason")?;
+        let reason =
+            DropReason::from_u8(b).ok_or(DecodeError::InvalidValue { field: "drop.reason", value: b.into() })?;
+        drops.push((reason, r.u64("drop.count")?));
+    }
+    Ok(UplinkReport { queue_frames, queue_bytes, queue_delay_ms, path_delay_ms, rtt_us, level, connects, drops })
 }
 
 fn stream_header(r: &mut Reader) -> Result<StreamHeader, DecodeError> {

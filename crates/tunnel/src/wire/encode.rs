@@ -22,12 +22,17 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             out.put_string(&h.node);
             out.put_string(text(&h.agent));
             match &h.channel {
-                Channel::Control { catalog } => {
+                Channel::Control { catalog, running } => {
                     out.put_u8(1);
                     out.put_count(catalog.len());
                     for e in catalog {
                         out.put_string(&e.name);
                         out.put_string(text(&e.description));
+                    }
+                    out.put_count(running.len());
+                    for r in running {
+                        out.put_u64(r.session);
+                        out.put_string(&r.stream);
                     }
                 }
                 Channel::Data { session, stream } => {
@@ -42,6 +47,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             out.put_string(text(&w.hub));
             out.put_u32(w.heartbeat_ms);
             out.put_u32(w.max_frame_bytes);
+            out.put_u32(w.grace_ms);
         }
         Message::AddVideo { session, stream } | Message::RemoveVideo { session, stream } => {
             out.put_u64(*session);
@@ -70,6 +76,20 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::Frame(f) => {
             put_frame_fields(f, out);
             out.put_slice(&f.payload);
+        }
+        Message::UplinkReport(r) => {
+            out.put_u32(r.queue_frames);
+            out.put_u64(r.queue_bytes);
+            out.put_u32(r.queue_delay_ms);
+            out.put_u32(r.path_delay_ms);
+            out.put_u32(r.rtt_us);
+            out.put_u8(r.level.to_u8());
+            out.put_u32(r.connects);
+            out.put_count(r.drops.len());
+            for (reason, n) in &r.drops {
+                out.put_u8(reason.to_u8());
+                out.put_u64(*n);
+            }
         }
         Message::Feedback(fb) => {
             out.put_u64(fb.last_seq);

@@ -9,9 +9,11 @@
 mod decode;
 mod encode;
 mod primitives;
+mod report;
 
 pub use decode::{StreamDecoder, decode_message};
 pub use encode::{encode, encode_frame_header, encoded};
+pub use report::{CongestionLevel, DropReason, UplinkReport};
 
 use mediamesh_media::{Frame, StreamHeader};
 
@@ -24,7 +26,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_NAME_LEN: usize = 253;
 /// Largest free-text field (agent, reason, error message) in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
-/// Most catalog entries in one Hello.
+/// Most catalog entries in one Hello (and most running streams it re-announces).
 pub const MAX_CATALOG_ENTRIES: usize = 256;
 /// Most tracks in a stream header.
 pub const MAX_TRACKS: usize = 8;
@@ -87,6 +89,8 @@ pub mod msg_type {
     pub const FEEDBACK: u8 = 0x22;
     /// [`super::Message::EndOfStream`]
     pub const END_OF_STREAM: u8 = 0x23;
+    /// [`super::Message::UplinkReport`]
+    pub const UPLINK_REPORT: u8 = 0x24;
 }
 
 /// Codec ids on the wire.
@@ -185,6 +189,8 @@ pub enum Message {
         /// Why, for logs.
         reason: String,
     },
+    /// Edge → hub (data): the uplink's queue, delay, shedding level and drops.
+    UplinkReport(UplinkReport),
 }
 
 impl Message {
@@ -204,6 +210,7 @@ impl Message {
             Message::Frame(_) => FRAME,
             Message::Feedback(_) => FEEDBACK,
             Message::EndOfStream { .. } => END_OF_STREAM,
+            Message::UplinkReport(_) => UPLINK_REPORT,
         }
     }
 
@@ -229,6 +236,7 @@ pub fn type_name(t: u8) -> &'static str {
         FRAME => "Frame",
         FEEDBACK => "Feedback",
         END_OF_STREAM => "EndOfStream",
+        UPLINK_REPORT => "UplinkReport",
         _ => "unknown",
     }
 }
@@ -255,6 +263,9 @@ pub enum Channel {
     Control {
         /// The streams this node can publish.
         catalog: Vec<CatalogEntry>,
+        /// The sessions the edge is still running from an earlier control channel (after a
+        /// reconnect), so the hub can re-bind them or tell the edge to stop them.
+        running: Vec<RunningStream>,
     },
     /// A data tunnel carrying one stream session.
     Data {
@@ -274,6 +285,15 @@ pub struct CatalogEntry {
     pub description: String,
 }
 
+/// A session the edge is running, re-announced in a control Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningStream {
+    /// The session id from its AddVideo.
+    pub session: SessionId,
+    /// The stream's catalog name.
+    pub stream: String,
+}
+
 /// The hub's acceptance of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
@@ -285,6 +305,9 @@ pub struct Welcome {
     pub heartbeat_ms: u32,
     /// The largest frame payload the hub accepts on data tunnels.
     pub max_frame_bytes: u32,
+    /// How long the hub keeps a session (and its viewers) while the edge is away,
+    /// milliseconds. An edge cut off longer than this may stop what it runs.
+    pub grace_ms: u32,
 }
 
 /// An error report.

@@ -26,6 +26,7 @@ fn sample_messages() -> Vec<Message> {
             agent: "mediamesh-edge/0.1.0".into(),
             channel: Channel::Control {
                 catalog: vec![CatalogEntry { name: "cam1".into(), description: "test pattern".into() }],
+                running: vec![RunningStream { session: 77, stream: "cam1".into() }],
             },
         }),
         Message::Hello(Hello {
@@ -35,7 +36,13 @@ fn sample_messages() -> Vec<Message> {
             agent: String::new(),
             channel: Channel::Data { session: 42, stream: "cam1".into() },
         }),
-        Message::Welcome(Welcome { version: 1, hub: "hub-a".into(), heartbeat_ms: 1000, max_frame_bytes: 1 << 20 }),
+        Message::Welcome(Welcome {
+            version: 1,
+            hub: "hub-a".into(),
+            heartbeat_ms: 1000,
+            max_frame_bytes: 1 << 20,
+            grace_ms: 30_000,
+        }),
         Message::AddVideo { session: 7, stream: "cam.1_x".into() },
         Message::RemoveVideo { session: 7, stream: "cam1".into() },
         Message::Ping { id: u64::MAX },
@@ -54,6 +61,16 @@ fn sample_messages() -> Vec<Message> {
         }),
         Message::Feedback(Feedback { last_seq: 9, frames: 10, bytes: 11 }),
         Message::EndOfStream { reason: "ffmpeg exited".into() },
+        Message::UplinkReport(UplinkReport {
+            queue_frames: 3,
+            queue_bytes: 30_000,
+            queue_delay_ms: 120,
+            path_delay_ms: 40,
+            rtt_us: 25_000,
+            level: CongestionLevel::DropNonReference,
+            connects: 2,
+            drops: vec![(DropReason::CongestionNonReference, 12), (DropReason::Disconnected, 40)],
+        }),
     ]
 }
 
@@ -200,17 +217,24 @@ fn text() -> impl Strategy<Value = String> {
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), name(), text(), proptest::collection::vec((name(), text()), 0..4)).prop_map(
-            |(min_version, max_version, node, agent, cat)| Message::Hello(Hello {
+        (
+            any::<u16>(),
+            any::<u16>(),
+            name(),
+            text(),
+            proptest::collection::vec((name(), text()), 0..4),
+            proptest::collection::vec((any::<u64>(), name()), 0..4)
+        )
+            .prop_map(|(min_version, max_version, node, agent, cat, run)| Message::Hello(Hello {
                 min_version,
                 max_version,
                 node,
                 agent,
                 channel: Channel::Control {
                     catalog: cat.into_iter().map(|(name, description)| CatalogEntry { name, description }).collect(),
+                    running: run.into_iter().map(|(session, stream)| RunningStream { session, stream }).collect(),
                 },
-            })
-        ),
+            })),
         (name(), any::<u64>(), name()).prop_map(|(node, session, stream)| Message::Hello(Hello {
             min_version: 1,
             max_version: 1,
@@ -218,9 +242,11 @@ fn arb_message() -> impl Strategy<Value = Message> {
             agent: "a".into(),
             channel: Channel::Data { session, stream },
         })),
-        (any::<u16>(), text(), any::<u32>(), any::<u32>()).prop_map(|(version, hub, heartbeat_ms, max_frame_bytes)| {
-            Message::Welcome(Welcome { version, hub, heartbeat_ms, max_frame_bytes })
-        }),
+        (any::<u16>(), text(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(version, hub, heartbeat_ms, max_frame_bytes, grace_ms)| {
+                Message::Welcome(Welcome { version, hub, heartbeat_ms, max_frame_bytes, grace_ms })
+            }
+        ),
         (any::<u64>(), name()).prop_map(|(session, stream)| Message::AddVideo { session, stream }),
         (any::<u64>(), name()).prop_map(|(session, stream)| Message::RemoveVideo { session, stream }),
         any::<u64>().prop_map(|id| Message::Ping { id }),
@@ -256,6 +282,26 @@ fn arb_message() -> impl Strategy<Value = Message> {
             bytes
         })),
         text().prop_map(|reason| Message::EndOfStream { reason }),
+        (
+            any::<(u32, u64, u32, u32, u32)>(),
+            0u8..3,
+            any::<u32>(),
+            proptest::collection::vec((0usize..DropReason::ALL.len(), any::<u64>()), 0..7)
+        )
+            .prop_map(
+                |((queue_frames, queue_bytes, queue_delay_ms, path_delay_ms, rtt_us), level, connects, drops)| {
+                    Message::UplinkReport(UplinkReport {
+                        queue_frames,
+                        queue_bytes,
+                        queue_delay_ms,
+                        path_delay_ms,
+                        rtt_us,
+                        level: CongestionLevel::from_u8(level).unwrap(),
+                        connects,
+                        drops: drops.into_iter().map(|(i, n)| (DropReason::ALL[i], n)).collect(),
+                    })
+                }
+            ),
     ]
 }
 
@@ -278,7 +324,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_messages_never_panic(idx in 0usize..13, pos in any::<usize>(), byte in any::<u8>()) {
+    fn mutated_valid_messages_never_panic(idx in 0usize..14, pos in any::<usize>(), byte in any::<u8>()) {
         let mut b = encoded(&sample_messages()[idx]).to_vec();
         let pos = pos % b.len();
         b[pos] = byte;

@@ -121,6 +121,7 @@ pub(super) fn spawn(
     let stream = name.to_owned();
     EdgeStats::inc(&stats.sources_started);
     tracing::info!(%stream, width = cfg.width, height = cfg.height, fps = cfg.fps, kbps = cfg.bitrate_kbps, "test pattern started");
+    sink.makes_keyframes_on_request();
     // Encoding is CPU work: it runs on a blocking thread, paced by the wall clock.
     let handle = tokio::task::spawn_blocking(move || {
         let start = Instant::now();

@@ -206,7 +206,7 @@ impl Conn {
 
     /// Joins the stream (once per connection and stream) and waits for its codec parameters.
     async fn viewer_for(&mut self, key: &StreamKey) -> Result<Viewer, Response> {
-        self.ctx.registry.check_stream(&key.node, &key.stream).map_err(|e| not_found(&e.to_string()))?;
+        self.ctx.sessions.check_stream(key).map_err(|e| not_found(&e.to_string()))?;
         let mut viewer = match self.described.remove(key) {
             Some((v, _)) => v,
             None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),

@@ -32,14 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::registry::NodeRegistry;
 use crate::session::Sessions;
 
 /// What RTSP connections share.
 #[derive(Debug)]
 pub(crate) struct RtspCtx {
     pub sessions: Arc<Sessions>,
-    pub registry: Arc<NodeRegistry>,
     pub udp: Option<Arc<udp::UdpPair>>,
     pub session_timeout: Duration,
     pub request_timeout: Duration,
