@@ -165,3 +165,117 @@ async fn a_stalled_viewer_is_disconnected_and_the_stream_lingers_out() {
     wait_until("the session to close", Duration::from_secs(5), || sessions.snapshot().is_empty()).await;
     drop(stuck);
 }
+
+/// Capture-to-viewer ages (ms) of the frames a viewer reads over `window`.
+async fn ages(v: &mut ViewerClient, window: Duration) -> Vec<f64> {
+    let t0 = Instant::now();
+    let mut ages = Vec::new();
+    while t0.elapsed() < window {
+        // One at a time, so each age is taken when its frame arrives.
+        let f = read_frames(v, 1).await.remove(0);
+        ages.push(mediamesh_testkit::unix_micros().saturating_sub(f.capture_us) as f64 / 1000.0);
+    }
+    ages.sort_by(f64::total_cmp);
+    ages
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_viewer_changes_no_one_elses_frame_ages_and_is_dropped_with_a_reason() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.viewer_write_timeout = mediamesh_tunnel::settings::Seconds::new(2);
+            h.viewer_send_buffer_bytes = 64 * 1024;
+        })
+        .edge(|e| {
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
+        })
+        .start()
+        .await;
+    let mut healthy = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut healthy, 5).await;
+    let before = ages(&mut healthy, Duration::from_secs(4)).await;
+
+    let opts = ConnectOptions { recv_buffer: Some(4096), ..Default::default() };
+    let stuck = ViewerClient::connect(&fx.ws_url("edge-1", "cam1"), &opts).await.unwrap();
+    let t0 = Instant::now();
+    let during = ages(&mut healthy, Duration::from_secs(5)).await;
+    let (b50, b95, d50, d95) = (pct(&before, 0.5), pct(&before, 0.95), pct(&during, 0.5), pct(&during, 0.95));
+    eprintln!(
+        "healthy viewer's frame age: before p50 {b50:.1} p95 {b95:.1} ms; with a stuck viewer p50 {d50:.1} p95 {d95:.1} ms"
+    );
+    assert!(d95 <= (2.0 * b95).max(b95 + 30.0), "ages unchanged: p95 {b95:.1} -> {d95:.1} ms");
+
+    let session = fx.hub.sessions().snapshot()[0].clone();
+    wait_until("the stuck viewer to be dropped", Duration::from_secs(15), || session.viewer_count() == 1).await;
+    let dropped_after = t0.elapsed();
+    assert!(dropped_after >= Duration::from_secs(2), "only after viewerWriteTimeout: {dropped_after:?}");
+    let (status, metrics) = mediamesh_testkit::http::get(fx.hub.stream_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mediamesh_viewer_disconnects_total{protocol=\"ws\",reason=\"stalled\"} 1"), "{metrics}");
+    let lines = mediamesh_testkit::logged(&["websocket viewer left", "stalled: the viewer stopped reading"]);
+    assert_eq!(lines.len(), 1, "the reason is in the log");
+    eprintln!("{}", lines[0]);
+    read_frames(&mut healthy, 10).await;
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_too_slow_for_the_stream_is_let_go_with_a_reason() {
+    const CAP: usize = 256 * 1024;
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.max_frame_bytes = CAP as u32;
+            h.viewer_max_lag_bytes = CAP;
+            h.viewer_send_buffer_bytes = 32 * 1024;
+            h.viewer_max_resyncs = 3;
+        })
+        .edge(|e| {
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
+        })
+        .start()
+        .await;
+    let mut healthy = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut healthy, 5).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut frames = Vec::new();
+            while !stop.load(Relaxed) {
+                frames.extend(read_frames(&mut healthy, 1).await);
+            }
+            frames
+        }
+    });
+    // Reads one message every 100 ms: far slower than a 3 Mbit/s stream.
+    let opts = ConnectOptions { recv_buffer: Some(8192), ..Default::default() };
+    let mut slow = ViewerClient::connect(&fx.ws_url("edge-1", "cam1"), &opts).await.unwrap();
+    let t0 = Instant::now();
+    let mut skips = 0;
+    let reason = loop {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the slow viewer was never let go");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await.unwrap() {
+            Ok(Some(ViewerItem::Skip(_))) => skips += 1,
+            Ok(Some(ViewerItem::End(r))) => break r,
+            Ok(Some(_)) => {}
+            other => panic!("closed without a reason: {other:?}"),
+        }
+    };
+    eprintln!("let go after {:?} and {skips} skip events: {reason}", t0.elapsed());
+    assert!(reason.contains("too slow for the stream"), "{reason}");
+    assert!(skips >= 2, "it was resynchronised first");
+    let (_, metrics) = mediamesh_testkit::http::get(fx.hub.stream_addr, "/metrics").await;
+    assert!(metrics.contains("mediamesh_viewer_disconnects_total{protocol=\"ws\",reason=\"behind\"} 1"), "{metrics}");
+    // The healthy viewer never noticed.
+    stop.store(true, Relaxed);
+    let frames = reader.await.unwrap();
+    assert!(frames.len() > 50);
+    assert_consecutive(&counters(&frames));
+}

@@ -113,6 +113,47 @@ async fn a_five_second_cut_keeps_viewers_and_resumes_at_a_keyframe() {
     assert_eq!(s.phase(), Phase::Live);
     assert!(s.stats.upstream_lost.get() >= 1);
     eprintln!("resumed after {ws_resume:?} (WebSocket), {:?} (RTSP)", *rtp_key - restored_at);
+
+    // The reconnect shows in the metrics.
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a Pong and an UplinkReport
+    let m = metrics(&fx).await;
+    let stream = "node=\"edge-1\",stream=\"cam1\"";
+    assert_eq!(m.value("mediamesh_node_connects_total{node=\"edge-1\"}"), Some(2.0));
+    assert_eq!(m.value(&format!("mediamesh_stream_upstream_lost_total{{{stream}}}")), Some(1.0));
+    assert_eq!(m.value(&format!("mediamesh_stream_tunnel_connects_total{{{stream}}}")), Some(2.0));
+    assert_eq!(m.value(&format!("mediamesh_edge_tunnel_connects{{{stream}}}")), Some(2.0));
+    assert_eq!(m.value(&format!("mediamesh_stream_state{{{stream},state=\"live\"}}")), Some(1.0));
+    assert!(m.value(&format!("mediamesh_tunnel_rtt_seconds{{{stream}}}")).is_some_and(|v| v > 0.0));
+    assert!(m.value("mediamesh_node_rtt_seconds{node=\"edge-1\"}").is_some_and(|v| v > 0.0));
+}
+
+/// A parsed `/metrics` page.
+struct Metrics(Vec<(String, f64)>);
+
+impl Metrics {
+    fn value(&self, series: &str) -> Option<f64> {
+        self.0.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+    }
+}
+
+/// Fetches `/metrics` and checks every line is valid exposition format.
+async fn metrics(fx: &Fixture) -> Metrics {
+    let (status, body) = mediamesh_testkit::http::get(fx.hub.stream_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let mut samples = Vec::new();
+    for line in body.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name in {line:?}"
+        );
+        samples.push((series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"))));
+    }
+    Metrics(samples)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,4 +185,85 @@ async fn a_silent_cut_is_detected_by_the_heartbeat_within_its_bound() {
     assert_eq!(seen.ended, None);
     assert!(seen.frames.iter().any(|f| f.1), "a keyframe after the link returned");
     assert_increasing(&seen);
+}
+
+/// Capture-to-viewer ages (ms) and keyframe arrival times of the frames seen.
+fn ages_and_keys(frames: &[(Instant, bool, i64, u64, u64)]) -> (Vec<u64>, Vec<Instant>) {
+    let ages = frames.iter().map(|f| f.4).collect();
+    let keys = frames.iter().filter(|f| f.1).map(|f| f.0).collect();
+    (ages, keys)
+}
+
+/// Reads frames until `until`: (arrival, keyframe, pts, counter, age in ms).
+async fn watch_ages(v: &mut ViewerClient, until: Instant) -> Vec<(Instant, bool, i64, u64, u64)> {
+    let mut out = Vec::new();
+    while let Ok(r) = tokio::time::timeout_at(until.into(), v.next()).await {
+        match r {
+            Ok(Some(ViewerItem::Frame(f))) => {
+                let age = mediamesh_testkit::unix_micros().saturating_sub(f.capture_us) / 1000;
+                let counter = mediamesh_media::h264::sei::read_stamp(&f.payload).map_or(0, |s| s.counter);
+                out.push((Instant::now(), f.flags.is_keyframe(), f.pts, counter, age));
+            }
+            Ok(Some(ViewerItem::End(r))) => panic!("the viewer was ended: {r}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("the viewer was closed"),
+        }
+    }
+    out
+}
+
+fn percentile(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_slower_than_the_stream_delivers_fresh_frames_with_bounded_memory() {
+    let fx = Fixture::builder().through_proxy().start().await;
+    let proxy = fx.proxy.as_ref().unwrap();
+    proxy.update(|c| c.buffer_bytes = 16 * 1024);
+    let mut ws = fx.viewer("edge-1", "cam1").await.unwrap();
+    read_frames(&mut ws, 5).await;
+    let before = watch_ages(&mut ws, Instant::now() + Duration::from_secs(3)).await;
+    let fps_before = before.len() as f64 / 3.0;
+
+    // The test pattern runs at 300 kbit/s; the link gets two thirds of that for 30 s.
+    proxy.set_up_bandwidth(Some(200_000));
+    let capped = watch_ages(&mut ws, Instant::now() + Duration::from_secs(30)).await;
+    let report = fx.hub.sessions().get(&key()).unwrap().stats.uplink().expect("an uplink report");
+    proxy.set_up_bandwidth(None);
+    // Recovery takes `congestion.clearAfter` (2 s) per level.
+    let recovering = watch_ages(&mut ws, Instant::now() + Duration::from_secs(6)).await;
+    let after = watch_ages(&mut ws, Instant::now() + Duration::from_secs(3)).await;
+    let fps_after = after.len() as f64 / 3.0;
+
+    let (mut ages, keys) = ages_and_keys(&capped[capped.len() / 10..]);
+    let p95 = percentile(&mut ages, 0.95);
+    let (p50, max) = (percentile(&mut ages, 0.5), percentile(&mut ages, 1.0));
+    let max_key_gap = keys.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let stats = fx.edge_stats();
+    use mediamesh_tunnel::wire::DropReason;
+    let drops: Vec<(&str, u64)> = DropReason::ALL.iter().map(|r| (r.name(), stats.drops(*r))).collect();
+    eprintln!(
+        "before {fps_before:.1} fps; capped: {} frames, {} keyframes, age p50 {p50} p95 {p95} max {max} ms, longest keyframe gap {max_key_gap:?}; after {fps_after:.1} fps",
+        capped.len(),
+        keys.len()
+    );
+    eprintln!("edge drops: {drops:?}; last report: {report:?}");
+    assert!(p95 < 1000, "frames that arrive are fresh: p95 age {p95} ms");
+    assert!(keys.len() >= 10, "keyframes keep arriving: {} in 30 s", keys.len());
+    assert!(max_key_gap < Duration::from_secs(5), "longest gap between keyframes {max_key_gap:?}");
+    assert!(report.queue_bytes <= 8 * 1024 * 1024 && report.queue_frames <= 128, "bounded: {report:?}");
+    assert!(drops.iter().any(|(r, n)| r.starts_with("congestion") && *n > 0), "drops are counted by reason");
+    let m = metrics(&fx).await;
+    let gop = m.value("mediamesh_edge_dropped_frames_total{node=\"edge-1\",stream=\"cam1\",reason=\"congestion_gop\"}");
+    assert!(gop.is_some_and(|v| v > 0.0), "and exported by the hub: {gop:?}");
+    assert!(fps_after >= 0.9 * fps_before, "full frame rate returns: {fps_after:.1} vs {fps_before:.1}");
+    let mut all = before;
+    all.extend(capped);
+    all.extend(recovering);
+    all.extend(after);
+    for w in all.windows(2) {
+        assert!(w[1].2 > w[0].2 && w[1].3 > w[0].3, "in order, timestamps increasing");
+    }
 }

@@ -91,6 +91,10 @@ pub struct CongestionSettings {
     /// A frame that waited longer than this is dropped. Default 1.
     #[serde(default = "default_max_frame_age")]
     pub max_frame_age: Seconds,
+    /// Queueing on the path (beyond the usual round trip) above which nothing more is sent
+    /// until it drains. Default 0.15.
+    #[serde(default = "default_path_delay_limit")]
+    pub path_delay_limit: Seconds,
 }
 
 impl Default for CongestionSettings {
@@ -101,6 +105,7 @@ impl Default for CongestionSettings {
             clear_delay: default_clear_delay(),
             clear_after: default_clear_after(),
             max_frame_age: default_max_frame_age(),
+            path_delay_limit: default_path_delay_limit(),
         }
     }
 }
@@ -115,7 +120,11 @@ impl CongestionSettings {
             clear_below: self.clear_delay.get(),
             clear_after: self.clear_after.get(),
             max_frame_age: self.max_frame_age.get(),
+            path_delay_limit: self.path_delay_limit.get(),
         };
+        if c.path_delay_limit.is_zero() {
+            return err("pathDelayLimit", "must be greater than 0".into());
+        }
         if c.clear_below.is_zero() || c.clear_below > c.non_reference_at {
             return err("clearDelay", "must be greater than 0 and at most nonReferenceDelay".into());
         }
@@ -430,6 +439,9 @@ fn default_clear_after() -> Seconds {
 }
 fn default_max_frame_age() -> Seconds {
     Seconds::new(1)
+}
+fn default_path_delay_limit() -> Seconds {
+    Seconds::from_millis(150)
 }
 fn default_width() -> u32 {
     1280

@@ -11,6 +11,10 @@
 //!
 //! The larger of the two sets the level. It rises at once; it falls one step after the delay
 //! has stayed low for `clear_after`, so a link that recovers is trusted gradually.
+//!
+//! The path delay also gates sending: while it exceeds `path_delay_limit`, nothing more is
+//! handed to the socket. Frames then wait (and age, and are dropped) at the edge instead of in
+//! a queue on the path that nobody can drop from, so what does arrive is fresh.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,6 +34,8 @@ pub struct CongestionConfig {
     pub clear_after: Duration,
     /// A frame that waited longer than this is not sent at all.
     pub max_frame_age: Duration,
+    /// Path delay above which nothing more is sent until it falls.
+    pub path_delay_limit: Duration,
 }
 
 impl Default for CongestionConfig {
@@ -40,6 +46,7 @@ impl Default for CongestionConfig {
             clear_below: Duration::from_millis(100),
             clear_after: Duration::from_secs(2),
             max_frame_age: Duration::from_secs(1),
+            path_delay_limit: Duration::from_millis(150),
         }
     }
 }
@@ -93,7 +100,11 @@ impl PathEstimator {
 
     /// How much longer than the base frames take now; also counts frames sent long ago and
     /// still not acknowledged (a path that stopped delivering shows up before any Feedback).
+    /// Once everything sent has been acknowledged, nothing is queued on the path: zero.
     pub fn excess(&self, now: Instant) -> Duration {
+        if self.sent.is_empty() {
+            return Duration::ZERO;
+        }
         let base = self.base.front().map_or(Duration::ZERO, |(_, d)| *d);
         let latest = self.latest.map_or(Duration::ZERO, |d| d.saturating_sub(base));
         let oldest_unacked =
@@ -225,6 +236,9 @@ mod tests {
         }
         p.on_feedback(12, t0 + 480 * MS + 330 * MS);
         assert_eq!(p.excess(t0 + 810 * MS), 300 * MS);
+        // Everything acknowledged: the path is empty, whatever the last sample said.
+        p.on_feedback(14, t0 + 900 * MS);
+        assert_eq!(p.excess(t0 + 900 * MS), Duration::ZERO);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum UplinkEnd {
 
 /// How often the uplink reports to the hub.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a send held back by path delay is reconsidered (Feedback usually comes first).
+const GATE_CHECK: Duration = Duration::from_millis(20);
 
 pub(crate) async fn run(
     ctx: Arc<EdgeCtx>,
@@ -188,10 +190,16 @@ impl<'a> Uplink<'a> {
         let mut report = tokio::time::interval(REPORT_INTERVAL);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_age = self.congestion.config().max_frame_age;
+        let path_limit = self.congestion.config().path_delay_limit;
+        let mut gate = tokio::time::interval(GATE_CHECK);
+        gate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             let now = Instant::now();
-            let delay = self.outbox.head_age(now).max(self.path.excess(now));
+            let path_delay = self.path.excess(now);
+            let delay = self.outbox.head_age(now).max(path_delay);
             let level = self.congestion.update(now, delay);
+            // While the path is queueing, frames wait here, where they can still be dropped.
+            let path_clear = path_delay <= path_limit;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -224,7 +232,7 @@ impl<'a> Uplink<'a> {
                         return TunnelEnd::Done(UplinkEnd::Failed(reason));
                     }
                 },
-                permit = data_tx.reserve(), if !self.outbox.is_empty() => {
+                permit = data_tx.reserve(), if path_clear && !self.outbox.is_empty() => {
                     let Ok(permit) = permit else { break TunnelEnd::Lost("the writer stopped".into()) };
                     match self.outbox.pop(Instant::now(), level, max_age) {
                         Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
@@ -242,6 +250,8 @@ impl<'a> Uplink<'a> {
                     }
                     self.count_drops();
                 }
+                // Re-evaluates the delays while waiting on a queueing path.
+                _ = gate.tick(), if !path_clear => {}
                 _ = report.tick() => {
                     let r = self.report(Instant::now());
                     let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::UplinkReport(r))));

@@ -8,6 +8,7 @@
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
 //! | `GET /healthz` | `ok` |
+//! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
 //! Errors are JSON `{"error": code, "message": text}` with a matching HTTP status.
 
@@ -36,6 +37,8 @@ pub(crate) struct ApiState {
     pub hub_name: String,
     /// How long a write to a viewer may make no progress.
     pub viewer_write_timeout: std::time::Duration,
+    /// Most viewers with their own series in `/metrics`.
+    pub metrics_max_viewer_series: usize,
 }
 
 /// The peer address of an HTTP connection, inserted by the server.
@@ -45,6 +48,7 @@ pub(crate) struct Peer(pub SocketAddr);
 pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/hub", get(hub))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/streams", get(streams))
@@ -181,10 +185,28 @@ struct StreamJson {
     frames_out: u64,
     bytes_out: u64,
     drops: DropsJson,
+    tunnel_connects: u64,
+    upstream_lost: u64,
+    tunnel_rtt_ms: Option<f64>,
+    /// The edge's latest report on its uplink.
+    edge: Option<EdgeJson>,
     log_frames: usize,
     log_bytes: usize,
     age_secs: f64,
     viewer_details: Vec<ViewerJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EdgeJson {
+    queue_frames: u32,
+    queue_bytes: u64,
+    queue_delay_ms: u32,
+    path_delay_ms: u32,
+    rtt_ms: f64,
+    congestion: &'static str,
+    connects: u32,
+    drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -248,11 +270,29 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
         frames_out: s.stats.frames_out.get(),
         bytes_out: s.stats.bytes_out.get(),
         drops: DropsJson { edge: s.stats.edge_dropped.get(), viewer_resync: s.stats.viewer_skipped.get() },
+        tunnel_connects: s.stats.tunnel_connects.get(),
+        upstream_lost: s.stats.upstream_lost.get(),
+        tunnel_rtt_ms: Some(s.stats.tunnel_rtt_us.load(Ordering::Relaxed)).filter(|v| *v > 0).map(|v| v as f64 / 1e3),
+        edge: s.stats.uplink().map(|r| EdgeJson {
+            queue_frames: r.queue_frames,
+            queue_bytes: r.queue_bytes,
+            queue_delay_ms: r.queue_delay_ms,
+            path_delay_ms: r.path_delay_ms,
+            rtt_ms: f64::from(r.rtt_us) / 1e3,
+            congestion: r.level.name(),
+            connects: r.connects,
+            drops: r.drops.iter().map(|(k, v)| (k.name(), *v)).collect(),
+        }),
         log_frames: log.frames,
         log_bytes: log.bytes,
         age_secs: now.saturating_duration_since(s.created).as_secs_f64(),
         viewer_details,
     }
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let body = crate::metrics::render(&st.sessions, &st.registry, st.metrics_max_viewer_series);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 async fn streams(State(st): State<ApiState>) -> Json<StreamsJson> {

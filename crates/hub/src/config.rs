@@ -82,6 +82,17 @@ pub struct HubConfig {
     /// newest keyframe. Default 8 MiB.
     #[serde(default = "default_viewer_lag_bytes")]
     pub viewer_max_lag_bytes: usize,
+    /// Seconds a viewer may fall behind the newest frame before it is resynchronised at a newer
+    /// keyframe (a long group of pictures alone never triggers it). Default 10.
+    #[serde(default = "default_viewer_lag")]
+    pub viewer_max_lag: Seconds,
+    /// Resyncs within `viewerResyncWindow` after which a viewer counts as too slow for the
+    /// stream and is disconnected. 0 never disconnects. Default 5.
+    #[serde(default = "default_viewer_resyncs")]
+    pub viewer_max_resyncs: usize,
+    /// The window of `viewerMaxResyncs`, seconds. Default 60.
+    #[serde(default = "default_viewer_resync_window")]
+    pub viewer_resync_window: Seconds,
     /// Kernel send buffer of each viewer connection (SO_SNDBUF), bytes; bounds the memory a
     /// stalled viewer holds in the kernel. 0 leaves the kernel's autotuning (up to
     /// `net.ipv4.tcp_wmem`, often 4 MiB). Default 512 KiB.
@@ -91,6 +102,10 @@ pub struct HubConfig {
     /// (a client that stopped reading). Default 10.
     #[serde(default = "default_viewer_write_timeout")]
     pub viewer_write_timeout: Seconds,
+    /// Most viewers that get their own series in `/metrics` (the oldest first); per-stream
+    /// totals cover every viewer either way. Default 100.
+    #[serde(default = "default_metrics_viewers")]
+    pub metrics_max_viewer_series: usize,
     /// The RTSP server for ffmpeg, GStreamer, OpenCV, VLC and NVRs.
     #[serde(default)]
     pub rtsp: RtspSettings,
@@ -195,8 +210,12 @@ impl HubConfig {
             max_frame_bytes: default_max_frame_bytes(),
             frame_log: FrameLogSettings::default(),
             viewer_max_lag_bytes: default_viewer_lag_bytes(),
+            viewer_max_lag: default_viewer_lag(),
+            viewer_max_resyncs: default_viewer_resyncs(),
+            viewer_resync_window: default_viewer_resync_window(),
             viewer_send_buffer_bytes: default_viewer_send_buffer(),
             viewer_write_timeout: default_viewer_write_timeout(),
+            metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
         }
     }
@@ -240,6 +259,9 @@ impl HubConfig {
         }
         if self.handshake_timeout.get().is_zero() {
             return err("handshakeTimeout", "must be greater than 0".into());
+        }
+        if self.viewer_max_lag.get().is_zero() {
+            return err("viewerMaxLag", "must be greater than 0".into());
         }
         if self.read_deadline.get().is_zero() {
             return err("readDeadline", "must be greater than 0".into());
@@ -319,6 +341,18 @@ fn default_log_bytes() -> usize {
 }
 fn default_viewer_lag_bytes() -> usize {
     8 * 1024 * 1024
+}
+fn default_metrics_viewers() -> usize {
+    100
+}
+fn default_viewer_lag() -> Seconds {
+    Seconds::new(10)
+}
+fn default_viewer_resyncs() -> usize {
+    5
+}
+fn default_viewer_resync_window() -> Seconds {
+    Seconds::new(60)
 }
 fn default_viewer_send_buffer() -> usize {
     512 * 1024

@@ -6,8 +6,9 @@
 //! - **stream sessions** ([`session`]): one per `node/stream`, created by the first viewer
 //!   (AddVideo), shared by every later one, lingering after the last leaves (RemoveVideo); each
 //!   holds a bounded, shared frame log that viewers read through cursors;
-//! - **egress** ([`egress`]): WebSocket viewers, each frame encoded once for all of them;
-//! - the **REST API** on the stream port.
+//! - **egress** ([`egress`]): WebSocket and RTSP viewers, each frame encoded once per format
+//!   for all of them;
+//! - the **REST API** and Prometheus `/metrics` on the stream port.
 //!
 //! Start it with [`Hub::bind`], which binds both ports (port 0 picks free ones) and returns a
 //! [`RunningHub`] with the bound addresses; [`RunningHub::shutdown`] stops it.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod egress;
 mod http;
+mod metrics;
 pub mod registry;
 mod server;
 pub mod session;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mediamesh_tunnel::wire::{CatalogEntry, SessionId};
@@ -76,10 +76,21 @@ pub enum NodeError {
     },
 }
 
+/// Counters of a node that outlive its connections.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Control channels accepted (1 + reconnects).
+    pub connects: crate::session::stats::Counter,
+    /// Smoothed Ping/Pong round trip of the current control channel, µs (0 = none yet).
+    pub rtt_us: std::sync::atomic::AtomicU64,
+}
+
 /// All connected nodes.
 #[derive(Debug, Default)]
 pub struct NodeRegistry {
     nodes: Mutex<HashMap<String, NodeEntry>>,
+    /// Per node ever connected (bounded by the identities the tunnel CA issued).
+    stats: Mutex<HashMap<String, Arc<NodeStats>>>,
 }
 
 impl NodeRegistry {
@@ -90,7 +101,22 @@ impl NodeRegistry {
 
     /// Registers a node's control connection; returns the connection it replaces, if any.
     pub fn register(&self, node: &str, entry: NodeEntry) -> Option<NodeEntry> {
+        self.node_stats(node).connects.add(1);
         self.lock().insert(node.to_owned(), entry)
+    }
+
+    /// The counters of `node` (created on first use).
+    pub fn node_stats(&self, node: &str) -> Arc<NodeStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stats.entry(node.to_owned()).or_default().clone()
+    }
+
+    /// Every node's counters, sorted by name.
+    pub fn all_node_stats(&self) -> Vec<(String, Arc<NodeStats>)> {
+        let stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<_> = stats.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Removes the node if `conn_id` is still its current connection; true if removed.

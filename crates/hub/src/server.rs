@@ -125,6 +125,11 @@ impl Hub {
                     max_frames: config.frame_log.max_frames,
                     max_bytes: config.frame_log.max_bytes,
                     viewer_max_lag_bytes: config.viewer_max_lag_bytes,
+                    viewer_max_lag_us: config.viewer_max_lag.get().as_micros() as u64,
+                },
+                behind: crate::session::BehindPolicy {
+                    max_resyncs: config.viewer_max_resyncs,
+                    window: config.viewer_resync_window.get(),
                 },
             },
             registry.clone(),
@@ -152,6 +157,7 @@ impl Hub {
             started: Instant::now(),
             hub_name: config.hub_name.clone(),
             viewer_write_timeout: config.viewer_write_timeout.get(),
+            metrics_max_viewer_series: config.metrics_max_viewer_series,
         };
         let https = stream_tls.is_some();
         let send_buffer = (config.viewer_send_buffer_bytes > 0).then_some(config.viewer_send_buffer_bytes);

@@ -82,7 +82,15 @@ impl ImpairProxy {
 
     /// Listens on `listen` and forwards to `target`.
     pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
+        // A small receive buffer on the client side, so the proxy (not the kernel below it) is
+        // where bytes wait when the link is capped: its buffer is the router queue.
+        let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_recv_buffer_size(RECV_BUFFER)?;
+        socket.bind(&listen.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(socket.into())?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             target,
@@ -236,6 +244,8 @@ struct Pipe {
 }
 
 const BURST_BYTES: f64 = 16.0 * 1024.0;
+/// SO_RCVBUF of accepted connections (the kernel doubles it).
+const RECV_BUFFER: usize = 16 * 1024;
 const CHUNK: usize = 16 * 1024;
 
 impl Pipe {

@@ -18,6 +18,7 @@ mod fixture;
 pub mod http;
 pub mod impair;
 mod pki;
+pub mod process;
 pub mod rtsp_player;
 
 use std::time::{Duration, Instant};
@@ -27,10 +28,46 @@ use mediamesh_hub::client::{ViewerClient, ViewerItem};
 use mediamesh_hub::egress::ws_format::ViewerFrame;
 pub use pki::TestPki;
 
-/// Installs a log subscriber writing to the test's captured output (once per process).
+/// Installs a log subscriber writing to the test's captured output (once per process), and
+/// keeping the last lines in memory for [`logged`].
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(|| CaptureWriter))
+        .try_init();
+}
+
+/// The log lines kept for [`logged`] (the last 4 MiB).
+static CAPTURED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+const CAPTURE_LIMIT: usize = 4 << 20;
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut c = CAPTURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.push_str(&String::from_utf8_lossy(buf));
+        if c.len() > CAPTURE_LIMIT {
+            let cut = c.len() - CAPTURE_LIMIT / 2;
+            let cut = (cut..c.len()).find(|i| c.is_char_boundary(*i)).unwrap_or(c.len());
+            c.drain(..cut);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured log lines (of this test process) that contain every one of `needles`.
+pub fn logged(needles: &[&str]) -> Vec<String> {
+    let c = CAPTURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    c.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
 }
 
 /// Polls `cond` every 10 ms until it holds; panics with `what` after `timeout`.

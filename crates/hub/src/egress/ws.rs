@@ -17,11 +17,11 @@ use tracing::{debug, info};
 use super::io::{describe_write_error, write_all_vectored};
 use super::ws_format::{ViewerEvent, encode_frame_prefix, event_frame, header_frame};
 use super::ws_wire::{
-    CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING, OP_PONG,
-    close_frame, frame,
+    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
+    OP_PONG, close_frame, frame,
 };
 use crate::session::log::{HeaderEntry, LogEntry};
-use crate::session::{Sessions, StreamKey};
+use crate::session::{Sessions, StreamKey, ViewerEnd};
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what
 /// a stalled viewer pins in memory.
@@ -61,7 +61,14 @@ where
         }
         let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
         let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
-        viewer.account_read(&status, pending);
+        if let Err(too_slow) = viewer.account_read(&status, pending) {
+            // Say why, then go.
+            let bye =
+                [event_frame(&ViewerEvent::End { reason: too_slow.clone() }), close_frame(CLOSE_POLICY, "too slow")];
+            let mut slices: Vec<IoSlice<'_>> = bye.iter().map(|c| IoSlice::new(c)).collect();
+            let _ = write_all_vectored(&mut wr, &mut slices, CLOSE_GRACE).await;
+            break too_slow;
+        }
         if status.skipped > 0 {
             chunks.push(event_frame(&ViewerEvent::Skip { frames: status.skipped }));
         }
@@ -86,6 +93,7 @@ where
                 () = gone.cancelled() => break "viewer closed".to_owned(),
             };
             if let Err(e) = written {
+                viewer.set_end(ViewerEnd::of_write_error(&e));
                 break describe_write_error(&e);
             }
             viewer.account_sent(batch.len() as u64, bytes);
@@ -99,6 +107,7 @@ where
                 () = gone.cancelled() => break "viewer closed".to_owned(),
                 Some(c) = control_rx.recv() => {
                     if let Err(e) = write_all_vectored(&mut wr, &mut [IoSlice::new(&c)], stall).await {
+                        viewer.set_end(ViewerEnd::of_write_error(&e));
                         break describe_write_error(&e);
                     }
                 }

@@ -27,6 +27,8 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Status code for a protocol error.
 pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: policy violation (RFC 6455 §7.4.1), here a viewer too slow for its stream.
+pub const CLOSE_POLICY: u16 = 1008;
 
 /// Why an upgrade request is not a valid WebSocket handshake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,9 @@
 //!
 //! Overflow policy ("resync at keyframe"): a cursor that fell out of the log, or is more than
 //! `viewer_max_lag_bytes` behind the newest frame, jumps to the newest keyframe (or waits for
-//! the next one) and reports how many frames it skipped. A slow viewer therefore costs the hub
+//! the next one) and reports how many frames it skipped. So does a cursor more than
+//! `viewer_max_lag_us` behind in time, when a newer keyframe exists (a long group of pictures
+//! alone never makes a viewer skip). A slow viewer therefore costs the hub
 //! one cursor, never a growing queue, and never slows the source or other viewers.
 //!
 //! Epochs: each new data tunnel begins an epoch ([`FrameLog::begin_epoch`]). Frames of an epoch
@@ -34,6 +36,9 @@ pub struct LogConfig {
     pub max_bytes: usize,
     /// How far (payload bytes) a viewer may trail the newest frame before it is resynchronised.
     pub viewer_max_lag_bytes: usize,
+    /// How far (hub receive time, µs) a viewer may trail the newest frame before it is
+    /// resynchronised, when a newer keyframe exists to jump to.
+    pub viewer_max_lag_us: u64,
 }
 
 /// The codec parameters in effect for a run of frames, shared by reference.
@@ -224,6 +229,13 @@ impl Ring {
     fn lag_bytes(&self, index: u64) -> u64 {
         self.get(index).map_or(0, |e| self.total_bytes - e.bytes_before)
     }
+
+    fn lag_us(&self, index: u64) -> u64 {
+        match (self.get(index), self.entries.back()) {
+            (Some(e), Some(newest)) => newest.hub_us.saturating_sub(e.hub_us),
+            _ => 0,
+        }
+    }
 }
 
 /// The frame log of one stream session.
@@ -382,7 +394,10 @@ impl FrameLog {
         let head = ring.head();
         let mut status = ReadStatus::default();
 
-        let behind = cursor.next < ring.base || ring.lag_bytes(cursor.next) > self.config.viewer_max_lag_bytes as u64;
+        let late = ring.lag_us(cursor.next) > self.config.viewer_max_lag_us
+            && ring.last_keyframe.is_some_and(|k| k > cursor.next);
+        let behind =
+            cursor.next < ring.base || ring.lag_bytes(cursor.next) > self.config.viewer_max_lag_bytes as u64 || late;
         if behind {
             let target = ring
                 .last_keyframe

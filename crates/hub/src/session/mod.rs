@@ -75,6 +75,90 @@ pub struct SessionConfig {
     pub lifecycle: LifecycleConfig,
     /// Frame log bounds.
     pub log: LogConfig,
+    /// When a viewer that keeps falling behind is let go.
+    pub behind: BehindPolicy,
+}
+
+/// A viewer resynchronised `max_resyncs` times within `window` cannot keep up with the stream
+/// (its link is slower than the stream): it is disconnected, with that reason, rather than shown
+/// a stutter of keyframes forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BehindPolicy {
+    /// Resyncs allowed within `window` (the last one disconnects).
+    pub max_resyncs: usize,
+    /// The window.
+    pub window: std::time::Duration,
+}
+
+impl BehindPolicy {
+    /// Records a resync at `now` in `recent`; `Some(reason)` if the viewer must go.
+    pub fn on_resync(&self, recent: &mut std::collections::VecDeque<Instant>, now: Instant) -> Option<String> {
+        if self.max_resyncs == 0 {
+            return None;
+        }
+        while recent.front().is_some_and(|t| now.saturating_duration_since(*t) > self.window) {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+        (recent.len() >= self.max_resyncs).then(|| {
+            format!(
+                "too slow for the stream: resynchronised {} times in {:.0} s",
+                recent.len(),
+                self.window.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// Why a viewer left, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViewerEnd {
+    /// The client closed or reset the connection.
+    Left,
+    /// Writes made no progress for `viewerWriteTimeout`: the client stopped reading.
+    Stalled,
+    /// Resynchronised too often: the client cannot keep up ([`BehindPolicy`]).
+    Behind,
+    /// The stream ended (its source, the grace period, the hub shutting down).
+    Ended,
+    /// An RTSP client sent nothing for its session or request timeout.
+    Timeout,
+}
+
+impl ViewerEnd {
+    /// The metric label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewerEnd::Left => "left",
+            ViewerEnd::Stalled => "stalled",
+            ViewerEnd::Behind => "behind",
+            ViewerEnd::Ended => "ended",
+            ViewerEnd::Timeout => "timeout",
+        }
+    }
+
+    /// The end a failed write means.
+    pub fn of_write_error(e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::TimedOut { ViewerEnd::Stalled } else { ViewerEnd::Left }
+    }
+}
+
+/// Hub-wide counters that outlive sessions.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    /// Viewers that left, by protocol and why.
+    viewer_ends: Mutex<std::collections::BTreeMap<(&'static str, ViewerEnd), u64>>,
+}
+
+impl HubCounters {
+    fn viewer_ended(&self, protocol: &'static str, end: ViewerEnd) {
+        *lock(&self.viewer_ends).entry((protocol, end)).or_insert(0) += 1;
+    }
+
+    /// Viewers that left so far, by protocol and why.
+    pub fn viewer_ends(&self) -> Vec<((&'static str, ViewerEnd), u64)> {
+        lock(&self.viewer_ends).iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }
 
 /// One stream session.
@@ -90,6 +174,8 @@ pub struct Session {
     pub log: FrameLog,
     /// Counters.
     pub stats: SessionStats,
+    counters: Arc<HubCounters>,
+    behind: BehindPolicy,
     viewers: Mutex<HashMap<u64, Arc<ViewerStats>>>,
     demand: Notify,
     events: mpsc::Sender<SessionEvent>,
@@ -195,12 +281,17 @@ pub struct Viewer {
     pub cursor: Cursor,
     /// Its counters.
     pub stats: Arc<ViewerStats>,
+    /// Its recent resyncs, for the [`BehindPolicy`].
+    resyncs: std::collections::VecDeque<Instant>,
+    /// Why it is leaving, once known.
+    end: Option<ViewerEnd>,
 }
 
 impl Viewer {
     /// Accounts a read from the log: the cursor's position, frames skipped to resync, and the
-    /// payload bytes now waiting to be written.
-    pub fn account_read(&self, status: &log::ReadStatus, pending_bytes: u64) {
+    /// payload bytes now waiting to be written. `Err` is why the viewer must go: it keeps
+    /// falling behind ([`BehindPolicy`]).
+    pub fn account_read(&mut self, status: &log::ReadStatus, pending_bytes: u64) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.position.store(self.cursor.position(), Relaxed);
         self.stats.pending_bytes.store(pending_bytes, Relaxed);
@@ -209,7 +300,17 @@ impl Viewer {
             self.stats.resyncs.add(1);
             self.session.stats.viewer_skipped.add(status.skipped);
             tracing::debug!(stream = %self.session.key, viewer = self.stats.id, skipped = status.skipped, "viewer resynchronised at a keyframe");
+            if let Some(reason) = self.session.behind.on_resync(&mut self.resyncs, Instant::now()) {
+                self.end = Some(ViewerEnd::Behind);
+                return Err(reason);
+            }
         }
+        Ok(())
+    }
+
+    /// Records why the viewer is leaving (counted when it drops); the first reason given wins.
+    pub fn set_end(&mut self, end: ViewerEnd) {
+        self.end.get_or_insert(end);
     }
 
     /// Accounts frames written to the viewer.
@@ -224,6 +325,8 @@ impl Viewer {
 
 impl Drop for Viewer {
     fn drop(&mut self) {
+        let end = self.end.unwrap_or(if self.session.log.is_closed() { ViewerEnd::Ended } else { ViewerEnd::Left });
+        self.session.counters.viewer_ended(self.stats.protocol, end);
         self.session.remove_viewer(self.stats.id);
     }
 }
@@ -281,6 +384,7 @@ pub struct Sessions {
     registry: Arc<NodeRegistry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    counters: Arc<HubCounters>,
 }
 
 impl Sessions {
@@ -302,7 +406,13 @@ impl Sessions {
             registry,
             shutdown,
             tasks,
+            counters: Arc::default(),
         })
+    }
+
+    /// Hub-wide counters.
+    pub fn counters(&self) -> &HubCounters {
+        &self.counters
     }
 
     pub(crate) fn lock_maps(&self) -> MutexGuard<'_, SessionMaps> {
@@ -337,7 +447,7 @@ impl Sessions {
         }
         let cursor = session.log.subscribe();
         stats.position.store(cursor.position(), Ordering::Relaxed);
-        Viewer { session, cursor, stats }
+        Viewer { session, cursor, stats, resyncs: std::collections::VecDeque::new(), end: None }
     }
 
     fn new_session(&self, key: StreamKey, now: Instant) -> (Arc<Session>, mpsc::Receiver<SessionEvent>) {
@@ -348,6 +458,8 @@ impl Sessions {
             created: now,
             log: FrameLog::new(self.config.log),
             stats: SessionStats::new(now),
+            counters: self.counters.clone(),
+            behind: self.config.behind,
             viewers: Mutex::new(HashMap::new()),
             demand: Notify::new(),
             events: tx,

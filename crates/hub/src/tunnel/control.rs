@@ -65,6 +65,7 @@ pub(super) async fn run(
         }
     }
 
+    let node_stats = ctx.registry.node_stats(&node);
     let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
     let outcome = loop {
         tokio::select! {
@@ -80,7 +81,11 @@ pub(super) async fn run(
                 };
                 match link.liveness(&mut hb, msg).await {
                     Err(e) => break format!("send failed: {e}"),
-                    Ok(None) => {}
+                    Ok(None) => {
+                        if let Some(rtt) = hb.srtt() {
+                            node_stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                        }
+                    }
                     Ok(Some(Message::Error(e))) if e.session != 0 => {
                         warn!(%node, session = e.session, code = %e.code, message = %e.message, "edge reports a stream failure");
                         // A node may only fail its own sessions.
@@ -124,6 +129,7 @@ pub(super) async fn run(
         }
     };
     if ctx.registry.unregister(&node, conn_id) {
+        node_stats.rtt_us.store(0, Ordering::Relaxed);
         info!(%node, reason = %outcome, "edge disconnected");
         ctx.sessions.node_gone(&node);
     } else {

@@ -20,7 +20,7 @@ use mediamesh_tunnel::transport::LinkError;
 
 /// Feedback goes out after a frame once this long has passed since the last one, so the edge
 /// sees the path's delay with at most this much added.
-const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(50);
+const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(20);
 /// And at least this often while anything changed.
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
 

@@ -77,18 +77,18 @@ const BATCH_BYTES: usize = 1024 * 1024;
 
 impl MediaOut {
     /// Reads the next batch from the log into `batch` (replacing it), accounts the read, and
-    /// plans its packets.
+    /// plans its packets. `Err` is why the viewer must go (it keeps falling behind).
     pub(crate) fn next_batch(
         &mut self,
         batch: &mut Vec<Arc<LogEntry>>,
         plan: &mut Plan,
-    ) -> crate::session::log::ReadStatus {
+    ) -> Result<crate::session::log::ReadStatus, String> {
         batch.clear();
         let status = self.viewer.session.log.read(&mut self.viewer.cursor, BATCH_BYTES, batch);
         let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
-        self.viewer.account_read(&status, pending);
+        self.viewer.account_read(&status, pending)?;
         self.plan(batch, plan);
-        status
+        Ok(status)
     }
 
     /// Plans the packets of `batch` for this viewer (frames of tracks it did not set up are

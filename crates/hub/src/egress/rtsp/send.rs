@@ -17,6 +17,7 @@ use super::media::{MediaOut, Plan, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, send_vectored};
 use crate::egress::io::{describe_write_error, write_all_vectored};
+use crate::session::ViewerEnd;
 use crate::session::log::LogEntry;
 
 /// What the reader asks the writer to do.
@@ -49,10 +50,14 @@ pub(crate) async fn writer_task(
             }
         }
         if let Some((_, m)) = media.as_mut() {
-            let status = m.next_batch(&mut batch, &mut plan);
+            let status = match m.next_batch(&mut batch, &mut plan) {
+                Ok(s) => s,
+                Err(too_slow) => break too_slow,
+            };
             if !batch.is_empty() {
                 let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
+                    m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
                 }
                 m.viewer.account_sent(plan.frames, plan.bytes);
@@ -168,7 +173,13 @@ pub(crate) async fn udp_sender(
     let check = Duration::from_secs(1).min(timeout);
     let mut pace = Pacer::new(UDP_RATE_BYTES_PER_S, UDP_BURST_BYTES);
     let reason = loop {
-        let status = m.next_batch(&mut batch, &mut plan);
+        let status = match m.next_batch(&mut batch, &mut plan) {
+            Ok(s) => s,
+            Err(too_slow) => {
+                conn_closed.cancel();
+                break too_slow;
+            }
+        };
         if !batch.is_empty() {
             let mut rtcp = plan.rtcp.iter().peekable();
             let mut stalled = None;
@@ -196,6 +207,7 @@ pub(crate) async fn udp_sender(
                 let sent: Vec<_> =
                     batch[..ei].iter().filter(|e| m.tracks.iter().any(|t| t.id == e.frame.track)).collect();
                 m.viewer.account_sent(sent.len() as u64, sent.iter().map(|e| e.frame.payload.len() as u64).sum());
+                m.viewer.set_end(ViewerEnd::Stalled);
                 conn_closed.cancel();
                 break format!("the shared UDP socket accepted nothing for {:.0} s", stall.as_secs_f64());
             }
@@ -220,6 +232,7 @@ pub(crate) async fn udp_sender(
             () = tokio::time::sleep(check) => {
                 let silent = udp.now_ms().saturating_sub(liveness.load(Ordering::Relaxed));
                 if silent > timeout.as_millis() as u64 {
+                    m.viewer.set_end(ViewerEnd::Timeout);
                     conn_closed.cancel();
                     break format!("no RTCP or request for {:.0} s (session timeout)", timeout.as_secs_f64());
                 }

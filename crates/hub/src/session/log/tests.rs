@@ -7,7 +7,7 @@ const SPS: &[u8] = b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x4
 const PPS: &[u8] = b"\x68\xce\x0f\xc8";
 
 fn log(max_frames: usize, max_bytes: usize, lag: usize) -> FrameLog {
-    let l = FrameLog::new(LogConfig { max_frames, max_bytes, viewer_max_lag_bytes: lag });
+    let l = FrameLog::new(LogConfig { max_frames, max_bytes, viewer_max_lag_bytes: lag, viewer_max_lag_us: u64::MAX });
     l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
         .unwrap();
     l
@@ -149,7 +149,12 @@ fn close_delivers_the_rest_then_the_reason() {
 
 #[test]
 fn frames_need_a_header_and_a_known_track() {
-    let l = FrameLog::new(LogConfig { max_frames: 10, max_bytes: 100, viewer_max_lag_bytes: 100 });
+    let l = FrameLog::new(LogConfig {
+        max_frames: 10,
+        max_bytes: 100,
+        viewer_max_lag_bytes: 100,
+        viewer_max_lag_us: u64::MAX,
+    });
     assert_eq!(l.push(frame(7, true, 1), 0), Err(PushError::NoHeader { seq: 7 }));
     let l = log(10, 100, 100);
     let mut f = frame(8, true, 1);
@@ -185,7 +190,12 @@ fn a_new_viewer_behind_the_lag_bound_waits_for_the_next_keyframe() {
 
 #[test]
 fn audio_frames_are_not_sync_points_when_there_is_video() {
-    let l = FrameLog::new(LogConfig { max_frames: 100, max_bytes: 1 << 20, viewer_max_lag_bytes: 1 << 20 });
+    let l = FrameLog::new(LogConfig {
+        max_frames: 100,
+        max_bytes: 1 << 20,
+        viewer_max_lag_bytes: 1 << 20,
+        viewer_max_lag_us: u64::MAX,
+    });
     let video = TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS));
     let audio = TrackInfo::audio(1, mediamesh_media::Codec::Pcma, 8000, 1, None);
     l.set_header(StreamHeader { tracks: vec![video, audio] }).unwrap();
@@ -197,4 +207,67 @@ fn audio_frames_are_not_sync_points_when_there_is_video() {
     assert!(read_all(&l, &mut c).0.is_empty(), "an audio 'keyframe' is no place to start video");
     l.push(frame(2, true, 10), 0).unwrap();
     assert_eq!(read_all(&l, &mut c).0, vec![2]);
+}
+
+#[test]
+fn a_viewer_too_far_behind_in_time_jumps_only_when_a_newer_keyframe_exists() {
+    let l = FrameLog::new(LogConfig {
+        max_frames: 1000,
+        max_bytes: 1 << 20,
+        viewer_max_lag_bytes: 1 << 20,
+        viewer_max_lag_us: 2_000_000,
+    });
+    l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
+        .unwrap();
+    // One long group of pictures: 4 s at 25 fps.
+    for s in 0..100u64 {
+        l.push(frame(s, s == 0, 10), s * 40_000).unwrap();
+    }
+    let mut c = l.subscribe();
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!((seqs.len(), st.skipped), (100, 0), "a long GOP alone never makes a viewer skip");
+    // Now the viewer stalls for 3 s while a new keyframe arrives.
+    for s in 100..175u64 {
+        l.push(frame(s, s == 150, 10), s * 40_000).unwrap();
+    }
+    let (seqs, st) = read_all(&l, &mut c);
+    assert_eq!(seqs.first(), Some(&150), "more than 2 s behind: jumps to the newer keyframe");
+    assert_eq!(st.skipped, 50);
+}
+
+#[test]
+fn a_new_epoch_resumes_at_a_keyframe_with_increasing_timestamps() {
+    let l = log(100, 1 << 20, 1 << 20);
+    l.begin_epoch();
+    for s in 0..10u64 {
+        assert_eq!(l.push(frame(s, s == 0, 10), 0).unwrap(), Pushed::Appended { sync_point: s == 0 });
+    }
+    // The edge restarted: its clock starts again at 0, and its first frames are not keyframes.
+    l.begin_epoch();
+    assert_eq!(l.push(frame(0, false, 10), 0).unwrap(), Pushed::AwaitingSyncPoint);
+    assert_eq!(l.push(frame(1, true, 10), 0).unwrap(), Pushed::Appended { sync_point: true });
+    l.push(frame(2, false, 10), 0).unwrap();
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, usize::MAX, &mut out);
+    let pts: Vec<i64> = out.iter().map(|e| e.frame.pts).collect();
+    assert_eq!(pts, [9 * 3600 + 3600, 9 * 3600 + 7200], "continues one frame interval after the last");
+    assert!(out[0].frame.flags.is_discontinuity(), "the first frame after the break says so");
+    assert!(!out[1].frame.flags.is_discontinuity());
+
+    // A source that kept running continues with its own timestamps.
+    l.begin_epoch();
+    l.push(frame(50, true, 10), 0).unwrap();
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, usize::MAX, &mut out);
+    assert_eq!(out[0].frame.pts, 50 * 3600 + 9 * 3600, "the offset chosen at the restart stays");
+}
+
+#[test]
+fn a_repeated_header_changes_nothing() {
+    let l = log(100, 1 << 20, 1 << 20);
+    let before = l.header().unwrap();
+    l.set_header(before.header.clone()).unwrap();
+    assert!(Arc::ptr_eq(&before, &l.header().unwrap()), "viewers see no new header event");
 }

@@ -1,0 +1,260 @@
+//! `GET /metrics`: the hub's counters in the Prometheus text format (0.0.4), built at scrape time
+//! from the same atomics the REST API reads. Nothing on the media path does extra work for it.
+//!
+//! Label cardinality is bounded:
+//!
+//! - `node` is a certificate identity from the tunnel CA;
+//! - `stream` is a name in that node's catalog (at most 256 per node);
+//! - `reason`, `state` and `protocol` are fixed sets;
+//! - per-viewer series (label `viewer`, the viewer id) are emitted for at most
+//!   `metricsMaxViewerSeries` viewers, the oldest first. The per-stream totals cover every
+//!   viewer either way.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mediamesh_tunnel::wire::DropReason;
+
+use crate::registry::NodeRegistry;
+use crate::session::lifecycle::Phase;
+use crate::session::{Session, Sessions};
+
+/// Renders every metric.
+pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_series: usize) -> String {
+    let mut m = Exposition::default();
+    let now = Instant::now();
+    let snapshot = sessions.snapshot();
+    let connected = registry.snapshot();
+
+    m.family("mediamesh_build_info", "gauge", "Always 1; the version is a label.");
+    m.sample("mediamesh_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+
+    m.family("mediamesh_nodes_connected", "gauge", "Edge nodes with a control channel to this hub.");
+    m.sample("mediamesh_nodes_connected", &[], connected.len() as f64);
+    let node_stats = registry.all_node_stats();
+    m.family("mediamesh_node_connects_total", "counter", "Control channels accepted per node (1 + reconnects).");
+    for (node, s) in &node_stats {
+        m.sample("mediamesh_node_connects_total", &[("node", node)], s.connects.get() as f64);
+    }
+    m.family("mediamesh_node_rtt_seconds", "gauge", "Smoothed Ping/Pong round trip of the node's control channel.");
+    for (node, s) in &node_stats {
+        let rtt = s.rtt_us.load(Ordering::Relaxed);
+        if rtt > 0 {
+            m.sample("mediamesh_node_rtt_seconds", &[("node", node)], rtt as f64 / 1e6);
+        }
+    }
+
+    m.family("mediamesh_sessions", "gauge", "Stream sessions by state.");
+    for phase in [Phase::Starting, Phase::Live, Phase::Lingering, Phase::Away] {
+        let n = snapshot.iter().filter(|s| s.phase() == phase).count();
+        m.sample("mediamesh_sessions", &[("state", phase.name())], n as f64);
+    }
+    m.family("mediamesh_stream_state", "gauge", "1 for the state each stream session is in.");
+    for s in &snapshot {
+        m.sample("mediamesh_stream_state", &labels(s, &[("state", s.phase().name())]), 1.0);
+    }
+
+    stream_counters(&mut m, &snapshot, now);
+    edge_reports(&mut m, &snapshot);
+    viewer_series(&mut m, &snapshot, max_viewer_series);
+
+    m.family("mediamesh_viewer_disconnects_total", "counter", "Viewers that left, by protocol and why.");
+    for ((protocol, end), n) in sessions.counters().viewer_ends() {
+        m.sample("mediamesh_viewer_disconnects_total", &[("protocol", protocol), ("reason", end.name())], n as f64);
+    }
+    m.out
+}
+
+fn labels<'a>(s: &'a Session, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = vec![("node", s.key.node.as_str()), ("stream", s.key.stream.as_str())];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn stream_counters(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], now: Instant) {
+    type Get = fn(&Session) -> f64;
+    let counters: [(&str, &str, &str, Get); 8] = [
+        ("mediamesh_stream_viewers", "gauge", "Viewers attached.", |s| s.viewer_count() as f64),
+        ("mediamesh_stream_frames_in_total", "counter", "Frames received from the edge.", |s| {
+            s.stats.frames_in.get() as f64
+        }),
+        ("mediamesh_stream_bytes_in_total", "counter", "Payload bytes received from the edge.", |s| {
+            s.stats.bytes_in.get() as f64
+        }),
+        ("mediamesh_stream_frames_out_total", "counter", "Frames delivered, summed over viewers.", |s| {
+            s.stats.frames_out.get() as f64
+        }),
+        ("mediamesh_stream_bytes_out_total", "counter", "Payload bytes delivered, summed over viewers.", |s| {
+            s.stats.bytes_out.get() as f64
+        }),
+        ("mediamesh_stream_tunnel_connects_total", "counter", "Data tunnels attached (1 + reconnects).", |s| {
+            s.stats.tunnel_connects.get() as f64
+        }),
+        ("mediamesh_stream_upstream_lost_total", "counter", "Times the data tunnel was lost while wanted.", |s| {
+            s.stats.upstream_lost.get() as f64
+        }),
+        ("mediamesh_stream_log_frames", "gauge", "Frames held in the stream's shared log.", |s| {
+            s.log.stats().frames as f64
+        }),
+    ];
+    for (name, kind, help, get) in counters {
+        m.family(name, kind, help);
+        for s in snapshot {
+            m.sample(name, &labels(s, &[]), get(s));
+        }
+    }
+    m.family("mediamesh_stream_log_bytes", "gauge", "Payload bytes held in the stream's shared log.");
+    for s in snapshot {
+        m.sample("mediamesh_stream_log_bytes", &labels(s, &[]), s.log.stats().bytes as f64);
+    }
+    m.family("mediamesh_stream_bitrate_bps", "gauge", "Incoming bit rate over the last seconds.");
+    for s in snapshot {
+        m.sample("mediamesh_stream_bitrate_bps", &labels(s, &[]), s.stats.rate_in.rates(now).1);
+    }
+    m.family("mediamesh_tunnel_rtt_seconds", "gauge", "Smoothed Ping/Pong round trip of the stream's data tunnel.");
+    for s in snapshot {
+        let rtt = s.stats.tunnel_rtt_us.load(Ordering::Relaxed);
+        if rtt > 0 {
+            m.sample("mediamesh_tunnel_rtt_seconds", &labels(s, &[]), rtt as f64 / 1e6);
+        }
+    }
+    m.family(
+        "mediamesh_stream_dropped_frames_total",
+        "counter",
+        "Frames dropped at the hub or missing from the edge, by reason.",
+    );
+    for s in snapshot {
+        let drops = [
+            ("sequence_gap", s.stats.edge_dropped.get()),
+            ("resume_before_keyframe", s.stats.resume_skipped.get()),
+            ("viewer_resync", s.stats.viewer_skipped.get()),
+        ];
+        for (reason, n) in drops {
+            m.sample("mediamesh_stream_dropped_frames_total", &labels(s, &[("reason", reason)]), n as f64);
+        }
+    }
+}
+
+fn edge_reports(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>]) {
+    let reports: Vec<_> = snapshot.iter().filter_map(|s| s.stats.uplink().map(|r| (s, r))).collect();
+    m.family(
+        "mediamesh_edge_dropped_frames_total",
+        "counter",
+        "Frames the edge dropped instead of sending, by reason.",
+    );
+    for (s, r) in &reports {
+        for reason in DropReason::ALL {
+            let n = r.drops.iter().find(|(x, _)| *x == reason).map_or(0, |(_, n)| *n);
+            m.sample("mediamesh_edge_dropped_frames_total", &labels(s, &[("reason", reason.name())]), n as f64);
+        }
+    }
+    type Get = fn(&mediamesh_tunnel::wire::UplinkReport) -> f64;
+    let gauges: [(&str, &str, Get); 6] = [
+        ("mediamesh_edge_queue_frames", "Frames waiting at the edge for the tunnel.", |r| f64::from(r.queue_frames)),
+        ("mediamesh_edge_queue_bytes", "Payload bytes waiting at the edge.", |r| r.queue_bytes as f64),
+        ("mediamesh_edge_queue_delay_seconds", "How long the oldest waiting frame has waited at the edge.", |r| {
+            f64::from(r.queue_delay_ms) / 1e3
+        }),
+        ("mediamesh_edge_path_delay_seconds", "Queueing on the path, as the edge measures it from Feedback.", |r| {
+            f64::from(r.path_delay_ms) / 1e3
+        }),
+        (
+            "mediamesh_edge_congestion_level",
+            "Edge shedding level: 0 clear, 1 dropping non-reference frames, 2 keyframes only.",
+            |r| f64::from(r.level.to_u8()),
+        ),
+        ("mediamesh_edge_tunnel_connects", "Data tunnels the edge made for the session.", |r| f64::from(r.connects)),
+    ];
+    for (name, help, get) in gauges {
+        m.family(name, "gauge", help);
+        for (s, r) in &reports {
+            m.sample(name, &labels(s, &[]), get(r));
+        }
+    }
+}
+
+fn viewer_series(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], max: usize) {
+    let mut viewers: Vec<_> =
+        snapshot.iter().flat_map(|s| s.viewers().into_iter().map(move |v| (s.clone(), v))).collect();
+    viewers.sort_by_key(|(_, v)| v.id);
+    viewers.truncate(max);
+    let ids: Vec<String> = viewers.iter().map(|(_, v)| v.id.to_string()).collect();
+    type Get = fn(&Session, &crate::session::stats::ViewerStats) -> f64;
+    let per_viewer: [(&str, &str, &str, Get); 5] = [
+        ("mediamesh_viewer_frames_total", "counter", "Frames written to the viewer.", |_, v| v.frames.get() as f64),
+        ("mediamesh_viewer_bytes_total", "counter", "Payload bytes written to the viewer.", |_, v| {
+            v.bytes.get() as f64
+        }),
+        ("mediamesh_viewer_skipped_frames_total", "counter", "Frames the viewer skipped to resynchronise.", |_, v| {
+            v.skipped.get() as f64
+        }),
+        ("mediamesh_viewer_lag_bytes", "gauge", "Bytes the viewer trails the newest frame by.", |s, v| {
+            s.log.lag_bytes(v.position.load(Ordering::Relaxed)) as f64
+        }),
+        ("mediamesh_viewer_pending_bytes", "gauge", "Bytes taken from the log and not yet written.", |_, v| {
+            v.pending_bytes.load(Ordering::Relaxed) as f64
+        }),
+    ];
+    for (name, kind, help, get) in per_viewer {
+        m.family(name, kind, help);
+        for ((s, v), id) in viewers.iter().zip(&ids) {
+            m.sample(name, &labels(s, &[("viewer", id), ("protocol", v.protocol)]), get(s, v));
+        }
+    }
+}
+
+/// Text exposition being built.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.out.push_str("\\\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str("\\n"),
+                        c => self.out.push(c),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        let mut m = Exposition::default();
+        m.family("x_total", "counter", "An x.");
+        m.sample("x_total", &[("a", "q\"b\\c\nd")], 3.0);
+        m.sample("x_total", &[], 0.5);
+        assert_eq!(
+            m.out,
+            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"b\\\\c\\nd\"} 3\nx_total 0.5\n"
+        );
+    }
+}
