@@ -118,14 +118,24 @@ pub async fn dial(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welco
 }
 
 async fn handshake(cfg: &DialConfig, channel: Channel) -> Result<(EdgeLink, Welcome), DialError> {
+    let tcp = tcp_connect(cfg).await?;
+    establish(cfg, tcp, channel).await
+}
+
+/// The TCP connect alone, within [`CONNECT_TIMEOUT`].
+async fn tcp_connect(cfg: &DialConfig) -> Result<TcpStream, DialError> {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT.min(cfg.handshake_timeout), TcpStream::connect(&cfg.server));
-    let tcp = match connect.await {
-        Ok(r) => r.map_err(|source| DialError::Connect { server: cfg.server.clone(), source })?,
+    match connect.await {
+        Ok(r) => r.map_err(|source| DialError::Connect { server: cfg.server.clone(), source }),
         Err(_) => {
             let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the TCP connect");
-            return Err(DialError::Connect { server: cfg.server.clone(), source });
+            Err(DialError::Connect { server: cfg.server.clone(), source })
         }
-    };
+    }
+}
+
+/// TLS, the WebSocket upgrade and Hello → Welcome on a connected socket.
+async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result<(EdgeLink, Welcome), DialError> {
     let _ = tcp.set_nodelay(true);
     if let Some(lowat) = cfg.unsent_lowat
         && let Err(e) = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(lowat)
@@ -189,44 +199,58 @@ pub(crate) async fn connect(
     is_final: impl Fn(&DialError) -> bool,
 ) -> Result<(EdgeLink, Welcome), DialError> {
     let mut up = link_up.subscribe();
+    // Only TCP connects overlap: the first socket that connects goes on alone to TLS and Hello
+    // (the others are dropped), so the hub never sees two Hellos for one connection.
     let mut attempts = FuturesUnordered::new();
     let mut next = tokio::time::Instant::now();
     let mut failures = 0u32;
     let mut last_error = String::new();
     loop {
-        tokio::select! {
+        let result = tokio::select! {
             () = tokio::time::sleep_until(next), if attempts.len() < MAX_IN_FLIGHT => {
-                attempts.push(dial(cfg, channel.clone()));
+                attempts.push(tcp_connect(cfg));
                 next = tokio::time::Instant::now() + backoff.next_delay();
+                continue;
             }
             Some(r) = attempts.next() => match r {
-                Ok(x) => {
-                    if failures > 0 {
-                        info!(connection = what, failures, "connected to the hub again");
+                Ok(tcp) => {
+                    attempts.clear();
+                    match tokio::time::timeout(cfg.handshake_timeout, establish(cfg, tcp, channel.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => Err(DialError::Timeout(cfg.handshake_timeout)),
                     }
-                    link_up.send_modify(|g| *g = g.wrapping_add(1));
-                    return Ok(x);
                 }
-                Err(e) if is_final(&e) => return Err(e),
-                Err(e) => {
-                    failures += 1;
-                    let msg = e.to_string();
-                    if e.is_permanent() {
-                        error!(connection = what, error = %msg, "cannot connect to the hub; retrying in {PERMANENT_RETRY:?}");
-                        next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);
-                    } else if failures == 1 || msg != last_error {
-                        warn!(connection = what, error = %msg, "cannot connect to the hub; retrying");
-                    } else {
-                        debug!(connection = what, error = %msg, attempt = failures, "cannot connect to the hub");
-                    }
-                    last_error = msg;
-                }
+                Err(e) => Err(e),
             },
             r = up.changed() => {
                 if r.is_ok() && attempts.len() < MAX_IN_FLIGHT {
                     // Another connection got through: the link is back.
                     next = tokio::time::Instant::now();
                 }
+                continue;
+            }
+        };
+        match result {
+            Ok(x) => {
+                if failures > 0 {
+                    info!(connection = what, failures, "connected to the hub again");
+                }
+                link_up.send_modify(|g| *g = g.wrapping_add(1));
+                return Ok(x);
+            }
+            Err(e) if is_final(&e) => return Err(e),
+            Err(e) => {
+                failures += 1;
+                let msg = e.to_string();
+                if e.is_permanent() {
+                    error!(connection = what, error = %msg, "cannot connect to the hub; retrying in {PERMANENT_RETRY:?}");
+                    next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);
+                } else if failures == 1 || msg != last_error {
+                    warn!(connection = what, error = %msg, "cannot connect to the hub; retrying");
+                } else {
+                    debug!(connection = what, error = %msg, attempt = failures, "cannot connect to the hub");
+                }
+                last_error = msg;
             }
         }
     }

@@ -17,6 +17,8 @@ pub mod camera;
 mod fixture;
 pub mod http;
 pub mod impair;
+pub mod netlab;
+pub mod observe;
 mod pki;
 pub mod process;
 pub mod rtsp_player;

@@ -77,8 +77,15 @@ pub(super) async fn run(
     match receive(&ctx, &mut link, &session, &cancel).await {
         End::Cancelled => {
             guard.event = None;
-            debug!(stream = %session.key, "data tunnel closed by the hub");
-            link.go_away("stream removed").await;
+            let why = if ctx.shutdown.is_cancelled() {
+                "hub shutting down"
+            } else if session.release_upstream(id) {
+                "stream removed"
+            } else {
+                "replaced by a newer data tunnel"
+            };
+            debug!(stream = %session.key, %why, "data tunnel closed by the hub");
+            link.go_away(why).await;
         }
         End::Lost(reason) => {
             info!(stream = %session.key, %reason, "data tunnel lost; waiting for the edge");
