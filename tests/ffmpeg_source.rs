@@ -74,7 +74,7 @@ async fn ffmpeg_camera_end_to_end(codec: VideoCodecName) {
         .edge(move |e| {
             e.streams.insert(
                 "lavfi".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None },
+                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None, file: None },
             );
         })
         .start()

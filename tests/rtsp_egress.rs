@@ -33,7 +33,7 @@ async fn camera_fixture(cam: &GstCamera) -> Fixture {
             let rtsp = RtspConfig::new(url);
             e.streams.insert(
                 "door".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp: Some(rtsp) },
+                StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp: Some(rtsp), file: None },
             );
         })
         .start()
@@ -196,7 +196,7 @@ async fn an_ffmpeg_libx265_camera_reaches_an_rtsp_viewer() {
         .edge(move |e| {
             e.streams.insert(
                 "hevc".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None },
+                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None, file: None },
             );
         })
         .start()

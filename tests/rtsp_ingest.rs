@@ -19,6 +19,7 @@ fn rtsp_stream(url: String, transport: RtspTransport) -> StreamConfig {
         test_pattern: None,
         ffmpeg: None,
         rtsp: Some(RtspConfig { transport, ..RtspConfig::new(url) }),
+        file: None,
     }
 }
 

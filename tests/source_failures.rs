@@ -22,6 +22,7 @@ fn ffmpeg_stream(binary: &str, input: &[&str]) -> StreamConfig {
             codec: Default::default(),
         }),
         rtsp: None,
+        file: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod bench;
 mod certs;
 mod demo;
 mod run;
@@ -37,12 +38,15 @@ pub enum Command {
     View(view::ViewArgs),
     /// Create a development CA, a hub certificate and edge certificates.
     Certs(certs::CertsArgs),
+    /// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally
+    /// beside nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::View(_) | Command::Certs(_) => "warn",
+            Command::View(_) | Command::Certs(_) | Command::Bench(_) => "warn",
             _ => "info",
         }
     }
@@ -54,6 +58,7 @@ impl Command {
             Command::Demo(args) => demo::run(args).await,
             Command::View(args) => view::run(args).await,
             Command::Certs(args) => certs::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     }
 }

@@ -154,6 +154,26 @@ pub struct StreamConfig {
     /// An RTSP camera (or any RTSP server).
     #[serde(default)]
     pub rtsp: Option<RtspConfig>,
+    /// A recorded H.264 clip played in a loop at its frame rate.
+    #[serde(default)]
+    pub file: Option<FileConfig>,
+}
+
+/// A recorded H.264 clip (raw Annex-B, as `ffmpeg -f h264` writes it) played in a loop, paced
+/// by the wall clock: a camera stand-in that costs no encoding (the bench uses it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// The clip. It is read whole when the stream starts (at most 256 MiB) and must begin
+    /// with, or contain, a keyframe with its SPS and PPS.
+    pub path: PathBuf,
+    /// Frames per second. Default 25.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// Stamp every frame with the test-pattern SEI (frame counter and capture time, replacing
+    /// stamps the clip carries), so viewers can measure latency and count gaps. Default false.
+    #[serde(default)]
+    pub stamp: bool,
 }
 
 /// An RTSP camera.
@@ -352,11 +372,18 @@ impl EdgeConfig {
             if mediamesh_tunnel::wire::validate_name(name).is_err() {
                 return err(&key, "stream names use letters, digits, '-', '_' and '.'".into());
             }
-            let sources = [s.test_pattern.is_some(), s.ffmpeg.is_some(), s.rtsp.is_some()];
+            let sources = [s.test_pattern.is_some(), s.ffmpeg.is_some(), s.rtsp.is_some(), s.file.is_some()];
             match sources.iter().filter(|x| **x).count() {
-                0 => return err(&key, "needs a source: testPattern, ffmpeg or rtsp".into()),
+                0 => return err(&key, "needs a source: testPattern, ffmpeg, rtsp or file".into()),
                 1 => {}
-                _ => return err(&key, "has more than one source (testPattern, ffmpeg, rtsp); choose one".into()),
+                _ => {
+                    return err(&key, "has more than one source (testPattern, ffmpeg, rtsp, file); choose one".into());
+                }
+            }
+            if let Some(f) = &s.file
+                && !(1..=240).contains(&f.fps)
+            {
+                return err(&format!("{key}.file.fps"), "must be 1 to 240".into());
             }
             if let Some(tp) = &s.test_pattern {
                 tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?;
@@ -479,6 +506,7 @@ mod tests {
                 test_pattern: Some(TestPatternConfig::default()),
                 ffmpeg: None,
                 rtsp: None,
+                file: None,
             },
         );
         c

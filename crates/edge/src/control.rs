@@ -107,10 +107,16 @@ fn describe(s: &crate::config::StreamConfig) -> String {
     if let Some(d) = &s.description {
         return d.clone();
     }
-    match (&s.test_pattern, &s.ffmpeg) {
-        (Some(tp), _) => format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps),
-        (_, Some(ff)) => format!("ffmpeg {}", ff.input.join(" ")),
-        _ => String::new(),
+    if let Some(tp) = &s.test_pattern {
+        format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps)
+    } else if let Some(ff) = &s.ffmpeg {
+        format!("ffmpeg {}", ff.input.join(" "))
+    } else if let Some(r) = &s.rtsp {
+        format!("rtsp {}", crate::source::redact_url(&r.url))
+    } else if let Some(f) = &s.file {
+        format!("clip {} at {} fps", f.path.display(), f.fps)
+    } else {
+        String::new()
     }
 }
 

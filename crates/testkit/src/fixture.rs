@@ -25,6 +25,7 @@ pub fn test_pattern() -> StreamConfig {
         }),
         ffmpeg: None,
         rtsp: None,
+        file: None,
     }
 }
 

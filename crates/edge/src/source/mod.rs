@@ -10,8 +10,11 @@
 //! pattern) say so, and the uplink asks for one when a new data tunnel opens.
 
 mod ffmpeg;
+mod file;
 pub(crate) mod rtsp;
 mod testpattern;
+
+pub use file::Clip;
 
 /// The test-pattern encoder, usable on its own (the bench encodes its clip with it).
 pub mod testpattern_encoder {
@@ -216,6 +219,8 @@ pub fn start(
         ffmpeg::spawn(name, ff, sink, cancel.clone(), stats)
     } else if let Some(r) = &cfg.rtsp {
         rtsp::spawn(name, r, sink, cancel.clone(), stats)
+    } else if let Some(f) = &cfg.file {
+        file::spawn(name, f, sink, cancel.clone(), stats)
     } else {
         return Err(SourceError::NoSource(name.into()));
     };

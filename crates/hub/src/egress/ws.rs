@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::io::{describe_write_error, write_all_vectored};
-use super::ws_format::{ViewerEvent, encode_frame_prefix, event_frame, header_frame};
+use super::ws_format::{ViewerEvent, event_frame, frame_chunks};
 use super::ws_wire::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
     OP_PONG, close_frame, frame,
@@ -72,16 +72,7 @@ where
         if status.skipped > 0 {
             chunks.push(event_frame(&ViewerEvent::Skip { frames: status.skipped }));
         }
-        let mut bytes = 0u64;
-        for e in &batch {
-            if header.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &e.header)) {
-                chunks.push(e.header.ws.get_or_init(|| header_frame(&key.node, &key.stream, &e.header)).clone());
-                header = Some(e.header.clone());
-            }
-            chunks.push(e.ws_prefix.get_or_init(|| encode_frame_prefix(e)).clone());
-            chunks.push(e.frame.payload.clone());
-            bytes += e.frame.payload.len() as u64;
-        }
+        let bytes = frame_chunks(&key.node, &key.stream, &batch, &mut header, &mut chunks);
         if let Some(reason) = &status.ended {
             chunks.push(event_frame(&ViewerEvent::End { reason: reason.to_string() }));
             chunks.push(close_frame(CLOSE_NORMAL, "stream ended"));

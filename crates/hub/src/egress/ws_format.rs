@@ -7,6 +7,8 @@
 //! builds its prefix (WebSocket frame header and our fixed header) once per frame; every viewer
 //! writes that prefix and the shared payload with one vectored write, copying nothing.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -20,6 +22,30 @@ use crate::session::log::{HeaderEntry, LogEntry};
 pub const FRAME_MESSAGE: u8 = 0x01;
 /// Bytes before the payload in a binary frame message.
 pub const FRAME_HEADER_LEN: usize = 4 + 8 * 5;
+
+/// Appends what a viewer is sent for `batch` to `chunks`: a header event whenever the codec
+/// parameters differ from `header` (the last one this viewer was sent, updated), then per frame
+/// its prefix and payload, both shared with every other viewer (reference counts, no copy).
+/// Returns the payload bytes.
+pub fn frame_chunks(
+    node: &str,
+    stream: &str,
+    batch: &[Arc<LogEntry>],
+    header: &mut Option<Arc<HeaderEntry>>,
+    chunks: &mut Vec<Bytes>,
+) -> u64 {
+    let mut bytes = 0u64;
+    for e in batch {
+        if header.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &e.header)) {
+            chunks.push(e.header.ws.get_or_init(|| header_frame(node, stream, &e.header)).clone());
+            *header = Some(e.header.clone());
+        }
+        chunks.push(e.ws_prefix.get_or_init(|| encode_frame_prefix(e)).clone());
+        chunks.push(e.frame.payload.clone());
+        bytes += e.frame.payload.len() as u64;
+    }
+    bytes
+}
 
 /// A JSON event sent as a text message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //! big-endian `u64`. Any viewer can read them from the payload to check order, gaps and latency;
 //! decoders ignore the message.
 
-use super::{NAL_SEI, START_CODE, escape_rbsp, nal_type, nals, unescape_rbsp};
+use super::{NAL_SEI, START_CODE, escape_rbsp, is_vcl, nal_type, nals, unescape_rbsp};
 
 /// The UUID identifying mediamesh's test-pattern SEI.
 pub const TEST_PATTERN_UUID: [u8; 16] = *b"mediamesh:tp:v1\0";
@@ -34,6 +34,30 @@ pub fn write_stamp(stamp: TestPatternStamp, out: &mut Vec<u8>) {
     out.extend_from_slice(&START_CODE);
     out.push(NAL_SEI); // forbidden_zero 0, nal_ref_idc 0, type 6
     escape_rbsp(&rbsp, out);
+}
+
+/// Writes `access_unit` to `out` with `stamp` as its only test-pattern SEI: stamps it carried
+/// are left out, and the new one goes just before the first coded slice (after parameter sets
+/// and other SEI, where H.264 wants SEI). A looping clip source uses this to stamp each frame
+/// as it goes out, so viewers can measure latency and count gaps on a replayed stream.
+pub fn restamp(access_unit: &[u8], stamp: TestPatternStamp, out: &mut Vec<u8>) {
+    out.reserve(access_unit.len() + 48);
+    let mut stamped = false;
+    for n in nals(access_unit) {
+        let Some(t) = nal_type(n) else { continue };
+        if t == NAL_SEI && parse_sei_nal(&n[1..]).is_some() {
+            continue;
+        }
+        if is_vcl(t) && !stamped {
+            write_stamp(stamp, out);
+            stamped = true;
+        }
+        out.extend_from_slice(&START_CODE);
+        out.extend_from_slice(n);
+    }
+    if !stamped {
+        write_stamp(stamp, out);
+    }
 }
 
 /// Finds the test-pattern stamp in an Annex-B access unit, if it carries one.
@@ -93,6 +117,24 @@ mod tests {
             au.extend_from_slice(b"\x00\x00\x00\x01\x65\x88");
             assert_eq!(read_stamp(&au), Some(stamp));
         }
+    }
+
+    #[test]
+    fn restamp_replaces_the_stamp_before_the_first_slice() {
+        let old = TestPatternStamp { counter: 7, capture_us: 1 };
+        let new = TestPatternStamp { counter: 9_000, capture_us: 1_700_000_000_123_456 };
+        let mut au = b"\x00\x00\x00\x01\x67\x42\x00\x1f\x00\x00\x00\x01\x68\xce".to_vec();
+        write_stamp(old, &mut au);
+        au.extend_from_slice(b"\x00\x00\x01\x65\x88\x84\x00\x00\x00\x01\x65\x11");
+        let mut out = Vec::new();
+        restamp(&au, new, &mut out);
+        assert_eq!(read_stamp(&out), Some(new));
+        let types: Vec<u8> = nals(&out).filter_map(nal_type).collect();
+        assert_eq!(types, vec![7, 8, 6, 5, 5], "one SEI, after the parameter sets, before the slices");
+        // An access unit without slices still gets its stamp.
+        let mut out = Vec::new();
+        restamp(b"\x00\x00\x00\x01\x67\x42", new, &mut out);
+        assert_eq!(read_stamp(&out), Some(new));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mediamesh_media::h264::sei::{TestPatternStamp, write_stamp};
-use mediamesh_media::h264::{NAL_PPS, NAL_SPS, is_vcl, nal_type, nals};
+use mediamesh_media::h264::parameter_sets;
+use mediamesh_media::h264::sei::{TestPatternStamp, restamp};
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
 use openh264::OpenH264API;
 use openh264::encoder::{
@@ -85,21 +85,9 @@ impl TestPatternEncoder {
 
         // Re-emit with the SEI stamp just before the first slice.
         let mut out = Vec::with_capacity(self.annexb.len() + 64);
-        let (mut sps, mut pps, mut stamped) = (None, None, false);
-        for nal in nals(&self.annexb) {
-            let t = nal_type(nal).unwrap_or(0);
-            if is_vcl(t) && !stamped {
-                write_stamp(TestPatternStamp { counter, capture_us }, &mut out);
-                stamped = true;
-            }
-            match t {
-                NAL_SPS => sps = Some(Bytes::copy_from_slice(nal)),
-                NAL_PPS => pps = Some(Bytes::copy_from_slice(nal)),
-                _ => {}
-            }
-            out.extend_from_slice(&mediamesh_media::h264::START_CODE);
-            out.extend_from_slice(nal);
-        }
+        restamp(&self.annexb, TestPatternStamp { counter, capture_us }, &mut out);
+        let (sps, pps) = parameter_sets(&self.annexb);
+        let (sps, pps) = (sps.map(Bytes::copy_from_slice), pps.map(Bytes::copy_from_slice));
         Ok(EncodedPicture { data: out.into(), keyframe, parameter_sets: sps.zip(pps) })
     }
 

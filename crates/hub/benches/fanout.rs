@@ -1,0 +1,64 @@
+//! The fan-out step: one frame pushed to a stream's log, then every viewer reads it and builds
+//! its vectored write (shared prefix and payload, no copy), written to a sink. The time per
+//! viewer is the hub's own per-viewer cost, without the kernel. `cargo bench -p mediamesh-hub`.
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::{IoSlice, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mediamesh_hub::egress::ws_format::frame_chunks;
+use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, LogEntry};
+use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout_ws_frame");
+    for viewers in [10usize, 100, 1000] {
+        let log = FrameLog::new(LogConfig {
+            max_frames: 256,
+            max_bytes: 64 << 20,
+            viewer_max_lag_bytes: 8 << 20,
+            viewer_max_lag_us: 10_000_000,
+        });
+        let sps = Bytes::from_static(
+            b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8",
+        );
+        let header = StreamHeader { tracks: vec![TrackInfo::h264(0, sps, Bytes::from_static(b"\x68\xce\x3c\x80"))] };
+        log.set_header(header).expect("valid header");
+        let payload = Bytes::from(vec![0x5au8; 10_000]);
+        let mut cursors: Vec<_> = (0..viewers).map(|_| log.subscribe()).collect();
+        let mut headers: Vec<Option<Arc<HeaderEntry>>> = vec![None; viewers];
+        let (mut batch, mut chunks): (Vec<Arc<LogEntry>>, Vec<Bytes>) = (Vec::new(), Vec::new());
+        let mut seq = 0u64;
+        g.throughput(Throughput::Elements(viewers as u64));
+        g.bench_function(BenchmarkId::from_parameter(viewers), |b| {
+            b.iter(|| {
+                let frame = Frame {
+                    track: 0,
+                    flags: FrameFlags::keyframe(seq.is_multiple_of(50)),
+                    seq,
+                    pts: seq as i64 * 3_600,
+                    dts: seq as i64 * 3_600,
+                    capture_us: seq,
+                    payload: payload.clone(),
+                };
+                seq += 1;
+                let _ = log.push(frame, seq);
+                let mut sink = std::io::sink();
+                for (cursor, header) in cursors.iter_mut().zip(&mut headers) {
+                    batch.clear();
+                    chunks.clear();
+                    log.read(cursor, 1 << 20, &mut batch);
+                    frame_chunks("node", "cam", &batch, header, &mut chunks);
+                    let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+                    let _ = sink.write_vectored(&slices);
+                }
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -1,0 +1,393 @@
+//! `mediamesh bench`: fan-out cost, measured.
+//!
+//! Every run starts its server fresh as separate processes (mediamesh: a hub and an edge looping
+//! a pre-encoded clip; or a peer: nginx-rtmp, GStreamer's RTSP server), connects viewers from
+//! this process, and measures, over a window after a warm-up:
+//!
+//! - the server's CPU seconds (utime + stime from `/proc`) per delivered Gbit of video, and its
+//!   share of one core;
+//! - its memory (RSS) and the RSS each viewer adds (measured against the server with one viewer
+//!   per stream, before the others connect);
+//! - delivered frames and bytes, frames missed (a jump in the frame counter), viewers lost;
+//! - latency from capture (the stamp the edge or feeder writes as the frame goes out) to
+//!   receipt at the viewer, p50 / p99 / max.
+//!
+//! The results print as a table and can be written as JSON (`scripts/bench` plots them).
+
+mod servers;
+mod viewers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use servers::{Protocol, Running, Server};
+use viewers::{Phase, Tally};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Viewer counts of the ladder (one stream).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    viewers: Vec<usize>,
+    /// Viewer protocols for mediamesh's ladder.
+    #[arg(long, value_delimiter = ',', default_value = "ws,rtsp-tcp")]
+    protocols: Vec<Protocol>,
+    /// Streams x viewers-per-stream mixes (mediamesh, WebSocket), e.g. 100x10.
+    #[arg(long, value_delimiter = ',', default_value = "100x10")]
+    mix: Vec<String>,
+    /// Also measure nginx-rtmp and GStreamer's RTSP server, and every server with identical
+    /// `ffmpeg -c copy` readers at these counts.
+    #[arg(long)]
+    peers: bool,
+    /// Viewer counts for the `ffmpeg` reader comparison (with --peers).
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    ffmpeg_viewers: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds between the last viewer's first frame and the measurement.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Where the clip and each run's files go; default $XDG_STATE_HOME/mediamesh/bench.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One run's setup.
+#[derive(Debug, Clone, Serialize)]
+struct Spec {
+    server: Server,
+    protocol: Protocol,
+    /// `builtin` or `ffmpeg`.
+    client: &'static str,
+    streams: usize,
+    /// Viewers in all.
+    viewers: usize,
+}
+
+/// One run's results.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    #[serde(flatten)]
+    spec: Spec,
+    duration_s: f64,
+    cpu_percent: f64,
+    cpu_s_per_gbit: Option<f64>,
+    edge_cpu_percent: Option<f64>,
+    rss_mib: f64,
+    rss_per_viewer_kib: Option<f64>,
+    delivered_mbit_s: f64,
+    frames: u64,
+    frames_expected: u64,
+    frames_missed: u64,
+    viewers_started: usize,
+    viewers_lost: usize,
+    latency_ms: Latency,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    samples: usize,
+}
+
+fn default_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mediamesh").join("bench")
+}
+
+fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
+    let spec = |server, protocol, client, streams, viewers| Spec { server, protocol, client, streams, viewers };
+    let mut specs = Vec::new();
+    for &p in &args.protocols {
+        if p == Protocol::Rtmp {
+            anyhow::bail!("mediamesh does not serve RTMP; --protocols takes ws and rtsp-tcp");
+        }
+        for &n in &args.viewers {
+            specs.push(spec(Server::Mediamesh, p, "builtin", 1, n));
+        }
+    }
+    if args.peers {
+        for &n in &args.viewers {
+            specs.push(spec(Server::Gstreamer, Protocol::RtspTcp, "builtin", 1, n));
+        }
+        for &n in &args.ffmpeg_viewers {
+            specs.push(spec(Server::Mediamesh, Protocol::RtspTcp, "ffmpeg", 1, n));
+            specs.push(spec(Server::NginxRtmp, Protocol::Rtmp, "ffmpeg", 1, n));
+            specs.push(spec(Server::Gstreamer, Protocol::RtspTcp, "ffmpeg", 1, n));
+        }
+    }
+    for m in args.mix.iter().filter(|m| !m.is_empty()) {
+        let (s, v) = m.split_once('x').with_context(|| format!("--mix {m}: expected STREAMSxVIEWERS"))?;
+        let (s, v): (usize, usize) = (s.parse()?, v.parse()?);
+        specs.push(spec(Server::Mediamesh, Protocol::Ws, "builtin", s, s * v));
+    }
+    Ok(specs)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("note: this is a debug build; measure with `cargo run --release -- bench`");
+    }
+    let dir = args.dir.clone().unwrap_or_else(default_dir);
+    let clip = servers::ensure_clip(&dir)?;
+    let specs = plan(&args)?;
+    let mut outcomes = Vec::new();
+    print_head();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let run_dir = dir.join(format!("run-{i:02}"));
+        std::fs::create_dir_all(&run_dir)?;
+        let outcome = match measure(&spec, &run_dir, &clip, &args).await {
+            Ok(o) => o,
+            Err(e) => failed(spec, format!("{e:#}")),
+        };
+        print_row(&outcome);
+        outcomes.push(outcome);
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "title": format!("mediamesh bench, {} s per run, {} CPUs", args.duration, num_cpus()),
+            "duration_s": args.duration,
+            "runs": outcomes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn failed(spec: Spec, error: String) -> Outcome {
+    Outcome {
+        spec,
+        duration_s: 0.0,
+        cpu_percent: 0.0,
+        cpu_s_per_gbit: None,
+        edge_cpu_percent: None,
+        rss_mib: 0.0,
+        rss_per_viewer_kib: None,
+        delivered_mbit_s: 0.0,
+        frames: 0,
+        frames_expected: 0,
+        frames_missed: 0,
+        viewers_started: 0,
+        viewers_lost: 0,
+        latency_ms: Latency::default(),
+        error: Some(error),
+    }
+}
+
+async fn start(spec: &Spec, dir: &std::path::Path, clip: &std::path::Path) -> anyhow::Result<Running> {
+    match spec.server {
+        Server::Mediamesh => servers::start_mediamesh(dir, clip, spec.streams).await,
+        Server::NginxRtmp => servers::start_nginx(dir, clip).await,
+        Server::Gstreamer => servers::start_gstreamer(dir, clip).await,
+    }
+}
+
+async fn wait_started(phase: &Phase, n: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let started = phase.started.load(std::sync::atomic::Ordering::Relaxed);
+        if started >= n || Instant::now() > deadline {
+            return started;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn measure(
+    spec: &Spec,
+    dir: &std::path::Path,
+    clip: &std::path::Path,
+    args: &BenchArgs,
+) -> anyhow::Result<Outcome> {
+    let server = start(spec, dir, clip).await?;
+    let result = measure_running(spec, &server, args).await;
+    server.stop().await;
+    result
+}
+
+async fn measure_running(spec: &Spec, server: &Running, args: &BenchArgs) -> anyhow::Result<Outcome> {
+    let phase = Arc::new(Phase::default());
+    let ffmpeg = spec.client == "ffmpeg";
+    let mut viewers = Vec::with_capacity(spec.viewers);
+    // One viewer per stream first: the stream runs, and its memory is the baseline.
+    for s in 0..spec.streams {
+        let client = server.client(spec.protocol, s, ffmpeg)?;
+        viewers.push(tokio::spawn(client.run(phase.clone())));
+    }
+    let first = wait_started(&phase, spec.streams, Duration::from_secs(30)).await;
+    if first < spec.streams {
+        phase.finish();
+        let mut why = String::new();
+        for v in viewers {
+            if let Some(e) = v.await.ok().and_then(|t| t.error) {
+                why = format!(": {e}");
+                break;
+            }
+        }
+        anyhow::bail!("only {first} of {} streams started within 30 s{why}", spec.streams);
+    }
+    // The hub's frame log fills up to its cap (128 frames in the bench, 5.1 s) after a stream
+    // starts: the baseline is taken once it is full, so that growth does not count as viewers'.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let base = ProcSample::take(&server.pids);
+    for i in spec.streams..spec.viewers {
+        let client = server.client(spec.protocol, i % spec.streams, ffmpeg)?;
+        viewers.push(tokio::spawn(client.run(phase.clone())));
+        if ffmpeg && i % 10 == 9 {
+            // Starting a hundred ffmpeg processes at once starves everything for seconds.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let started = wait_started(&phase, spec.viewers, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+
+    let edge = server.edge_pid.map(|p| ProcSample::take(&[p]));
+    let t0 = ProcSample::take(&server.pids);
+    let at = Instant::now();
+    phase.measure();
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    phase.finish();
+    let elapsed = at.elapsed().as_secs_f64();
+    let t1 = ProcSample::take(&server.pids);
+    let edge_cpu = edge.zip(server.edge_pid.map(|p| ProcSample::take(&[p])));
+
+    let mut tallies: Vec<Tally> = Vec::with_capacity(viewers.len());
+    for v in viewers {
+        tallies.push(v.await.unwrap_or_default());
+    }
+    let bytes: u64 = tallies.iter().map(|t| t.bytes).sum();
+    let frames: u64 = tallies.iter().map(|t| t.frames).sum();
+    let missed: u64 = tallies.iter().map(|t| t.missed).sum();
+    let lost = tallies.iter().filter(|t| t.error.is_some()).count();
+    let first_error = tallies.iter().find_map(|t| t.error.clone());
+    let mut lat: Vec<u32> = tallies.into_iter().flat_map(|t| t.latency_us).collect();
+    lat.sort_unstable();
+    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |&v| f64::from(v) / 1e3);
+
+    let cpu_s = t1.cpu_s - t0.cpu_s;
+    let gbit = bytes as f64 * 8.0 / 1e9;
+    let extra = spec.viewers.saturating_sub(spec.streams);
+    Ok(Outcome {
+        spec: spec.clone(),
+        duration_s: elapsed,
+        cpu_percent: 100.0 * cpu_s / elapsed,
+        cpu_s_per_gbit: (gbit > 0.0).then(|| cpu_s / gbit),
+        edge_cpu_percent: edge_cpu.map(|(a, b)| 100.0 * (b.cpu_s - a.cpu_s) / elapsed),
+        rss_mib: t1.rss_kib as f64 / 1024.0,
+        rss_per_viewer_kib: (extra > 0).then(|| (t1.rss_kib as f64 - base.rss_kib as f64) / extra as f64),
+        delivered_mbit_s: bytes as f64 * 8.0 / 1e6 / elapsed,
+        frames,
+        frames_expected: (spec.viewers as f64 * elapsed * 25.0).round() as u64,
+        frames_missed: missed,
+        viewers_started: started,
+        viewers_lost: lost,
+        latency_ms: Latency { p50: pct(0.5), p99: pct(0.99), max: pct(1.0), samples: lat.len() },
+        error: first_error.map(|e| format!("{lost} viewers failed, e.g.: {e}")),
+    })
+}
+
+/// CPU time and memory of a set of processes, from `/proc`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcSample {
+    cpu_s: f64,
+    rss_kib: u64,
+}
+
+impl ProcSample {
+    fn take(pids: &[u32]) -> Self {
+        let mut s = Self::default();
+        for pid in pids {
+            // Fields after the command name: utime and stime are the 12th and 13th, in clock
+            // ticks (100 per second on Linux).
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+            {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: u64 = f.get(11..13).into_iter().flatten().filter_map(|v| v.parse::<u64>().ok()).sum();
+                s.cpu_s += ticks as f64 / 100.0;
+            }
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                s.rss_kib += status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+        s
+    }
+}
+
+fn print_head() {
+    println!(
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>5}",
+        "server",
+        "proto",
+        "client",
+        "streams",
+        "viewers",
+        "cpu%",
+        "cpu-s/Gb",
+        "rss-MiB",
+        "KiB/view",
+        "Mbit/s",
+        "p50-ms",
+        "p99-ms",
+        "max-ms",
+        "missed",
+        "lost"
+    );
+}
+
+fn print_row(o: &Outcome) {
+    let name = match o.spec.server {
+        Server::Mediamesh => "mediamesh",
+        Server::NginxRtmp => "nginx-rtmp",
+        Server::Gstreamer => "gstreamer",
+    };
+    let proto = match o.spec.protocol {
+        Protocol::Ws => "ws",
+        Protocol::RtspTcp => "rtsp-tcp",
+        Protocol::Rtmp => "rtmp",
+    };
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+    println!(
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>5}",
+        name,
+        proto,
+        o.spec.client,
+        o.spec.streams,
+        o.spec.viewers,
+        o.cpu_percent,
+        opt(o.cpu_s_per_gbit, 3),
+        o.rss_mib,
+        opt(o.rss_per_viewer_kib, 1),
+        o.delivered_mbit_s,
+        o.latency_ms.p50,
+        o.latency_ms.p99,
+        o.latency_ms.max,
+        o.frames_missed,
+        o.viewers_lost
+    );
+    if let Some(e) = &o.error {
+        println!("  ! {e}");
+    }
+}

@@ -1,0 +1,453 @@
+//! The bench's viewers: cheap in-process WebSocket and RTSP clients (a thousand fit beside the
+//! hub on two cores), and `ffmpeg -c copy` readers, the same client for every server.
+//!
+//! Every viewer reads the test-pattern stamp (frame counter, capture time) of each frame it
+//! receives: latency is receipt time minus capture time, and a jump in the counter is a missed
+//! frame. The builtin clients parse only what they need (frame boundaries and stamps) and skip
+//! payload bytes without copying them.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mediamesh_media::h264::sei::{TEST_PATTERN_UUID, TestPatternStamp, read_stamp};
+use mediamesh_media::h264::{NAL_SEI, unescape_rbsp};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where the viewers are in a run.
+#[derive(Debug, Default)]
+pub struct Phase {
+    /// 0 warming up, 1 measuring, 2 done.
+    state: AtomicU8,
+    /// Viewers that received their first frame.
+    pub started: AtomicUsize,
+}
+
+impl Phase {
+    pub fn measure(&self) {
+        self.state.store(1, Ordering::Relaxed);
+    }
+    pub fn finish(&self) {
+        self.state.store(2, Ordering::Relaxed);
+    }
+    fn measuring(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == 1
+    }
+    fn done(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == 2
+    }
+}
+
+/// What one viewer saw while measuring.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Frames received.
+    pub frames: u64,
+    /// Video bytes received (H.264 payload, without protocol framing).
+    pub bytes: u64,
+    /// Frames the counter skipped.
+    pub missed: u64,
+    /// Capture → receipt, microseconds, one per stamped frame.
+    pub latency_us: Vec<u32>,
+    /// Why the viewer stopped early, if it did.
+    pub error: Option<String>,
+    last_counter: Option<u64>,
+    started: bool,
+}
+
+impl Tally {
+    fn frame(&mut self, phase: &Phase, stamp: Option<TestPatternStamp>, now_us: u64) {
+        if !self.started {
+            self.started = true;
+            phase.started.fetch_add(1, Ordering::Relaxed);
+        }
+        if !phase.measuring() {
+            self.last_counter = stamp.map(|s| s.counter);
+            return;
+        }
+        self.frames += 1;
+        if let Some(s) = stamp {
+            if let Some(last) = self.last_counter
+                && s.counter > last + 1
+            {
+                self.missed += s.counter - last - 1;
+            }
+            self.last_counter = Some(s.counter);
+            self.latency_us.push(now_us.saturating_sub(s.capture_us).min(u64::from(u32::MAX)) as u32);
+        }
+    }
+
+    fn bytes(&mut self, phase: &Phase, n: usize) {
+        if phase.measuring() {
+            self.bytes += n as u64;
+        }
+    }
+}
+
+/// Which client a viewer is.
+#[derive(Debug, Clone)]
+pub enum Client {
+    /// Our WebSocket format over plain TCP: `ws://host:port/path`.
+    Ws { addr: String, path: String },
+    /// RTSP, RTP interleaved on the TCP connection.
+    RtspTcp { url: String },
+    /// `ffmpeg -i URL -c copy -f h264 pipe:1`, its output scanned for stamps.
+    Ffmpeg { url: String },
+}
+
+impl Client {
+    /// Runs one viewer until the phase is done or it fails.
+    pub async fn run(self, phase: Arc<Phase>) -> Tally {
+        let mut t = Tally::default();
+        let r = match &self {
+            Client::Ws { addr, path } => ws(addr, path, &phase, &mut t).await,
+            Client::RtspTcp { url } => rtsp_tcp(url, &phase, &mut t).await,
+            Client::Ffmpeg { url } => ffmpeg(url, &phase, &mut t).await,
+        };
+        if let Err(e) = r
+            && !phase.done()
+        {
+            t.error = Some(format!("{e:#}"));
+        }
+        t
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Reads into `buf` after its `filled` bytes; Ok(false) at end of stream or when done.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, phase: &Phase) -> anyhow::Result<bool> {
+    if phase.done() {
+        return Ok(false);
+    }
+    if buf.len() == buf.capacity() {
+        buf.reserve(buf.capacity().max(4096));
+    }
+    let tick = tokio::time::sleep(Duration::from_millis(250));
+    tokio::select! {
+        n = r.read_buf(buf) => Ok(n? > 0),
+        () = tick => Ok(!phase.done()),
+    }
+}
+
+/// Reads an HTTP/RTSP response head (and a body of Content-Length bytes) from `s`; bytes after
+/// it stay in `buf`.
+async fn response(s: &mut TcpStream, buf: &mut Vec<u8>, phase: &Phase) -> anyhow::Result<(String, String)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                if !fill(s, buf, phase).await? {
+                    bail!("connection closed in a response body");
+                }
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            return Ok((head, body));
+        }
+        if buf.len() > 64 * 1024 || !fill(s, buf, phase).await? {
+            bail!("no response head");
+        }
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: bWVkaWFtZXNoLWJlbmNoIQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let (head, _) = response(&mut s, &mut buf, phase).await?;
+    if !head.starts_with("HTTP/1.1 101") {
+        bail!("upgrade refused: {}", head.lines().next().unwrap_or_default());
+    }
+    // Payload bytes of the current message still to skip, and its stamp once complete.
+    let mut skip = 0usize;
+    let mut pending: Option<Option<TestPatternStamp>> = None;
+    let mut pos = 0usize;
+    loop {
+        if skip > 0 {
+            let n = skip.min(buf.len() - pos);
+            skip -= n;
+            pos += n;
+            t.bytes(phase, n);
+        }
+        if skip == 0
+            && let Some(stamp) = pending.take()
+        {
+            t.frame(phase, stamp, now_us());
+        }
+        if skip == 0
+            && let Some((hdr, opcode, len)) = ws_head(&buf[pos..])
+        {
+            if opcode == 8 {
+                bail!("the hub closed the WebSocket");
+            }
+            let frame_hdr = mediamesh_hub::egress::ws_format::FRAME_HEADER_LEN;
+            if opcode == 2 {
+                if buf.len() - pos < hdr + frame_hdr {
+                    compact(&mut buf, &mut pos);
+                    if !fill(&mut s, &mut buf, phase).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let m = &buf[pos + hdr..pos + hdr + frame_hdr];
+                let seq = u64::from_be_bytes(m[4..12].try_into()?);
+                let capture_us = u64::from_be_bytes(m[28..36].try_into()?);
+                pending = Some(Some(TestPatternStamp { counter: seq, capture_us }));
+                pos += hdr + frame_hdr;
+                skip = len - frame_hdr;
+            } else {
+                pos += hdr;
+                skip = len;
+                pending = None;
+            }
+            continue;
+        }
+        compact(&mut buf, &mut pos);
+        if !fill(&mut s, &mut buf, phase).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// A WebSocket frame head at the start of `b`: (head length, opcode, payload length).
+fn ws_head(b: &[u8]) -> Option<(usize, u8, usize)> {
+    let (&b0, &b1) = (b.first()?, b.get(1)?);
+    let (hdr, len) = match b1 & 0x7f {
+        126 => (4, u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?))),
+        127 => (10, u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)),
+        n => (2, u64::from(n)),
+    };
+    Some((hdr, b0 & 0x0f, usize::try_from(len).ok()?))
+}
+
+fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
+    buf.drain(..*pos);
+    *pos = 0;
+}
+
+async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("rtsp://").context("not an rtsp:// URL")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let mut s = TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
+    s.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut cseq = 0;
+    let mut request = async |s: &mut TcpStream, buf: &mut Vec<u8>, method: &str, u: &str, extra: &str| {
+        cseq += 1;
+        let req = format!("{method} {u} RTSP/1.0\r\nCSeq: {cseq}\r\nUser-Agent: mediamesh-bench\r\n{extra}\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let (head, body) = response(s, buf, phase).await?;
+        if !head.starts_with("RTSP/1.0 200") {
+            bail!("{method} {u}: {}", head.lines().next().unwrap_or_default());
+        }
+        anyhow::Ok((head, body))
+    };
+    let (head, sdp) = request(&mut s, &mut buf, "DESCRIBE", url, "Accept: application/sdp\r\n").await?;
+    let base = header(&head, "content-base").unwrap_or(url).trim_end_matches('/').to_owned();
+    let control = sdp
+        .split("\nm=")
+        .skip(1)
+        .find(|m| m.starts_with("video"))
+        .and_then(|m| m.lines().find_map(|l| l.trim().strip_prefix("a=control:")))
+        .context("no video track in the SDP")?;
+    let track = if control.starts_with("rtsp://") { control.to_owned() } else { format!("{base}/{control}") };
+    let (head, _) =
+        request(&mut s, &mut buf, "SETUP", &track, "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n").await?;
+    let session = header(&head, "session").context("no Session")?.split(';').next().unwrap_or_default().to_owned();
+    request(&mut s, &mut buf, "PLAY", url, &format!("Session: {session}\r\n")).await?;
+
+    let mut pos = 0usize;
+    let mut stamp: Option<TestPatternStamp> = None;
+    let mut nal = Vec::with_capacity(256);
+    loop {
+        while buf.len() - pos >= 4 {
+            let b = &buf[pos..];
+            if b[0] != b'$' {
+                // An RTSP message in the stream (a server request or a reply): skip its head.
+                match b.windows(4).position(|w| w == b"\r\n\r\n") {
+                    Some(end) => {
+                        pos += end + 4;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+            if b.len() < 4 + len {
+                break;
+            }
+            if b[1] == 0 {
+                rtp_packet(&b[4..4 + len], &mut stamp, &mut nal, phase, t);
+            }
+            pos += 4 + len;
+        }
+        compact(&mut buf, &mut pos);
+        if !fill(&mut s, &mut buf, phase).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Takes one H.264 RTP packet: stamps from SEI (alone or in a STAP-A), a frame at the marker.
+fn rtp_packet(p: &[u8], stamp: &mut Option<TestPatternStamp>, nal: &mut Vec<u8>, phase: &Phase, t: &mut Tally) {
+    if p.len() < 12 || p[0] >> 6 != 2 {
+        return;
+    }
+    let mut off = 12 + 4 * usize::from(p[0] & 0x0f);
+    if p[0] & 0x10 != 0 {
+        let Some(ext) = p.get(off + 2..off + 4) else { return };
+        off += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+    }
+    let Some(payload) = p.get(off..) else { return };
+    t.bytes(phase, payload.len());
+    let mut take_sei = |n: &[u8]| {
+        if n.first().map(|b| b & 0x1f) == Some(NAL_SEI) {
+            nal.clear();
+            nal.extend_from_slice(&[0, 0, 0, 1]);
+            nal.extend_from_slice(n);
+            if let Some(s) = read_stamp(nal) {
+                *stamp = Some(s);
+            }
+        }
+    };
+    match payload.first().map(|b| b & 0x1f) {
+        Some(24) => {
+            let mut rest = &payload[1..];
+            while rest.len() >= 2 {
+                let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let Some(unit) = rest.get(2..2 + n) else { break };
+                take_sei(unit);
+                rest = &rest[2 + n..];
+            }
+        }
+        Some(_) => take_sei(payload),
+        None => {}
+    }
+    if p[1] & 0x80 != 0 {
+        t.frame(phase, stamp.take(), now_us());
+    }
+}
+
+async fn ffmpeg(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-fflags", "nobuffer"]);
+    if url.starts_with("rtsp://") {
+        cmd.args(["-rtsp_transport", "tcp"]);
+    }
+    cmd.args(["-i", url, "-map", "0:v", "-c", "copy", "-f", "h264", "-flush_packets", "1", "pipe:1"]);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting ffmpeg (apt-get install ffmpeg)")?;
+    let mut out = child.stdout.take().context("ffmpeg has no stdout")?;
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let r = loop {
+        let before = buf.len();
+        match fill(&mut out, &mut buf, phase).await {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+        t.bytes(phase, buf.len() - before);
+        let now = now_us();
+        let (stamps, keep_from) = scan_stamps(&buf);
+        for s in stamps {
+            t.frame(phase, Some(s), now);
+        }
+        buf.drain(..keep_from);
+        if phase.done() {
+            break Ok(());
+        }
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    r
+}
+
+/// Finds the test-pattern stamps in a piece of an Annex-B byte stream by their UUID; returns
+/// them and where the bytes still needed begin (a stamp cut off at the end is found again once
+/// more bytes arrive).
+fn scan_stamps(buf: &[u8]) -> (Vec<TestPatternStamp>, usize) {
+    const BODY: usize = 16;
+    let uuid = &TEST_PATTERN_UUID;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&c| c == uuid[0]) {
+        let at = i + off;
+        let Some(candidate) = buf.get(at..at + uuid.len()) else { return (out, at) };
+        if candidate != uuid {
+            i = at + 1;
+            continue;
+        }
+        // The body may carry emulation-prevention bytes (at most 8 in 16 bytes), and the
+        // UUID's final zero byte counts towards the first one: unescape from the UUID on.
+        let end = buf.len().min(at + uuid.len() + BODY + 8);
+        let raw = unescape_rbsp(&buf[at..end]);
+        if raw.len() < uuid.len() + BODY {
+            return (out, at);
+        }
+        let body = &raw[uuid.len()..];
+        let word = |r: std::ops::Range<usize>| u64::from_be_bytes(body[r].try_into().unwrap_or_default());
+        out.push(TestPatternStamp { counter: word(0..8), capture_us: word(8..16) });
+        i = at + uuid.len() + BODY;
+    }
+    (out, buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use mediamesh_media::h264::sei::write_stamp;
+
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_across_read_boundaries() {
+        let stamps: Vec<TestPatternStamp> =
+            (0..50).map(|n| TestPatternStamp { counter: n * 65_536, capture_us: n << 40 }).collect();
+        let mut stream = Vec::new();
+        for s in &stamps {
+            write_stamp(*s, &mut stream);
+            stream.extend_from_slice(b"\x00\x00\x00\x01\x65mmmmediamesh:tp\x00\x00\x03\x01");
+        }
+        for chunk in [1, 7, 33, 1000] {
+            let (mut buf, mut found) = (Vec::new(), Vec::new());
+            for piece in stream.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                let (s, keep) = scan_stamps(&buf);
+                found.extend(s);
+                buf.drain(..keep);
+            }
+            assert_eq!(found, stamps, "reads of {chunk} bytes");
+        }
+    }
+
+    #[test]
+    fn ws_heads_of_every_length_form() {
+        assert_eq!(ws_head(&[0x82, 5]), Some((2, 2, 5)));
+        assert_eq!(ws_head(&[0x82, 126, 1, 0]), Some((4, 2, 256)));
+        assert_eq!(ws_head(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]), Some((10, 1, 65_536)));
+        assert_eq!(ws_head(&[0x82, 126, 1]), None);
+    }
+}
