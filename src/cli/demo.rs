@@ -40,21 +40,13 @@ pub struct DemoArgs {
     linger: f64,
 }
 
-fn default_state_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("mediamesh").join("demo")
-}
-
 fn yaml_path(p: &Path) -> String {
     // A JSON string is a valid YAML double-quoted scalar.
     serde_json::to_string(&p.display().to_string()).unwrap_or_default()
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let dir = args.state_dir.clone().unwrap_or_else(|| super::state_dir("demo"));
     let dir = std::path::absolute(&dir).unwrap_or(dir);
     let hub_names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
     let pki = mediamesh_tls::dev::write_pki(&dir, &hub_names, &[NODE.to_owned()])

@@ -63,6 +63,16 @@ impl Command {
     }
 }
 
+/// `$XDG_STATE_HOME/mediamesh/<name>` (or `~/.local/state/...`, or the temp folder): where the
+/// demo and the bench keep what they generate.
+pub fn state_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mediamesh").join(name)
+}
+
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 pub async fn stop_signal() {
     let ctrl_c = async {

@@ -25,6 +25,7 @@ fn fanout(c: &mut Criterion) {
             b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8",
         );
         let header = StreamHeader { tracks: vec![TrackInfo::h264(0, sps, Bytes::from_static(b"\x68\xce\x3c\x80"))] };
+        // The SPS is a real one (the frame log's own tests use it), so the header validates.
         log.set_header(header).expect("valid header");
         let payload = Bytes::from(vec![0x5au8; 10_000]);
         let mut cursors: Vec<_> = (0..viewers).map(|_| log.subscribe()).collect();

@@ -100,14 +100,6 @@ struct Latency {
     samples: usize,
 }
 
-fn default_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("mediamesh").join("bench")
-}
-
 fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
     let spec = |server, protocol, client, streams, viewers| Spec { server, protocol, client, streams, viewers };
     let mut specs = Vec::new();
@@ -141,7 +133,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("note: this is a debug build; measure with `cargo run --release -- bench`");
     }
-    let dir = args.dir.clone().unwrap_or_else(default_dir);
+    let dir = args.dir.clone().unwrap_or_else(|| super::state_dir("bench"));
     let clip = servers::ensure_clip(&dir)?;
     let specs = plan(&args)?;
     let mut outcomes = Vec::new();

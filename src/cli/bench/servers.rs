@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::viewers::Client;
+use super::viewers::{Client, now_us};
 
 /// The node name the bench's edge uses.
 pub const NODE: &str = "bench";
@@ -362,10 +362,7 @@ fn feed(
                 if let Framing::LengthPrefixed = framing {
                     out.extend_from_slice(&[0; 4]);
                 }
-                let capture_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64);
-                restamp(&au.data, TestPatternStamp { counter, capture_us }, &mut out);
+                restamp(&au.data, TestPatternStamp { counter, capture_us: now_us() }, &mut out);
                 match framing {
                     Framing::AnnexBWithDelimiter => out.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xf0]),
                     Framing::LengthPrefixed => {

@@ -116,7 +116,8 @@ impl Client {
     }
 }
 
-fn now_us() -> u64 {
+/// Wall-clock microseconds since the Unix epoch (the clock capture stamps use).
+pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
