@@ -27,46 +27,60 @@ const MAX_ACCESS_UNIT: usize = 16 * 1024 * 1024;
 const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// Timestamps for a stream that carries none (raw H.264/H.265 on a pipe): the arrival time,
-/// except that access units arriving in one burst (one `read`) are spread by the stream's
-/// observed frame interval, so timestamps strictly increase by about one frame; they never run
-/// more than 200 ms ahead of arrival.
+/// except that access units arriving close together (one `read`, or a burst after the CPU was
+/// busy) are spread by the stream's frame interval, so timestamps strictly increase by about one
+/// frame; they never run more than 200 ms ahead of arrival.
+///
+/// The interval is the mean over the last [`Pacer::WINDOW`] arrivals, not a smoothed per-frame
+/// sample: a stall followed by a burst of frames leaves it near the true interval, where a
+/// per-frame average would shrink it until two timestamps fall within one frame of each other
+/// (which players rounding to the frame rate reject as non-increasing).
 #[derive(Debug)]
 pub(crate) struct Pacer {
     last_pts: Option<i64>,
-    last_arrival: Option<i64>,
-    /// Access units that arrived at `last_arrival`.
-    burst: i64,
-    /// Smoothed frame interval (90 kHz ticks), 40 ms to begin with.
+    /// Arrival times of the last `WINDOW` access units, oldest first.
+    arrivals: std::collections::VecDeque<i64>,
+    /// Frame interval (90 kHz ticks), 40 ms until the window says otherwise.
     interval: i64,
 }
 
 impl Pacer {
     const MAX_LEAD: i64 = 18_000;
+    const WINDOW: usize = 32;
+    /// Arrivals needed before the window's estimate replaces the 40 ms default.
+    const MIN_SAMPLES: usize = 8;
 
     pub(crate) fn new() -> Self {
-        Self { last_pts: None, last_arrival: None, burst: 0, interval: 3_600 }
+        Self { last_pts: None, arrivals: std::collections::VecDeque::with_capacity(Self::WINDOW), interval: 3_600 }
     }
 
     /// The pts of an access unit that arrived at `arrival` (90 kHz ticks).
     pub(crate) fn stamp(&mut self, arrival: i64) -> i64 {
-        match self.last_arrival {
-            Some(prev) if prev == arrival => self.burst += 1,
-            Some(prev) => {
-                // The frames of the previous burst covered the time since it arrived.
-                let sample = (arrival - prev) / self.burst.max(1);
-                if sample > 0 && sample < 90_000 {
-                    self.interval = (self.interval * 7 + sample) / 8;
-                }
-                self.burst = 1;
-            }
-            None => self.burst = 1,
+        if self.arrivals.back().is_some_and(|&last| arrival - last >= 90_000) {
+            self.arrivals.clear(); // a pause of a second or more: the old rate says nothing
         }
-        self.last_arrival = Some(arrival);
+        if self.arrivals.len() == Self::WINDOW {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back(arrival);
+        if self.arrivals.len() >= Self::MIN_SAMPLES {
+            let span = arrival - self.arrivals[0];
+            let interval = span / (self.arrivals.len() as i64 - 1);
+            if interval > 0 {
+                self.interval = interval;
+            }
+        }
         let pts = match self.last_pts {
             None => arrival,
             Some(last) => {
                 let spaced = arrival.max(last + self.interval.max(1));
-                if spaced - arrival > Self::MAX_LEAD { arrival.max(last + 1) } else { spaced }
+                if spaced - arrival > Self::MAX_LEAD {
+                    // Far ahead: the source really runs faster than the window says. Close the
+                    // gap by half an interval per frame rather than collapsing to `last + 1`.
+                    arrival.max(last + (self.interval / 2).max(1))
+                } else {
+                    spaced
+                }
             }
         };
         self.last_pts = Some(pts);
@@ -303,6 +317,31 @@ mod tests {
         assert!(out[39] - last_arrival <= Pacer::MAX_LEAD, "never far ahead of arrival");
         // A long pause: timestamps jump to arrival, not one interval on.
         assert_eq!(p.stamp(1_000_000), 1_000_000);
+    }
+
+    #[test]
+    fn a_stall_then_a_burst_keeps_frames_a_frame_apart() {
+        let mut p = Pacer::new();
+        let mut out = Vec::new();
+        // 2 s at 25 fps, then a 300 ms stall and the 8 delayed frames 100 µs apart, then steady.
+        let mut t = 0;
+        for _ in 0..50 {
+            out.push(p.stamp(t));
+            t += 3_600;
+        }
+        t += 27_000;
+        for _ in 0..8 {
+            out.push(p.stamp(t));
+            t += 9;
+        }
+        for _ in 0..50 {
+            t += 3_600;
+            out.push(p.stamp(t));
+        }
+        let gaps: Vec<i64> = out.windows(2).map(|w| w[1] - w[0]).collect();
+        // A player rounding to 1/25 s needs more than half a frame between timestamps.
+        assert!(gaps.iter().all(|&g| g > 1_800), "at least half a frame apart: {gaps:?}");
+        assert!(out.last().unwrap() - t <= Pacer::MAX_LEAD, "caught up with arrival");
     }
 
     #[test]
