@@ -14,6 +14,7 @@
 //!
 //! The results print as a table and can be written as JSON (`scripts/bench` plots them).
 
+mod profile;
 mod servers;
 mod viewers;
 
@@ -57,6 +58,25 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure a hub that is already running instead of starting one: HOST or HOST:PORT, PORT
+    /// being its stream port (plain HTTP, for WebSocket viewers). Only the ladder runs; the
+    /// streams must carry the test pattern's stamp for latency.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    target: Option<String>,
+    /// The running hub's RTSP port (with --target).
+    #[arg(long, default_value_t = 8554)]
+    target_rtsp_port: u16,
+    /// The streams to watch on the running hub, NODE/STREAM (with --target).
+    #[arg(long, value_delimiter = ',', default_value = "demo-edge/cam1")]
+    target_streams: Vec<String>,
+    /// The running hub's process id, for its CPU and memory (with --target, on this machine).
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// Sample the server with `perf record` during each measured window; the self-time profile
+    /// goes to the run's folder (`perf.txt`) and its summary into the results. Sampling costs
+    /// the server some CPU: use it to explain figures, not to produce them.
+    #[arg(long)]
+    perf: bool,
 }
 
 /// One run's setup.
@@ -89,6 +109,8 @@ struct Outcome {
     viewers_started: usize,
     viewers_lost: usize,
     latency_ms: Latency,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<profile::Summary>,
     error: Option<String>,
 }
 
@@ -105,7 +127,7 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
     let mut specs = Vec::new();
     for &p in &args.protocols {
         if p == Protocol::Rtmp {
-            anyhow::bail!("mediamesh does not serve RTMP; --protocols takes ws and rtsp-tcp");
+            anyhow::bail!("mediamesh does not serve RTMP; --protocols takes ws, rtsp-tcp and rtsp-udp");
         }
         for &n in &args.viewers {
             specs.push(spec(Server::Mediamesh, p, "builtin", 1, n));
@@ -121,6 +143,10 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
             specs.push(spec(Server::Gstreamer, Protocol::RtspTcp, "ffmpeg", 1, n));
         }
     }
+    if args.target.is_some() {
+        anyhow::ensure!(!args.peers, "--peers starts its own servers; it does not go with --target");
+        return Ok(specs);
+    }
     for m in args.mix.iter().filter(|m| !m.is_empty()) {
         let (s, v) = m.split_once('x').with_context(|| format!("--mix {m}: expected STREAMSxVIEWERS"))?;
         let (s, v): (usize, usize) = (s.parse()?, v.parse()?);
@@ -134,7 +160,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("note: this is a debug build; measure with `cargo run --release -- bench`");
     }
     let dir = args.dir.clone().unwrap_or_else(|| super::state_dir("bench"));
-    let clip = servers::ensure_clip(&dir)?;
+    let clip = match args.target {
+        Some(_) => PathBuf::new(),
+        None => servers::ensure_clip(&dir)?,
+    };
     let specs = plan(&args)?;
     let mut outcomes = Vec::new();
     print_head();
@@ -180,6 +209,7 @@ fn failed(spec: Spec, error: String) -> Outcome {
         viewers_started: 0,
         viewers_lost: 0,
         latency_ms: Latency::default(),
+        profile: None,
         error: Some(error),
     }
 }
@@ -209,13 +239,27 @@ async fn measure(
     clip: &std::path::Path,
     args: &BenchArgs,
 ) -> anyhow::Result<Outcome> {
-    let server = start(spec, dir, clip).await?;
-    let result = measure_running(spec, &server, args).await;
+    let server = match &args.target {
+        Some(t) => {
+            let (host, port) = match t.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().with_context(|| format!("--target {t}: bad port"))?),
+                None => (t.as_str(), 10005),
+            };
+            servers::target(host, port, args.target_rtsp_port, args.target_streams.clone(), args.target_pid)
+        }
+        None => start(spec, dir, clip).await?,
+    };
+    let result = measure_running(spec, &server, args, dir).await;
     server.stop().await;
     result
 }
 
-async fn measure_running(spec: &Spec, server: &Running, args: &BenchArgs) -> anyhow::Result<Outcome> {
+async fn measure_running(
+    spec: &Spec,
+    server: &Running,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<Outcome> {
     let phase = Arc::new(Phase::default());
     let ffmpeg = spec.client == "ffmpeg";
     let mut viewers = Vec::with_capacity(spec.viewers);
@@ -255,10 +299,15 @@ async fn measure_running(spec: &Spec, server: &Running, args: &BenchArgs) -> any
     let t0 = ProcSample::take(&server.pids);
     let at = Instant::now();
     phase.measure();
+    let recording = args.perf.then(|| profile::start(&server.pids, dir, args.duration)).transpose()?;
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     phase.finish();
     let elapsed = at.elapsed().as_secs_f64();
     let t1 = ProcSample::take(&server.pids);
+    let profile = match recording {
+        Some(r) => Some(r.finish().await?),
+        None => None,
+    };
     let edge_cpu = edge.zip(server.edge_pid.map(|p| ProcSample::take(&[p])));
 
     let mut tallies: Vec<Tally> = Vec::with_capacity(viewers.len());
@@ -281,10 +330,11 @@ async fn measure_running(spec: &Spec, server: &Running, args: &BenchArgs) -> any
         spec: spec.clone(),
         duration_s: elapsed,
         cpu_percent: 100.0 * cpu_s / elapsed,
-        cpu_s_per_gbit: (gbit > 0.0).then(|| cpu_s / gbit),
+        cpu_s_per_gbit: (gbit > 0.0 && !server.pids.is_empty()).then(|| cpu_s / gbit),
         edge_cpu_percent: edge_cpu.map(|(a, b)| 100.0 * (b.cpu_s - a.cpu_s) / elapsed),
         rss_mib: t1.rss_kib as f64 / 1024.0,
-        rss_per_viewer_kib: (extra > 0).then(|| (t1.rss_kib as f64 - base.rss_kib as f64) / extra as f64),
+        rss_per_viewer_kib: (extra > 0 && !server.pids.is_empty())
+            .then(|| (t1.rss_kib as f64 - base.rss_kib as f64) / extra as f64),
         delivered_mbit_s: bytes as f64 * 8.0 / 1e6 / elapsed,
         frames,
         frames_expected: (spec.viewers as f64 * elapsed * 25.0).round() as u64,
@@ -292,6 +342,7 @@ async fn measure_running(spec: &Spec, server: &Running, args: &BenchArgs) -> any
         viewers_started: started,
         viewers_lost: lost,
         latency_ms: Latency { p50: pct(0.5), p99: pct(0.99), max: pct(1.0), samples: lat.len() },
+        profile,
         error: first_error.map(|e| format!("{lost} viewers failed, e.g.: {e}")),
     })
 }
@@ -358,6 +409,7 @@ fn print_row(o: &Outcome) {
     let proto = match o.spec.protocol {
         Protocol::Ws => "ws",
         Protocol::RtspTcp => "rtsp-tcp",
+        Protocol::RtspUdp => "rtsp-udp",
         Protocol::Rtmp => "rtmp",
     };
     let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
@@ -379,6 +431,12 @@ fn print_row(o: &Outcome) {
         o.frames_missed,
         o.viewers_lost
     );
+    if let Some(p) = &o.profile {
+        println!("  perf: {:.1} % of samples in the kernel; report {}", p.kernel_percent, p.report.display());
+        for (pct, dso, sym) in p.top.iter().take(8) {
+            println!("    {pct:>5.1} %  {dso:<18} {sym}");
+        }
+    }
     if let Some(e) = &o.error {
         println!("  ! {e}");
     }

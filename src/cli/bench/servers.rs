@@ -36,6 +36,7 @@ pub enum Server {
 pub enum Protocol {
     Ws,
     RtspTcp,
+    RtspUdp,
     Rtmp,
 }
 
@@ -84,12 +85,37 @@ pub struct Running {
     pub edge_pid: Option<u32>,
     children: Vec<Child>,
     feeder: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    host: String,
     stream_port: u16,
     rtsp_port: u16,
     rtmp_port: u16,
+    /// `node/stream` for mediamesh streams other than the bench's own `bench/s{i}`.
+    paths: Vec<String>,
+}
+
+/// A hub that is already running, at `host` (its stream port `stream_port`, plain HTTP, and its
+/// RTSP port), serving `paths` (`node/stream`); `pid` if it runs on this machine.
+pub fn target(host: &str, stream_port: u16, rtsp_port: u16, paths: Vec<String>, pid: Option<u32>) -> Running {
+    Running {
+        server: Server::Mediamesh,
+        pids: pid.into_iter().collect(),
+        edge_pid: None,
+        children: Vec::new(),
+        feeder: None,
+        host: host.to_owned(),
+        stream_port,
+        rtsp_port,
+        rtmp_port: 0,
+        paths,
+    }
 }
 
 impl Running {
+    /// The `node/stream` path of mediamesh stream `i`.
+    fn path(&self, i: usize) -> String {
+        self.paths.get(i).cloned().unwrap_or_else(|| format!("{NODE}/s{i}"))
+    }
+
     /// The viewer client for stream `s` over `protocol` (`ffmpeg` readers if asked).
     pub fn client(&self, protocol: Protocol, stream: usize, ffmpeg: bool) -> anyhow::Result<Client> {
         let url = match (self.server, protocol) {
@@ -97,17 +123,28 @@ impl Running {
                 if ffmpeg {
                     bail!("ffmpeg does not speak mediamesh's WebSocket format");
                 }
+                let path = self.path(stream);
+                let (node, name) = path.split_once('/').context("a stream is NODE/STREAM")?;
                 return Ok(Client::Ws {
-                    addr: format!("127.0.0.1:{}", self.stream_port),
-                    path: format!("/api/v1/nodes/{NODE}/streams/s{stream}/ws"),
+                    addr: format!("{}:{}", self.host, self.stream_port),
+                    path: format!("/api/v1/nodes/{node}/streams/{name}/ws"),
                 });
             }
-            (Server::Mediamesh, Protocol::RtspTcp) => format!("rtsp://127.0.0.1:{}/{NODE}/s{stream}", self.rtsp_port),
-            (Server::Gstreamer, Protocol::RtspTcp) => format!("rtsp://127.0.0.1:{}/s{stream}", self.rtsp_port),
+            (Server::Mediamesh, Protocol::RtspTcp | Protocol::RtspUdp) => {
+                format!("rtsp://{}:{}/{}", self.host, self.rtsp_port, self.path(stream))
+            }
+            (Server::Gstreamer, Protocol::RtspTcp | Protocol::RtspUdp) => {
+                format!("rtsp://127.0.0.1:{}/s{stream}", self.rtsp_port)
+            }
             (Server::NginxRtmp, Protocol::Rtmp) => format!("rtmp://127.0.0.1:{}/live/s{stream}", self.rtmp_port),
             (s, p) => bail!("{s:?} does not serve {p:?}"),
         };
-        Ok(if ffmpeg || protocol == Protocol::Rtmp { Client::Ffmpeg { url } } else { Client::RtspTcp { url } })
+        Ok(match protocol {
+            _ if ffmpeg => Client::Ffmpeg { url },
+            Protocol::Rtmp => Client::Ffmpeg { url },
+            Protocol::RtspUdp => Client::RtspUdp { url },
+            _ => Client::RtspTcp { url },
+        })
     }
 
     /// Stops everything, by PID.
@@ -159,7 +196,7 @@ pub async fn start_mediamesh(dir: &Path, clip: &Path, streams: usize) -> anyhow:
         "cloudDataStream:\n  enable: true\n  streamPort: {stream_port}\n  tunnelPort: {tunnel_port}\n\
          \x20 listenAddress: \"127.0.0.1\"\n  tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n\
          \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  frameLog: {{maxFrames: 128}}\n\
-         \x20 rtsp: {{port: {rtsp_port}, udp: false, maxConnectionsPerIp: 100000}}\n",
+         \x20 rtsp: {{port: {rtsp_port}, udp: true, udpRtpPort: 0, udpRtcpPort: 0, maxConnectionsPerIp: 100000}}\n",
         ca = yaml_str(&pki.ca_cert),
         hc = yaml_str(&pki.hub.cert),
         hk = yaml_str(&pki.hub.key),
@@ -189,9 +226,11 @@ pub async fn start_mediamesh(dir: &Path, clip: &Path, streams: usize) -> anyhow:
         edge_pid: Some(edge_pid),
         children: vec![hub, edge],
         feeder: None,
+        host: "127.0.0.1".into(),
         stream_port,
         rtsp_port,
         rtmp_port: 0,
+        paths: Vec::new(),
     };
     let api = format!("127.0.0.1:{stream_port}");
     wait_for("the hub and its edge", &hub_log, async || {
@@ -279,6 +318,8 @@ pub async fn start_nginx(dir: &Path, clip: &Path) -> anyhow::Result<Running> {
         stream_port: 0,
         rtsp_port: 0,
         rtmp_port: port,
+        host: "127.0.0.1".into(),
+        paths: Vec::new(),
     })
 }
 
@@ -321,6 +362,8 @@ pub async fn start_gstreamer(dir: &Path, clip: &Path) -> anyhow::Result<Running>
         stream_port: 0,
         rtsp_port: port,
         rtmp_port: 0,
+        host: "127.0.0.1".into(),
+        paths: Vec::new(),
     })
 }
 

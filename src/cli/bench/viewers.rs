@@ -94,6 +94,8 @@ pub enum Client {
     Ws { addr: String, path: String },
     /// RTSP, RTP interleaved on the TCP connection.
     RtspTcp { url: String },
+    /// RTSP, RTP over UDP.
+    RtspUdp { url: String },
     /// `ffmpeg -i URL -c copy -f h264 pipe:1`, its output scanned for stamps.
     Ffmpeg { url: String },
 }
@@ -105,6 +107,7 @@ impl Client {
         let r = match &self {
             Client::Ws { addr, path } => ws(addr, path, &phase, &mut t).await,
             Client::RtspTcp { url } => rtsp_tcp(url, &phase, &mut t).await,
+            Client::RtspUdp { url } => rtsp_udp(url, &phase, &mut t).await,
             Client::Ffmpeg { url } => ffmpeg(url, &phase, &mut t).await,
         };
         if let Err(e) = r
@@ -121,30 +124,53 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// How often a viewer with nothing to read checks whether the run is over.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A viewer's timer for noticing the end of the run while no data comes. One per viewer, armed
+/// once and re-armed only when it fires: a timer per read would cost a timer-wheel insertion and
+/// removal per read, a thousand times per frame.
+type Tick = std::pin::Pin<Box<tokio::time::Sleep>>;
+
+fn tick() -> Tick {
+    Box::pin(tokio::time::sleep(TICK))
+}
+
 /// Reads into `buf` after its `filled` bytes; Ok(false) at end of stream or when done.
-async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, phase: &Phase) -> anyhow::Result<bool> {
-    if phase.done() {
-        return Ok(false);
-    }
+async fn fill<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    phase: &Phase,
+    tick: &mut Tick,
+) -> anyhow::Result<bool> {
     if buf.len() == buf.capacity() {
         buf.reserve(buf.capacity().max(4096));
     }
-    let tick = tokio::time::sleep(Duration::from_millis(250));
-    tokio::select! {
-        n = r.read_buf(buf) => Ok(n? > 0),
-        () = tick => Ok(!phase.done()),
+    loop {
+        if phase.done() {
+            return Ok(false);
+        }
+        tokio::select! {
+            n = r.read_buf(buf) => return Ok(n? > 0),
+            () = tick.as_mut() => tick.as_mut().reset(tokio::time::Instant::now() + TICK),
+        }
     }
 }
 
 /// Reads an HTTP/RTSP response head (and a body of Content-Length bytes) from `s`; bytes after
 /// it stay in `buf`.
-async fn response(s: &mut TcpStream, buf: &mut Vec<u8>, phase: &Phase) -> anyhow::Result<(String, String)> {
+async fn response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    phase: &Phase,
+    tick: &mut Tick,
+) -> anyhow::Result<(String, String)> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             while buf.len() < end + 4 + len {
-                if !fill(s, buf, phase).await? {
+                if !fill(s, buf, phase, tick).await? {
                     bail!("connection closed in a response body");
                 }
             }
@@ -152,7 +178,7 @@ async fn response(s: &mut TcpStream, buf: &mut Vec<u8>, phase: &Phase) -> anyhow
             buf.drain(..end + 4 + len);
             return Ok((head, body));
         }
-        if buf.len() > 64 * 1024 || !fill(s, buf, phase).await? {
+        if buf.len() > 64 * 1024 || !fill(s, buf, phase, tick).await? {
             bail!("no response head");
         }
     }
@@ -174,7 +200,8 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(64 * 1024);
-    let (head, _) = response(&mut s, &mut buf, phase).await?;
+    let mut tick = tick();
+    let (head, _) = response(&mut s, &mut buf, phase, &mut tick).await?;
     if !head.starts_with("HTTP/1.1 101") {
         bail!("upgrade refused: {}", head.lines().next().unwrap_or_default());
     }
@@ -204,7 +231,7 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
             if opcode == 2 {
                 if buf.len() - pos < hdr + frame_hdr {
                     compact(&mut buf, &mut pos);
-                    if !fill(&mut s, &mut buf, phase).await? {
+                    if !fill(&mut s, &mut buf, phase, &mut tick).await? {
                         return Ok(());
                     }
                     continue;
@@ -223,7 +250,7 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
             continue;
         }
         compact(&mut buf, &mut pos);
-        if !fill(&mut s, &mut buf, phase).await? {
+        if !fill(&mut s, &mut buf, phase, &mut tick).await? {
             return Ok(());
         }
     }
@@ -245,24 +272,36 @@ fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
     *pos = 0;
 }
 
-async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+/// An RTSP session set up and playing: the connection, what was read past the PLAY reply, the
+/// viewer's tick, and the SETUP reply's head.
+struct Playing {
+    s: TcpStream,
+    buf: Vec<u8>,
+    tick: Tick,
+    setup: String,
+}
+
+/// DESCRIBE, SETUP of the video track with `transport`, PLAY.
+async fn rtsp_play(url: &str, transport: &str, phase: &Phase) -> anyhow::Result<Playing> {
     let rest = url.strip_prefix("rtsp://").context("not an rtsp:// URL")?;
     let host = rest.split('/').next().unwrap_or_default();
     let mut s = TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
     s.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut tick = tick();
     let mut cseq = 0;
-    let mut request = async |s: &mut TcpStream, buf: &mut Vec<u8>, method: &str, u: &str, extra: &str| {
-        cseq += 1;
-        let req = format!("{method} {u} RTSP/1.0\r\nCSeq: {cseq}\r\nUser-Agent: mediamesh-bench\r\n{extra}\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let (head, body) = response(s, buf, phase).await?;
-        if !head.starts_with("RTSP/1.0 200") {
-            bail!("{method} {u}: {}", head.lines().next().unwrap_or_default());
-        }
-        anyhow::Ok((head, body))
-    };
-    let (head, sdp) = request(&mut s, &mut buf, "DESCRIBE", url, "Accept: application/sdp\r\n").await?;
+    let mut request =
+        async |s: &mut TcpStream, buf: &mut Vec<u8>, tick: &mut Tick, method: &str, u: &str, extra: &str| {
+            cseq += 1;
+            let req = format!("{method} {u} RTSP/1.0\r\nCSeq: {cseq}\r\nUser-Agent: mediamesh-bench\r\n{extra}\r\n");
+            s.write_all(req.as_bytes()).await?;
+            let (head, body) = response(s, buf, phase, tick).await?;
+            if !head.starts_with("RTSP/1.0 200") {
+                bail!("{method} {u}: {}", head.lines().next().unwrap_or_default());
+            }
+            anyhow::Ok((head, body))
+        };
+    let (head, sdp) = request(&mut s, &mut buf, &mut tick, "DESCRIBE", url, "Accept: application/sdp\r\n").await?;
     let base = header(&head, "content-base").unwrap_or(url).trim_end_matches('/').to_owned();
     let control = sdp
         .split("\nm=")
@@ -271,11 +310,64 @@ async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()>
         .and_then(|m| m.lines().find_map(|l| l.trim().strip_prefix("a=control:")))
         .context("no video track in the SDP")?;
     let track = if control.starts_with("rtsp://") { control.to_owned() } else { format!("{base}/{control}") };
-    let (head, _) =
-        request(&mut s, &mut buf, "SETUP", &track, "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n").await?;
-    let session = header(&head, "session").context("no Session")?.split(';').next().unwrap_or_default().to_owned();
-    request(&mut s, &mut buf, "PLAY", url, &format!("Session: {session}\r\n")).await?;
+    let (setup, _) =
+        request(&mut s, &mut buf, &mut tick, "SETUP", &track, &format!("Transport: {transport}\r\n")).await?;
+    let session = header(&setup, "session").context("no Session")?.split(';').next().unwrap_or_default().to_owned();
+    request(&mut s, &mut buf, &mut tick, "PLAY", url, &format!("Session: {session}\r\n")).await?;
+    Ok(Playing { s, buf, tick, setup })
+}
 
+/// RTP over UDP: two sockets (RTP on an even port, RTCP on the next), receiver reports every
+/// 5 s so the server keeps the session.
+async fn rtsp_udp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+    let (rtp, rtcp) = udp_pair().await?;
+    let (a, b) = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
+    let p = rtsp_play(url, &format!("RTP/AVP;unicast;client_port={a}-{b}"), phase).await?;
+    let transport = header(&p.setup, "transport").context("no Transport in the SETUP reply")?;
+    let server_rtcp: u16 = transport
+        .split(';')
+        .find_map(|f| f.trim().strip_prefix("server_port="))
+        .and_then(|v| v.split('-').nth(1)?.parse().ok())
+        .context("no server_port in the SETUP reply")?;
+    let host = p.s.peer_addr()?.ip();
+    // An empty receiver report (RFC 3550 §6.4.2) from SSRC = our RTP port.
+    let mut rr = vec![0x80, 201, 0, 1];
+    rr.extend_from_slice(&u32::from(a).to_be_bytes());
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    let (mut stamp, mut nal) = (None, Vec::with_capacity(256));
+    let mut buf = vec![0u8; 2048];
+    let mut tick = p.tick;
+    loop {
+        if phase.done() {
+            return Ok(());
+        }
+        tokio::select! {
+            r = rtp.recv(&mut buf) => rtp_packet(&buf[..r?], &mut stamp, &mut nal, phase, t),
+            _ = report.tick() => {
+                rtcp.send_to(&rr, (host, server_rtcp)).await?;
+            }
+            () = tick.as_mut() => tick.as_mut().reset(tokio::time::Instant::now() + TICK),
+        }
+    }
+}
+
+/// Two UDP sockets on an even port and the odd one after it.
+async fn udp_pair() -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::UdpSocket)> {
+    for _ in 0..100 {
+        let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = tokio::net::UdpSocket::bind(("127.0.0.1", port + 1)).await {
+            return Ok((rtp, rtcp));
+        }
+    }
+    bail!("no free even/odd UDP port pair")
+}
+
+async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
+    let Playing { mut s, mut buf, mut tick, .. } = rtsp_play(url, "RTP/AVP/TCP;unicast;interleaved=0-1", phase).await?;
     let mut pos = 0usize;
     let mut stamp: Option<TestPatternStamp> = None;
     let mut nal = Vec::with_capacity(256);
@@ -302,7 +394,7 @@ async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()>
             pos += 4 + len;
         }
         compact(&mut buf, &mut pos);
-        if !fill(&mut s, &mut buf, phase).await? {
+        if !fill(&mut s, &mut buf, phase, &mut tick).await? {
             return Ok(());
         }
     }
@@ -364,9 +456,10 @@ async fn ffmpeg(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
         .context("starting ffmpeg (apt-get install ffmpeg)")?;
     let mut out = child.stdout.take().context("ffmpeg has no stdout")?;
     let mut buf = Vec::with_capacity(256 * 1024);
+    let mut tick = tick();
     let r = loop {
         let before = buf.len();
-        match fill(&mut out, &mut buf, phase).await {
+        match fill(&mut out, &mut buf, phase, &mut tick).await {
             Ok(true) => {}
             Ok(false) => break Ok(()),
             Err(e) => break Err(e),

@@ -125,7 +125,9 @@ where
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
 async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: mpsc::Sender<Bytes>, gone: CancellationToken) {
     let mut parser = ClientFrames::new(MAX_CLIENT_FRAME);
-    let mut buf = vec![0u8; 4096];
+    // Viewers send only control frames (pings, close); the parser gathers a bigger frame across
+    // reads. Every viewer holds this buffer for as long as it watches.
+    let mut buf = vec![0u8; 512];
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,

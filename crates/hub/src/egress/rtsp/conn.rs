@@ -61,7 +61,9 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel(16);
     let closed = ctx.shutdown.child_token();
-    let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
+    let wfut = writer_task(wr, rx, closed.clone(), ctx.stall);
+    eprintln!("SIZE writer future {}", std::mem::size_of_val(&wfut));
+    let mut writer = tokio::spawn(wfut);
     let liveness = Liveness::default();
     let mut conn =
         Conn { ctx, peer, writer: tx, closed, sessions: HashMap::new(), described: HashMap::new(), liveness };
@@ -81,7 +83,8 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     // reading it for a moment lets the last response reach the client instead of being
     // destroyed by the TCP reset that closing with unread data causes.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut sink = [0u8; 8192];
+        // On the heap: an array here would sit in the connection's future, 8 KB per viewer.
+        let mut sink = vec![0u8; 8192];
         let mut total = 0usize;
         while total < (1 << 20) {
             match rd.read(&mut sink).await {
@@ -96,13 +99,18 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
 
 impl Conn {
     async fn read_loop(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
-        let mut buf = BytesMut::with_capacity(4096);
+        // Requests are a few hundred bytes; the buffer grows for a bigger one (up to the caps in
+        // `request`). Every viewer holds this buffer for as long as it watches.
+        let mut buf = BytesMut::with_capacity(1024);
         loop {
             loop {
                 match request::parse(&mut buf) {
                     Ok(Some(Incoming::Request(req))) => {
                         self.touch();
-                        if let Err(reason) = self.handle(req).await {
+                        // Boxed: handling a request (DESCRIBE waits for the stream to start) needs
+                        // several KB of state that the connection, which spends its life waiting
+                        // for the next read, should not carry while it waits.
+                        if let Err(reason) = Box::pin(self.handle(req)).await {
                             return reason;
                         }
                     }

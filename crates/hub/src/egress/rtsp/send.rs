@@ -16,7 +16,7 @@ use tracing::debug;
 use super::media::{MediaOut, Plan, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, send_vectored};
-use crate::egress::io::{describe_write_error, write_all_vectored};
+use crate::egress::io::{describe_write_error, recycle, write_all_vectored};
 use crate::session::ViewerEnd;
 use crate::session::log::LogEntry;
 
@@ -36,6 +36,7 @@ pub(crate) async fn writer_task(
 ) -> String {
     let mut media: Option<(String, Box<MediaOut>)> = None;
     let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
+    let mut slice_store: Vec<IoSlice<'static>> = Vec::new();
     let reason = 'outer: loop {
         if closed.is_cancelled() {
             // Responses already queued (a refusal's answer) still go out; media stops.
@@ -55,8 +56,12 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
-                if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
+                let mut slices = recycle(std::mem::take(&mut slice_store));
+                tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames, &mut slices);
+                let written = write_all_vectored(&mut wr, &mut slices, stall).await;
+                slice_store = recycle(slices);
+                slice_store.shrink_to(2 * super::media::PLAN_KEEP);
+                if let Err(e) = written {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
                 }
@@ -183,21 +188,21 @@ pub(crate) async fn udp_sender(
         if !batch.is_empty() {
             let mut rtcp = plan.rtcp.iter().peekable();
             let mut stalled = None;
-            for (i, (ei, pi, ti, h)) in plan.packets.iter().enumerate() {
+            for (i, packet) in plan.packets.iter().enumerate() {
                 while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
                     send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
                 }
-                let p = &super::media::payloads(&batch[*ei])[*pi];
-                let Dest::Udp { rtp, .. } = m.tracks[*ti].dest else { continue };
+                let p = super::media::packet_payload(&batch, packet);
+                let Dest::Udp { rtp, .. } = m.tracks[usize::from(packet.track)].dest else { continue };
                 pace.take(12 + p.len()).await;
-                let slices = [IoSlice::new(&h[4..]), IoSlice::new(p.prefix()), IoSlice::new(&p.body)];
+                let slices = [IoSlice::new(packet.udp_head()), IoSlice::new(&p.body)];
                 match tokio::time::timeout(stall, send_vectored(&udp.rtp, &slices, rtp)).await {
                     Ok(Ok(())) => {}
                     // ICMP unreachable from an earlier datagram and the like: the client may be
                     // gone; its silence will time the session out.
                     Ok(Err(e)) => debug!(to = %rtp, error = %e, "udp send failed"),
                     Err(_) => {
-                        stalled = Some(*ei);
+                        stalled = Some(packet.entry as usize);
                         break;
                     }
                 }
