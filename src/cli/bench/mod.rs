@@ -438,6 +438,8 @@ fn print_row(o: &Outcome) {
         }
     }
     if let Some(e) = &o.error {
+        // A peer's bytes can end up in an error (a reply that was not one): print text only.
+        let e: String = e.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' }).collect();
         println!("  ! {e}");
     }
 }

@@ -158,7 +158,8 @@ async fn fill<R: AsyncRead + Unpin>(
 }
 
 /// Reads an HTTP/RTSP response head (and a body of Content-Length bytes) from `s`; bytes after
-/// it stay in `buf`.
+/// it stay in `buf`. Interleaved RTP before the reply (GStreamer's server sends media before it
+/// answers PLAY) is skipped.
 async fn response(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -166,6 +167,18 @@ async fn response(
     tick: &mut Tick,
 ) -> anyhow::Result<(String, String)> {
     loop {
+        if buf.first() == Some(&b'$') {
+            if let Some(len) = buf.get(2..4).map(|l| 4 + usize::from(u16::from_be_bytes([l[0], l[1]])))
+                && buf.len() >= len
+            {
+                buf.drain(..len);
+                continue;
+            }
+            if !fill(s, buf, phase, tick).await? {
+                bail!("connection closed in interleaved data");
+            }
+            continue;
+        }
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
