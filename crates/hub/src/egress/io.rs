@@ -28,14 +28,6 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     tokio::time::timeout(stall, w.flush()).await.map_err(|_| timed_out())?
 }
 
-/// Empties a vector of slices and hands its allocation on with a new lifetime, so a writer keeps
-/// one vector for all its batches instead of allocating one per batch. (`IoSlice`s of any
-/// lifetime have the same layout; the standard library collects this in place.)
-pub(crate) fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
-}
-
 /// Explains a write error in a viewer's goodbye line.
 pub(crate) fn describe_write_error(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::TimedOut {
@@ -101,17 +93,6 @@ mod tests {
         ) -> std::task::Poll<std::io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
-    }
-
-    #[test]
-    fn recycled_slice_vectors_keep_their_allocation() {
-        let data = vec![7u8; 10];
-        let mut v: Vec<IoSlice<'_>> = (0..100).map(|_| IoSlice::new(&data)).collect();
-        v.reserve(28);
-        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
-        let again: Vec<IoSlice<'static>> = recycle(v);
-        assert!(again.is_empty());
-        assert_eq!((again.as_ptr() as usize, again.capacity()), (ptr, cap), "same allocation");
     }
 
     #[tokio::test]

@@ -78,6 +78,8 @@ where
             chunks.push(close_frame(CLOSE_NORMAL, "stream ended"));
         }
         if !chunks.is_empty() {
+            // Allocated per write: glibc's thread cache hands every viewer the same hot block,
+            // which measured faster than a vector kept per viewer (docs/benchmarks.md).
             let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
             let written = tokio::select! {
                 r = write_all_vectored(&mut wr, &mut slices, stall) => r,

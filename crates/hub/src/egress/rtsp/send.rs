@@ -16,7 +16,7 @@ use tracing::debug;
 use super::media::{MediaOut, Plan, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, send_vectored};
-use crate::egress::io::{describe_write_error, recycle, write_all_vectored};
+use crate::egress::io::{describe_write_error, write_all_vectored};
 use crate::session::ViewerEnd;
 use crate::session::log::LogEntry;
 
@@ -36,7 +36,6 @@ pub(crate) async fn writer_task(
 ) -> String {
     let mut media: Option<(String, Box<MediaOut>)> = None;
     let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
-    let mut slice_store: Vec<IoSlice<'static>> = Vec::new();
     let reason = 'outer: loop {
         if closed.is_cancelled() {
             // Responses already queued (a refusal's answer) still go out; media stops.
@@ -56,12 +55,10 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                let mut slices = recycle(std::mem::take(&mut slice_store));
+                // Allocated per write, as for WebSocket viewers (docs/benchmarks.md).
+                let mut slices = Vec::new();
                 tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames, &mut slices);
-                let written = write_all_vectored(&mut wr, &mut slices, stall).await;
-                slice_store = recycle(slices);
-                slice_store.shrink_to(2 * super::media::PLAN_KEEP);
-                if let Err(e) = written {
+                if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
                 }
