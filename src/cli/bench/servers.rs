@@ -141,9 +141,11 @@ impl Running {
         };
         Ok(match protocol {
             _ if ffmpeg => Client::Ffmpeg { url },
-            Protocol::Rtmp => Client::Ffmpeg { url },
             Protocol::RtspUdp => Client::RtspUdp { url },
-            _ => Client::RtspTcp { url },
+            Protocol::RtspTcp => Client::RtspTcp { url },
+            // Only ffmpeg reads RTMP here; WebSocket viewers were returned above.
+            Protocol::Rtmp => Client::Ffmpeg { url },
+            Protocol::Ws => bail!("{:?} does not serve WebSocket viewers", self.server),
         })
     }
 

@@ -61,9 +61,7 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel(16);
     let closed = ctx.shutdown.child_token();
-    let wfut = writer_task(wr, rx, closed.clone(), ctx.stall);
-    eprintln!("SIZE writer future {}", std::mem::size_of_val(&wfut));
-    let mut writer = tokio::spawn(wfut);
+    let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
     let liveness = Liveness::default();
     let mut conn =
         Conn { ctx, peer, writer: tx, closed, sessions: HashMap::new(), described: HashMap::new(), liveness };

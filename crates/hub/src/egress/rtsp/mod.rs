@@ -118,7 +118,6 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskT
             tracing::debug!(%peer, error = %e, "cannot set the send buffer size");
         }
         let conn = conn::run(ctx.clone(), tcp, peer);
-        eprintln!("SIZE conn future {}", std::mem::size_of_val(&conn));
         tasks.spawn(
             async move {
                 conn.await;

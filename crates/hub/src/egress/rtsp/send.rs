@@ -55,9 +55,7 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                // Allocated per write, as for WebSocket viewers (docs/benchmarks.md).
-                let mut slices = Vec::new();
-                tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames, &mut slices);
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
