@@ -100,6 +100,9 @@ struct Outcome {
     cpu_percent: f64,
     cpu_s_per_gbit: Option<f64>,
     edge_cpu_percent: Option<f64>,
+    /// CPU of the builtin viewers (this process), for how much of the machine they take from
+    /// the server; `None` for ffmpeg readers.
+    viewers_cpu_percent: Option<f64>,
     rss_mib: f64,
     rss_per_viewer_kib: Option<f64>,
     delivered_mbit_s: f64,
@@ -200,6 +203,7 @@ fn failed(spec: Spec, error: String) -> Outcome {
         cpu_percent: 0.0,
         cpu_s_per_gbit: None,
         edge_cpu_percent: None,
+        viewers_cpu_percent: None,
         rss_mib: 0.0,
         rss_per_viewer_kib: None,
         delivered_mbit_s: 0.0,
@@ -266,14 +270,14 @@ async fn measure_running(
     // One viewer per stream first: the stream runs, and its memory is the baseline.
     for s in 0..spec.streams {
         let client = server.client(spec.protocol, s, ffmpeg)?;
-        viewers.push(tokio::spawn(client.run(phase.clone())));
+        viewers.push(client.spawn(phase.clone()));
     }
     let first = wait_started(&phase, spec.streams, Duration::from_secs(30)).await;
     if first < spec.streams {
         phase.finish();
         let mut why = String::new();
         for v in viewers {
-            if let Some(e) = v.await.ok().and_then(|t| t.error) {
+            if let Some(e) = v.stop().await.error {
                 why = format!(": {e}");
                 break;
             }
@@ -286,7 +290,7 @@ async fn measure_running(
     let base = ProcSample::take(&server.pids);
     for i in spec.streams..spec.viewers {
         let client = server.client(spec.protocol, i % spec.streams, ffmpeg)?;
-        viewers.push(tokio::spawn(client.run(phase.clone())));
+        viewers.push(client.spawn(phase.clone()));
         if ffmpeg && i % 10 == 9 {
             // Starting a hundred ffmpeg processes at once starves everything for seconds.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -297,6 +301,8 @@ async fn measure_running(
 
     let edge = server.edge_pid.map(|p| ProcSample::take(&[p]));
     let t0 = ProcSample::take(&server.pids);
+    let me = [std::process::id()];
+    let v0 = ProcSample::take(&me);
     let at = Instant::now();
     phase.measure();
     let recording = args.perf.then(|| profile::start(&server.pids, dir, args.duration)).transpose()?;
@@ -304,6 +310,7 @@ async fn measure_running(
     phase.finish();
     let elapsed = at.elapsed().as_secs_f64();
     let t1 = ProcSample::take(&server.pids);
+    let v1 = ProcSample::take(&me);
     let profile = match recording {
         Some(r) => Some(r.finish().await?),
         None => None,
@@ -312,7 +319,7 @@ async fn measure_running(
 
     let mut tallies: Vec<Tally> = Vec::with_capacity(viewers.len());
     for v in viewers {
-        tallies.push(v.await.unwrap_or_default());
+        tallies.push(v.stop().await);
     }
     let bytes: u64 = tallies.iter().map(|t| t.bytes).sum();
     let frames: u64 = tallies.iter().map(|t| t.frames).sum();
@@ -332,6 +339,7 @@ async fn measure_running(
         cpu_percent: 100.0 * cpu_s / elapsed,
         cpu_s_per_gbit: (gbit > 0.0 && !server.pids.is_empty()).then(|| cpu_s / gbit),
         edge_cpu_percent: edge_cpu.map(|(a, b)| 100.0 * (b.cpu_s - a.cpu_s) / elapsed),
+        viewers_cpu_percent: (!ffmpeg).then(|| 100.0 * (v1.cpu_s - v0.cpu_s) / elapsed),
         rss_mib: t1.rss_kib as f64 / 1024.0,
         rss_per_viewer_kib: (extra > 0 && !server.pids.is_empty())
             .then(|| (t1.rss_kib as f64 - base.rss_kib as f64) / extra as f64),
@@ -381,13 +389,14 @@ impl ProcSample {
 
 fn print_head() {
     println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>5}",
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>5}",
         "server",
         "proto",
         "client",
         "streams",
         "viewers",
         "cpu%",
+        "view%",
         "cpu-s/Gb",
         "rss-MiB",
         "KiB/view",
@@ -414,13 +423,14 @@ fn print_row(o: &Outcome) {
     };
     let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
     println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>5}",
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>6} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>5}",
         name,
         proto,
         o.spec.client,
         o.spec.streams,
         o.spec.viewers,
         o.cpu_percent,
+        opt(o.viewers_cpu_percent, 1),
         opt(o.cpu_s_per_gbit, 3),
         o.rss_mib,
         opt(o.rss_per_viewer_kib, 1),

@@ -56,9 +56,13 @@ where
     let reason = loop {
         batch.clear();
         chunks.clear();
-        while let Ok(c) = control_rx.try_recv() {
-            chunks.push(c);
+        if control_rx.is_closed() {
+            // The reader ended (the client closed, or sent a bad frame): the goodbye below
+            // writes what it queued (the close reply), and no more media goes out.
+            break "viewer closed".to_owned();
         }
+        // Control frames (pongs) go out when the viewer is caught up, in the wait below: a
+        // `try_recv` here would touch the channel twice more per frame.
         let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
         let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
         if let Err(too_slow) = viewer.account_read(&status, pending) {
@@ -82,6 +86,9 @@ where
             // which measured faster than a vector kept per viewer (docs/benchmarks.md).
             let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
             let written = tokio::select! {
+                // The write usually completes at once; polled first, the cancellation future is
+                // then never polled (registering it takes a lock).
+                biased;
                 r = write_all_vectored(&mut wr, &mut slices, stall) => r,
                 () = gone.cancelled() => break "viewer closed".to_owned(),
             };
@@ -95,15 +102,20 @@ where
             break format!("stream ended: {reason}");
         }
         if batch.is_empty() && status.skipped == 0 {
+            // No branch for `gone`: the reader drops its sender when it ends, which ends `recv`
+            // (a cancellation future here would take a lock per frame).
             tokio::select! {
-                changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
-                () = gone.cancelled() => break "viewer closed".to_owned(),
-                Some(c) = control_rx.recv() => {
-                    if let Err(e) = write_all_vectored(&mut wr, &mut [IoSlice::new(&c)], stall).await {
-                        viewer.set_end(ViewerEnd::of_write_error(&e));
-                        break describe_write_error(&e);
+                biased;
+                c = control_rx.recv() => match c {
+                    Some(c) => {
+                        if let Err(e) = write_all_vectored(&mut wr, &mut [IoSlice::new(&c)], stall).await {
+                            viewer.set_end(ViewerEnd::of_write_error(&e));
+                            break describe_write_error(&e);
+                        }
                     }
-                }
+                    None => break "viewer closed".to_owned(),
+                },
+                changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
             }
         }
     };

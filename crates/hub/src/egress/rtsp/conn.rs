@@ -47,7 +47,9 @@ const MAX_DESCRIBED: usize = 4;
 struct Conn {
     ctx: Arc<RtspCtx>,
     peer: SocketAddr,
-    writer: mpsc::Sender<WriterCmd>,
+    /// Commands go boxed: the channel allocates its slots in blocks of 32, which for the
+    /// 64-byte command would be 2 KB per viewer; a box is 8 bytes, and commands are rare.
+    writer: mpsc::Sender<Box<WriterCmd>>,
     closed: CancellationToken,
     sessions: HashMap<String, RtspSession>,
     /// Viewers joined by DESCRIBE, waiting for SETUP, with when they expire: a viewer holds
@@ -120,8 +122,7 @@ impl Conn {
                     Ok(None) => break,
                     Err(refusal) => {
                         info!(peer = %self.peer, %refusal, "rtsp request refused");
-                        let _ =
-                            self.writer.send(WriterCmd::Response(Response::from(&refusal).encode(refusal.cseq))).await;
+                        let _ = self.send(WriterCmd::Response(Response::from(&refusal).encode(refusal.cseq))).await;
                         return format!("refused: {refusal}");
                     }
                 }
@@ -180,7 +181,11 @@ impl Conn {
         if resp.status() >= 400 {
             debug!(peer = %self.peer, method = ?req.method, uri = %req.uri, status = resp.status(), "rtsp error response");
         }
-        self.writer.send(WriterCmd::Response(resp.encode(Some(req.cseq)))).await.map_err(|_| "writer gone".to_owned())
+        self.send(WriterCmd::Response(resp.encode(Some(req.cseq)))).await
+    }
+
+    async fn send(&self, cmd: WriterCmd) -> Result<(), String> {
+        self.writer.send(Box::new(cmd)).await.map_err(|_| "writer gone".to_owned())
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), String> {
@@ -213,7 +218,12 @@ impl Conn {
     /// Joins the stream (once per connection and stream) and waits for its codec parameters.
     async fn viewer_for(&mut self, key: &StreamKey) -> Result<Viewer, Response> {
         self.ctx.sessions.check_stream(key).map_err(|e| not_found(&e.to_string()))?;
-        let mut viewer = match self.described.remove(key) {
+        let described = self.described.remove(key);
+        if self.described.is_empty() {
+            // Its entries are 150 bytes each; a playing viewer should not keep the room.
+            self.described = HashMap::new();
+        }
+        let mut viewer = match described {
             Some((v, _)) => v,
             None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),
         };
@@ -401,11 +411,7 @@ impl Conn {
         info!(peer = %self.peer, stream = %s.key, session = %id, tcp = all_tcp, "rtsp viewer playing");
         if all_tcp {
             s.playing = Playing::Tcp;
-            return self
-                .writer
-                .send(WriterCmd::Play { session: id, media: Box::new(media), response })
-                .await
-                .map_err(|_| "writer gone".into());
+            return self.send(WriterCmd::Play { session: id, media: Box::new(media), response }).await;
         }
         let Some(udp) = udp else { return Ok(()) };
         let cancel = closed.child_token();
@@ -422,7 +428,7 @@ impl Conn {
         }
         s.playing = Playing::Udp { cancel: cancel.clone(), rtcp };
         self.touch();
-        self.writer.send(WriterCmd::Response(response)).await.map_err(|_| "writer gone".to_owned())?;
+        self.send(WriterCmd::Response(response)).await?;
         tokio::spawn(udp_sender(media, udp, cancel, closed, liveness, timeout, stall));
         Ok(())
     }
@@ -438,17 +444,13 @@ impl Conn {
             info!(peer = %self.peer, stream = %s.key, session = %id, "rtsp teardown");
             match s.playing {
                 Playing::Tcp => {
-                    return self
-                        .writer
-                        .send(WriterCmd::Stop { session: id, response })
-                        .await
-                        .map_err(|_| "writer gone".into());
+                    return self.send(WriterCmd::Stop { session: id, response }).await;
                 }
                 Playing::Udp { cancel, rtcp } => self.stop_udp(&cancel, &rtcp),
                 Playing::No => {}
             }
         }
-        self.writer.send(WriterCmd::Response(response)).await.map_err(|_| "writer gone".into())
+        self.send(WriterCmd::Response(response)).await
     }
 
     fn stop_udp(&self, cancel: &CancellationToken, rtcp: &[SocketAddr]) {

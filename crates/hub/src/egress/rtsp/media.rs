@@ -106,8 +106,10 @@ pub(crate) fn payloads(e: &LogEntry) -> &[RtpPayload] {
 /// grow with the GOP a viewer joins in (a 2 s GOP at 2 Mbit/s: 360 packets, 14 KB of plan and
 /// 17 KB of slices per viewer).
 const BATCH_BYTES: usize = 64 * 1024;
-/// Packets a plan keeps room for between batches; a bigger batch's room is given back.
-pub(crate) const PLAN_KEEP: usize = 64;
+/// Packets a plan keeps room for between batches (448 bytes); a bigger batch's room is given
+/// back. A 2 Mbit/s P-frame is about 8 packets, so only keyframes (once per GOP) and catch-up
+/// batches allocate.
+pub(crate) const PLAN_KEEP: usize = 16;
 
 impl MediaOut {
     /// Reads the next batch from the log into `batch` (replacing it), accounts the read, and

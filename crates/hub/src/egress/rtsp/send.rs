@@ -30,14 +30,16 @@ pub(crate) enum WriterCmd {
 /// Owns the write half: responses in order, and the media of a TCP-interleaved session.
 pub(crate) async fn writer_task(
     mut wr: OwnedWriteHalf,
-    mut cmds: mpsc::Receiver<WriterCmd>,
+    mut cmds: mpsc::Receiver<Box<WriterCmd>>,
     closed: CancellationToken,
     stall: Duration,
 ) -> String {
     let mut media: Option<(String, Box<MediaOut>)> = None;
     let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
     let reason = 'outer: loop {
-        if closed.is_cancelled() {
+        // The reader drops its sender when the connection closes. (Checked on the channel, an
+        // atomic load, rather than on `closed`, whose check takes a lock: this runs per frame.)
+        if cmds.is_closed() {
             // Responses already queued (a refusal's answer) still go out; media stops.
             drain(&mut cmds, &mut wr, stall).await;
             break "connection closed".into();
@@ -86,9 +88,8 @@ pub(crate) async fn writer_task(
             continue;
         }
         enum Wake {
-            Cmd(Option<WriterCmd>),
+            Cmd(Option<Box<WriterCmd>>),
             Changed(bool),
-            Closed,
         }
         let wake = {
             let changed = async {
@@ -97,17 +98,15 @@ pub(crate) async fn writer_task(
                     None => std::future::pending().await,
                 }
             };
+            // No branch for `closed`: when the connection closes, the reader drops its sender
+            // and `recv` ends; a cancellation future here would take a lock per frame.
             tokio::select! {
+                biased;
                 c = cmds.recv() => Wake::Cmd(c),
                 c = changed => Wake::Changed(c),
-                () = closed.cancelled() => Wake::Closed,
             }
         };
         match wake {
-            Wake::Closed => {
-                drain(&mut cmds, &mut wr, stall).await;
-                break "connection closed".into();
-            }
             Wake::Cmd(None) => break "connection closed".into(),
             Wake::Cmd(Some(cmd)) => {
                 if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
@@ -125,9 +124,9 @@ pub(crate) async fn writer_task(
 }
 
 /// Writes the responses still queued; a PLAY's media is not started.
-async fn drain(cmds: &mut mpsc::Receiver<WriterCmd>, wr: &mut OwnedWriteHalf, stall: Duration) {
+async fn drain(cmds: &mut mpsc::Receiver<Box<WriterCmd>>, wr: &mut OwnedWriteHalf, stall: Duration) {
     while let Ok(cmd) = cmds.try_recv() {
-        let bytes = match cmd {
+        let bytes = match *cmd {
             WriterCmd::Response(b) | WriterCmd::Play { response: b, .. } | WriterCmd::Stop { response: b, .. } => b,
         };
         if write_all_vectored(wr, &mut [IoSlice::new(&bytes)], stall).await.is_err() {
@@ -137,12 +136,12 @@ async fn drain(cmds: &mut mpsc::Receiver<WriterCmd>, wr: &mut OwnedWriteHalf, st
 }
 
 async fn apply(
-    cmd: WriterCmd,
+    cmd: Box<WriterCmd>,
     media: &mut Option<(String, Box<MediaOut>)>,
     wr: &mut OwnedWriteHalf,
     stall: Duration,
 ) -> Result<(), String> {
-    let bytes = match cmd {
+    let bytes = match *cmd {
         WriterCmd::Response(b) => b,
         WriterCmd::Play { session, media: m, response } => {
             *media = Some((session, m));
