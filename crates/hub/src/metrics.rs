@@ -83,10 +83,10 @@ fn stream_counters(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], now
             s.stats.bytes_in.get() as f64
         }),
         ("mediamesh_stream_frames_out_total", "counter", "Frames delivered, summed over viewers.", |s| {
-            s.stats.frames_out.get() as f64
+            s.frames_out() as f64
         }),
         ("mediamesh_stream_bytes_out_total", "counter", "Payload bytes delivered, summed over viewers.", |s| {
-            s.stats.bytes_out.get() as f64
+            s.bytes_out() as f64
         }),
         ("mediamesh_stream_tunnel_connects_total", "counter", "Data tunnels attached (1 + reconnects).", |s| {
             s.stats.tunnel_connects.get() as f64

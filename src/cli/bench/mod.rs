@@ -16,6 +16,7 @@
 
 mod profile;
 mod servers;
+mod stamped;
 mod viewers;
 
 use std::path::PathBuf;
@@ -111,7 +112,11 @@ struct Outcome {
     frames_missed: u64,
     viewers_started: usize,
     viewers_lost: usize,
+    /// Capture → the viewer's task has the frame.
     latency_ms: Latency,
+    /// Capture → the frame's last byte is in the viewer's socket (the kernel's receive
+    /// timestamp): the server's added latency without the bench viewers' own CPU wait.
+    socket_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<profile::Summary>,
     error: Option<String>,
@@ -123,6 +128,15 @@ struct Latency {
     p99: f64,
     max: f64,
     samples: usize,
+}
+
+impl Latency {
+    /// Percentiles of microsecond samples, in milliseconds.
+    fn of(us: &mut [u32]) -> Self {
+        us.sort_unstable();
+        let pct = |q: f64| us.get(((us.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |&v| f64::from(v) / 1e3);
+        Self { p50: pct(0.5), p99: pct(0.99), max: pct(1.0), samples: us.len() }
+    }
 }
 
 fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
@@ -213,6 +227,7 @@ fn failed(spec: Spec, error: String) -> Outcome {
         viewers_started: 0,
         viewers_lost: 0,
         latency_ms: Latency::default(),
+        socket_latency_ms: None,
         profile: None,
         error: Some(error),
     }
@@ -326,9 +341,9 @@ async fn measure_running(
     let missed: u64 = tallies.iter().map(|t| t.missed).sum();
     let lost = tallies.iter().filter(|t| t.error.is_some()).count();
     let first_error = tallies.iter().find_map(|t| t.error.clone());
+    let mut sock: Vec<u32> = tallies.iter().flat_map(|t| t.socket_latency_us.iter().copied()).collect();
     let mut lat: Vec<u32> = tallies.into_iter().flat_map(|t| t.latency_us).collect();
-    lat.sort_unstable();
-    let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |&v| f64::from(v) / 1e3);
+    let socket_latency_ms = (!sock.is_empty()).then(|| Latency::of(&mut sock));
 
     let cpu_s = t1.cpu_s - t0.cpu_s;
     let gbit = bytes as f64 * 8.0 / 1e9;
@@ -349,7 +364,8 @@ async fn measure_running(
         frames_missed: missed,
         viewers_started: started,
         viewers_lost: lost,
-        latency_ms: Latency { p50: pct(0.5), p99: pct(0.99), max: pct(1.0), samples: lat.len() },
+        latency_ms: Latency::of(&mut lat),
+        socket_latency_ms,
         profile,
         error: first_error.map(|e| format!("{lost} viewers failed, e.g.: {e}")),
     })
@@ -389,7 +405,7 @@ impl ProcSample {
 
 fn print_head() {
     println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>5}",
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6} {:>5}",
         "server",
         "proto",
         "client",
@@ -404,6 +420,7 @@ fn print_head() {
         "p50-ms",
         "p99-ms",
         "max-ms",
+        "sock-p99",
         "missed",
         "lost"
     );
@@ -423,7 +440,7 @@ fn print_row(o: &Outcome) {
     };
     let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
     println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>6} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>5}",
+        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>6} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>8} {:>6} {:>5}",
         name,
         proto,
         o.spec.client,
@@ -438,6 +455,7 @@ fn print_row(o: &Outcome) {
         o.latency_ms.p50,
         o.latency_ms.p99,
         o.latency_ms.max,
+        opt(o.socket_latency_ms.as_ref().map(|l| l.p99), 2),
         o.frames_missed,
         o.viewers_lost
     );

@@ -17,6 +17,8 @@ use mediamesh_media::h264::{NAL_SEI, unescape_rbsp};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stamped::{self, Inbox};
+
 /// Where the viewers are in a run.
 #[derive(Debug, Default)]
 pub struct Phase {
@@ -50,8 +52,11 @@ pub struct Tally {
     pub bytes: u64,
     /// Frames the counter skipped.
     pub missed: u64,
-    /// Capture → receipt, microseconds, one per stamped frame.
+    /// Capture → receipt by the viewer's task, microseconds, one per stamped frame.
     pub latency_us: Vec<u32>,
+    /// Capture → arrival in the viewer's socket (the kernel's receive timestamp), where the
+    /// client reads it (builtin WebSocket and RTSP/TCP viewers).
+    pub socket_latency_us: Vec<u32>,
     /// Why the viewer stopped early, if it did.
     pub error: Option<String>,
     last_counter: Option<u64>,
@@ -59,7 +64,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn frame(&mut self, phase: &Phase, stamp: Option<TestPatternStamp>, now_us: u64) {
+    fn frame(&mut self, phase: &Phase, stamp: Option<TestPatternStamp>, now_us: u64, arrived_us: Option<u64>) {
         if !self.started {
             self.started = true;
             phase.started.fetch_add(1, Ordering::Relaxed);
@@ -76,7 +81,11 @@ impl Tally {
                 self.missed += s.counter - last - 1;
             }
             self.last_counter = Some(s.counter);
-            self.latency_us.push(now_us.saturating_sub(s.capture_us).min(u64::from(u32::MAX)) as u32);
+            let us = |at: u64| at.saturating_sub(s.capture_us).min(u64::from(u32::MAX)) as u32;
+            self.latency_us.push(us(now_us));
+            if let Some(at) = arrived_us {
+                self.socket_latency_us.push(us(at));
+            }
         }
     }
 
@@ -216,6 +225,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
+    stamped::enable(&s)?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: bWVkaWFtZXNoLWJlbmNoIQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -226,13 +236,15 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
     if !head.starts_with("HTTP/1.1 101") {
         bail!("upgrade refused: {}", head.lines().next().unwrap_or_default());
     }
+    let mut inbox = Inbox::new(&buf, 64 * 1024);
+    drop(buf);
     // Payload bytes of the current message still to skip, and its stamp once complete.
     let mut skip = 0usize;
     let mut pending: Option<Option<TestPatternStamp>> = None;
-    let mut pos = 0usize;
+    let (mut pos, mut arrived) = (0usize, None);
     loop {
         if skip > 0 {
-            let n = skip.min(buf.len() - pos);
+            let n = skip.min(inbox.end - pos);
             skip -= n;
             pos += n;
             t.bytes(phase, n);
@@ -240,24 +252,24 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
         if skip == 0
             && let Some(stamp) = pending.take()
         {
-            t.frame(phase, stamp, now_us());
+            t.frame(phase, stamp, now_us(), arrived);
         }
         if skip == 0
-            && let Some((hdr, opcode, len)) = ws_head(&buf[pos..])
+            && let Some((hdr, opcode, len)) = ws_head(inbox.from(pos))
         {
             if opcode == 8 {
                 bail!("the hub closed the WebSocket");
             }
             let frame_hdr = mediamesh_hub::egress::ws_format::FRAME_HEADER_LEN;
             if opcode == 2 {
-                if buf.len() - pos < hdr + frame_hdr {
-                    compact(&mut buf, &mut pos);
-                    if !fill(&mut s, &mut buf, phase).await? {
+                if inbox.end - pos < hdr + frame_hdr {
+                    inbox.compact(&mut pos);
+                    if !refill(&mut inbox, &s, &mut arrived).await? {
                         return Ok(());
                     }
                     continue;
                 }
-                let m = &buf[pos + hdr..pos + hdr + frame_hdr];
+                let m = &inbox.from(pos)[hdr..hdr + frame_hdr];
                 let seq = u64::from_be_bytes(m[4..12].try_into()?);
                 let capture_us = u64::from_be_bytes(m[28..36].try_into()?);
                 pending = Some(Some(TestPatternStamp { counter: seq, capture_us }));
@@ -270,11 +282,18 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
             }
             continue;
         }
-        compact(&mut buf, &mut pos);
-        if !fill(&mut s, &mut buf, phase).await? {
+        inbox.compact(&mut pos);
+        if !refill(&mut inbox, &s, &mut arrived).await? {
             return Ok(());
         }
     }
+}
+
+/// Reads more into `inbox`, noting the kernel's arrival time; false at end of stream.
+async fn refill(inbox: &mut Inbox, s: &TcpStream, arrived: &mut Option<u64>) -> std::io::Result<bool> {
+    let (n, at) = inbox.fill(s).await?;
+    *arrived = at.or(*arrived);
+    Ok(n > 0)
 }
 
 /// A WebSocket frame head at the start of `b`: (head length, opcode, payload length).
@@ -286,11 +305,6 @@ fn ws_head(b: &[u8]) -> Option<(usize, u8, usize)> {
         n => (2, u64::from(n)),
     };
     Some((hdr, b0 & 0x0f, usize::try_from(len).ok()?))
-}
-
-fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
-    buf.drain(..*pos);
-    *pos = 0;
 }
 
 /// An RTSP session set up and playing: the connection, what was read past the PLAY reply, and
@@ -307,6 +321,7 @@ async fn rtsp_play(url: &str, transport: &str, phase: &Phase) -> anyhow::Result<
     let host = rest.split('/').next().unwrap_or_default();
     let mut s = TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
     s.set_nodelay(true)?;
+    stamped::enable(&s)?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut cseq = 0;
     let mut request = async |s: &mut TcpStream, buf: &mut Vec<u8>, method: &str, u: &str, extra: &str| {
@@ -359,7 +374,7 @@ async fn rtsp_udp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()>
         }
         tokio::select! {
             biased;
-            r = rtp.recv(&mut buf) => rtp_packet(&buf[..r?], &mut stamp, &mut nal, phase, t),
+            r = rtp.recv(&mut buf) => rtp_packet(&buf[..r?], &mut stamp, &mut nal, phase, t, None),
             _ = report.tick() => {
                 rtcp.send_to(&rr, (host, server_rtcp)).await?;
             }
@@ -383,13 +398,16 @@ async fn udp_pair() -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::UdpSoc
 }
 
 async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
-    let Playing { mut s, mut buf, .. } = rtsp_play(url, "RTP/AVP/TCP;unicast;interleaved=0-1", phase).await?;
-    let mut pos = 0usize;
+    let Playing { s, buf, .. } = rtsp_play(url, "RTP/AVP/TCP;unicast;interleaved=0-1", phase).await?;
+    // Room for the largest interleaved packet (4 + 65,535 bytes) and more.
+    let mut inbox = Inbox::new(&buf, 128 * 1024);
+    drop(buf);
+    let (mut pos, mut arrived) = (0usize, None);
     let mut stamp: Option<TestPatternStamp> = None;
     let mut nal = Vec::with_capacity(256);
     loop {
-        while buf.len() - pos >= 4 {
-            let b = &buf[pos..];
+        while inbox.end - pos >= 4 {
+            let b = inbox.from(pos);
             if b[0] != b'$' {
                 // An RTSP message in the stream (a server request or a reply): skip its head.
                 match b.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -405,19 +423,26 @@ async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()>
                 break;
             }
             if b[1] == 0 {
-                rtp_packet(&b[4..4 + len], &mut stamp, &mut nal, phase, t);
+                rtp_packet(&b[4..4 + len], &mut stamp, &mut nal, phase, t, arrived);
             }
             pos += 4 + len;
         }
-        compact(&mut buf, &mut pos);
-        if !fill(&mut s, &mut buf, phase).await? {
+        inbox.compact(&mut pos);
+        if !refill(&mut inbox, &s, &mut arrived).await? {
             return Ok(());
         }
     }
 }
 
 /// Takes one H.264 RTP packet: stamps from SEI (alone or in a STAP-A), a frame at the marker.
-fn rtp_packet(p: &[u8], stamp: &mut Option<TestPatternStamp>, nal: &mut Vec<u8>, phase: &Phase, t: &mut Tally) {
+fn rtp_packet(
+    p: &[u8],
+    stamp: &mut Option<TestPatternStamp>,
+    nal: &mut Vec<u8>,
+    phase: &Phase,
+    t: &mut Tally,
+    arrived: Option<u64>,
+) {
     if p.len() < 12 || p[0] >> 6 != 2 {
         return;
     }
@@ -452,7 +477,7 @@ fn rtp_packet(p: &[u8], stamp: &mut Option<TestPatternStamp>, nal: &mut Vec<u8>,
         None => {}
     }
     if p[1] & 0x80 != 0 {
-        t.frame(phase, stamp.take(), now_us());
+        t.frame(phase, stamp.take(), now_us(), arrived);
     }
 }
 
@@ -483,7 +508,7 @@ async fn ffmpeg(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()> {
         let now = now_us();
         let (stamps, keep_from) = scan_stamps(&buf);
         for s in stamps {
-            t.frame(phase, Some(s), now);
+            t.frame(phase, Some(s), now, None);
         }
         buf.drain(..keep_from);
         if phase.done() {

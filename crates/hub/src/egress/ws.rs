@@ -101,7 +101,8 @@ where
         if let Some(reason) = status.ended {
             break format!("stream ended: {reason}");
         }
-        if batch.is_empty() && status.skipped == 0 {
+        // Caught up: wait for the next frame rather than read again to find nothing.
+        if status.skipped == 0 && (batch.is_empty() || !status.more) {
             // No branch for `gone`: the reader drops its sender when it ends, which ends `recv`
             // (a cancellation future here would take a lock per frame).
             tokio::select! {

@@ -144,6 +144,9 @@ pub struct ReadStatus {
     pub skipped: u64,
     /// Set when the log is closed and this cursor has read everything.
     pub ended: Option<Arc<str>>,
+    /// Frames were left for the next read (the batch reached its byte limit). When false, the
+    /// reader can wait for [`Cursor::changed`] without reading again to find nothing.
+    pub more: bool,
 }
 
 /// Counters describing the log.
@@ -430,6 +433,7 @@ impl FrameLog {
         if cursor.next >= head {
             status.ended = ring.end.clone();
         }
+        status.more = cursor.next < head;
         status
     }
 

@@ -207,6 +207,18 @@ impl Session {
         lock(&self.viewers).len()
     }
 
+    /// Frames delivered to viewers, summed over the viewers attached and those that left.
+    pub fn frames_out(&self) -> u64 {
+        let live = lock(&self.viewers);
+        self.stats.frames_out.get() + live.values().map(|v| v.frames.get()).sum::<u64>()
+    }
+
+    /// Payload bytes delivered to viewers, summed over the viewers attached and those that left.
+    pub fn bytes_out(&self) -> u64 {
+        let live = lock(&self.viewers);
+        self.stats.bytes_out.get() + live.values().map(|v| v.bytes.get()).sum::<u64>()
+    }
+
     /// Counters of each viewer, by id.
     pub fn viewers(&self) -> Vec<Arc<ViewerStats>> {
         let mut v: Vec<_> = lock(&self.viewers).values().cloned().collect();
@@ -266,7 +278,12 @@ impl Session {
     }
 
     fn remove_viewer(&self, id: u64) {
-        if lock(&self.viewers).remove(&id).is_some() {
+        let mut viewers = lock(&self.viewers);
+        if let Some(v) = viewers.remove(&id) {
+            // Under the lock, so that a sum taken meanwhile counts the viewer exactly once.
+            self.stats.frames_out.add(v.frames.get());
+            self.stats.bytes_out.add(v.bytes.get());
+            drop(viewers);
             self.demand.notify_one();
         }
     }
@@ -316,10 +333,10 @@ impl Viewer {
     /// Accounts frames written to the viewer.
     pub fn account_sent(&self, frames: u64, bytes: u64) {
         self.stats.pending_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+        // Only this viewer's counters: the session's totals add them up when asked, so the
+        // fan-out does not make every viewer update one shared, contended counter per frame.
         self.stats.frames.add(frames);
         self.stats.bytes.add(bytes);
-        self.session.stats.frames_out.add(frames);
-        self.session.stats.bytes_out.add(bytes);
     }
 }
 

@@ -76,9 +76,11 @@ pub struct SessionStats {
     pub bytes_in: Counter,
     /// Frames the edge reports it dropped before sending (gaps in `seq`).
     pub edge_dropped: Counter,
-    /// Frames delivered to viewers (sum over viewers).
+    /// Frames delivered to viewers that have left (see [`Session::frames_out`](super::Session::frames_out)
+    /// for the total).
     pub frames_out: Counter,
-    /// Payload bytes delivered to viewers (sum over viewers).
+    /// Payload bytes delivered to viewers that have left (see
+    /// [`Session::bytes_out`](super::Session::bytes_out) for the total).
     pub bytes_out: Counter,
     /// Frames viewers skipped to resynchronise (sum over viewers).
     pub viewer_skipped: Counter,

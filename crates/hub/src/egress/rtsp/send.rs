@@ -63,7 +63,8 @@ pub(crate) async fn writer_task(
                     break describe_write_error(&e);
                 }
                 m.viewer.account_sent(plan.frames, plan.bytes);
-                progressed = true;
+                // Caught up: wait for the next frame rather than read again to find nothing.
+                progressed |= status.more;
             }
             if let Some(end) = status.ended {
                 let byes: Vec<Vec<u8>> = m

@@ -128,11 +128,14 @@ fn reads_are_bounded_by_bytes_but_make_progress() {
     fill(&l, 0, 10, 10, 100);
     let mut c = l.subscribe();
     let mut out = Vec::new();
-    l.read(&mut c, 250, &mut out);
+    assert!(l.read(&mut c, 250, &mut out).more, "frames left after a bounded read");
     assert_eq!(out.len(), 3);
     out.clear();
     l.read(&mut c, 1, &mut out);
     assert_eq!(out.len(), 1, "at least one frame per read");
+    out.clear();
+    assert!(!l.read(&mut c, usize::MAX, &mut out).more, "caught up");
+    assert_eq!(out.len(), 6);
 }
 
 #[test]
