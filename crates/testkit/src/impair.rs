@@ -77,7 +77,7 @@ struct State {
 impl ImpairProxy {
     /// Listens on 127.0.0.1 (port 0) and forwards to `target`.
     pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()), target).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target).await
     }
 
     /// Listens on `listen` and forwards to `target`.

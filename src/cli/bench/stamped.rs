@@ -33,7 +33,7 @@ impl Inbox {
     }
 
     /// The bytes not yet consumed, from `pos`.
-    pub fn from(&self, pos: usize) -> &[u8] {
+    pub fn unread(&self, pos: usize) -> &[u8] {
         &self.data[pos..self.end]
     }
 
@@ -119,7 +119,7 @@ mod tests {
         assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
         let mut pos = 5;
         inbox.compact(&mut pos);
-        assert_eq!(inbox.from(0), b"3456789");
+        assert_eq!(inbox.unread(0), b"3456789");
         drop(tx);
         assert_eq!(inbox.fill(&rx).await.unwrap().0, 0, "end of stream");
     }

@@ -255,7 +255,7 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
             t.frame(phase, stamp, now_us(), arrived);
         }
         if skip == 0
-            && let Some((hdr, opcode, len)) = ws_head(inbox.from(pos))
+            && let Some((hdr, opcode, len)) = ws_head(inbox.unread(pos))
         {
             if opcode == 8 {
                 bail!("the hub closed the WebSocket");
@@ -269,7 +269,7 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
                     }
                     continue;
                 }
-                let m = &inbox.from(pos)[hdr..hdr + frame_hdr];
+                let m = &inbox.unread(pos)[hdr..hdr + frame_hdr];
                 let seq = u64::from_be_bytes(m[4..12].try_into()?);
                 let capture_us = u64::from_be_bytes(m[28..36].try_into()?);
                 pending = Some(Some(TestPatternStamp { counter: seq, capture_us }));
@@ -407,7 +407,7 @@ async fn rtsp_tcp(url: &str, phase: &Phase, t: &mut Tally) -> anyhow::Result<()>
     let mut nal = Vec::with_capacity(256);
     loop {
         while inbox.end - pos >= 4 {
-            let b = inbox.from(pos);
+            let b = inbox.unread(pos);
             if b[0] != b'$' {
                 // An RTSP message in the stream (a server request or a reply): skip its head.
                 match b.windows(4).position(|w| w == b"\r\n\r\n") {

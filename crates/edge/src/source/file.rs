@@ -42,14 +42,14 @@ impl Clip {
         let mut aus = Vec::new();
         splitter.push(data, &mut aus).map_err(|e| e.to_string())?;
         splitter.flush(&mut aus).map_err(|e| e.to_string())?;
-        let start = aus
+        let (start, sps, pps) = aus
             .iter()
-            .position(|au| au.keyframe && au.sps.is_some() && au.pps.is_some())
+            .enumerate()
+            .find_map(|(i, au)| match (au.keyframe, &au.sps, &au.pps) {
+                (true, Some(sps), Some(pps)) => Some((i, sps.clone(), pps.clone())),
+                _ => None,
+            })
             .ok_or("no keyframe with SPS and PPS: is it raw H.264 (ffmpeg -f h264)?")?;
-        let first = &aus[start];
-        let (Some(sps), Some(pps)) = (first.sps.clone(), first.pps.clone()) else {
-            unreachable!("checked by position()")
-        };
         let header = StreamHeader { tracks: vec![TrackInfo::h264(0, sps, pps)] };
         header.validate().map_err(|e| format!("unusable parameter sets: {e}"))?;
         Ok(Self { header, frames: aus.split_off(start) })

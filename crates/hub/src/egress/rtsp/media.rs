@@ -146,8 +146,8 @@ impl MediaOut {
                     h[1] = ch;
                     h[2..4].copy_from_slice(&len16.to_be_bytes());
                 }
-                let rtp_header: &mut [u8; 12] =
-                    (&mut h[4..16]).try_into().unwrap_or_else(|_| unreachable!("16 - 4 = 12"));
+                // Bytes 4..16 of the head, as an array (the pattern cannot fail).
+                let [_, _, _, _, rtp_header @ .., _, _, _, _] = &mut h;
                 rtp::write_header(
                     rtp_header,
                     t.payload_type,
