@@ -13,7 +13,9 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Asks the kernel to timestamp what arrives on `s`.
+/// Asks the kernel to timestamp what arrives on `s`. The first socket to ask switches the
+/// stack's timestamping on a moment later (a deferred switch), so the first reads after the
+/// first `enable` may come unstamped; the bench's warm-up covers that.
 pub fn enable(s: &TcpStream) -> io::Result<()> {
     setsockopt(s, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
@@ -95,12 +97,32 @@ mod tests {
 
     use super::*;
 
+    async fn pair(l: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
+        let rx = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (tx, _) = l.accept().await.unwrap();
+        enable(&rx).unwrap();
+        (tx, rx)
+    }
+
     #[tokio::test]
     async fn reads_carry_the_kernels_arrival_time() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let rx = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (mut tx, _) = l.accept().await.unwrap();
-        enable(&rx).unwrap();
+        // Linux switches receive timestamping on for the stack a moment after the first socket
+        // asks (a deferred static-key change): until then bytes arrive unstamped. Keep a
+        // stamped socket open and send on it until a read carries a timestamp.
+        let (mut warm_tx, warm_rx) = pair(&l).await;
+        let mut warm = Inbox::new(b"", 64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            warm_tx.write_all(b"x").await.unwrap();
+            if warm.fill(&warm_rx).await.unwrap().1.is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no receive timestamp within 5 s");
+            warm.end = 0;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (mut tx, rx) = pair(&l).await;
         let mut inbox = Inbox::new(b"ab", 8);
         let before = super::super::viewers::now_us();
         tx.write_all(b"0123456789").await.unwrap();
