@@ -21,26 +21,12 @@ use tracing::{debug, info};
 use super::media::{MediaOut, TrackOut};
 use super::request::{self, Incoming, Method, Request, Response};
 use super::send::{WriterCmd, udp_sender, writer_task};
+use super::sessions::{MAX_SESSIONS, Playing, RtspSession, RtspSessions};
 use super::transport::{self, Dest};
 use super::udp::Liveness;
 use super::{RtspCtx, random_u64};
 use crate::session::{StreamKey, Viewer};
 
-enum Playing {
-    No,
-    Tcp,
-    Udp { cancel: CancellationToken, rtcp: Vec<SocketAddr> },
-}
-
-struct RtspSession {
-    key: StreamKey,
-    viewer: Option<Viewer>,
-    tracks: Vec<TrackOut>,
-    playing: Playing,
-}
-
-/// Sessions one connection may hold (players open one; a multi-view NVR rarely more).
-const MAX_SESSIONS: usize = 4;
 /// Streams one connection may have DESCRIBEd without a SETUP yet.
 const MAX_DESCRIBED: usize = 4;
 
@@ -51,7 +37,7 @@ struct Conn {
     /// 64-byte command would be 2 KB per viewer; a box is 8 bytes, and commands are rare.
     writer: mpsc::Sender<Box<WriterCmd>>,
     closed: CancellationToken,
-    sessions: HashMap<String, RtspSession>,
+    sessions: RtspSessions,
     /// Viewers joined by DESCRIBE, waiting for SETUP, with when they expire: a viewer holds
     /// the stream's upstream open, so one the client never sets up must not hold it for long.
     described: HashMap<StreamKey, (Viewer, Instant)>,
@@ -66,7 +52,7 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
     let liveness = Liveness::default();
     let mut conn =
-        Conn { ctx, peer, writer: tx, closed, sessions: HashMap::new(), described: HashMap::new(), liveness };
+        Conn { ctx, peer, writer: tx, closed, sessions: RtspSessions::default(), described: HashMap::new(), liveness };
     let reason = conn.read_loop(&mut rd).await;
     let sessions = conn.sessions.len();
     conn.close_all();
@@ -101,7 +87,7 @@ impl Conn {
     async fn read_loop(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
         // Requests are a few hundred bytes; the buffer grows for a bigger one (up to the caps in
         // `request`). Every viewer holds this buffer for as long as it watches.
-        let mut buf = BytesMut::with_capacity(1024);
+        let mut buf = BytesMut::with_capacity(512);
         loop {
             loop {
                 match request::parse(&mut buf) {
@@ -128,7 +114,7 @@ impl Conn {
                 }
             }
             // A connection that is not streaming must keep talking.
-            let idle = (!self.sessions.values().any(|s| !matches!(s.playing, Playing::No)))
+            let idle = (!self.sessions.iter().any(|(_, s)| !matches!(s.playing, Playing::No)))
                 .then_some(self.ctx.request_timeout);
             let expiry = self.described.values().map(|(_, at)| *at).min();
             let read = rd.read_buf(&mut buf);
@@ -270,7 +256,8 @@ impl Conn {
             Ok(id) => id,
         };
         if let Some(id) = &existing {
-            let s = &self.sessions[id];
+            // `session_of` found it.
+            let Some(s) = self.sessions.get(id) else { return Response::new(454, "Session Not Found") };
             if s.key != key {
                 return Response::new(459, "Aggregate Operation Not Allowed");
             }
@@ -321,13 +308,16 @@ impl Conn {
             TrackOut::new(track_id, describe(info).payload_type, dest, ssrc, random_u64() as u16, random_u64() as u32);
         let answer = transport::answer(&dest, ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
-        let session = self.sessions.entry(id.clone()).or_insert_with(|| RtspSession {
+        let session = self.sessions.get_or_insert_with(&id, || RtspSession {
             key: key.clone(),
             viewer: None,
             tracks: Vec::new(),
             playing: Playing::No,
         });
         session.tracks.retain(|t| t.id != track_id);
+        // Room for exactly this track (a vector's first growth makes room for 4, 416 bytes
+        // a viewer would hold for as long as it watches).
+        session.tracks.reserve_exact(1);
         session.tracks.push(out);
         session.viewer = Some(viewer);
         Response::ok()
@@ -463,7 +453,7 @@ impl Conn {
     }
 
     fn close_all(&mut self) {
-        for (_, s) in std::mem::take(&mut self.sessions) {
+        for (_, s) in self.sessions.take_all() {
             if let Playing::Udp { cancel, rtcp } = &s.playing {
                 self.stop_udp(cancel, rtcp);
             }

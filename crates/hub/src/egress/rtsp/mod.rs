@@ -17,6 +17,7 @@ mod media;
 pub mod request;
 mod sdp;
 mod send;
+mod sessions;
 mod transport;
 pub(crate) mod udp;
 
