@@ -13,6 +13,7 @@ use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
 use tracing::{debug, info, warn};
 
+use super::payloads::PayloadChunks;
 use super::{TunnelCtx, TunnelLink, unix_micros};
 use crate::session::log::{PushError, Pushed};
 use crate::session::{AttachError, Session, SessionEvent};
@@ -147,6 +148,7 @@ async fn receive(
     // The session counts as started at the first keyframe, not at attach: a tunnel whose
     // source never produces must still hit the start timeout.
     let mut started = false;
+    let mut payloads = PayloadChunks::new();
     loop {
         tokio::select! {
             msg = link.recv() => {
@@ -172,7 +174,9 @@ async fn receive(
                     Err(e) => return End::Lost(e.to_string()),
                 };
                 match msg {
-                    Message::Frame(f) => {
+                    Message::Frame(mut f) => {
+                        // Into the stream's reused chunks; the message's buffer is freed now.
+                        f.payload = payloads.copy(&f.payload);
                         if let Some(gap) = last_seq.and_then(|prev| f.seq.checked_sub(prev)).filter(|g| *g > 1) {
                             session.stats.edge_dropped.add(gap - 1);
                         }

@@ -8,6 +8,7 @@
 
 mod control;
 mod data;
+mod payloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
