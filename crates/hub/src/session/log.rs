@@ -24,7 +24,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use mediamesh_media::{Frame, MediaError, StreamHeader, VideoParams};
+use mediamesh_media::rtp::{DEFAULT_MAX_PAYLOAD, RtpPayload};
+use mediamesh_media::{Frame, MediaError, StreamHeader, TrackId, VideoParams};
 use tokio::sync::watch;
 
 /// Bounds of a log.
@@ -39,6 +40,33 @@ pub struct LogConfig {
     /// How far (hub receive time, µs) a viewer may trail the newest frame before it is
     /// resynchronised, when a newer keyframe exists to jump to.
     pub viewer_max_lag_us: u64,
+}
+
+/// What a stream's RTP packets share, whichever viewer they go to: sending every viewer the
+/// same packets is what lets RTSP viewers share whole interleaved frames. Each RTSP viewer is
+/// told, in `RTP-Info`, the sequence number and timestamp it starts at (RFC 2326 §12.33).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpIdentity {
+    /// The SSRC of every track's packets (each track has its own RTP session).
+    pub ssrc: u32,
+    /// Added to a frame's pts for its RTP timestamp.
+    pub ts_offset: u32,
+    /// The sequence number of each track's first packet.
+    pub first_seq: u16,
+}
+
+impl RtpIdentity {
+    /// Random values (RFC 3550 §5.1: SSRC, initial sequence number and timestamp are random),
+    /// from the standard library's randomly keyed hasher.
+    fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        let a = h.finish();
+        h.write_u8(1);
+        let b = h.finish();
+        Self { ssrc: a as u32, ts_offset: (a >> 32) as u32, first_seq: b as u16 }
+    }
 }
 
 /// The codec parameters in effect for a run of frames, shared by reference.
@@ -68,9 +96,16 @@ pub struct LogEntry {
     /// What precedes the payload in a WebSocket viewer's frame message, built by the first
     /// viewer that needs it and shared by all the others.
     pub ws_prefix: OnceLock<Bytes>,
-    /// The frame's RTP payloads, built by the first RTSP viewer that needs them and shared by
-    /// all the others.
-    pub rtp: OnceLock<Vec<mediamesh_media::rtp::RtpPayload>>,
+    /// The frame's RTP payloads, packetized once as the frame is appended and shared by every
+    /// RTSP viewer.
+    pub rtp: Vec<RtpPayload>,
+    /// The RTP sequence number of the frame's first packet, in its track's sequence space (one
+    /// per stream track, shared by every viewer: see [`RtpIdentity`]).
+    pub rtp_seq: u16,
+    /// The whole frame as RTP packets interleaved on an RTSP connection (RFC 2326 §10.12) on
+    /// its track's usual channel, built by the first viewer that needs it and written as one
+    /// slice by all of them.
+    pub interleaved: OnceLock<bytes::Bytes>,
 }
 
 impl LogEntry {
@@ -179,6 +214,8 @@ struct Ring {
     discontinuity: bool,
     /// Per track: the timestamp shift and the last decode time, for continuity across epochs.
     timelines: Vec<(mediamesh_media::TrackId, Timeline)>,
+    /// Per track: the RTP sequence number of the next packet.
+    rtp_seq: Vec<(TrackId, u16)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,6 +258,21 @@ impl Ring {
 }
 
 impl Ring {
+    /// The sequence number of a frame's first packet; `packets` are taken after it.
+    fn take_rtp_seq(&mut self, track: TrackId, packets: usize, first: u16) -> u16 {
+        let i = match self.rtp_seq.iter().position(|(t, _)| *t == track) {
+            Some(i) => i,
+            None => {
+                self.rtp_seq.push((track, first));
+                self.rtp_seq.len() - 1
+            }
+        };
+        let seq = self.rtp_seq[i].1;
+        // Sequence numbers wrap at 16 bits (RFC 3550 §5.1).
+        self.rtp_seq[i].1 = seq.wrapping_add(packets as u16);
+        seq
+    }
+
     fn head(&self) -> u64 {
         self.base + self.entries.len() as u64
     }
@@ -245,6 +297,7 @@ impl Ring {
 #[derive(Debug)]
 pub struct FrameLog {
     config: LogConfig,
+    rtp: RtpIdentity,
     ring: RwLock<Ring>,
     signal: watch::Sender<u64>,
 }
@@ -252,7 +305,12 @@ pub struct FrameLog {
 impl FrameLog {
     /// An empty log.
     pub fn new(config: LogConfig) -> Self {
-        Self { config, ring: RwLock::new(Ring::default()), signal: watch::Sender::new(0) }
+        Self { config, rtp: RtpIdentity::random(), ring: RwLock::new(Ring::default()), signal: watch::Sender::new(0) }
+    }
+
+    /// The stream's RTP SSRC, timestamp offset and first sequence number.
+    pub fn rtp(&self) -> RtpIdentity {
+        self.rtp
     }
 
     // A panic while holding the lock leaves the ring consistent (every mutation is a single
@@ -318,6 +376,11 @@ impl FrameLog {
                 ring.last_keyframe = Some(index);
             }
             let bytes_before = ring.total_bytes;
+            let rtp = match header.header.track(frame.track) {
+                Some(t) => mediamesh_media::rtp::packetize(t, &frame, DEFAULT_MAX_PAYLOAD),
+                None => Vec::new(),
+            };
+            let rtp_seq = ring.take_rtp_seq(frame.track, rtp.len(), self.rtp.first_seq);
             ring.entries.push_back(Arc::new(LogEntry {
                 index,
                 frame,
@@ -325,7 +388,9 @@ impl FrameLog {
                 hub_us,
                 bytes_before,
                 ws_prefix: OnceLock::new(),
-                rtp: OnceLock::new(),
+                rtp,
+                rtp_seq,
+                interleaved: OnceLock::new(),
             }));
             ring.bytes += len;
             ring.total_bytes += len as u64;
@@ -437,11 +502,16 @@ impl FrameLog {
         status
     }
 
-    /// The pts of the first frame of `track` at or after `position`, if the log holds one.
-    pub fn first_pts_from(&self, position: u64, track: mediamesh_media::TrackId) -> Option<i64> {
+    /// Where an RTSP viewer reading from `position` starts on `track`: the RTP sequence number
+    /// of its first packet, and the pts of its first frame if the log holds one yet.
+    pub fn first_rtp_from(&self, position: u64, track: TrackId) -> (u16, Option<i64>) {
         let ring = self.read_ring();
-        (position.max(ring.base)..ring.head())
-            .find_map(|i| ring.get(i).filter(|e| e.frame.track == track).map(|e| e.frame.pts))
+        let first = (position.max(ring.base)..ring.head())
+            .find_map(|i| ring.get(i).filter(|e| e.frame.track == track).map(|e| (e.rtp_seq, Some(e.frame.pts))));
+        first.unwrap_or_else(|| {
+            let next = ring.rtp_seq.iter().find(|(t, _)| *t == track).map_or(self.rtp.first_seq, |(_, s)| *s);
+            (next, None)
+        })
     }
 
     /// Bytes the cursor trails the newest frame by.

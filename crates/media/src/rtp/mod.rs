@@ -2,8 +2,8 @@
 //!
 //! Packetizing ([`packetize`]) turns one frame into [`RtpPayload`]s: everything after the
 //! 12-byte RTP header. The hub does it once per frame and shares the result with every RTSP
-//! viewer; each viewer only writes its own RTP header (SSRC, sequence number, timestamp) before
-//! each payload. A payload's `body` is a zero-copy slice of the frame where the format allows.
+//! viewer, with the RTP headers before the payloads. A payload's `body` is a zero-copy slice of
+//! the frame where the format allows.
 //!
 //! Depacketizing ([`Depacketizer`]) turns a camera's RTP packets back into frames, checking
 //! every length and dropping what a lost packet damaged.

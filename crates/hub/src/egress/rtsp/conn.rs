@@ -303,10 +303,9 @@ impl Conn {
             self.park(existing.as_deref(), &key, viewer);
             return Response::new(461, "Unsupported Transport").body("text/plain", "UDP is disabled on this hub\n");
         }
-        let ssrc = random_u64() as u32;
-        let out =
-            TrackOut::new(track_id, describe(info).payload_type, dest, ssrc, random_u64() as u16, random_u64() as u32);
-        let answer = transport::answer(&dest, ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
+        let rtp = viewer.session.log.rtp();
+        let out = TrackOut::new(track_id, describe(info).payload_type, dest, rtp, &header.header);
+        let answer = transport::answer(&dest, rtp.ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
         let session = self.sessions.get_or_insert_with(&id, || RtspSession {
             key: key.clone(),
@@ -385,8 +384,9 @@ impl Conn {
             .tracks
             .iter()
             .map(|t| {
-                let mut info = format!("url={base}trackID={};seq={}", t.id, t.seq);
-                if let Some(pts) = viewer.session.log.first_pts_from(from, t.id) {
+                let (seq, pts) = viewer.session.log.first_rtp_from(from, t.id);
+                let mut info = format!("url={base}trackID={};seq={seq}", t.id);
+                if let Some(pts) = pts {
                     info.push_str(&format!(";rtptime={}", (pts as u32).wrapping_add(t.ts_offset)));
                 }
                 info

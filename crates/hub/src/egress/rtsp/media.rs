@@ -1,16 +1,21 @@
-//! Sending a stream to one RTSP viewer: the frame's RTP payloads are built once per frame and
-//! shared (cached on the log entry); this viewer only writes its own 12-byte RTP headers (its
-//! SSRC, sequence numbers and timestamp offset), plus the 4-byte interleaved prefix on TCP.
+//! Sending a stream to one RTSP viewer. Every viewer of a stream is sent the same RTP packets
+//! (one SSRC, sequence space and timestamp offset per stream track, [`RtpIdentity`]; each
+//! viewer learns where it starts from `RTP-Info`). So a frame's packets, interleaved on its
+//! track's usual channel, are built once and written by every TCP viewer on that channel as
+//! one slice ([`interleaved`]). A viewer on another channel, or on UDP, writes its own 4-byte
+//! interleaved prefix and RTP header before each shared payload.
 
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mediamesh_media::rtp::{self, DEFAULT_MAX_PAYLOAD, RtpPayload, rtcp};
+use bytes::{BufMut, Bytes, BytesMut};
+use mediamesh_media::StreamHeader;
+use mediamesh_media::rtp::{self, RtpPayload, rtcp};
 
 use super::transport::Dest;
 use crate::session::Viewer;
-use crate::session::log::LogEntry;
+use crate::session::log::{LogEntry, RtpIdentity};
 
 /// How often a sender report goes out per track.
 const SR_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,18 +27,67 @@ pub(crate) struct TrackOut {
     pub payload_type: u8,
     pub dest: Dest,
     pub ssrc: u32,
-    /// The next sequence number.
-    pub seq: u16,
     pub ts_offset: u32,
+    /// Interleaved on the track's usual channel: frames go out as the shared interleaved copy.
+    shared: bool,
     packets: u32,
     octets: u32,
     last_sr: Option<Instant>,
 }
 
 impl TrackOut {
-    pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, ssrc: u32, seq: u16, ts_offset: u32) -> Self {
-        Self { id, payload_type, dest, ssrc, seq, ts_offset, packets: 0, octets: 0, last_sr: None }
+    /// Track `id` of a stream with `header` and `rtp`, sent to `dest`.
+    pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, rtp: RtpIdentity, header: &StreamHeader) -> Self {
+        let shared = matches!(dest, Dest::Tcp { rtp: ch, .. } if Some(ch) == usual_channel(header, id));
+        Self {
+            id,
+            payload_type,
+            dest,
+            ssrc: rtp.ssrc,
+            ts_offset: rtp.ts_offset,
+            shared,
+            packets: 0,
+            octets: 0,
+            last_sr: None,
+        }
     }
+}
+
+/// The interleaved channel clients pick for a track: 0 for the first, 2 for the second, …
+/// (ffmpeg, GStreamer and VLC set up tracks in SDP order, each on the next pair).
+pub(crate) fn usual_channel(header: &StreamHeader, track: u8) -> Option<u8> {
+    let i = header.tracks.iter().position(|t| t.id == track)?;
+    u8::try_from(2 * i).ok()
+}
+
+/// Frame `e`'s RTP packets, each with its 4-byte interleaved prefix on the track's usual
+/// channel, in one buffer built by the first viewer that needs it (a copy of the frame, made
+/// once per stream).
+pub(crate) fn interleaved(e: &LogEntry, rtp: RtpIdentity) -> &Bytes {
+    e.interleaved.get_or_init(|| {
+        let header = &e.header.header;
+        let (Some(channel), Some(track)) = (usual_channel(header, e.frame.track), header.track(e.frame.track)) else {
+            return Bytes::new();
+        };
+        let payload_type = rtp::sdp::describe(track).payload_type;
+        let base = (e.frame.pts as u32).wrapping_add(rtp.ts_offset);
+        let len: usize = e.rtp.iter().map(|p| 16 + p.len()).sum();
+        let mut b = BytesMut::with_capacity(len);
+        for (i, p) in e.rtp.iter().enumerate() {
+            // Interleaved framing has a 16-bit length; the packetizers stay far below it, but a
+            // packet that did not would break the framing for everything after.
+            let Ok(len16) = u16::try_from(12 + p.len()) else { continue };
+            let mut h = [0u8; 12];
+            let seq = e.rtp_seq.wrapping_add(i as u16);
+            rtp::write_header(&mut h, payload_type, p.marker, seq, base.wrapping_add(p.timestamp_delta), rtp.ssrc);
+            b.put_slice(&[b'$', channel]);
+            b.put_u16(len16);
+            b.put_slice(&h);
+            b.put_slice(p.prefix());
+            b.put_slice(&p.body);
+        }
+        b.freeze()
+    })
 }
 
 /// A playing viewer: its place in the stream and its tracks.
@@ -46,18 +100,30 @@ pub(crate) struct MediaOut {
 /// What one batch sends to one viewer, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// The RTP packets, in order.
-    pub packets: Vec<Packet>,
-    /// RTCP packets to send after the packet with this index, with the track.
+    /// The frames and RTP packets, in order.
+    pub packets: Vec<Out>,
+    /// RTCP packets to send after the item with this index, with the track.
     pub rtcp: Vec<(usize, usize, Vec<u8>)>,
     pub bytes: u64,
     pub frames: u64,
 }
 
+/// One item of a plan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Out {
+    /// A whole frame: the batch entry's shared interleaved copy ([`interleaved`]).
+    Frame {
+        /// Index of the log entry in the batch.
+        entry: u32,
+    },
+    /// One RTP packet built for this viewer.
+    Packet(Packet),
+}
+
 /// One RTP packet to one viewer: which shared payload it carries, and the bytes before that
-/// payload's body: the interleaved prefix (TCP), this viewer's RTP header and the payload's own
-/// prefix (FU indicator and header, …), contiguous so that a packet costs two slices of a
-/// vectored write, not three. 28 bytes.
+/// payload's body: the interleaved prefix (TCP), the RTP header and the payload's own prefix
+/// (FU indicator and header, …), contiguous so that a packet costs two slices of a vectored
+/// write, not three. 28 bytes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Packet {
     /// Index of the log entry in the batch.
@@ -92,24 +158,17 @@ impl Plan {
     }
 }
 
-/// The shared RTP payloads of a frame, built by the first RTSP viewer that needs them.
-pub(crate) fn payloads(e: &LogEntry) -> &[RtpPayload] {
-    e.rtp.get_or_init(|| match e.header.header.track(e.frame.track) {
-        Some(t) => rtp::packetize(t, &e.frame, DEFAULT_MAX_PAYLOAD),
-        None => Vec::new(),
-    })
-}
-
 /// Largest batch of media taken from the log at once. One `writev` carries at most
 /// [`MAX_SLICES`](crate::egress::io::MAX_SLICES) slices (about 21 RTP packets, 29 KB), so a
 /// bigger batch saves no system call; it would only make the plan, which each viewer keeps,
 /// grow with the GOP a viewer joins in (a 2 s GOP at 2 Mbit/s: 360 packets, 14 KB of plan and
 /// 17 KB of slices per viewer).
 const BATCH_BYTES: usize = 64 * 1024;
-/// Packets a plan keeps room for between batches (448 bytes); a bigger batch's room is given
-/// back. A 2 Mbit/s P-frame is about 8 packets, so only keyframes (once per GOP) and catch-up
+/// Items a plan keeps room for between batches (256 bytes); a bigger batch's room is given
+/// back. A viewer on a track's usual channel plans one item per frame; on another channel or
+/// UDP, a 2 Mbit/s P-frame is about 8 packets, so only keyframes (once per GOP) and catch-up
 /// batches allocate.
-pub(crate) const PLAN_KEEP: usize = 16;
+pub(crate) const PLAN_KEEP: usize = 8;
 
 impl MediaOut {
     /// Reads the next batch from the log into `batch` (replacing it), accounts the read, and
@@ -130,62 +189,7 @@ impl MediaOut {
     /// Plans the packets of `batch` for this viewer (frames of tracks it did not set up are
     /// skipped).
     pub(crate) fn plan(&mut self, batch: &[Arc<LogEntry>], plan: &mut Plan) {
-        plan.clear();
-        for (ei, e) in batch.iter().enumerate() {
-            let Some(ti) = self.tracks.iter().position(|t| t.id == e.frame.track) else { continue };
-            let t = &mut self.tracks[ti];
-            let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
-            for (pi, p) in payloads(e).iter().enumerate() {
-                let mut h = [0u8; 20];
-                let len = 12 + p.len();
-                if let Dest::Tcp { rtp: ch, .. } = t.dest {
-                    // Interleaved framing has a 16-bit length; the packetizers stay far below it,
-                    // but a packet that did not would break the framing for everything after.
-                    let Ok(len16) = u16::try_from(len) else { continue };
-                    h[0] = b'$';
-                    h[1] = ch;
-                    h[2..4].copy_from_slice(&len16.to_be_bytes());
-                }
-                // Bytes 4..16 of the head, as an array (the pattern cannot fail).
-                let [_, _, _, _, rtp_header @ .., _, _, _, _] = &mut h;
-                rtp::write_header(
-                    rtp_header,
-                    t.payload_type,
-                    p.marker,
-                    t.seq,
-                    base.wrapping_add(p.timestamp_delta),
-                    t.ssrc,
-                );
-                let prefix = p.prefix();
-                h[16..16 + prefix.len()].copy_from_slice(prefix);
-                t.seq = t.seq.wrapping_add(1);
-                t.packets = t.packets.wrapping_add(1);
-                t.octets = t.octets.wrapping_add(p.len() as u32);
-                // Batches hold at most BATCH_BYTES (frames, payloads and tracks far fewer than
-                // these types count).
-                plan.packets.push(Packet {
-                    entry: ei as u32,
-                    payload: pi as u16,
-                    track: ti as u8,
-                    head_len: (16 + prefix.len()) as u8,
-                    head: h,
-                });
-            }
-            plan.bytes += e.frame.payload.len() as u64;
-            plan.frames += 1;
-            if t.last_sr.is_none_or(|at| at.elapsed() >= SR_INTERVAL) {
-                t.last_sr = Some(Instant::now());
-                let sr = rtcp::sender_report(
-                    t.ssrc,
-                    rtcp::ntp_from_unix_micros(e.frame.capture_us),
-                    base,
-                    t.packets,
-                    t.octets,
-                    "mediamesh",
-                );
-                plan.rtcp.push((plan.packets.len(), ti, sr));
-            }
-        }
+        plan_tracks(&mut self.tracks, batch, plan);
     }
 
     /// RTCP BYE for every track (the stream ended).
@@ -194,19 +198,79 @@ impl MediaOut {
     }
 }
 
-/// The shared payload a packet carries.
-pub(crate) fn packet_payload<'a>(batch: &'a [Arc<LogEntry>], packet: &Packet) -> &'a RtpPayload {
-    &payloads(&batch[packet.entry as usize])[usize::from(packet.payload)]
+/// Plans the packets of `batch` for a viewer of `tracks`.
+fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan) {
+    plan.clear();
+    for (ei, e) in batch.iter().enumerate() {
+        let Some(ti) = tracks.iter().position(|t| t.id == e.frame.track) else { continue };
+        let t = &mut tracks[ti];
+        let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
+        // Batches hold at most BATCH_BYTES (frames, payloads and tracks far fewer than these
+        // types count).
+        if t.shared {
+            plan.packets.push(Out::Frame { entry: ei as u32 });
+            t.packets = t.packets.wrapping_add(e.rtp.len() as u32);
+            t.octets = t.octets.wrapping_add(e.rtp.iter().map(|p| p.len() as u32).sum::<u32>());
+        } else {
+            for (pi, p) in e.rtp.iter().enumerate() {
+                let mut h = [0u8; 20];
+                let len = 12 + p.len();
+                if let Dest::Tcp { rtp: ch, .. } = t.dest {
+                    // As in `interleaved`: a packet over 16 bits would break the framing.
+                    let Ok(len16) = u16::try_from(len) else { continue };
+                    h[0] = b'$';
+                    h[1] = ch;
+                    h[2..4].copy_from_slice(&len16.to_be_bytes());
+                }
+                // Bytes 4..16 of the head, as an array (the pattern cannot fail).
+                let [_, _, _, _, rtp_header @ .., _, _, _, _] = &mut h;
+                let seq = e.rtp_seq.wrapping_add(pi as u16);
+                let ts = base.wrapping_add(p.timestamp_delta);
+                rtp::write_header(rtp_header, t.payload_type, p.marker, seq, ts, t.ssrc);
+                let prefix = p.prefix();
+                h[16..16 + prefix.len()].copy_from_slice(prefix);
+                t.packets = t.packets.wrapping_add(1);
+                t.octets = t.octets.wrapping_add(p.len() as u32);
+                plan.packets.push(Out::Packet(Packet {
+                    entry: ei as u32,
+                    payload: pi as u16,
+                    track: ti as u8,
+                    head_len: (16 + prefix.len()) as u8,
+                    head: h,
+                }));
+            }
+        }
+        plan.bytes += e.frame.payload.len() as u64;
+        plan.frames += 1;
+        if t.last_sr.is_none_or(|at| at.elapsed() >= SR_INTERVAL) {
+            t.last_sr = Some(Instant::now());
+            let sr = rtcp::sender_report(
+                t.ssrc,
+                rtcp::ntp_from_unix_micros(e.frame.capture_us),
+                base,
+                t.packets,
+                t.octets,
+                "mediamesh",
+            );
+            plan.rtcp.push((plan.packets.len(), ti, sr));
+        }
+    }
 }
 
-/// The slices of a planned batch on a TCP connection, in order: RTP packets (this viewer's head,
-/// the shared body) and interleaved RTCP. The vector is allocated per write: glibc's thread
-/// cache hands every viewer the same hot block, which measured faster than a vector kept per
-/// viewer (docs/benchmarks.md).
+/// The shared payload a packet carries.
+pub(crate) fn packet_payload<'a>(batch: &'a [Arc<LogEntry>], packet: &Packet) -> &'a RtpPayload {
+    &batch[packet.entry as usize].rtp[usize::from(packet.payload)]
+}
+
+/// The slices of a planned batch on a TCP connection, in order: whole frames (the shared
+/// interleaved copy), RTP packets (this viewer's head, the shared body) and interleaved RTCP.
+/// The vector is allocated per write: glibc's thread cache hands every viewer the same hot
+/// block, which measured faster than a vector kept per viewer (docs/benchmarks.md).
 pub(crate) fn tcp_slices<'a>(
     batch: &'a [Arc<LogEntry>],
     plan: &'a Plan,
     tracks: &[TrackOut],
+    rtp: RtpIdentity,
     rtcp_frames: &'a mut Vec<Vec<u8>>,
 ) -> Vec<IoSlice<'a>> {
     rtcp_frames.clear();
@@ -222,13 +286,18 @@ pub(crate) fn tcp_slices<'a>(
     }
     let mut slices = Vec::with_capacity(plan.packets.len() * 2 + rtcp_frames.len());
     let mut next_rtcp = 0;
-    for (i, packet) in plan.packets.iter().enumerate() {
+    for (i, out) in plan.packets.iter().enumerate() {
         while next_rtcp < plan.rtcp.len() && plan.rtcp[next_rtcp].0 == i {
             slices.push(IoSlice::new(&rtcp_frames[next_rtcp]));
             next_rtcp += 1;
         }
-        slices.push(IoSlice::new(packet.tcp_head()));
-        slices.push(IoSlice::new(&packet_payload(batch, packet).body));
+        match out {
+            Out::Frame { entry } => slices.push(IoSlice::new(interleaved(&batch[*entry as usize], rtp))),
+            Out::Packet(packet) => {
+                slices.push(IoSlice::new(packet.tcp_head()));
+                slices.push(IoSlice::new(&packet_payload(batch, packet).body));
+            }
+        }
     }
     while next_rtcp < rtcp_frames.len() {
         slices.push(IoSlice::new(&rtcp_frames[next_rtcp]));
@@ -236,3 +305,6 @@ pub(crate) fn tcp_slices<'a>(
     }
     slices
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::media::{MediaOut, Plan, tcp_slices};
+use super::media::{MediaOut, Out, Plan, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, send_vectored};
 use crate::egress::io::{describe_write_error, write_all_vectored};
@@ -57,7 +57,8 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &mut rtcp_frames);
+                let rtp = m.viewer.session.log.rtp();
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, rtp, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
@@ -183,10 +184,12 @@ pub(crate) async fn udp_sender(
         if !batch.is_empty() {
             let mut rtcp = plan.rtcp.iter().peekable();
             let mut stalled = None;
-            for (i, packet) in plan.packets.iter().enumerate() {
+            for (i, out) in plan.packets.iter().enumerate() {
                 while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
                     send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
                 }
+                // UDP tracks are planned packet by packet.
+                let Out::Packet(packet) = out else { continue };
                 let p = super::media::packet_payload(&batch, packet);
                 let Dest::Udp { rtp, .. } = m.tracks[usize::from(packet.track)].dest else { continue };
                 pace.take(12 + p.len()).await;
