@@ -304,7 +304,7 @@ impl Conn {
             return Response::new(461, "Unsupported Transport").body("text/plain", "UDP is disabled on this hub\n");
         }
         let rtp = viewer.session.log.rtp();
-        let out = TrackOut::new(track_id, describe(info).payload_type, dest, rtp, &header.header);
+        let out = TrackOut::new(track_id, describe(info).payload_type, dest, rtp);
         let answer = transport::answer(&dest, rtp.ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
         let session = self.sessions.get_or_insert_with(&id, || RtspSession {

@@ -28,28 +28,15 @@ pub(crate) struct TrackOut {
     pub dest: Dest,
     pub ssrc: u32,
     pub ts_offset: u32,
-    /// Interleaved on the track's usual channel: frames go out as the shared interleaved copy.
-    shared: bool,
     packets: u32,
     octets: u32,
     last_sr: Option<Instant>,
 }
 
 impl TrackOut {
-    /// Track `id` of a stream with `header` and `rtp`, sent to `dest`.
-    pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, rtp: RtpIdentity, header: &StreamHeader) -> Self {
-        let shared = matches!(dest, Dest::Tcp { rtp: ch, .. } if Some(ch) == usual_channel(header, id));
-        Self {
-            id,
-            payload_type,
-            dest,
-            ssrc: rtp.ssrc,
-            ts_offset: rtp.ts_offset,
-            shared,
-            packets: 0,
-            octets: 0,
-            last_sr: None,
-        }
+    /// Track `id` of a stream with `rtp`, sent to `dest`.
+    pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, rtp: RtpIdentity) -> Self {
+        Self { id, payload_type, dest, ssrc: rtp.ssrc, ts_offset: rtp.ts_offset, packets: 0, octets: 0, last_sr: None }
     }
 }
 
@@ -207,7 +194,10 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
         let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
         // Batches hold at most BATCH_BYTES (frames, payloads and tracks far fewer than these
         // types count).
-        if t.shared {
+        // On the track's usual channel (as the frame's header has it), frames go out as the
+        // shared interleaved copy.
+        let shared = matches!(t.dest, Dest::Tcp { rtp: ch, .. } if usual_channel(&e.header.header, t.id) == Some(ch));
+        if shared {
             plan.packets.push(Out::Frame { entry: ei as u32 });
             t.packets = t.packets.wrapping_add(e.rtp.len() as u32);
             t.octets = t.octets.wrapping_add(e.rtp.iter().map(|p| p.len() as u32).sum::<u32>());

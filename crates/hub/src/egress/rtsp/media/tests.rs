@@ -45,7 +45,7 @@ fn batch(n: u64) -> (FrameLog, Vec<Arc<LogEntry>>, u64) {
 }
 
 fn track(log: &FrameLog, rtp_channel: u8) -> TrackOut {
-    TrackOut::new(0, 96, Dest::Tcp { rtp: rtp_channel, rtcp: rtp_channel + 1 }, log.rtp(), &header())
+    TrackOut::new(0, 96, Dest::Tcp { rtp: rtp_channel, rtcp: rtp_channel + 1 }, log.rtp())
 }
 
 /// What a viewer's connection carries for `batch`: (channel, data) of each interleaved frame.
