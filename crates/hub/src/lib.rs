@@ -28,3 +28,14 @@ mod tunnel;
 
 pub use config::{ConfigError, HubConfig};
 pub use server::{Hub, HubError, RunningHub};
+
+/// A random 64-bit value (RTP SSRCs, initial sequence numbers and timestamps, RTSP session
+/// ids), from the standard library's randomly keyed hasher.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}

@@ -56,15 +56,9 @@ pub struct RtpIdentity {
 }
 
 impl RtpIdentity {
-    /// Random values (RFC 3550 §5.1: SSRC, initial sequence number and timestamp are random),
-    /// from the standard library's randomly keyed hasher.
+    /// Random values (RFC 3550 §5.1: SSRC, initial sequence number and timestamp are random).
     fn random() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(0);
-        let a = h.finish();
-        h.write_u8(1);
-        let b = h.finish();
+        let (a, b) = (crate::random_u64(), crate::random_u64());
         Self { ssrc: a as u32, ts_offset: (a >> 32) as u32, first_seq: b as u16 }
     }
 }
@@ -105,7 +99,7 @@ pub struct LogEntry {
     /// The whole frame as RTP packets interleaved on an RTSP connection (RFC 2326 §10.12) on
     /// its track's usual channel, built by the first viewer that needs it and written as one
     /// slice by all of them.
-    pub interleaved: OnceLock<bytes::Bytes>,
+    pub interleaved: OnceLock<Bytes>,
 }
 
 impl LogEntry {

@@ -18,10 +18,24 @@ pub struct SdpMedia {
     pub fmtp: Option<String>,
 }
 
-/// The SDP description of a track. Dynamic payload types are 96 + the track id; G.711 at
-/// 8 kHz mono uses its static type (8 PCMA, 0 PCMU).
+/// A track's RTP payload type: 96 + the track id, except G.711 at 8 kHz mono, which uses its
+/// static type (8 PCMA, 0 PCMU).
+pub fn payload_type(track: &TrackInfo) -> u8 {
+    match track.codec {
+        Codec::Pcma | Codec::Pcmu if track.clock_rate == 8000 && track.channels == 1 => {
+            if track.codec == Codec::Pcma {
+                8
+            } else {
+                0
+            }
+        }
+        _ => 96 + track.id.min(31),
+    }
+}
+
+/// The SDP description of a track, with its [`payload_type`].
 pub fn describe(track: &TrackInfo) -> SdpMedia {
-    let dynamic = 96 + track.id.min(31);
+    let payload_type = payload_type(track);
     let find = |t: u8, of: fn(&[u8]) -> Option<u8>| track.parameter_sets.iter().find(|p| of(p) == Some(t));
     let b64 = |p: Option<&bytes::Bytes>| p.map(|p| B64.encode(p)).unwrap_or_default();
     match track.codec {
@@ -34,7 +48,7 @@ pub fn describe(track: &TrackInfo) -> SdpMedia {
                 fmtp.push_str(&format!(";profile-level-id={p}"));
             }
             fmtp.push_str(&format!(";sprop-parameter-sets={},{}", b64(sps), b64(pps)));
-            SdpMedia { media: "video", payload_type: dynamic, rtpmap: "H264/90000".into(), fmtp: Some(fmtp) }
+            SdpMedia { media: "video", payload_type, rtpmap: "H264/90000".into(), fmtp: Some(fmtp) }
         }
         Codec::H265 => {
             let fmtp = format!(
@@ -43,7 +57,7 @@ pub fn describe(track: &TrackInfo) -> SdpMedia {
                 b64(find(h265::NAL_SPS, h265::nal_type)),
                 b64(find(h265::NAL_PPS, h265::nal_type))
             );
-            SdpMedia { media: "video", payload_type: dynamic, rtpmap: "H265/90000".into(), fmtp: Some(fmtp) }
+            SdpMedia { media: "video", payload_type, rtpmap: "H265/90000".into(), fmtp: Some(fmtp) }
         }
         Codec::Aac => {
             let config: String = track
@@ -53,7 +67,7 @@ pub fn describe(track: &TrackInfo) -> SdpMedia {
                 .unwrap_or_default();
             SdpMedia {
                 media: "audio",
-                payload_type: dynamic,
+                payload_type,
                 rtpmap: format!("MPEG4-GENERIC/{}/{}", track.clock_rate, track.channels),
                 fmtp: Some(format!(
                     "streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={config}"
@@ -62,18 +76,16 @@ pub fn describe(track: &TrackInfo) -> SdpMedia {
         }
         Codec::Pcma | Codec::Pcmu => {
             let name = if track.codec == Codec::Pcma { "PCMA" } else { "PCMU" };
-            let static_pt = (track.clock_rate == 8000 && track.channels == 1)
-                .then_some(if track.codec == Codec::Pcma { 8 } else { 0 });
             let rtpmap = if track.channels > 1 {
                 format!("{name}/{}/{}", track.clock_rate, track.channels)
             } else {
                 format!("{name}/{}", track.clock_rate)
             };
-            SdpMedia { media: "audio", payload_type: static_pt.unwrap_or(dynamic), rtpmap, fmtp: None }
+            SdpMedia { media: "audio", payload_type, rtpmap, fmtp: None }
         }
         Codec::Opus => SdpMedia {
             media: "audio",
-            payload_type: dynamic,
+            payload_type,
             // RFC 7587: always "opus/48000/2"; mono or stereo is signalled in fmtp.
             rtpmap: "opus/48000/2".into(),
             fmtp: Some(format!("sprop-stereo={}", u8::from(track.channels > 1))),

@@ -11,20 +11,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use mediamesh_media::rtp::sdp::describe;
+use mediamesh_media::rtp::sdp::payload_type;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::RtspCtx;
 use super::media::{MediaOut, TrackOut};
 use super::request::{self, Incoming, Method, Request, Response};
 use super::send::{WriterCmd, udp_sender, writer_task};
 use super::sessions::{MAX_SESSIONS, Playing, RtspSession, RtspSessions};
 use super::transport::{self, Dest};
 use super::udp::Liveness;
-use super::{RtspCtx, random_u64};
+use crate::random_u64;
 use crate::session::{StreamKey, Viewer};
 
 /// Streams one connection may have DESCRIBEd without a SETUP yet.
@@ -304,7 +305,7 @@ impl Conn {
             return Response::new(461, "Unsupported Transport").body("text/plain", "UDP is disabled on this hub\n");
         }
         let rtp = viewer.session.log.rtp();
-        let out = TrackOut::new(track_id, describe(info).payload_type, dest, rtp);
+        let out = TrackOut::new(track_id, payload_type(info), dest, rtp);
         let answer = transport::answer(&dest, rtp.ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
         let session = self.sessions.get_or_insert_with(&id, || RtspSession {

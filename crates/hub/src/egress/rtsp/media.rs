@@ -47,6 +47,33 @@ pub(crate) fn usual_channel(header: &StreamHeader, track: u8) -> Option<u8> {
     u8::try_from(2 * i).ok()
 }
 
+/// The bytes before an RTP payload's body, and how many: on TCP the 4-byte interleaved prefix
+/// on `channel` (on UDP, `None`: 4 unused bytes), the RTP header and the payload's own prefix.
+/// `None` when the packet does not fit interleaved framing's 16-bit length: the packetizers
+/// stay far below it, but a packet that did not would break the framing for everything after.
+fn packet_head(
+    channel: Option<u8>,
+    p: &RtpPayload,
+    payload_type: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+) -> Option<([u8; 20], u8)> {
+    let mut h = [0u8; 20];
+    if let Some(ch) = channel {
+        let len16 = u16::try_from(12 + p.len()).ok()?;
+        h[0] = b'$';
+        h[1] = ch;
+        h[2..4].copy_from_slice(&len16.to_be_bytes());
+    }
+    // Bytes 4..16 of the head, as an array (the pattern cannot fail).
+    let [_, _, _, _, rtp_header @ .., _, _, _, _] = &mut h;
+    rtp::write_header(rtp_header, payload_type, p.marker, seq, ts, ssrc);
+    let prefix = p.prefix();
+    h[16..16 + prefix.len()].copy_from_slice(prefix);
+    Some((h, (16 + prefix.len()) as u8))
+}
+
 /// Frame `e`'s RTP packets, each with its 4-byte interleaved prefix on the track's usual
 /// channel, in one buffer built by the first viewer that needs it (a copy of the frame, made
 /// once per stream).
@@ -56,21 +83,14 @@ pub(crate) fn interleaved(e: &LogEntry, rtp: RtpIdentity) -> &Bytes {
         let (Some(channel), Some(track)) = (usual_channel(header, e.frame.track), header.track(e.frame.track)) else {
             return Bytes::new();
         };
-        let payload_type = rtp::sdp::describe(track).payload_type;
+        let payload_type = rtp::sdp::payload_type(track);
         let base = (e.frame.pts as u32).wrapping_add(rtp.ts_offset);
         let len: usize = e.rtp.iter().map(|p| 16 + p.len()).sum();
         let mut b = BytesMut::with_capacity(len);
         for (i, p) in e.rtp.iter().enumerate() {
-            // Interleaved framing has a 16-bit length; the packetizers stay far below it, but a
-            // packet that did not would break the framing for everything after.
-            let Ok(len16) = u16::try_from(12 + p.len()) else { continue };
-            let mut h = [0u8; 12];
-            let seq = e.rtp_seq.wrapping_add(i as u16);
-            rtp::write_header(&mut h, payload_type, p.marker, seq, base.wrapping_add(p.timestamp_delta), rtp.ssrc);
-            b.put_slice(&[b'$', channel]);
-            b.put_u16(len16);
-            b.put_slice(&h);
-            b.put_slice(p.prefix());
+            let (seq, ts) = (e.rtp_seq.wrapping_add(i as u16), base.wrapping_add(p.timestamp_delta));
+            let Some((head, n)) = packet_head(Some(channel), p, payload_type, seq, ts, rtp.ssrc) else { continue };
+            b.put_slice(&head[..usize::from(n)]);
             b.put_slice(&p.body);
         }
         b.freeze()
@@ -192,41 +212,29 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
         let Some(ti) = tracks.iter().position(|t| t.id == e.frame.track) else { continue };
         let t = &mut tracks[ti];
         let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
+        let channel = match t.dest {
+            Dest::Tcp { rtp: ch, .. } => Some(ch),
+            Dest::Udp { .. } => None,
+        };
         // Batches hold at most BATCH_BYTES (frames, payloads and tracks far fewer than these
         // types count).
-        // On the track's usual channel (as the frame's header has it), frames go out as the
-        // shared interleaved copy.
-        let shared = matches!(t.dest, Dest::Tcp { rtp: ch, .. } if usual_channel(&e.header.header, t.id) == Some(ch));
-        if shared {
+        if channel.is_some() && channel == usual_channel(&e.header.header, t.id) {
+            // On the track's usual channel (as the frame's header has it): the shared copy.
             plan.packets.push(Out::Frame { entry: ei as u32 });
             t.packets = t.packets.wrapping_add(e.rtp.len() as u32);
             t.octets = t.octets.wrapping_add(e.rtp.iter().map(|p| p.len() as u32).sum::<u32>());
         } else {
             for (pi, p) in e.rtp.iter().enumerate() {
-                let mut h = [0u8; 20];
-                let len = 12 + p.len();
-                if let Dest::Tcp { rtp: ch, .. } = t.dest {
-                    // As in `interleaved`: a packet over 16 bits would break the framing.
-                    let Ok(len16) = u16::try_from(len) else { continue };
-                    h[0] = b'$';
-                    h[1] = ch;
-                    h[2..4].copy_from_slice(&len16.to_be_bytes());
-                }
-                // Bytes 4..16 of the head, as an array (the pattern cannot fail).
-                let [_, _, _, _, rtp_header @ .., _, _, _, _] = &mut h;
-                let seq = e.rtp_seq.wrapping_add(pi as u16);
-                let ts = base.wrapping_add(p.timestamp_delta);
-                rtp::write_header(rtp_header, t.payload_type, p.marker, seq, ts, t.ssrc);
-                let prefix = p.prefix();
-                h[16..16 + prefix.len()].copy_from_slice(prefix);
+                let (seq, ts) = (e.rtp_seq.wrapping_add(pi as u16), base.wrapping_add(p.timestamp_delta));
+                let Some((head, head_len)) = packet_head(channel, p, t.payload_type, seq, ts, t.ssrc) else { continue };
                 t.packets = t.packets.wrapping_add(1);
                 t.octets = t.octets.wrapping_add(p.len() as u32);
                 plan.packets.push(Out::Packet(Packet {
                     entry: ei as u32,
                     payload: pi as u16,
                     track: ti as u8,
-                    head_len: (16 + prefix.len()) as u8,
-                    head: h,
+                    head_len,
+                    head,
                 }));
             }
         }

@@ -22,7 +22,6 @@ mod transport;
 pub(crate) mod udp;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,13 +126,4 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskT
             .instrument(info_span!("rtsp", conn = id, %peer)),
         );
     }
-}
-
-/// A random 64-bit value (SSRCs, initial sequence numbers and timestamps, session ids), from
-/// the standard library's randomly keyed hasher.
-pub(crate) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }
