@@ -161,13 +161,14 @@ async fn a_tbf_capped_uplink_gets_fresh_frames_and_the_edge_memory_stays_flat() 
     let settled = capped_from + Duration::from_secs(3);
     let mut ages: Vec<u64> =
         seen.frames.iter().filter(|f| f.at > settled && f.at <= capped_to).map(|f| f.age_ms).collect();
-    let (p50, p95) = (percentile(&mut ages, 0.5), percentile(&mut ages, 0.95));
+    let (p50, p95, max) = (percentile(&mut ages, 0.5), percentile(&mut ages, 0.95), percentile(&mut ages, 1.0));
     let keys = seen.frames.iter().filter(|f| f.keyframe && f.at > settled && f.at <= capped_to).count();
     let (fps_before, fps_after) = (seen.fps(t0, capped_from), seen.fps(lifted, end));
     let (rss_min, rss_max) = (rss.iter().min().copied().unwrap_or(0), rss.iter().max().copied().unwrap_or(0));
     eprintln!(
-        "tbf 200 kbit/s for 30 s: age p50 {p50} p95 {p95} ms, {keys} keyframes; fps {fps_before:.1} before, \
-         {fps_after:.1} after; edge RSS {rss_min}..{rss_max} KiB"
+        "tbf 200 kbit/s for 30 s: {} frames, age p50 {p50} p95 {p95} max {max} ms, {keys} keyframes; fps {fps_before:.1} before, \
+         {fps_after:.1} after; edge RSS {rss_min}..{rss_max} KiB",
+        ages.len()
     );
     assert!(p95 < 1000, "fresh frames: p95 {p95} ms\n{}", lab.logs());
     assert!(keys >= 10, "keyframes keep arriving: {keys}");

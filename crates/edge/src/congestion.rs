@@ -14,7 +14,8 @@
 //!
 //! The path delay also gates sending: while it exceeds `path_delay_limit`, nothing more is
 //! handed to the socket. Frames then wait (and age, and are dropped) at the edge instead of in
-//! a queue on the path that nobody can drop from, so what does arrive is fresh.
+//! a queue on the path that nobody can drop from, so what does arrive is fresh. How much may
+//! be on the path at once is the send window's business ([`crate::window`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -56,36 +57,55 @@ const BASE_WINDOW: Duration = Duration::from_secs(10);
 /// Frames remembered for matching Feedback (at 60 fps, 8 s).
 const MAX_SENT: usize = 512;
 
-/// Acknowledgement delays from the hub's Feedback.
+/// Acknowledgement delays from the hub's Feedback, and the bytes still on the path.
 #[derive(Debug, Default)]
 pub struct PathEstimator {
-    /// (seq, when it was handed to the socket), oldest first.
-    sent: VecDeque<(u64, Instant)>,
+    /// (seq, when it was handed to the socket, payload bytes), oldest first.
+    sent: VecDeque<(u64, Instant, usize)>,
+    /// Sum of the bytes in `sent`.
+    in_flight: usize,
     /// (when measured, delay) minima, for the windowed base.
     base: VecDeque<(Instant, Duration)>,
     latest: Option<Duration>,
 }
 
 impl PathEstimator {
-    /// A frame went to the socket at `now`.
-    pub fn on_sent(&mut self, seq: u64, now: Instant) {
-        if self.sent.len() == MAX_SENT {
-            self.sent.pop_front();
+    /// A frame of `bytes` went to the socket at `now`.
+    pub fn on_sent(&mut self, seq: u64, bytes: usize, now: Instant) {
+        if self.sent.len() == MAX_SENT
+            && let Some((_, _, b)) = self.sent.pop_front()
+        {
+            self.in_flight -= b;
         }
-        self.sent.push_back((seq, now));
+        self.sent.push_back((seq, now, bytes));
+        self.in_flight += bytes;
     }
 
-    /// The hub has received everything up to `last_seq`, as of `now`.
-    pub fn on_feedback(&mut self, last_seq: u64, now: Instant) {
+    /// Bytes sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The smallest acknowledgement delay of the window: the path's delay when nothing queues.
+    pub fn base(&self) -> Duration {
+        self.base.front().map_or(Duration::ZERO, |(_, d)| *d)
+    }
+
+    /// The hub has received everything up to `last_seq`, as of `now`; returns the bytes this
+    /// acknowledged.
+    pub fn on_feedback(&mut self, last_seq: u64, now: Instant) -> usize {
         let mut acked = None;
-        while let Some(&(seq, at)) = self.sent.front() {
+        let mut bytes = 0;
+        while let Some(&(seq, at, b)) = self.sent.front() {
             if seq > last_seq {
                 break;
             }
             acked = Some(at);
+            bytes += b;
             self.sent.pop_front();
         }
-        let Some(at) = acked else { return };
+        self.in_flight -= bytes;
+        let Some(at) = acked else { return 0 };
         let sample = now.saturating_duration_since(at);
         self.latest = Some(sample);
         // Monotonic deque of minima over the window.
@@ -96,6 +116,7 @@ impl PathEstimator {
         while self.base.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > BASE_WINDOW) {
             self.base.pop_front();
         }
+        bytes
     }
 
     /// How much longer than the base frames take now; also counts frames sent long ago and
@@ -105,10 +126,12 @@ impl PathEstimator {
         if self.sent.is_empty() {
             return Duration::ZERO;
         }
-        let base = self.base.front().map_or(Duration::ZERO, |(_, d)| *d);
+        let base = self.base();
         let latest = self.latest.map_or(Duration::ZERO, |d| d.saturating_sub(base));
-        let oldest_unacked =
-            self.sent.front().map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at).saturating_sub(base));
+        let oldest_unacked = self
+            .sent
+            .front()
+            .map_or(Duration::ZERO, |(_, at, _)| now.saturating_duration_since(*at).saturating_sub(base));
         // The oldest unacknowledged frame only counts once it is clearly late: Feedback comes
         // every 50 ms while frames flow.
         let unacked = oldest_unacked.saturating_sub(Duration::from_millis(100));
@@ -226,13 +249,13 @@ mod tests {
         let mut p = PathEstimator::default();
         // Frames every 40 ms, acknowledged 30 ms later: the base.
         for i in 0..10u64 {
-            p.on_sent(i, t0 + i as u32 * 40 * MS);
+            p.on_sent(i, 1000, t0 + i as u32 * 40 * MS);
             p.on_feedback(i, t0 + i as u32 * 40 * MS + 30 * MS);
         }
         assert_eq!(p.excess(t0 + 400 * MS), Duration::ZERO);
         // A queue builds: the next acknowledgements take 330 ms.
         for i in 10..15u64 {
-            p.on_sent(i, t0 + i as u32 * 40 * MS);
+            p.on_sent(i, 1000, t0 + i as u32 * 40 * MS);
         }
         p.on_feedback(12, t0 + 480 * MS + 330 * MS);
         assert_eq!(p.excess(t0 + 810 * MS), 300 * MS);
@@ -245,9 +268,9 @@ mod tests {
     fn a_path_that_stops_acknowledging_counts_as_delay() {
         let t0 = Instant::now();
         let mut p = PathEstimator::default();
-        p.on_sent(1, t0);
+        p.on_sent(1, 1000, t0);
         p.on_feedback(1, t0 + 20 * MS);
-        p.on_sent(2, t0 + 40 * MS);
+        p.on_sent(2, 1000, t0 + 40 * MS);
         assert_eq!(p.excess(t0 + 100 * MS), Duration::ZERO, "not late yet");
         assert_eq!(p.excess(t0 + 1040 * MS), 880 * MS, "1 s unacknowledged, minus base and slack");
     }
@@ -256,12 +279,12 @@ mod tests {
     fn the_base_forgets_old_minima() {
         let t0 = Instant::now();
         let mut p = PathEstimator::default();
-        p.on_sent(1, t0);
+        p.on_sent(1, 1000, t0);
         p.on_feedback(1, t0 + 10 * MS);
         // The route changed: 100 ms is the new normal.
         for i in 2..300u64 {
             let at = t0 + i as u32 * 50 * MS;
-            p.on_sent(i, at);
+            p.on_sent(i, 1000, at);
             p.on_feedback(i, at + 100 * MS);
         }
         assert_eq!(p.excess(t0 + 299 * 50 * MS + 100 * MS), Duration::ZERO);

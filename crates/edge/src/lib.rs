@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod source;
 pub mod stats;
 pub mod uplink;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

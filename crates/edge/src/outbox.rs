@@ -107,6 +107,14 @@ impl Outbox {
         self.queue.is_empty()
     }
 
+    /// The payload bytes of what goes next (zero for a header), if anything waits.
+    pub fn front_bytes(&self) -> Option<usize> {
+        self.queue.front().map(|e| match e {
+            Entry::Header(_) => 0,
+            Entry::Frame { frame, .. } => frame.payload.len(),
+        })
+    }
+
     /// How long the oldest waiting frame has waited.
     pub fn head_age(&self, now: Instant) -> Duration {
         self.queue

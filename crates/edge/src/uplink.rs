@@ -30,6 +30,7 @@ use crate::congestion::{Congestion, PathEstimator};
 use crate::dial::{DialError, EdgeLink, connect};
 use crate::outbox::{Outbox, Outgoing};
 use crate::source::{self, SourceItem, SourceOutput};
+use crate::window::SendWindow;
 
 /// How an uplink ended.
 #[derive(Debug)]
@@ -87,6 +88,7 @@ struct Uplink<'a> {
     outbox: Outbox,
     congestion: Congestion,
     path: PathEstimator,
+    window: SendWindow,
     /// Drops already added to the edge-wide counters.
     counted: [u64; DropReason::ALL.len()],
     connects: u32,
@@ -102,6 +104,7 @@ impl<'a> Uplink<'a> {
             outbox: Outbox::new(ctx.outbox),
             congestion: Congestion::new(ctx.congestion),
             path: PathEstimator::default(),
+            window: SendWindow::default(),
             counted: [0; DropReason::ALL.len()],
             connects: 0,
             srtt: None,
@@ -140,6 +143,7 @@ impl<'a> Uplink<'a> {
             self.outbox.reconnected(out.request_keyframe());
             self.congestion.reset();
             self.path.reset();
+            self.window.reset();
             let end = self.pump(link, &welcome, out, cancel).await;
             backoff.disconnected(Instant::now());
             self.count_drops();
@@ -198,8 +202,11 @@ impl<'a> Uplink<'a> {
             let path_delay = self.path.excess(now);
             let delay = self.outbox.head_age(now).max(path_delay);
             let level = self.congestion.update(now, delay);
-            // While the path is queueing, frames wait here, where they can still be dropped.
-            let path_clear = path_delay <= path_limit;
+            self.window.on_delay(now, path_delay, path_limit, self.path.base(), self.path.in_flight());
+            // While the path is queueing, or as much is on it as the window allows, frames wait
+            // here, where they can still be dropped.
+            let can_send = path_delay <= path_limit
+                && self.outbox.front_bytes().is_some_and(|b| self.window.allows(self.path.in_flight(), b));
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -232,7 +239,7 @@ impl<'a> Uplink<'a> {
                         return TunnelEnd::Done(UplinkEnd::Failed(reason));
                     }
                 },
-                permit = data_tx.reserve(), if path_clear && !self.outbox.is_empty() => {
+                permit = data_tx.reserve(), if can_send => {
                     let Ok(permit) = permit else { break TunnelEnd::Lost("the writer stopped".into()) };
                     match self.outbox.pop(Instant::now(), level, max_age) {
                         Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
@@ -241,7 +248,7 @@ impl<'a> Uplink<'a> {
                             self.ctx.stats.add_drop(DropReason::TooLarge, 1);
                         }
                         Some(Outgoing::Frame(f)) => {
-                            self.path.on_sent(f.seq, Instant::now());
+                            self.path.on_sent(f.seq, f.payload.len(), Instant::now());
                             crate::stats::EdgeStats::inc(&self.ctx.stats.frames_sent);
                             self.ctx.stats.bytes_sent.fetch_add(f.payload.len() as u64, Relaxed);
                             permit.send(encoded(&Message::Frame(f)));
@@ -250,8 +257,8 @@ impl<'a> Uplink<'a> {
                     }
                     self.count_drops();
                 }
-                // Re-evaluates the delays while waiting on a queueing path.
-                _ = gate.tick(), if !path_clear => {}
+                // Re-evaluates the delays while frames wait for the path.
+                _ = gate.tick(), if !can_send && !self.outbox.is_empty() => {}
                 _ = report.tick() => {
                     let r = self.report(Instant::now());
                     let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::UplinkReport(r))));
@@ -285,7 +292,10 @@ impl<'a> Uplink<'a> {
                 self.srtt = hb.srtt();
             }
             Message::Feedback(fb) => {
-                self.path.on_feedback(fb.last_seq, now);
+                let in_flight = self.path.in_flight();
+                let acked = self.path.on_feedback(fb.last_seq, now);
+                let clear = self.path.excess(now) < self.congestion.config().clear_below;
+                self.window.on_ack(acked, in_flight, clear);
                 debug!(stream = %self.stream, last_seq = fb.last_seq, frames = fb.frames, "feedback");
             }
             Message::GoAway { reason } => return Some(TunnelEnd::Done(UplinkEnd::ClosedByHub(reason))),
