@@ -28,9 +28,16 @@ pub enum NodeCommand {
     },
 }
 
-/// Capacity of each node's command queue. Commands are rare (one per session start or stop);
-/// a full queue means the control channel is stuck, and the command fails instead of waiting.
+/// Smallest capacity of a node's command queue. Commands are rare (one per session start or
+/// stop), but a wall of viewers opening every camera of a node at once queues one per stream in
+/// a moment: the queue holds two per catalog entry (a start and a stop), at least this many. A
+/// full queue means the control channel is stuck, and the command fails instead of waiting.
 pub const COMMAND_QUEUE: usize = 64;
+
+/// The command queue's capacity for a node whose catalog has `streams` entries.
+pub fn command_queue(streams: usize) -> usize {
+    streams.saturating_mul(2).max(COMMAND_QUEUE)
+}
 
 /// A connected node.
 #[derive(Debug, Clone)]
@@ -161,5 +168,18 @@ impl NodeRegistry {
         for e in self.lock().values() {
             e.cancel.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_queue_holds_a_start_and_a_stop_for_every_stream() {
+        assert_eq!(command_queue(0), COMMAND_QUEUE);
+        assert_eq!(command_queue(100), 200);
+        let max = command_queue(mediamesh_tunnel::wire::MAX_CATALOG_ENTRIES);
+        assert_eq!(max, 512, "bounded by the catalog's own cap");
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{TunnelCtx, TunnelLink};
-use crate::registry::{COMMAND_QUEUE, NodeCommand, NodeEntry};
+use crate::registry::{NodeCommand, NodeEntry, command_queue};
 use crate::session::SessionEvent;
 
 /// What a control Hello carried.
@@ -29,7 +29,7 @@ pub(super) async fn run(
     remote: SocketAddr,
 ) {
     let ControlHello { agent, catalog, running } = hello;
-    let (tx, mut commands) = mpsc::channel(COMMAND_QUEUE);
+    let (tx, mut commands) = mpsc::channel(command_queue(catalog.len()));
     let cancel = ctx.shutdown.child_token();
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = link.send(&ctx.welcome()).await {
