@@ -21,12 +21,14 @@
 //! discontinuity flag.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mediamesh_media::rtp::{DEFAULT_MAX_PAYLOAD, RtpPayload};
 use mediamesh_media::{Frame, MediaError, StreamHeader, TrackId, VideoParams};
 use tokio::sync::watch;
+
+use crate::tunnel::payloads::PayloadChunks;
 
 /// Bounds of a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,13 +295,29 @@ pub struct FrameLog {
     config: LogConfig,
     rtp: RtpIdentity,
     ring: RwLock<Ring>,
+    /// Chunks for the frames' shared interleaved copies (built by the first RTSP viewer that
+    /// needs one), so that they, like the payloads, leave no holes in the allocator's arena.
+    copies: Mutex<PayloadChunks>,
     signal: watch::Sender<u64>,
 }
 
 impl FrameLog {
     /// An empty log.
     pub fn new(config: LogConfig) -> Self {
-        Self { config, rtp: RtpIdentity::random(), ring: RwLock::new(Ring::default()), signal: watch::Sender::new(0) }
+        Self {
+            config,
+            rtp: RtpIdentity::random(),
+            ring: RwLock::new(Ring::default()),
+            copies: Mutex::new(PayloadChunks::new()),
+            signal: watch::Sender::new(0),
+        }
+    }
+
+    /// What `fill` writes (at most `n` bytes) in the log's chunks for shared frame copies.
+    pub(crate) fn shared_copy(&self, n: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+        // A panic while filling leaves the chunk list consistent: the chunk being filled is
+        // only split off after `fill` returns.
+        self.copies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).build(n, fill)
     }
 
     /// The stream's RTP SSRC, timestamp offset and first sequence number.

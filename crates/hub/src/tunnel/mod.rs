@@ -8,7 +8,7 @@
 
 mod control;
 mod data;
-mod payloads;
+pub(crate) mod payloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Frame payloads copied out of the tunnel's message buffers into chunks that the stream reuses.
+//! Frame payloads copied out of the tunnel's message buffers into chunks that the stream reuses
+//! (and, the same way, the log's shared interleaved copies of frames for RTSP viewers).
 //!
 //! A frame stays in the stream's log for seconds, while viewers come and go. When each frame
 //! payload is its own allocation (the WebSocket message it arrived in), the holes that evicted
@@ -47,7 +48,11 @@ impl PayloadChunks {
 
     /// `payload`'s bytes in this tunnel's chunks.
     pub(crate) fn copy(&mut self, payload: &[u8]) -> Bytes {
-        let n = payload.len();
+        self.build(payload.len(), |b| b.extend_from_slice(payload))
+    }
+
+    /// What `fill` writes, in these chunks; `fill` writes at most `n` bytes.
+    pub(crate) fn build(&mut self, n: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
         if n == 0 {
             return Bytes::new();
         }
@@ -62,7 +67,7 @@ impl PayloadChunks {
             }
             self.current_size = size;
         }
-        self.current.extend_from_slice(payload);
+        fill(&mut self.current);
         self.current.split().freeze()
     }
 
@@ -173,5 +178,15 @@ mod tests {
         let held: Vec<Bytes> = (0..MAX_RETIRED + 10).map(|i| p.copy(&vec![i as u8; CHUNK])).collect();
         assert_eq!(p.retired(), MAX_RETIRED);
         assert!(held[0].iter().all(|b| *b == 0), "a chunk let go still holds its frame");
+    }
+
+    #[test]
+    fn a_build_may_write_less_than_it_reserved() {
+        let mut p = PayloadChunks::new();
+        let a = p.build(100, |b| b.extend_from_slice(b"abc"));
+        let b = p.build(10, |b| b.extend_from_slice(b"de"));
+        assert_eq!((&a[..], &b[..]), (&b"abc"[..], &b"de"[..]));
+        // Both in the same chunk, one after the other.
+        assert_eq!(b.as_ptr() as usize - a.as_ptr() as usize, 3);
     }
 }

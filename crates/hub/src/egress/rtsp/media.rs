@@ -9,13 +9,13 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use mediamesh_media::StreamHeader;
 use mediamesh_media::rtp::{self, RtpPayload, rtcp};
 
 use super::transport::Dest;
 use crate::session::Viewer;
-use crate::session::log::{LogEntry, RtpIdentity};
+use crate::session::log::{FrameLog, LogEntry, RtpIdentity};
 
 /// How often a sender report goes out per track.
 const SR_INTERVAL: Duration = Duration::from_secs(5);
@@ -76,24 +76,25 @@ fn packet_head(
 
 /// Frame `e`'s RTP packets, each with its 4-byte interleaved prefix on the track's usual
 /// channel, in one buffer built by the first viewer that needs it (a copy of the frame, made
-/// once per stream).
-pub(crate) fn interleaved(e: &LogEntry, rtp: RtpIdentity) -> &Bytes {
+/// once per stream, in the log's chunks).
+pub(crate) fn interleaved<'e>(e: &'e LogEntry, log: &FrameLog) -> &'e Bytes {
     e.interleaved.get_or_init(|| {
         let header = &e.header.header;
         let (Some(channel), Some(track)) = (usual_channel(header, e.frame.track), header.track(e.frame.track)) else {
             return Bytes::new();
         };
+        let rtp = log.rtp();
         let payload_type = rtp::sdp::payload_type(track);
         let base = (e.frame.pts as u32).wrapping_add(rtp.ts_offset);
         let len: usize = e.rtp.iter().map(|p| 16 + p.len()).sum();
-        let mut b = BytesMut::with_capacity(len);
-        for (i, p) in e.rtp.iter().enumerate() {
-            let (seq, ts) = (e.rtp_seq.wrapping_add(i as u16), base.wrapping_add(p.timestamp_delta));
-            let Some((head, n)) = packet_head(Some(channel), p, payload_type, seq, ts, rtp.ssrc) else { continue };
-            b.put_slice(&head[..usize::from(n)]);
-            b.put_slice(&p.body);
-        }
-        b.freeze()
+        log.shared_copy(len, |b| {
+            for (i, p) in e.rtp.iter().enumerate() {
+                let (seq, ts) = (e.rtp_seq.wrapping_add(i as u16), base.wrapping_add(p.timestamp_delta));
+                let Some((head, n)) = packet_head(Some(channel), p, payload_type, seq, ts, rtp.ssrc) else { continue };
+                b.put_slice(&head[..usize::from(n)]);
+                b.put_slice(&p.body);
+            }
+        })
     })
 }
 
@@ -268,7 +269,7 @@ pub(crate) fn tcp_slices<'a>(
     batch: &'a [Arc<LogEntry>],
     plan: &'a Plan,
     tracks: &[TrackOut],
-    rtp: RtpIdentity,
+    log: &FrameLog,
     rtcp_frames: &'a mut Vec<Vec<u8>>,
 ) -> Vec<IoSlice<'a>> {
     rtcp_frames.clear();
@@ -290,7 +291,7 @@ pub(crate) fn tcp_slices<'a>(
             next_rtcp += 1;
         }
         match out {
-            Out::Frame { entry } => slices.push(IoSlice::new(interleaved(&batch[*entry as usize], rtp))),
+            Out::Frame { entry } => slices.push(IoSlice::new(interleaved(&batch[*entry as usize], log))),
             Out::Packet(packet) => {
                 slices.push(IoSlice::new(packet.tcp_head()));
                 slices.push(IoSlice::new(&packet_payload(batch, packet).body));

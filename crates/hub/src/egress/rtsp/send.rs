@@ -57,8 +57,7 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                let rtp = m.viewer.session.log.rtp();
-                let mut slices = tcp_slices(&batch, &plan, &m.tracks, rtp, &mut rtcp_frames);
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &m.viewer.session.log, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);

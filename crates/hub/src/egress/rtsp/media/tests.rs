@@ -54,7 +54,7 @@ fn sent(log: &FrameLog, batch: &[Arc<LogEntry>], t: TrackOut) -> (Vec<(u8, Vec<u
     let mut plan = Plan::default();
     plan_tracks(&mut tracks, batch, &mut plan);
     let mut rtcp = Vec::new();
-    let slices = tcp_slices(batch, &plan, &tracks, log.rtp(), &mut rtcp);
+    let slices = tcp_slices(batch, &plan, &tracks, log, &mut rtcp);
     let n = slices.len();
     let wire: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
     let mut packets = Vec::new();
@@ -81,8 +81,8 @@ fn viewers_on_the_usual_channel_write_each_frame_as_one_shared_slice() {
     let (ta, a) = plan_of(track(&log, 0));
     let (tb, b) = plan_of(track(&log, 0));
     let (mut ra, mut rb) = (Vec::new(), Vec::new());
-    let sa = tcp_slices(&batch, &a, &ta, log.rtp(), &mut ra);
-    let sb = tcp_slices(&batch, &b, &tb, log.rtp(), &mut rb);
+    let sa = tcp_slices(&batch, &a, &ta, &log, &mut ra);
+    let sb = tcp_slices(&batch, &b, &tb, &log, &mut rb);
     // One slice per frame, and the first frame's sender report.
     assert_eq!(sa.len(), 4 + 1);
     let frames = |s: &[IoSlice<'_>]| s.iter().filter(|s| s[1] == 0).map(|s| s.as_ptr()).collect::<Vec<_>>();
