@@ -21,6 +21,7 @@ pub mod config;
 pub mod egress;
 mod http;
 mod metrics;
+mod payloads;
 pub mod registry;
 mod server;
 pub mod session;

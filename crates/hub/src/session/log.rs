@@ -28,7 +28,7 @@ use mediamesh_media::rtp::{DEFAULT_MAX_PAYLOAD, RtpPayload};
 use mediamesh_media::{Frame, MediaError, StreamHeader, TrackId, VideoParams};
 use tokio::sync::watch;
 
-use crate::tunnel::payloads::PayloadChunks;
+use crate::payloads::PayloadChunks;
 
 /// Bounds of a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,8 +315,8 @@ impl FrameLog {
 
     /// What `fill` writes (at most `n` bytes) in the log's chunks for shared frame copies.
     pub(crate) fn shared_copy(&self, n: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
-        // A panic while filling leaves the chunk list consistent: the chunk being filled is
-        // only split off after `fill` returns.
+        // A panic while filling leaves the chunks consistent (the next build starts the chunk
+        // being filled afresh), so a poisoned lock is still safe to use.
         self.copies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).build(n, fill)
     }
 

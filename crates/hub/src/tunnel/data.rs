@@ -13,8 +13,8 @@ use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
 use tracing::{debug, info, warn};
 
-use super::payloads::PayloadChunks;
 use super::{TunnelCtx, TunnelLink, unix_micros};
+use crate::payloads::PayloadChunks;
 use crate::session::log::{PushError, Pushed};
 use crate::session::{AttachError, Session, SessionEvent};
 use mediamesh_tunnel::transport::LinkError;

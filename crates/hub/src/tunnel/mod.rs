@@ -8,7 +8,6 @@
 
 mod control;
 mod data;
-pub(crate) mod payloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Frame payloads copied out of the tunnel's message buffers into chunks that the stream reuses
-//! (and, the same way, the log's shared interleaved copies of frames for RTSP viewers).
+//! Frame payloads copied out of the tunnel's message buffers into chunks that the stream reuses,
+//! and, the same way, the log's shared interleaved copies of frames for RTSP viewers.
 //!
 //! A frame stays in the stream's log for seconds, while viewers come and go. When each frame
 //! payload is its own allocation (the WebSocket message it arrived in), the holes that evicted
@@ -28,7 +28,7 @@ pub(crate) const CHUNK: usize = 128 * 1024;
 /// chunks; twice that leaves room for the newest group of pictures the log may keep beyond it.
 pub(crate) const MAX_RETIRED: usize = 1024;
 
-/// One data tunnel's payload chunks.
+/// One writer's chunks: a data tunnel's payloads, or a log's shared frame copies.
 #[derive(Debug, Default)]
 pub(crate) struct PayloadChunks {
     /// The chunk being filled: its length is always 0 (each copy is split off at once), its
@@ -46,7 +46,7 @@ impl PayloadChunks {
         Self::default()
     }
 
-    /// `payload`'s bytes in this tunnel's chunks.
+    /// `payload`'s bytes in these chunks.
     pub(crate) fn copy(&mut self, payload: &[u8]) -> Bytes {
         self.build(payload.len(), |b| b.extend_from_slice(payload))
     }
@@ -67,6 +67,9 @@ impl PayloadChunks {
             }
             self.current_size = size;
         }
+        // Empty already, unless an earlier `fill` panicked part way: its bytes are not handed
+        // out with this copy.
+        self.current.clear();
         fill(&mut self.current);
         self.current.split().freeze()
     }
