@@ -2,9 +2,11 @@
 //!
 //! The data tunnel appends each frame once ([`FrameLog::push`]), whatever the number of viewers.
 //! Each viewer holds a [`Cursor`] (an index, not a queue): reading clones `Arc`s, never payload
-//! bytes. The log keeps at most `max_frames` frames and `max_bytes` payload bytes, but never
-//! evicts the newest keyframe's group of pictures while it is below twice those bounds, so a
-//! new viewer starts at once from a keyframe. "Keyframe" here means a sync point: a video
+//! bytes. The log keeps at most `max_frames` frames and `max_bytes` payload bytes, and no frame
+//! received more than `viewer_max_lag_us` before the newest (a viewer that far behind would
+//! jump to a newer keyframe anyway); but it never evicts the newest keyframe's group of
+//! pictures while it is below twice the frame and byte bounds, so a new viewer starts at once
+//! from a keyframe. "Keyframe" here means a sync point: a video
 //! keyframe, or any frame of an audio-only stream.
 //!
 //! Overflow policy ("resync at keyframe"): a cursor that fell out of the log, or is more than
@@ -415,8 +417,15 @@ impl FrameLog {
 
     fn evict(&self, ring: &mut Ring) {
         let c = &self.config;
-        while ring.entries.len() > c.max_frames || ring.bytes > c.max_bytes {
-            let Some(front) = ring.entries.front() else { break };
+        let newest_us = ring.entries.back().map_or(0, |e| e.hub_us);
+        while let Some(front) = ring.entries.front() {
+            // A frame further behind the newest than a viewer may lag, with a newer keyframe
+            // to jump to, is read by no one: a cursor there jumps (see `read`).
+            let too_old = newest_us.saturating_sub(front.hub_us) > c.viewer_max_lag_us
+                && ring.last_keyframe.is_some_and(|k| k > front.index);
+            if ring.entries.len() <= c.max_frames && ring.bytes <= c.max_bytes && !too_old {
+                break;
+            }
             let keeps_gop = ring.last_keyframe == Some(front.index)
                 && ring.entries.len() <= 2 * c.max_frames
                 && ring.bytes <= 2 * c.max_bytes;

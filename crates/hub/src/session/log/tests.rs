@@ -13,6 +13,19 @@ fn log(max_frames: usize, max_bytes: usize, lag: usize) -> FrameLog {
     l
 }
 
+/// A log bounded only by `viewer_max_lag_us` in practice.
+fn log_with_lag_us(viewer_max_lag_us: u64) -> FrameLog {
+    let l = FrameLog::new(LogConfig {
+        max_frames: 1000,
+        max_bytes: 1 << 20,
+        viewer_max_lag_bytes: 1 << 20,
+        viewer_max_lag_us,
+    });
+    l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
+        .unwrap();
+    l
+}
+
 fn frame(seq: u64, key: bool, len: usize) -> Frame {
     Frame {
         track: 0,
@@ -214,14 +227,7 @@ fn audio_frames_are_not_sync_points_when_there_is_video() {
 
 #[test]
 fn a_viewer_too_far_behind_in_time_jumps_only_when_a_newer_keyframe_exists() {
-    let l = FrameLog::new(LogConfig {
-        max_frames: 1000,
-        max_bytes: 1 << 20,
-        viewer_max_lag_bytes: 1 << 20,
-        viewer_max_lag_us: 2_000_000,
-    });
-    l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
-        .unwrap();
+    let l = log_with_lag_us(2_000_000);
     // One long group of pictures: 4 s at 25 fps.
     for s in 0..100u64 {
         l.push(frame(s, s == 0, 10), s * 40_000).unwrap();
@@ -273,4 +279,25 @@ fn a_repeated_header_changes_nothing() {
     let before = l.header().unwrap();
     l.set_header(before.header.clone()).unwrap();
     assert!(Arc::ptr_eq(&before, &l.header().unwrap()), "viewers see no new header event");
+}
+
+#[test]
+fn frames_older_than_a_viewer_may_lag_are_evicted_but_the_newest_gop_stays() {
+    let l = log_with_lag_us(2_000_000);
+    // 25 fps with a keyframe every second, for 10 s: the frame bound alone would keep all 250.
+    for s in 0..250u64 {
+        l.push(frame(s, s % 25 == 0, 10), s * 40_000).unwrap();
+    }
+    // The newest frame came at 9.96 s: frame 199 (7.96 s) is the oldest within 2 s of it.
+    let stats = l.stats();
+    assert_eq!(stats.head - stats.frames as u64, 199, "{stats:?}");
+
+    // One group of pictures 5 s long: nothing from its keyframe on goes, however old.
+    let l = log_with_lag_us(2_000_000);
+    for s in 0..125u64 {
+        l.push(frame(s, s == 0, 10), s * 40_000).unwrap();
+    }
+    assert_eq!(l.stats().frames, 125, "the newest keyframe's group is never evicted by age");
+    let mut c = l.subscribe();
+    assert_eq!(read_all(&l, &mut c).0.len(), 125);
 }
