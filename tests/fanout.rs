@@ -279,3 +279,50 @@ async fn a_viewer_too_slow_for_the_stream_is_let_go_with_a_reason() {
     assert!(frames.len() > 50);
     assert_consecutive(&counters(&frames));
 }
+
+/// The viewer's reader hands pongs and the close reply to its writer through the connection's
+/// mailbox; both must reach a real WebSocket client while media flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_viewer_gets_its_pong_and_a_close_reply_while_media_flows() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let fx = Fixture::builder().start().await;
+    let tcp = tokio::net::TcpStream::connect(fx.hub.stream_addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(fx.ws_url("edge-1", "cam1"), tcp).await.unwrap();
+    let mut frames = 0;
+    while frames < 5 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("media within 10 s") {
+            Some(Ok(Message::Binary(_))) => frames += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended before media: {other:?}"),
+        }
+    }
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    // Media keeps arriving, so the wait needs one deadline, not a timeout per message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let pong = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a pong within 5 s") {
+            Some(Ok(Message::Pong(p))) => break p,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended before the pong: {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+
+    ws.send(Message::Close(None)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a close reply within 5 s") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended without a close reply: {other:?}"),
+        }
+    };
+    assert_eq!(reply.map(|f| u16::from(f.code)), Some(1000), "a normal closure");
+    let sessions = fx.hub.sessions().clone();
+    wait_until("the viewer to leave", Duration::from_secs(5), move || {
+        sessions.snapshot().iter().all(|s| s.viewer_count() == 0)
+    })
+    .await;
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use mediamesh_hub::egress::ws_format::frame_chunks;
+use mediamesh_hub::egress::ws_format::frame_slices;
 use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, LogEntry};
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
@@ -45,7 +45,7 @@ fn group(c: &mut Criterion, name: &str, recycled: bool) {
         let payload = Bytes::from(vec![0x5au8; 10_000]);
         let mut cursors: Vec<_> = (0..viewers).map(|_| log.subscribe()).collect();
         let mut headers: Vec<Option<Arc<HeaderEntry>>> = vec![None; viewers];
-        let (mut batch, mut chunks): (Vec<Arc<LogEntry>>, Vec<Bytes>) = (Vec::new(), Vec::new());
+        let mut batch: Vec<Arc<LogEntry>> = Vec::new();
         // Each viewer keeps its slice vector, as the hub's writers do.
         let mut stores: Vec<Vec<IoSlice<'static>>> = vec![Vec::new(); viewers];
         let mut seq = 0u64;
@@ -66,16 +66,15 @@ fn group(c: &mut Criterion, name: &str, recycled: bool) {
                 let mut sink = std::io::sink();
                 for ((cursor, header), store) in cursors.iter_mut().zip(&mut headers).zip(&mut stores) {
                     batch.clear();
-                    chunks.clear();
                     log.read(cursor, 1 << 20, &mut batch);
-                    frame_chunks("node", "cam", &batch, header, &mut chunks);
                     if recycled {
                         let mut slices = recycle(std::mem::take(store));
-                        slices.extend(chunks.iter().map(|c| IoSlice::new(c)));
+                        frame_slices("node", "cam", &batch, header, &mut slices);
                         let _ = sink.write_vectored(&slices);
                         *store = recycle(slices);
                     } else {
-                        let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+                        let mut slices = Vec::with_capacity(2 * batch.len() + 4);
+                        frame_slices("node", "cam", &batch, header, &mut slices);
                         let _ = sink.write_vectored(&slices);
                     }
                 }

@@ -3,6 +3,7 @@
 //! frame and shared by every viewer of that protocol.
 
 pub(crate) mod io;
+pub(crate) mod mailbox;
 pub(crate) mod rtsp;
 pub mod ws;
 pub mod ws_format;

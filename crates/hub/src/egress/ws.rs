@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::io::{describe_write_error, write_all_vectored};
-use super::ws_format::{ViewerEvent, event_frame, frame_chunks};
+use super::mailbox::{Sender, mailbox};
+use super::ws_format::{ViewerEvent, event_frame, frame_slices};
 use super::ws_wire::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
     OP_PONG, close_frame, frame,
@@ -45,24 +45,21 @@ where
 
     // Control frames the reader wants written (pong, close reply); tiny and rare, so a full
     // queue just drops the pong.
-    let (control_tx, mut control_rx) = mpsc::channel::<Bytes>(4);
+    let (control_tx, mut control_rx) = mailbox::<Bytes>(4);
     let gone = CancellationToken::new();
     let reader = tokio::spawn(read_client(rd, control_tx, gone.clone()));
 
     let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
     let mut batch: Vec<Arc<LogEntry>> = Vec::new();
-    let mut chunks: Vec<Bytes> = Vec::new();
     let mut header: Option<Arc<HeaderEntry>> = None;
     let reason = loop {
         batch.clear();
-        chunks.clear();
         if control_rx.is_closed() {
             // The reader ended (the client closed, or sent a bad frame): the goodbye below
             // writes what it queued (the close reply), and no more media goes out.
             break "viewer closed".to_owned();
         }
-        // Control frames (pongs) go out when the viewer is caught up, in the wait below: a
-        // `try_recv` here would touch the channel twice more per frame.
+        // Control frames (pongs) go out when the viewer is caught up, in the wait below.
         let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
         let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
         if let Err(too_slow) = viewer.account_read(&status, pending) {
@@ -73,18 +70,18 @@ where
             let _ = write_all_vectored(&mut wr, &mut slices, CLOSE_GRACE).await;
             break too_slow;
         }
-        if status.skipped > 0 {
-            chunks.push(event_frame(&ViewerEvent::Skip { frames: status.skipped }));
-        }
-        let bytes = frame_chunks(&key.node, &key.stream, &batch, &mut header, &mut chunks);
-        if let Some(reason) = &status.ended {
-            chunks.push(event_frame(&ViewerEvent::End { reason: reason.to_string() }));
-            chunks.push(close_frame(CLOSE_NORMAL, "stream ended"));
-        }
-        if !chunks.is_empty() {
-            // Allocated per write: glibc's thread cache hands every viewer the same hot block,
-            // which measured faster than a vector kept per viewer (docs/benchmarks.md).
-            let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        // Events are rare; frames are borrowed from the batch.
+        let skip = (status.skipped > 0).then(|| event_frame(&ViewerEvent::Skip { frames: status.skipped }));
+        let end = status.ended.as_ref().map(|reason| {
+            [event_frame(&ViewerEvent::End { reason: reason.to_string() }), close_frame(CLOSE_NORMAL, "stream ended")]
+        });
+        // Allocated per write: glibc's thread cache hands every viewer the same hot block,
+        // which measured faster than a vector kept per viewer (docs/benchmarks.md).
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len() + 4);
+        slices.extend(skip.iter().map(|c| IoSlice::new(c)));
+        let bytes = frame_slices(&key.node, &key.stream, &batch, &mut header, &mut slices);
+        slices.extend(end.iter().flatten().map(|c| IoSlice::new(c)));
+        if !slices.is_empty() {
             let written = tokio::select! {
                 // The write usually completes at once; polled first, the cancellation future is
                 // then never polled (registering it takes a lock).
@@ -126,7 +123,7 @@ where
     reader.abort();
     let goodbye = async {
         // The reader may have queued a close reply (RFC 6455 §5.5.1) or a protocol-error close.
-        let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv().ok()).collect();
+        let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv()).collect();
         if !queued.is_empty() {
             let mut slices: Vec<IoSlice<'_>> = queued.iter().map(|c| IoSlice::new(c)).collect();
             let _ = write_all_vectored(&mut wr, &mut slices, CLOSE_GRACE).await;
@@ -138,7 +135,7 @@ where
 }
 
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
-async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: mpsc::Sender<Bytes>, gone: CancellationToken) {
+async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: Sender<Bytes>, gone: CancellationToken) {
     let mut parser = ClientFrames::new(MAX_CLIENT_FRAME);
     // Viewers send only control frames (pings, close); the parser gathers a bigger frame across
     // reads. Every viewer holds this buffer for as long as it watches.

@@ -14,7 +14,6 @@ use bytes::BytesMut;
 use mediamesh_media::rtp::sdp::payload_type;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -25,6 +24,7 @@ use super::send::{WriterCmd, udp_sender, writer_task};
 use super::sessions::{MAX_SESSIONS, Playing, RtspSession, RtspSessions};
 use super::transport::{self, Dest};
 use super::udp::Liveness;
+use crate::egress::mailbox::{Sender, mailbox};
 use crate::random_u64;
 use crate::session::{StreamKey, Viewer};
 
@@ -34,9 +34,9 @@ const MAX_DESCRIBED: usize = 4;
 struct Conn {
     ctx: Arc<RtspCtx>,
     peer: SocketAddr,
-    /// Commands go boxed: the channel allocates its slots in blocks of 32, which for the
-    /// 64-byte command would be 2 KB per viewer; a box is 8 bytes, and commands are rare.
-    writer: mpsc::Sender<Box<WriterCmd>>,
+    /// Commands go boxed: a slot of the mailbox's queue is then 8 bytes, not the command's
+    /// 64, for every viewer; commands are rare.
+    writer: Sender<Box<WriterCmd>>,
     closed: CancellationToken,
     sessions: RtspSessions,
     /// Viewers joined by DESCRIBE, waiting for SETUP, with when they expire: a viewer holds
@@ -48,7 +48,7 @@ struct Conn {
 pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let (mut rd, wr) = tcp.into_split();
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mailbox(16);
     let closed = ctx.shutdown.child_token();
     let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
     let liveness = Liveness::default();

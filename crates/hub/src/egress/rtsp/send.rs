@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -17,6 +16,7 @@ use super::media::{MediaOut, Out, Plan, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, send_vectored};
 use crate::egress::io::{describe_write_error, write_all_vectored};
+use crate::egress::mailbox::Receiver;
 use crate::session::ViewerEnd;
 use crate::session::log::LogEntry;
 
@@ -30,7 +30,7 @@ pub(crate) enum WriterCmd {
 /// Owns the write half: responses in order, and the media of a TCP-interleaved session.
 pub(crate) async fn writer_task(
     mut wr: OwnedWriteHalf,
-    mut cmds: mpsc::Receiver<Box<WriterCmd>>,
+    mut cmds: Receiver<Box<WriterCmd>>,
     closed: CancellationToken,
     stall: Duration,
 ) -> String {
@@ -45,7 +45,7 @@ pub(crate) async fn writer_task(
             break "connection closed".into();
         }
         let mut progressed = false;
-        while let Ok(cmd) = cmds.try_recv() {
+        while let Some(cmd) = cmds.try_recv() {
             progressed = true;
             if let Err(r) = apply(cmd, &mut media, &mut wr, stall).await {
                 break 'outer r;
@@ -125,8 +125,8 @@ pub(crate) async fn writer_task(
 }
 
 /// Writes the responses still queued; a PLAY's media is not started.
-async fn drain(cmds: &mut mpsc::Receiver<Box<WriterCmd>>, wr: &mut OwnedWriteHalf, stall: Duration) {
-    while let Ok(cmd) = cmds.try_recv() {
+async fn drain(cmds: &mut Receiver<Box<WriterCmd>>, wr: &mut OwnedWriteHalf, stall: Duration) {
+    while let Some(cmd) = cmds.try_recv() {
         let bytes = match *cmd {
             WriterCmd::Response(b) | WriterCmd::Play { response: b, .. } | WriterCmd::Stop { response: b, .. } => b,
         };
