@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::media::{MediaOut, Out, Plan, tcp_slices};
 use super::transport::Dest;
-use super::udp::{Liveness, send_vectored};
+use super::udp::{Liveness, MMSG_BATCH, send_datagrams};
 use crate::egress::io::{describe_write_error, write_all_vectored};
 use crate::egress::mailbox::Receiver;
 use crate::session::ViewerEnd;
@@ -183,25 +183,49 @@ pub(crate) async fn udp_sender(
         if !batch.is_empty() {
             let mut rtcp = plan.rtcp.iter().peekable();
             let mut stalled = None;
-            for (i, out) in plan.packets.iter().enumerate() {
+            // Runs of datagrams to one address go out in one `sendmmsg` each; a run ends where
+            // an RTCP report is due, the track (address) changes, or it is full.
+            let mut run: Vec<[IoSlice<'_>; 2]> = Vec::with_capacity(plan.packets.len().min(MMSG_BATCH));
+            let (mut run_to, mut run_entry, mut run_bytes) = (None, 0, 0);
+            for i in 0..=plan.packets.len() {
+                // UDP tracks are planned packet by packet.
+                let next = plan.packets.get(i).and_then(|out| match out {
+                    Out::Packet(packet) => match m.tracks[usize::from(packet.track)].dest {
+                        Dest::Udp { rtp, .. } => Some((packet, rtp)),
+                        Dest::Tcp { .. } => None,
+                    },
+                    Out::Frame { .. } => None,
+                });
+                let rtcp_due = rtcp.peek().is_some_and(|(at, ..)| *at == i);
+                let to_elsewhere = next.is_some_and(|(_, to)| run_to != Some(to));
+                if let Some(to) = run_to
+                    && (i == plan.packets.len() || rtcp_due || to_elsewhere || run.len() == MMSG_BATCH)
+                {
+                    pace.take(run_bytes).await;
+                    match tokio::time::timeout(stall, send_datagrams(&udp.rtp, &run, to)).await {
+                        Ok(Ok(())) => {}
+                        // ICMP unreachable from an earlier datagram and the like: the client
+                        // may be gone; its silence will time the session out.
+                        Ok(Err(e)) => debug!(to = %to, error = %e, "udp send failed"),
+                        Err(_) => {
+                            stalled = Some(run_entry);
+                            break;
+                        }
+                    }
+                    (run_to, run_bytes) = (None, 0);
+                    run.clear();
+                }
                 while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
                     send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
                 }
-                // UDP tracks are planned packet by packet.
-                let Out::Packet(packet) = out else { continue };
-                let p = super::media::packet_payload(&batch, packet);
-                let Dest::Udp { rtp, .. } = m.tracks[usize::from(packet.track)].dest else { continue };
-                pace.take(12 + p.len()).await;
-                let slices = [IoSlice::new(packet.udp_head()), IoSlice::new(&p.body)];
-                match tokio::time::timeout(stall, send_vectored(&udp.rtp, &slices, rtp)).await {
-                    Ok(Ok(())) => {}
-                    // ICMP unreachable from an earlier datagram and the like: the client may be
-                    // gone; its silence will time the session out.
-                    Ok(Err(e)) => debug!(to = %rtp, error = %e, "udp send failed"),
-                    Err(_) => {
-                        stalled = Some(packet.entry as usize);
-                        break;
+                if let Some((packet, to)) = next {
+                    let p = super::media::packet_payload(&batch, packet);
+                    if run.is_empty() {
+                        run_entry = packet.entry as usize;
                     }
+                    run_to = Some(to);
+                    run_bytes += 12 + p.len();
+                    run.push([IoSlice::new(packet.udp_head()), IoSlice::new(&p.body)]);
                 }
             }
             if let Some(ei) = stalled {
