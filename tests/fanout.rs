@@ -326,3 +326,51 @@ async fn a_websocket_viewer_gets_its_pong_and_a_close_reply_while_media_flows() 
     })
     .await;
 }
+
+/// A client may send a frame right behind its upgrade request, before the 101 arrives; the hub
+/// has then read it with the request, and must still answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_sent_with_the_upgrade_request_is_answered() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let fx = Fixture::builder().start().await;
+    let mut tcp = tokio::net::TcpStream::connect(fx.hub.stream_addr).await.unwrap();
+    let mut out = format!(
+        "GET /api/v1/nodes/edge-1/streams/cam1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        fx.hub.stream_addr
+    )
+    .into_bytes();
+    // A masked ping (RFC 6455 §5.2): FIN + opcode 9, mask bit + length 5, the key, the payload.
+    let key = [1u8, 2, 3, 4];
+    out.extend_from_slice(&[0x89, 0x80 | 5]);
+    out.extend_from_slice(&key);
+    out.extend(b"early".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    tcp.write_all(&out).await.unwrap();
+
+    let mut head = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the hub closed before answering the upgrade");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_partially_read(tcp, head[end..].to_vec(), Role::Client, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let pong = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a pong within 5 s") {
+            Some(Ok(Message::Pong(p))) => break p,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended before the pong: {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"early");
+}
