@@ -97,6 +97,8 @@ pub struct LogEntry {
     /// The frame's RTP payloads, packetized once as the frame is appended and shared by every
     /// RTSP viewer.
     pub rtp: Vec<RtpPayload>,
+    /// The RTP payload bytes of the frame's packets (for RTCP sender reports' octet count).
+    pub rtp_bytes: u32,
     /// The RTP sequence number of the frame's first packet, in its track's sequence space (one
     /// per stream track, shared by every viewer: see [`RtpIdentity`]).
     pub rtp_seq: u16,
@@ -402,6 +404,7 @@ impl FrameLog {
                 hub_us,
                 bytes_before,
                 ws_prefix: OnceLock::new(),
+                rtp_bytes: rtp.iter().map(|p| p.len() as u32).fold(0, u32::wrapping_add),
                 rtp,
                 rtp_seq,
                 interleaved: OnceLock::new(),

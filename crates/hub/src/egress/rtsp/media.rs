@@ -7,7 +7,6 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use mediamesh_media::StreamHeader;
@@ -18,7 +17,7 @@ use crate::session::Viewer;
 use crate::session::log::{FrameLog, LogEntry, RtpIdentity};
 
 /// How often a sender report goes out per track.
-const SR_INTERVAL: Duration = Duration::from_secs(5);
+const SR_INTERVAL_US: u64 = 5_000_000;
 
 /// One track as this viewer receives it.
 #[derive(Debug)]
@@ -30,13 +29,15 @@ pub(crate) struct TrackOut {
     pub ts_offset: u32,
     packets: u32,
     octets: u32,
-    last_sr: Option<Instant>,
+    /// When the last sender report was planned: the hub receive time (µs) of the frame it
+    /// went with. Frames carry that time, so planning reads no clock per viewer.
+    last_sr_us: Option<u64>,
 }
 
 impl TrackOut {
     /// Track `id` of a stream with `rtp`, sent to `dest`.
     pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, rtp: RtpIdentity) -> Self {
-        Self { id, payload_type, dest, ssrc: rtp.ssrc, ts_offset: rtp.ts_offset, packets: 0, octets: 0, last_sr: None }
+        Self { id, payload_type, dest, ssrc: rtp.ssrc, ts_offset: rtp.ts_offset, packets: 0, octets: 0, last_sr_us: None }
     }
 }
 
@@ -223,7 +224,7 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
             // On the track's usual channel (as the frame's header has it): the shared copy.
             plan.packets.push(Out::Frame { entry: ei as u32 });
             t.packets = t.packets.wrapping_add(e.rtp.len() as u32);
-            t.octets = t.octets.wrapping_add(e.rtp.iter().map(|p| p.len() as u32).sum::<u32>());
+            t.octets = t.octets.wrapping_add(e.rtp_bytes);
         } else {
             for (pi, p) in e.rtp.iter().enumerate() {
                 let (seq, ts) = (e.rtp_seq.wrapping_add(pi as u16), base.wrapping_add(p.timestamp_delta));
@@ -241,8 +242,9 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
         }
         plan.bytes += e.frame.payload.len() as u64;
         plan.frames += 1;
-        if t.last_sr.is_none_or(|at| at.elapsed() >= SR_INTERVAL) {
-            t.last_sr = Some(Instant::now());
+        // `abs_diff`: a wall clock stepped back sends a report at once rather than none.
+        if t.last_sr_us.is_none_or(|at| e.hub_us.abs_diff(at) >= SR_INTERVAL_US) {
+            t.last_sr_us = Some(e.hub_us);
             let sr = rtcp::sender_report(
                 t.ssrc,
                 rtcp::ntp_from_unix_micros(e.frame.capture_us),
