@@ -538,10 +538,11 @@ impl FrameLog {
         })
     }
 
-    /// Bytes the cursor trails the newest frame by.
+    /// Bytes the cursor trails the newest frame by. A position the log has already evicted
+    /// counts as the oldest frame kept (the viewer resynchronises on its next read).
     pub fn lag_bytes(&self, position: u64) -> u64 {
         let ring = self.read_ring();
-        if position < ring.base { ring.total_bytes } else { ring.lag_bytes(position) }
+        ring.lag_bytes(position.max(ring.base))
     }
 
     /// Current size of the log.

@@ -37,7 +37,16 @@ pub(crate) struct TrackOut {
 impl TrackOut {
     /// Track `id` of a stream with `rtp`, sent to `dest`.
     pub(crate) fn new(id: u8, payload_type: u8, dest: Dest, rtp: RtpIdentity) -> Self {
-        Self { id, payload_type, dest, ssrc: rtp.ssrc, ts_offset: rtp.ts_offset, packets: 0, octets: 0, last_sr_us: None }
+        Self {
+            id,
+            payload_type,
+            dest,
+            ssrc: rtp.ssrc,
+            ts_offset: rtp.ts_offset,
+            packets: 0,
+            octets: 0,
+            last_sr_us: None,
+        }
     }
 }
 
@@ -111,7 +120,8 @@ pub(crate) struct MediaOut {
 pub(crate) struct Plan {
     /// The frames and RTP packets, in order.
     pub packets: Vec<Out>,
-    /// RTCP packets to send after the item with this index, with the track.
+    /// RTCP packets to send before the item with this index (so after the frame they report
+    /// on), with the track.
     pub rtcp: Vec<(usize, usize, Vec<u8>)>,
     pub bytes: u64,
     pub frames: u64,

@@ -104,25 +104,30 @@ impl UdpPair {
 pub(crate) const MMSG_BATCH: usize = 32;
 
 /// Sends datagrams, each made of a head and a body slice, to one address, with as few
-/// `sendmmsg` calls as the socket allows (no copy): one system call per frame instead of one per
-/// packet.
+/// `sendmmsg` calls as the socket allows (no copy): one system call per run of packets instead
+/// of one per packet. A datagram the kernel refuses (the call then fails on it, having sent
+/// those before it) is skipped and the rest still go, as when each packet had its own call;
+/// the first such error is returned at the end.
 pub(crate) async fn send_datagrams(
     sock: &UdpSocket,
     datagrams: &[[IoSlice<'_>; 2]],
     to: SocketAddr,
 ) -> std::io::Result<()> {
     let to = rustix::net::SocketAddrAny::from(to);
-    let mut sent = 0;
+    let (mut sent, mut failed) = (0, None);
     while sent < datagrams.len() {
         sock.writable().await?;
         match sock.try_io(Interest::WRITABLE, || sendmmsg_once(sock, &datagrams[sent..], &to)) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                sent += 1;
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// One `sendmmsg` call: how many of the datagrams the kernel took (at least one, or an error).
@@ -137,4 +142,33 @@ fn sendmmsg_once(
     let mut msgs: Vec<MMsgHdr<'_>> =
         datagrams[..n].iter().zip(controls.iter_mut()).map(|(d, c)| MMsgHdr::new_with_addr(to, d, c)).collect();
     Ok(rustix::net::sendmmsg(sock, &mut msgs, SendFlags::empty())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn datagrams_arrive_in_order_and_one_the_kernel_refuses_loses_no_other() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        // 70,000 bytes is over UDP's limit: the kernel refuses that one (EMSGSIZE).
+        let (big, body) = (vec![7u8; 70_000], [1u8, 2, 3]);
+        let heads: Vec<[u8; 2]> = (0..40u8).map(|i| [b'h', i]).collect();
+        let datagrams: Vec<[IoSlice<'_>; 2]> = heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| [IoSlice::new(h), IoSlice::new(if i == 5 { &big } else { &body })])
+            .collect();
+        let r = send_datagrams(&tx, &datagrams, to).await;
+        assert!(r.is_err(), "the refused datagram's error is reported");
+        let mut buf = [0u8; 64];
+        for i in (0..40u8).filter(|&i| i != 5) {
+            let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.unwrap().unwrap();
+            assert_eq!(&buf[..n], &[b'h', i, 1, 2, 3], "datagram {i}, in order");
+        }
+    }
 }
