@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mediamesh_edge::stats::EdgeStats;
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
 use mediamesh_testkit::{Fixture, assert_consecutive, counters, read_frames, wait_until};
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_viewers_share_one_upstream() {
@@ -284,41 +285,25 @@ async fn a_viewer_too_slow_for_the_stream_is_let_go_with_a_reason() {
 /// mailbox; both must reach a real WebSocket client while media flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_viewer_gets_its_pong_and_a_close_reply_while_media_flows() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+    use futures_util::SinkExt;
 
     let fx = Fixture::builder().start().await;
     let tcp = tokio::net::TcpStream::connect(fx.hub.stream_addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(fx.ws_url("edge-1", "cam1"), tcp).await.unwrap();
-    let mut frames = 0;
-    while frames < 5 {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("media within 10 s") {
-            Some(Ok(Message::Binary(_))) => frames += 1,
-            Some(Ok(_)) => {}
-            other => panic!("the connection ended before media: {other:?}"),
-        }
+    for _ in 0..5 {
+        first_message(&mut ws, Duration::from_secs(10), "media", |m| matches!(m, Message::Binary(_)).then_some(()))
+            .await;
     }
     ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
-    // Media keeps arriving, so the wait needs one deadline, not a timeout per message.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let pong = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a pong within 5 s") {
-            Some(Ok(Message::Pong(p))) => break p,
-            Some(Ok(_)) => {}
-            other => panic!("the connection ended before the pong: {other:?}"),
-        }
-    };
+    let pong = first_message(&mut ws, Duration::from_secs(5), "the pong", pong).await;
     assert_eq!(&pong[..], b"are you there");
 
     ws.send(Message::Close(None)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let reply = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a close reply within 5 s") {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("the connection ended without a close reply: {other:?}"),
-        }
-    };
+    let reply = first_message(&mut ws, Duration::from_secs(5), "a close reply", |m| match m {
+        Message::Close(frame) => Some(frame),
+        _ => None,
+    })
+    .await;
     assert_eq!(reply.map(|f| u16::from(f.code)), Some(1000), "a normal closure");
     let sessions = fx.hub.sessions().clone();
     wait_until("the viewer to leave", Duration::from_secs(5), move || {
@@ -331,9 +316,7 @@ async fn a_websocket_viewer_gets_its_pong_and_a_close_reply_while_media_flows() 
 /// has then read it with the request, and must still answer it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_sent_with_the_upgrade_request_is_answered() {
-    use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let fx = Fixture::builder().start().await;
@@ -364,13 +347,35 @@ async fn a_ping_sent_with_the_upgrade_request_is_answered() {
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     let mut ws =
         tokio_tungstenite::WebSocketStream::from_partially_read(tcp, head[end..].to_vec(), Role::Client, None).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let pong = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.expect("a pong within 5 s") {
-            Some(Ok(Message::Pong(p))) => break p,
-            Some(Ok(_)) => {}
-            other => panic!("the connection ended before the pong: {other:?}"),
-        }
-    };
+    let pong = first_message(&mut ws, Duration::from_secs(5), "the pong", pong).await;
     assert_eq!(&pong[..], b"early");
+}
+
+/// The first message `pick` accepts within `within`; the others (media, mostly) are passed over.
+/// One deadline for the whole wait: media keeps arriving, so a timeout per message never fires.
+async fn first_message<S, T>(ws: &mut S, within: Duration, what: &str, pick: impl Fn(Message) -> Option<T>) -> T
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        match next.unwrap_or_else(|_| panic!("{what} within {within:?}")) {
+            Some(Ok(m)) => {
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+            }
+            other => panic!("the connection ended before {what}: {other:?}"),
+        }
+    }
+}
+
+/// A pong's payload.
+fn pong(m: Message) -> Option<tokio_tungstenite::tungstenite::Bytes> {
+    match m {
+        Message::Pong(p) => Some(p),
+        _ => None,
+    }
 }

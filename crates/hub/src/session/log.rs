@@ -291,6 +291,12 @@ impl Ring {
             _ => 0,
         }
     }
+
+    /// Whether a viewer at `index` is further behind in time than `max_lag_us` with a newer
+    /// keyframe to jump to: it jumps on its next read, so no one reads that frame.
+    fn too_late(&self, index: u64, max_lag_us: u64) -> bool {
+        self.lag_us(index) > max_lag_us && self.last_keyframe.is_some_and(|k| k > index)
+    }
 }
 
 /// The frame log of one stream session.
@@ -420,12 +426,8 @@ impl FrameLog {
 
     fn evict(&self, ring: &mut Ring) {
         let c = &self.config;
-        let newest_us = ring.entries.back().map_or(0, |e| e.hub_us);
         while let Some(front) = ring.entries.front() {
-            // A frame further behind the newest than a viewer may lag, with a newer keyframe
-            // to jump to, is read by no one: a cursor there jumps (see `read`).
-            let too_old = newest_us.saturating_sub(front.hub_us) > c.viewer_max_lag_us
-                && ring.last_keyframe.is_some_and(|k| k > front.index);
+            let too_old = ring.too_late(front.index, c.viewer_max_lag_us);
             if ring.entries.len() <= c.max_frames && ring.bytes <= c.max_bytes && !too_old {
                 break;
             }
@@ -486,8 +488,7 @@ impl FrameLog {
         let head = ring.head();
         let mut status = ReadStatus::default();
 
-        let late = ring.lag_us(cursor.next) > self.config.viewer_max_lag_us
-            && ring.last_keyframe.is_some_and(|k| k > cursor.next);
+        let late = ring.too_late(cursor.next, self.config.viewer_max_lag_us);
         let behind =
             cursor.next < ring.base || ring.lag_bytes(cursor.next) > self.config.viewer_max_lag_bytes as u64 || late;
         if behind {

@@ -237,9 +237,8 @@ pub(crate) async fn udp_sender(
                 conn_closed.cancel();
                 break format!("the shared UDP socket accepted nothing for {:.0} s", stall.as_secs_f64());
             }
-            for (_, rti, sr) in rtcp {
-                send_rtcp(&udp, &m.tracks[*rti].dest, sr).await;
-            }
+            // Every report went out in the loop: the last index it visits is past the last
+            // packet, where reports of the batch's last frame are planned.
             m.viewer.account_sent(plan.frames, plan.bytes);
         }
         if let Some(end) = status.ended {
