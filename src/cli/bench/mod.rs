@@ -460,7 +460,12 @@ fn print_row(o: &Outcome) {
         o.viewers_lost
     );
     if let Some(p) = &o.profile {
-        println!("  perf: {:.1} % of samples in the kernel; report {}", p.kernel_percent, p.report.display());
+        println!(
+            "  perf: {:.1} % of samples in the kernel, {:.1} % in loopback's receive path (the viewers' half); report {}",
+            p.kernel_percent,
+            p.receive_percent,
+            p.report.display()
+        );
         for (pct, dso, sym) in p.top.iter().take(8) {
             println!("    {pct:>5.1} %  {dso:<18} {sym}");
         }

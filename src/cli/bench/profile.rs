@@ -2,8 +2,9 @@
 //!
 //! `perf record` (Debian's `linux-perf`) samples the server's processes while the viewers are
 //! measured; afterwards `perf report` writes the self-time profile next to the run's other files
-//! (`perf.txt`) and the share spent in the kernel goes into the results. Sampling costs the
-//! server a little CPU, so `--perf` runs explain the table rather than fill it.
+//! (`perf.txt`) and the shares spent in the kernel, and in loopback's receive path, go into the
+//! results. Sampling costs the server a little CPU, so `--perf` runs explain the table rather
+//! than fill it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,6 +30,11 @@ pub struct Summary {
     pub report: PathBuf,
     /// Percent of samples in the kernel (system calls, TCP, copies, scheduling).
     pub kernel_percent: f64,
+    /// Percent of samples in the network receive path (`net_rx_action` and what it calls). On
+    /// loopback a write is delivered to the reader's socket within the writer's system call, so
+    /// this is mostly the viewers' half of the server's traffic (TCP receive, waking the
+    /// reader), which on a real network runs on the viewers' machines.
+    pub receive_percent: f64,
     /// The heaviest symbols by self time: (percent, where, symbol).
     pub top: Vec<(f64, String, String)>,
 }
@@ -60,6 +66,8 @@ impl Recording {
         std::fs::write(&report, &full)?;
         let by_dso = self.report(&["--sort", "dso"]).await?;
         let kernel_percent = rows(&by_dso).filter(|(_, r)| r.contains("[kernel")).map(|(p, _)| p).sum();
+        let with_children = self.report(&["--children", "--sort", "sym"]).await?;
+        let receive_percent = children_of(&with_children, RECEIVE_PATH).unwrap_or(0.0);
         let top = rows(&full)
             .take(12)
             .map(|(p, rest)| {
@@ -69,14 +77,18 @@ impl Recording {
                 (p, dso, sym)
             })
             .collect();
-        Ok(Summary { report, kernel_percent, top })
+        Ok(Summary { report, kernel_percent, receive_percent, top })
     }
 
-    async fn report(&self, sort: &[&str]) -> anyhow::Result<String> {
+    /// `perf report` of self time (or, with `--children` in `args`, of time including callees).
+    async fn report(&self, args: &[&str]) -> anyhow::Result<String> {
+        let children = if args.contains(&"--children") { None } else { Some("--no-children") };
         let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
+            .args(["report", "--stdio", "-g", "none"])
+            .args(children)
+            .arg("-i")
             .arg(&self.data)
-            .args(sort)
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .await
@@ -84,6 +96,15 @@ impl Recording {
         anyhow::ensure!(out.status.success(), "perf report failed: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// The softirq that runs the receive path: on loopback, inside the sender's system call.
+const RECEIVE_PATH: &str = "net_rx_action";
+
+/// The children (inclusive) percentage of `symbol` in a `perf report --children --sort sym`
+/// listing, whose rows read `  23.91%  0.16%  [k] net_rx_action`.
+fn children_of(report: &str, symbol: &str) -> Option<f64> {
+    rows(report).find(|(_, rest)| rest.split_whitespace().last() == Some(symbol)).map(|(p, _)| p)
 }
 
 /// The `  12.34%  rest…` rows of a `perf report --stdio` listing.
@@ -103,5 +124,16 @@ mod tests {
         let text = "# Overhead  Shared Object\n#\n    61.20%  [kernel.kallsyms]\n    30.00%  mediamesh\n\n";
         let r: Vec<_> = rows(text).collect();
         assert_eq!(r, vec![(61.2, "[kernel.kallsyms]"), (30.0, "mediamesh")]);
+    }
+
+    #[test]
+    fn inclusive_share_of_a_symbol_is_read() {
+        let text = "# Children  Self  Symbol
+    25.28%  0.55%  [k] handle_softirqs
+                        23.91%  0.16%  [k] net_rx_action
+     3.10%  3.01%  [.] tokio::sync::notify::x
+";
+        assert_eq!(children_of(text, "net_rx_action"), Some(23.91));
+        assert_eq!(children_of(text, "process_backlog"), None);
     }
 }
