@@ -62,9 +62,9 @@ impl Recording {
         let status = self.child.wait().await?;
         anyhow::ensure!(status.success(), "perf record failed; see {}", self.dir.join("perf-record.log").display());
         let report = self.dir.join("perf.txt");
-        let full = self.report(&["--sort", "dso,sym", "--percent-limit", "0.3"]).await?;
+        let full = self.report(&["--no-children", "--sort", "dso,sym", "--percent-limit", "0.3"]).await?;
         std::fs::write(&report, &full)?;
-        let by_dso = self.report(&["--sort", "dso"]).await?;
+        let by_dso = self.report(&["--no-children", "--sort", "dso"]).await?;
         let kernel_percent = rows(&by_dso).filter(|(_, r)| r.contains("[kernel")).map(|(p, _)| p).sum();
         let with_children = self.report(&["--children", "--sort", "sym"]).await?;
         let receive_percent = children_of(&with_children, RECEIVE_PATH).unwrap_or(0.0);
@@ -80,13 +80,11 @@ impl Recording {
         Ok(Summary { report, kernel_percent, receive_percent, top })
     }
 
-    /// `perf report` of self time (or, with `--children` in `args`, of time including callees).
+    /// `perf report` without call chains; `args` say self time (`--no-children`) or time
+    /// including callees (`--children`), and the sort.
     async fn report(&self, args: &[&str]) -> anyhow::Result<String> {
-        let children = if args.contains(&"--children") { None } else { Some("--no-children") };
         let out = Command::new("perf")
-            .args(["report", "--stdio", "-g", "none"])
-            .args(children)
-            .arg("-i")
+            .args(["report", "--stdio", "-g", "none", "-i"])
             .arg(&self.data)
             .args(args)
             .stdin(Stdio::null())
@@ -128,11 +126,12 @@ mod tests {
 
     #[test]
     fn inclusive_share_of_a_symbol_is_read() {
-        let text = "# Children  Self  Symbol
-    25.28%  0.55%  [k] handle_softirqs
-                        23.91%  0.16%  [k] net_rx_action
-     3.10%  3.01%  [.] tokio::sync::notify::x
-";
+        let text = concat!(
+            "# Children  Self  Symbol\n",
+            "    25.28%  0.55%  [k] handle_softirqs\n",
+            "    23.91%  0.16%  [k] net_rx_action\n",
+            "     3.10%  3.01%  [.] tokio::sync::notify::x\n",
+        );
         assert_eq!(children_of(text, "net_rx_action"), Some(23.91));
         assert_eq!(children_of(text, "process_backlog"), None);
     }

@@ -186,7 +186,7 @@ pub(crate) async fn udp_sender(
             // Runs of datagrams to one address go out in one `sendmmsg` each; a run ends where
             // an RTCP report is due, the track (address) changes, or it is full.
             let mut run: Vec<[IoSlice<'_>; 2]> = Vec::with_capacity(plan.packets.len().min(MMSG_BATCH));
-            let (mut run_to, mut run_entry, mut run_bytes) = (None, 0, 0);
+            let (mut run_to, mut run_entry) = (None, 0);
             for i in 0..=plan.packets.len() {
                 // UDP tracks are planned packet by packet.
                 let next = plan.packets.get(i).and_then(|out| match out {
@@ -201,7 +201,7 @@ pub(crate) async fn udp_sender(
                 if let Some(to) = run_to
                     && (i == plan.packets.len() || rtcp_due || to_elsewhere || run.len() == MMSG_BATCH)
                 {
-                    pace.take(run_bytes).await;
+                    pace.take(run.iter().map(|[head, body]| head.len() + body.len()).sum()).await;
                     match tokio::time::timeout(stall, send_datagrams(&udp.rtp, &run, to)).await {
                         Ok(Ok(())) => {}
                         // ICMP unreachable from an earlier datagram and the like: the client
@@ -212,7 +212,7 @@ pub(crate) async fn udp_sender(
                             break;
                         }
                     }
-                    (run_to, run_bytes) = (None, 0);
+                    run_to = None;
                     run.clear();
                 }
                 while let Some((_, rti, sr)) = rtcp.next_if(|(at, ..)| *at == i) {
@@ -224,7 +224,6 @@ pub(crate) async fn udp_sender(
                         run_entry = packet.entry as usize;
                     }
                     run_to = Some(to);
-                    run_bytes += 12 + p.len();
                     run.push([IoSlice::new(packet.udp_head()), IoSlice::new(&p.body)]);
                 }
             }
