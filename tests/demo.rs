@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn demo_serves_the_printed_view_command_and_stops_cleanly() {
+    mediamesh_testkit::require::ffmpeg();
     let dir = std::env::temp_dir().join(format!("mm-demo-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_mediamesh"))
@@ -41,17 +42,13 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     assert!(stdout.contains("received 100 frames"), "{stdout}");
     assert!(stdout.contains("0 gaps, 0 out of order"), "{stdout}");
 
-    if Command::new("ffprobe").arg("-version").output().is_ok_and(|o| o.status.success()) {
-        let probe = Command::new("ffprobe")
-            .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,width,height,nb_read_frames"])
-            .args(["-of", "csv=p=0"])
-            .arg(dir.join("cam1.h264"))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,1280,720,100");
-    } else {
-        eprintln!("ffprobe not installed: skipped decoding the dump (the test command installs ffmpeg)");
-    }
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,width,height,nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(dir.join("cam1.h264"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,1280,720,100");
 
     let status = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
     assert!(status.success());

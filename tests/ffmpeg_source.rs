@@ -11,10 +11,6 @@ use mediamesh_edge::config::{FfmpegConfig, VideoCodecName};
 use mediamesh_edge::stats::EdgeStats;
 use mediamesh_testkit::{Fixture, wait_until};
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-version").output().is_ok_and(|o| o.status.success())
-}
-
 /// Processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -37,10 +33,7 @@ async fn ffmpeg_libx265_camera_reaches_a_viewer_as_decodable_h265() {
 }
 
 async fn ffmpeg_camera_end_to_end(codec: VideoCodecName) {
-    if !have("ffmpeg") || !have("ffprobe") {
-        eprintln!("SKIPPED: ffmpeg/ffprobe not installed (the test command installs them: apt-get install -y ffmpeg)");
-        return;
-    }
+    mediamesh_testkit::require::ffmpeg();
     let marker = format!("mmtest-{}-{}", std::process::id(), mediamesh_testkit::unix_micros());
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (encoder, codec_name) = match codec {

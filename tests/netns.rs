@@ -30,7 +30,7 @@ struct Lab {
 /// and the viewer URLs; `None` (after saying SKIPPED) where namespaces are not available.
 async fn start(edge_extra: &str) -> Option<Lab> {
     if let Some(why) = NetLab::unavailable() {
-        eprintln!("SKIPPED: {why}; the netns tests need root, iproute2 and nftables");
+        eprintln!("SKIPPED: {why}; the netns tests need root");
         return None;
     }
     mediamesh_testkit::init_tracing();

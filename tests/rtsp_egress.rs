@@ -4,17 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use mediamesh_edge::StreamConfig;
 use mediamesh_edge::config::{FfmpegConfig, RtspConfig, VideoCodecName};
 use mediamesh_testkit::camera::GstCamera;
-use mediamesh_testkit::{Fixture, read_frames};
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool).arg(arg).output().is_ok_and(|o| o.status.success())
-}
+use mediamesh_testkit::{Fixture, read_frames, require};
 
 /// Runs a client with a deadline; kills it on timeout.
 async fn client(program: &str, args: &[&str], timeout: Duration) -> Output {
@@ -42,11 +38,11 @@ async fn camera_fixture(cam: &GstCamera) -> Fixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_play_the_hubs_rtsp() {
-    if !have("ffprobe", "-version") {
-        eprintln!("SKIPPED: ffmpeg not installed (the test command installs it)");
-        return;
-    }
-    let Some(cam) = GstCamera::start(&["--auth", "digest", "--audio", "aac"]) else { return };
+    require::ffmpeg();
+    require::program("gst-launch-1.0", "gstreamer1.0-tools");
+    require::gst_elements(&[("rtspsrc", "gstreamer1.0-plugins-good"), ("decodebin", "gstreamer1.0-plugins-base")]);
+    require::python_module("cv2", "python3-opencv");
+    let cam = GstCamera::start(&["--auth", "digest", "--audio", "aac"]);
     let fx = camera_fixture(&cam).await;
     let url = fx.rtsp_url("edge-1", "door");
 
@@ -93,40 +89,28 @@ async fn real_clients_play_the_hubs_rtsp() {
     assert!(out.status.success(), "ffmpeg decode: {}", text(&out.stderr));
     assert!(text(&out.stderr).trim().is_empty(), "no decoding error: {}", text(&out.stderr));
 
-    if have("gst-launch-1.0", "--version") {
-        let loc = format!("location={url}");
-        let out = client(
-            "gst-launch-1.0",
-            &["-q", "rtspsrc", &loc, "!", "decodebin", "!", "fakesink", "num-buffers=100"],
-            Duration::from_secs(40),
-        )
-        .await;
-        assert!(out.status.success(), "gst-launch: {}{}", text(&out.stdout), text(&out.stderr));
-    } else {
-        eprintln!("SKIPPED gst-launch part: gstreamer1.0-tools not installed");
-    }
+    let loc = format!("location={url}");
+    let out = client(
+        "gst-launch-1.0",
+        &["-q", "rtspsrc", &loc, "!", "decodebin", "!", "fakesink", "num-buffers=100"],
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(out.status.success(), "gst-launch: {}{}", text(&out.stdout), text(&out.stderr));
 
-    let probe = Command::new("/usr/bin/python3").args(["-c", "import cv2"]).output();
-    if probe.is_ok_and(|o| o.status.success()) {
-        let script = format!(
-            "import cv2\ncap = cv2.VideoCapture('{url}')\nn = 0\nwhile n < 50:\n    ok, f = cap.read()\n    if not ok: break\n    assert f.shape == (240, 320, 3), f.shape\n    n += 1\nprint(n)\n"
-        );
-        let out = client("/usr/bin/python3", &["-c", &script], Duration::from_secs(40)).await;
-        assert!(out.status.success(), "opencv: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), "50", "OpenCV read 50 frames of 320x240");
-    } else {
-        eprintln!("SKIPPED OpenCV part: python3-opencv not installed");
-    }
+    let script = format!(
+        "import cv2\ncap = cv2.VideoCapture('{url}')\nn = 0\nwhile n < 50:\n    ok, f = cap.read()\n    if not ok: break\n    assert f.shape == (240, 320, 3), f.shape\n    n += 1\nprint(n)\n"
+    );
+    let out = client(require::PYTHON, &["-c", &script], Duration::from_secs(40)).await;
+    assert!(out.status.success(), "opencv: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "50", "OpenCV read 50 frames of 320x240");
     assert_eq!(cam.sessions(), 1, "all of that through one camera session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_rtsp_viewers_and_a_websocket_viewer_share_one_camera_session() {
-    if !have("ffmpeg", "-version") {
-        eprintln!("SKIPPED: ffmpeg not installed");
-        return;
-    }
-    let Some(cam) = GstCamera::start(&["--audio", "pcma"]) else { return };
+    require::ffmpeg();
+    let cam = GstCamera::start(&["--audio", "pcma"]);
     let fx = camera_fixture(&cam).await;
     let url = fx.rtsp_url("edge-1", "door");
     let mut ws = fx.viewer("edge-1", "door").await.unwrap();
@@ -166,10 +150,7 @@ async fn ten_rtsp_viewers_and_a_websocket_viewer_share_one_camera_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ffmpeg_libx265_camera_reaches_an_rtsp_viewer() {
-    if !have("ffmpeg", "-version") {
-        eprintln!("SKIPPED: ffmpeg not installed");
-        return;
-    }
+    require::ffmpeg();
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let ffmpeg = FfmpegConfig {
         input: args(&["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]),
@@ -222,11 +203,8 @@ async fn an_ffmpeg_libx265_camera_reaches_an_rtsp_viewer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_viewers_survive_a_camera_restart() {
     use tokio::io::AsyncBufReadExt;
-    if !have("ffmpeg", "-version") {
-        eprintln!("SKIPPED: ffmpeg not installed");
-        return;
-    }
-    let Some(mut cam) = GstCamera::start(&["--audio", "none"]) else { return };
+    require::ffmpeg();
+    let mut cam = GstCamera::start(&["--audio", "none"]);
     let fx = camera_fixture(&cam).await;
     let url = fx.rtsp_url("edge-1", "door");
     // ffmpeg as the viewer, reporting its decoded frame count every 0.2 s.

@@ -57,10 +57,7 @@ async fn a_missing_ffmpeg_binary_is_reported_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_never_produces_hits_the_start_timeout() {
-    if std::process::Command::new("ffmpeg").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: ffmpeg not installed (the test command installs it)");
-        return;
-    }
+    mediamesh_testkit::require::ffmpeg();
     let fx = Fixture::builder()
         .hub(|h| h.start_timeout = Seconds::new(2))
         .edge(|e| {

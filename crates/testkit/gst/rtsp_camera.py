@@ -4,8 +4,13 @@
 Run with Debian's /usr/bin/python3 (python3-gi, gir1.2-gst-rtsp-server-1.0). It prints
 `READY <port>` once listening, then `SESSIONS <n>` whenever the number of RTSP sessions
 changes, so a test can check how many sessions a client holds.
+
+Every GStreamer element the pipeline uses is checked first: a missing one is reported as
+`MISSING <element> <debian-package>` and the script exits with status 3, so the test fails
+naming what to install instead of timing out.
 """
 import argparse
+import re
 import sys
 
 import gi
@@ -27,6 +32,42 @@ AUDIO = {
     "pcmu": "audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay1 pt=0",
     "opus": "audio/x-raw,rate=48000,channels=2 ! opusenc ! rtpopuspay name=pay1 pt=98",
 }
+
+# The Debian package of every element the pipelines above use.
+PACKAGES = {
+    "videotestsrc": "gstreamer1.0-plugins-base",
+    "audiotestsrc": "gstreamer1.0-plugins-base",
+    "audioconvert": "gstreamer1.0-plugins-base",
+    "audioresample": "gstreamer1.0-plugins-base",
+    "opusenc": "gstreamer1.0-plugins-base",
+    "timeoverlay": "gstreamer1.0-x",
+    "x264enc": "gstreamer1.0-plugins-ugly",
+    "x265enc": "gstreamer1.0-plugins-bad",
+    "rtph264pay": "gstreamer1.0-plugins-good",
+    "rtph265pay": "gstreamer1.0-plugins-good",
+    "rtpmp4gpay": "gstreamer1.0-plugins-good",
+    "rtppcmapay": "gstreamer1.0-plugins-good",
+    "rtppcmupay": "gstreamer1.0-plugins-good",
+    "rtpopuspay": "gstreamer1.0-plugins-good",
+    "alawenc": "gstreamer1.0-plugins-good",
+    "mulawenc": "gstreamer1.0-plugins-good",
+    "avenc_aac": "gstreamer1.0-libav",
+}
+
+
+def check_elements(launch):
+    """Exits with status 3 naming the first element of `launch` GStreamer does not have."""
+    tokens = launch.replace("(", " ").replace(")", " ").replace("!", " ").split()
+    # Properties have "=", caps have "/": the bare words are the elements.
+    elements = [t for t in tokens if "=" not in t and "/" not in t]
+    unknown = [e for e in elements if e not in PACKAGES]
+    if unknown:
+        print(f"ERROR elements without a package in PACKAGES: {unknown}", flush=True)
+        sys.exit(1)
+    for element in elements:
+        if Gst.ElementFactory.find(element) is None:
+            print(f"MISSING {element} {PACKAGES[element]}", flush=True)
+            sys.exit(3)
 
 
 def main():
@@ -54,6 +95,7 @@ def main():
     if a.audio != "none":
         launch += " audiotestsrc is-live=true wave=sine freq=440 ! audioconvert ! audioresample ! " + AUDIO[a.audio]
     launch += " )"
+    check_elements(launch)
 
     server = GstRtspServer.RTSPServer()
     server.set_service(str(a.port))

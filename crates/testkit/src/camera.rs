@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-const PYTHON: &str = "/usr/bin/python3";
+use crate::require::PYTHON;
 
 /// A running camera. Killed (by PID) and reaped on drop.
 pub struct GstCamera {
@@ -20,25 +20,26 @@ pub struct GstCamera {
 
 impl GstCamera {
     /// Starts a camera with extra arguments (`--video h265`, `--audio pcma`, `--auth digest`,
-    /// …) on a free port. `None` (with the reason printed) if GStreamer's RTSP server is not
-    /// installed; the test command installs it.
-    pub fn start(args: &[&str]) -> Option<Self> {
-        Self::start_on(0, args.iter().map(|s| s.to_string()).collect())
+    /// …) on a free port. Fails the test, naming the Debian package, if GStreamer's RTSP server
+    /// or an element the camera uses is missing ([`crate::require`]).
+    pub fn start(args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(cam) = Self::start_on(0, args.clone()) {
+                return cam;
+            }
+            assert!(Instant::now() < deadline, "the camera did not start");
+        }
     }
 
     fn start_on(port: u16, args: Vec<String>) -> Option<Self> {
-        let probe = Command::new(PYTHON)
-            .args([
-                "-c",
-                "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer",
-            ])
-            .output();
-        if !probe.is_ok_and(|o| o.status.success()) {
-            eprintln!(
-                "SKIPPED: GStreamer's RTSP server is not installed (apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-{{base,good,bad,ugly}} gstreamer1.0-libav)"
-            );
-            return None;
-        }
+        crate::require::python_module("gi", "python3-gi");
+        crate::require::python(
+            "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer",
+            "GStreamer's RTSP server library",
+            "gir1.2-gst-rtsp-server-1.0",
+        );
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gst/rtsp_camera.py");
         let mut child = Command::new(PYTHON)
             .arg(script)
@@ -55,14 +56,21 @@ impl GstCamera {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(p) = line.strip_prefix("READY ") {
-                    let _ = tx.send(p.trim().parse::<u16>().unwrap_or(0));
+                    let _ = tx.send(Ok(p.trim().parse::<u16>().unwrap_or(0)));
+                } else if let Some(m) = line.strip_prefix("MISSING ") {
+                    let _ = tx.send(Err(m.to_owned()));
                 } else if let Some(n) = line.strip_prefix("SESSIONS ") {
                     counter.store(n.trim().parse().unwrap_or(-1), Ordering::SeqCst);
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(port) if port > 0 => Some(Self { child, port, args, sessions }),
+            Ok(Ok(port)) if port > 0 => Some(Self { child, port, args, sessions }),
+            Ok(Err(missing)) => {
+                let _ = child.wait();
+                let (element, package) = missing.split_once(' ').unwrap_or((&missing, "?"));
+                crate::require::missing(&format!("the GStreamer element {element}"), package)
+            }
             _ => {
                 // It could not listen (the port may still be held); the caller may retry.
                 let _ = child.kill();

@@ -21,6 +21,7 @@ pub mod netlab;
 pub mod observe;
 mod pki;
 pub mod process;
+pub mod require;
 pub mod rtsp_player;
 
 use std::time::{Duration, Instant};

@@ -13,18 +13,16 @@ pub struct NetLab {
 }
 
 impl NetLab {
-    /// Why netns tests cannot run here, if they cannot (not root, tools missing).
+    /// Why netns tests cannot run here, if they cannot: they need root. Being root, a missing
+    /// tool fails the test with its package ([`crate::require`]).
     pub fn unavailable() -> Option<String> {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1));
         if uid != Some("0") {
             return Some("not root".into());
         }
-        for tool in ["ip", "tc", "nft"] {
-            let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
-            if !found.is_ok_and(|o| o.status.success()) {
-                return Some(format!("{tool} is not installed"));
-            }
+        for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")] {
+            crate::require::program(tool, package);
         }
         None
     }
