@@ -23,8 +23,9 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(cli.command.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<cli::Reported>() => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -13,7 +13,7 @@ use clap::Args;
 use mediamesh_edge::Edge;
 use mediamesh_hub::Hub;
 
-use crate::config::{LoadError, load};
+use crate::config;
 
 /// The demo's node name.
 const NODE: &str = "demo-edge";
@@ -78,14 +78,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let config_path = dir.join("demo.yaml");
     std::fs::write(&config_path, &yaml).with_context(|| format!("writing {}", config_path.display()))?;
-    let (file, text) = load(&config_path)?;
-    let (Some(hub_cfg), Some(mut edge_cfg)) = (file.cloud, file.edge) else {
-        anyhow::bail!("{}: the demo configuration lost a block", config_path.display());
+    // Loaded as `hub` and `edge` load their files (environment overrides included).
+    let env = config::process_env();
+    let (Some(hub_cfg), Some(edge_cfg)) = (
+        config::load::<mediamesh_hub::HubConfig>(&config_path, &env)?,
+        config::load::<mediamesh_edge::EdgeConfig>(&config_path, &env)?,
+    ) else {
+        anyhow::bail!("{}: a block of the demo configuration is disabled", config_path.display());
     };
-    let problems = [hub_cfg.validate().err().map(|e| e.to_string()), edge_cfg.validate().err().map(|e| e.to_string())];
-    if let Some(msg) = problems.into_iter().flatten().next() {
-        return Err(LoadError::invalid(&config_path, &text, msg).into());
-    }
+    let (hub_cfg, mut edge_cfg) = (hub_cfg.config, edge_cfg.config);
 
     let hub = Hub::bind(hub_cfg)
         .await

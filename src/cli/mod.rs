@@ -32,6 +32,13 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a configuration file (either block, or both) and the files it names, starting
+    /// nothing; exit status 0 if it can be used (as `nginx -t`).
+    Check {
+        /// The YAML file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run a hub and an edge with two test-pattern cameras in this process, TLS on.
     Demo(demo::DemoArgs),
     /// Watch a stream over WebSocket: print what arrives, optionally save it as raw H.264.
@@ -46,7 +53,7 @@ pub enum Command {
 impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::View(_) | Command::Certs(_) | Command::Bench(_) => "warn",
+            Command::View(_) | Command::Certs(_) | Command::Bench(_) | Command::Check { .. } => "warn",
             _ => "info",
         }
     }
@@ -55,12 +62,33 @@ impl Command {
         match self {
             Command::Hub { config } => run::hub(&config).await,
             Command::Edge { config } => run::edge(&config).await,
+            Command::Check { config } => run::check(&config),
             Command::Demo(args) => demo::run(args).await,
             Command::View(args) => view::run(args).await,
             Command::Certs(args) => certs::run(args),
             Command::Bench(args) => bench::run(args).await,
         }
     }
+}
+
+/// An error already shown to the user: `main` exits with a failure status and prints nothing
+/// more.
+#[derive(Debug, thiserror::Error)]
+#[error("reported")]
+pub struct Reported;
+
+/// An error and its causes on one line, each cause added only if the text before does not
+/// already say it (our errors often carry their cause's text in their own message).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 /// `$XDG_STATE_HOME/mediamesh/<name>` (or `~/.local/state/...`, or the temp folder): where the

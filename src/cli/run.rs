@@ -1,28 +1,38 @@
-//! `mediamesh hub` and `mediamesh edge`.
+//! `mediamesh hub`, `mediamesh edge` and `mediamesh check`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use mediamesh_edge::Edge;
-use mediamesh_hub::Hub;
+use mediamesh_edge::{Edge, EdgeConfig};
+use mediamesh_hub::{Hub, HubConfig};
 use tracing::info;
 
-use crate::config::{LoadError, load};
+use crate::config::{self, Block, Loaded};
+
+/// Loads block `T`, saying so in the log when it came from a KubeEdge file or was overridden.
+fn load<T: Block>(path: &Path) -> anyhow::Result<Option<T>> {
+    let Some(Loaded { config, overrides, kubeedge }) = config::load::<T>(path, &config::process_env())? else {
+        info!(block = T::NAME, "{}.enable is false; nothing to do", T::NAME);
+        return Ok(None);
+    };
+    if let Some(k) = kubeedge {
+        info!(
+            block = T::NAME,
+            kind = k.kind.as_deref().unwrap_or("unknown"),
+            ignored = %k.other_modules.join(","),
+            "reading {} from a KubeEdge configuration; its other modules are KubeEdge's and ignored",
+            T::NAME
+        );
+    }
+    for o in overrides {
+        info!(var = %o.var, key = %o.dotted, "configuration key set from the environment");
+    }
+    Ok(Some(config))
+}
 
 pub async fn hub(path: &Path) -> anyhow::Result<()> {
-    let (file, text) = load(path)?;
-    let cfg = file.cloud.ok_or_else(|| LoadError::Missing {
-        path: path.into(),
-        message: "no cloudDataStream block; `mediamesh hub` needs one".into(),
-    })?;
-    if !cfg.enable {
-        info!("cloudDataStream.enable is false; nothing to do");
-        return Ok(());
-    }
-    if let Err(e) = cfg.validate() {
-        return Err(LoadError::invalid(path, &text, e.to_string()).into());
-    }
+    let Some(cfg) = load::<HubConfig>(path)? else { return Ok(()) };
     let hub = Hub::bind(cfg).await.context("starting the hub")?;
     let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();
     println!("mediamesh hub ready: viewers and API at {}{rtsp}, edges at {}", hub.base_url(), hub.tunnel_addr);
@@ -33,21 +43,58 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn edge(path: &Path) -> anyhow::Result<()> {
-    let (file, text) = load(path)?;
-    let cfg = file.edge.ok_or_else(|| LoadError::Missing {
-        path: path.into(),
-        message: "no edgeDataStream block; `mediamesh edge` needs one".into(),
-    })?;
-    if !cfg.enable {
-        info!("edgeDataStream.enable is false; nothing to do");
-        return Ok(());
-    }
-    if let Err(e) = cfg.validate() {
-        return Err(LoadError::invalid(path, &text, e.to_string()).into());
-    }
+    let Some(cfg) = load::<EdgeConfig>(path)? else { return Ok(()) };
     let edge = Edge::start(cfg).context("starting the edge agent")?;
     super::stop_signal().await;
     info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// `mediamesh check -c FILE`: loads and validates every block the file has, reads its
+/// certificates and keys as the hub and the edge would, and starts nothing. Prints as
+/// `nginx -t` does; the exit status says whether the file can be used.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let name = path.display();
+    let result = check_blocks(path);
+    match &result {
+        Ok(blocks) => {
+            eprintln!("mediamesh: the configuration file {name} syntax is ok ({})", blocks.join(", "));
+            eprintln!("mediamesh: configuration file {name} test is successful");
+        }
+        Err(e) => {
+            eprintln!("mediamesh: [error] {}", super::error_chain(e));
+            eprintln!("mediamesh: configuration file {name} test failed");
+        }
+    }
+    result.map(drop).map_err(|_| anyhow::Error::new(super::Reported))
+}
+
+fn check_blocks(path: &Path) -> anyhow::Result<Vec<String>> {
+    let (_, file) = config::read(path)?;
+    let (has_hub, has_edge) = (file.cloud.is_some(), file.edge.is_some());
+    if !has_hub && !has_edge {
+        anyhow::bail!("{}: no cloudDataStream or edgeDataStream block", path.display());
+    }
+    let env = config::process_env();
+    let mut blocks = Vec::new();
+    if has_hub {
+        match config::load::<HubConfig>(path, &env)? {
+            Some(loaded) => {
+                mediamesh_hub::check_tls(&loaded.config)?;
+                blocks.push(HubConfig::NAME.to_owned());
+            }
+            None => blocks.push(format!("{} disabled", HubConfig::NAME)),
+        }
+    }
+    if has_edge {
+        match config::load::<EdgeConfig>(path, &env)? {
+            Some(loaded) => {
+                mediamesh_edge::check_tls(&loaded.config)?;
+                blocks.push(EdgeConfig::NAME.to_owned());
+            }
+            None => blocks.push(format!("{} disabled", EdgeConfig::NAME)),
+        }
+    }
+    Ok(blocks)
 }

@@ -7,13 +7,13 @@
 //! `docs/configuration.md` is the reference.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mediamesh_tunnel::settings::{BackoffSettings, HeartbeatSettings, Seconds};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `edgeDataStream` block.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EdgeConfig {
     /// Whether the edge agent runs at all. Default true.
@@ -73,7 +73,7 @@ pub struct EdgeConfig {
 }
 
 /// The `congestion` block: delays at which an uplink sheds load, in seconds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CongestionSettings {
     /// Delay at which non-reference frames are dropped. Default 0.2.
@@ -139,7 +139,7 @@ impl CongestionSettings {
 }
 
 /// One stream: exactly one source kind.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamConfig {
     /// Free text shown in the hub's API.
@@ -161,7 +161,7 @@ pub struct StreamConfig {
 
 /// A recorded H.264 clip (raw Annex-B, as `ffmpeg -f h264` writes it) played in a loop, paced
 /// by the wall clock: a camera stand-in that costs no encoding (the bench uses it).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
     /// The clip. It is read whole when the stream starts (at most 256 MiB) and must begin
@@ -177,7 +177,7 @@ pub struct FileConfig {
 }
 
 /// An RTSP camera.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RtspConfig {
     /// `rtsp://[user:password@]host[:port]/path`. Credentials in the URL are used for Basic or
@@ -222,7 +222,7 @@ impl std::fmt::Debug for RtspConfig {
 }
 
 /// How RTP travels from a camera.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RtspTransport {
     /// Interleaved on the RTSP TCP connection.
@@ -239,7 +239,7 @@ fn default_camera_backoff() -> BackoffSettings {
 }
 
 /// The built-in test-pattern camera.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TestPatternConfig {
     /// Width in pixels (even). Default 1280.
@@ -276,7 +276,7 @@ impl Default for TestPatternConfig {
 }
 
 /// A stream produced by ffmpeg: `ffmpeg <input...> <encode...> -an -f h264 pipe:1`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FfmpegConfig {
     /// Input arguments, e.g. `["-rtsp_transport", "tcp", "-i", "rtsp://camera/stream"]`.
@@ -293,7 +293,7 @@ pub struct FfmpegConfig {
 }
 
 /// A video codec as named in configuration.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoCodecName {
     /// H.264.
@@ -335,6 +335,73 @@ impl EdgeConfig {
             uplink_unsent_bytes: default_unsent(),
             congestion: CongestionSettings::default(),
         }
+    }
+
+    /// An instance with every optional key set and one stream, `*`, with every source, so that
+    /// serialized it lists every key there is (configuration loaders use it for "did you mean"
+    /// and to type environment overrides; `*` stands for any stream name).
+    pub fn schema() -> Self {
+        let mut c = Self::new(String::new(), String::new(), PathBuf::new(), PathBuf::new(), PathBuf::new());
+        c.server_name = Some(String::new());
+        let rtsp = RtspConfig { username: Some(String::new()), password: Some(String::new()), ..RtspConfig::new("") };
+        let stream = StreamConfig {
+            description: Some(String::new()),
+            test_pattern: Some(TestPatternConfig { label: Some(String::new()), ..TestPatternConfig::default() }),
+            ffmpeg: Some(FfmpegConfig {
+                input: Vec::new(),
+                encode: default_encode(),
+                binary: default_ffmpeg(),
+                codec: VideoCodecName::default(),
+            }),
+            rtsp: Some(rtsp),
+            file: Some(FileConfig { path: PathBuf::new(), fps: default_fps(), stamp: false }),
+        };
+        c.streams.insert("*".into(), stream);
+        c
+    }
+
+    /// Makes every relative path absolute against `base` (the configuration file's folder): the
+    /// TLS files, clips, and an ffmpeg `binary` given as a path (one with a `/`; a bare name is
+    /// looked up in `PATH`). ffmpeg's own arguments are passed as written.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let absolutize = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        absolutize(&mut self.tls_tunnel_ca_file);
+        absolutize(&mut self.tls_tunnel_cert_file);
+        absolutize(&mut self.tls_tunnel_private_key_file);
+        for s in self.streams.values_mut() {
+            if let Some(f) = &mut s.file {
+                absolutize(&mut f.path);
+            }
+            if let Some(ff) = &mut s.ffmpeg
+                && ff.binary.components().count() > 1
+            {
+                absolutize(&mut ff.binary);
+            }
+        }
+    }
+
+    /// Every file this configuration names, by key (below `edgeDataStream`).
+    pub fn files(&self) -> Vec<(String, &Path)> {
+        let mut files = vec![
+            ("tlsTunnelCAFile".to_owned(), self.tls_tunnel_ca_file.as_path()),
+            ("tlsTunnelCertFile".to_owned(), self.tls_tunnel_cert_file.as_path()),
+            ("tlsTunnelPrivateKeyFile".to_owned(), self.tls_tunnel_private_key_file.as_path()),
+        ];
+        for (name, s) in &self.streams {
+            if let Some(f) = &s.file {
+                files.push((format!("streams.{name}.file.path"), f.path.as_path()));
+            }
+            if let Some(ff) = &s.ffmpeg
+                && ff.binary.is_absolute()
+            {
+                files.push((format!("streams.{name}.ffmpeg.binary"), ff.binary.as_path()));
+            }
+        }
+        files
     }
 
     /// Checks what YAML types alone cannot.

@@ -53,6 +53,39 @@ pub enum EdgeError {
     },
 }
 
+/// The TLS client configuration and the name to verify in the hub's certificate; checks that
+/// the certificate names the configured node (unless a test claims another).
+fn tls_setup(
+    config: &EdgeConfig,
+    any_node: bool,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), EdgeError> {
+    let files = TlsFiles {
+        ca: config.tls_tunnel_ca_file.clone(),
+        cert: config.tls_tunnel_cert_file.clone(),
+        key: config.tls_tunnel_private_key_file.clone(),
+    };
+    let actual = mediamesh_tls::node_identity(&mediamesh_tls::load_certs(&files.cert)?)?;
+    if !any_node && actual != config.node_name {
+        return Err(EdgeError::IdentityMismatch {
+            configured: config.node_name.clone(),
+            cert: files.cert.display().to_string(),
+            actual,
+        });
+    }
+    let tls = mediamesh_tls::tunnel_client_config(&files)?;
+    let host = config.server_name.clone().or_else(|| config.server_host().map(str::to_owned)).unwrap_or_default();
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| ConfigError { key: "serverName".into(), reason: format!("{host:?}: {e}") })?;
+    Ok((tls, server_name))
+}
+
+/// Checks a configuration as [`Edge::start`] would, without starting anything: its values, the
+/// certificate and key it names, and that the certificate identifies `nodeName`.
+pub fn check_tls(config: &EdgeConfig) -> Result<(), EdgeError> {
+    config.validate()?;
+    tls_setup(config, false).map(drop)
+}
+
 /// What the edge's tasks share.
 pub(crate) struct EdgeCtx {
     pub dial: dial::DialConfig,
@@ -83,23 +116,7 @@ impl Edge {
     #[doc(hidden)]
     pub fn start_claiming(config: EdgeConfig, claim_node: Option<String>) -> Result<RunningEdge, EdgeError> {
         config.validate()?;
-        let files = TlsFiles {
-            ca: config.tls_tunnel_ca_file.clone(),
-            cert: config.tls_tunnel_cert_file.clone(),
-            key: config.tls_tunnel_private_key_file.clone(),
-        };
-        let actual = mediamesh_tls::node_identity(&mediamesh_tls::load_certs(&files.cert)?)?;
-        if claim_node.is_none() && actual != config.node_name {
-            return Err(EdgeError::IdentityMismatch {
-                configured: config.node_name.clone(),
-                cert: files.cert.display().to_string(),
-                actual,
-            });
-        }
-        let tls = mediamesh_tls::tunnel_client_config(&files)?;
-        let host = config.server_name.clone().or_else(|| config.server_host().map(str::to_owned)).unwrap_or_default();
-        let server_name = ServerName::try_from(host.clone())
-            .map_err(|e| ConfigError { key: "serverName".into(), reason: format!("{host:?}: {e}") })?;
+        let (tls, server_name) = tls_setup(&config, claim_node.is_some())?;
         let heartbeat =
             config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
         // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.

@@ -5,14 +5,14 @@
 //! default. `docs/configuration.md` is the reference; this file and that one change together.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mediamesh_tunnel::settings::{HeartbeatSettings, Seconds};
 use mediamesh_tunnel::wire::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `cloudDataStream` block.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubConfig {
     /// Whether the hub runs at all (KubeEdge's module switch). Default true.
@@ -112,7 +112,7 @@ pub struct HubConfig {
 }
 
 /// The `rtsp` block.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RtspSettings {
     /// Whether to serve RTSP. Default true.
@@ -158,7 +158,7 @@ impl Default for RtspSettings {
 }
 
 /// Bounds of each stream's shared frame log.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FrameLogSettings {
     /// Most frames kept. Default 1024.
@@ -218,6 +218,45 @@ impl HubConfig {
             metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
         }
+    }
+
+    /// An instance with every optional key set, so that serialized it lists every key there is
+    /// (configuration loaders use it for "did you mean" and to type environment overrides).
+    pub fn schema() -> Self {
+        let mut c = Self::with_tunnel_tls(PathBuf::new(), PathBuf::new(), PathBuf::new());
+        c.tls_stream_ca_file = Some(PathBuf::new());
+        c.tls_stream_cert_file = Some(PathBuf::new());
+        c.tls_stream_private_key_file = Some(PathBuf::new());
+        c
+    }
+
+    /// Makes every relative path absolute against `base` (the configuration file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let paths =
+            [&mut self.tls_tunnel_ca_file, &mut self.tls_tunnel_cert_file, &mut self.tls_tunnel_private_key_file];
+        let optional =
+            [&mut self.tls_stream_ca_file, &mut self.tls_stream_cert_file, &mut self.tls_stream_private_key_file];
+        for p in paths.into_iter().chain(optional.into_iter().flatten()) {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Every file this configuration names, by key (below `cloudDataStream`).
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![
+            ("tlsTunnelCAFile", self.tls_tunnel_ca_file.as_path()),
+            ("tlsTunnelCertFile", self.tls_tunnel_cert_file.as_path()),
+            ("tlsTunnelPrivateKeyFile", self.tls_tunnel_private_key_file.as_path()),
+        ];
+        let optional = [
+            ("tlsStreamCAFile", &self.tls_stream_ca_file),
+            ("tlsStreamCertFile", &self.tls_stream_cert_file),
+            ("tlsStreamPrivateKeyFile", &self.tls_stream_private_key_file),
+        ];
+        files.extend(optional.into_iter().filter_map(|(k, p)| p.as_deref().map(|p| (k, p))));
+        files
     }
 
     /// Checks the values that YAML types alone cannot.

@@ -28,7 +28,7 @@ pub mod session;
 mod tunnel;
 
 pub use config::{ConfigError, HubConfig};
-pub use server::{Hub, HubError, RunningHub};
+pub use server::{Hub, HubError, RunningHub, check_tls};
 
 /// A random 64-bit value (RTP SSRCs, initial sequence numbers and timestamps, RTSP session
 /// ids), from the standard library's randomly keyed hasher.

@@ -44,6 +44,39 @@ pub enum HubError {
     },
 }
 
+/// The hub's TLS configurations, built from the files its configuration names.
+pub(crate) struct TlsConfigs {
+    /// The tunnel port's: the hub's certificate, edges' certificates required.
+    pub tunnel: Arc<rustls::ServerConfig>,
+    /// The stream port's, if it speaks TLS.
+    pub stream: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsConfigs {
+    /// Reads the certificates and keys `config` names.
+    pub(crate) fn load(config: &HubConfig) -> Result<Self, HubError> {
+        let tunnel = mediamesh_tls::tunnel_server_config(&TlsFiles {
+            ca: config.tls_tunnel_ca_file.clone(),
+            cert: config.tls_tunnel_cert_file.clone(),
+            key: config.tls_tunnel_private_key_file.clone(),
+        })?;
+        let stream = match (&config.tls_stream_cert_file, &config.tls_stream_private_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(mediamesh_tls::stream_server_config(cert, key, config.tls_stream_ca_file.as_deref())?)
+            }
+            _ => None,
+        };
+        Ok(Self { tunnel, stream })
+    }
+}
+
+/// Checks a configuration as [`Hub::bind`] would, without binding anything: its values, and
+/// the certificates and keys it names.
+pub fn check_tls(config: &HubConfig) -> Result<(), HubError> {
+    config.validate()?;
+    TlsConfigs::load(config).map(drop)
+}
+
 /// The hub, before it runs.
 #[derive(Debug)]
 pub struct Hub;
@@ -52,19 +85,8 @@ impl Hub {
     /// Validates the configuration, loads TLS, binds both ports and starts serving.
     pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
         config.validate()?;
-        let tunnel_tls = mediamesh_tls::tunnel_server_config(&TlsFiles {
-            ca: config.tls_tunnel_ca_file.clone(),
-            cert: config.tls_tunnel_cert_file.clone(),
-            key: config.tls_tunnel_private_key_file.clone(),
-        })?;
-        let stream_tls = match (&config.tls_stream_cert_file, &config.tls_stream_private_key_file) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(mediamesh_tls::stream_server_config(
-                cert,
-                key,
-                config.tls_stream_ca_file.as_deref(),
-            )?)),
-            _ => None,
-        };
+        let TlsConfigs { tunnel: tunnel_tls, stream } = TlsConfigs::load(&config)?;
+        let stream_tls = stream.map(TlsAcceptor::from);
         let bind = |port: &'static str, p: u16| {
             let addr = SocketAddr::new(config.listen_address, p);
             async move { TcpListener::bind(addr).await.map_err(|source| HubError::Bind { port, addr, source }) }

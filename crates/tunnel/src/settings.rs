@@ -2,15 +2,21 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::backoff::{BackoffConfig, BackoffError};
 use crate::liveness::HeartbeatConfig;
 
-/// A duration written in configuration as a number of seconds (fractions allowed), as the
-/// KubeEdge blocks do (`handshakeTimeout: 30`).
+/// A duration in configuration: a number of seconds, as the KubeEdge blocks write them
+/// (`handshakeTimeout: 30`, fractions allowed: `0.5`), or a number with a unit: `500ms`,
+/// `10s`, `1m`, `1h` (also written as a string: `"10"`). Shown the same way ([`Display`]).
+///
+/// [`Display`]: std::fmt::Display
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Seconds(Duration);
+
+/// The units a duration may carry, and their length in seconds.
+const UNITS: [(&str, f64); 5] = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("", 1.0)];
 
 impl Seconds {
     /// The largest accepted value: one year.
@@ -43,15 +49,79 @@ impl Seconds {
     }
 }
 
+impl std::str::FromStr for Seconds {
+    type Err = String;
+
+    /// `10`, `0.5`, `500ms`, `10s`, `1.5m`, `1h` (spaces around the unit allowed).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (number, unit) = (&t[..split], t[split..].trim());
+        let scale = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s);
+        match (number.parse::<f64>(), scale) {
+            (Ok(n), Some(scale)) => Self::try_from_secs(n * scale),
+            _ => Err(format!("{text:?} is not a duration: expected seconds (10, 0.5) or a unit (500ms, 10s, 1m, 1h)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    /// The shortest exact form in whole units where one fits (`500ms`, `10s`, `2m`), else
+    /// seconds with a fraction (`1.5s`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        let whole_ms = self.0.subsec_nanos().is_multiple_of(1_000_000);
+        if !whole_ms || (ms >= 1000 && !ms.is_multiple_of(1000)) {
+            return write!(f, "{}s", self.0.as_secs_f64());
+        }
+        if ms > 0 && ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        let secs = ms / 1000;
+        match secs {
+            0 => f.write_str("0s"),
+            s if s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            s if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Seconds::try_from_secs(secs).map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: seconds (10, 0.5) or with a unit (500ms, 10s, 1m, 1h)")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Seconds::try_from_secs(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Seconds, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Seconds, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Seconds, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for Seconds {
+    /// As written in configuration (`500ms`, `10s`), so a configuration shown or re-read keeps
+    /// its meaning.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
 /// Heartbeat settings as written in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatSettings {
     /// Seconds between Pings (default 1).
@@ -84,9 +154,8 @@ impl HeartbeatSettings {
         }
         if self.timeout.get() <= self.interval.get() {
             return Err(format!(
-                "heartbeat.timeout ({:?}) must be longer than heartbeat.interval ({:?})",
-                self.timeout.get(),
-                self.interval.get()
+                "heartbeat.timeout ({}) must be longer than heartbeat.interval ({})",
+                self.timeout, self.interval
             ));
         }
         Ok(HeartbeatConfig { interval: self.interval.get(), timeout: self.timeout.get() })
@@ -94,7 +163,7 @@ impl HeartbeatSettings {
 }
 
 /// Reconnect backoff settings as written in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackoffSettings {
     /// Upper bound of the first delay, seconds (default 0.1).
@@ -144,6 +213,36 @@ mod tests {
         assert!(Seconds::try_from_secs(-1.0).unwrap_err().contains(">= 0"));
         assert!(Seconds::try_from_secs(f64::NAN).is_err());
         assert!(Seconds::try_from_secs(1e12).unwrap_err().contains("year"));
+    }
+
+    #[test]
+    fn every_duration_form_is_read() {
+        let ms = |t: &str| t.parse::<Seconds>().map(|s| s.get().as_millis());
+        assert_eq!(ms("10"), Ok(10_000));
+        assert_eq!(ms("0.5"), Ok(500));
+        assert_eq!(ms("10s"), Ok(10_000));
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("1m"), Ok(60_000));
+        assert_eq!(ms("1.5m"), Ok(90_000));
+        assert_eq!(ms("2h"), Ok(7_200_000));
+        assert_eq!(ms(" 250 ms "), Ok(250));
+        for bad in ["", "s", "10x", "-1s", "1.2.3", "ten", "10 s s"] {
+            assert!(bad.parse::<Seconds>().unwrap_err().contains("not a duration"), "{bad:?}");
+        }
+        assert!("1000000h".parse::<Seconds>().unwrap_err().contains("year"));
+    }
+
+    #[test]
+    fn durations_show_as_they_are_written() {
+        for text in ["500ms", "10s", "1m", "2h", "1.5s", "0s", "90s"] {
+            let s: Seconds = text.parse().unwrap();
+            let shown = s.to_string();
+            let expected = if text == "90s" { "90s" } else { text };
+            assert_eq!(shown, expected);
+            assert_eq!(shown.parse::<Seconds>().unwrap(), s, "round trip of {text}");
+        }
+        assert_eq!(Seconds::from_millis(1500).to_string(), "1.5s");
+        assert_eq!(Seconds::new(120).to_string(), "2m");
     }
 
     #[test]
