@@ -26,6 +26,7 @@ fn dial_config(fx: &Fixture, files: &TlsFiles, claim: &str) -> DialConfig {
         handshake_timeout: Duration::from_secs(10),
         write_deadline: Duration::from_secs(10),
         unsent_lowat: None,
+        ca_file: files.ca.clone(),
     }
 }
 

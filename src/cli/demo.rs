@@ -125,7 +125,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("mediamesh demo ready on https://{host}:{} (Ctrl-C to stop)", hub.stream_addr.port());
 
     super::stop_signal().await;
-    println!("stopping");
+    tracing::info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     hub.stop(Duration::from_secs(5)).await;
     Ok(())

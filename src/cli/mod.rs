@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines (stderr) are written: `text`, or `json` (one object per line).
+    #[arg(long, global = true, env = "MEDIAMESH_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +59,11 @@ impl Command {
             Command::View(_) | Command::Certs(_) | Command::Bench(_) | Command::Check { .. } => "warn",
             _ => "info",
         }
+    }
+
+    /// Whether it runs until stopped (hub, edge, demo): its whole stderr becomes the log.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Command::Hub { .. } | Command::Edge { .. } | Command::Demo(_))
     }
 
     pub async fn run(self) -> anyhow::Result<()> {

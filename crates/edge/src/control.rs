@@ -55,7 +55,7 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
                     // Streams that end on their own while the hub is away.
                     Some((session, end)) = done_rx.recv() => {
                         if let Some(u) = uplinks.remove(&session) {
-                            info!(stream = %u.stream, session, end = ?end, "stream ended while the hub was unreachable");
+                            info!(stream = %u.stream, session, %end, "stream ended while the hub was unreachable");
                         }
                     }
                     () = orphaned, if !uplinks.is_empty() => {

@@ -47,6 +47,8 @@ pub struct DialConfig {
     /// TCP_NOTSENT_LOWAT of tunnel sockets: bytes the kernel may hold unsent before a write
     /// waits, so frames queue where the edge can still drop them. `None` keeps the default.
     pub unsent_lowat: Option<u32>,
+    /// The CA file that verifies the hub, for messages.
+    pub ca_file: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for DialConfig {
@@ -66,18 +68,37 @@ pub enum DialError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The TLS handshake failed (e.g. the hub's certificate is not trusted).
+    /// The hub's certificate is not accepted: retrying cannot help until a certificate or the
+    /// configuration changes.
+    #[error("the hub's certificate at {server} is not accepted: {reason}{fix}")]
+    HubCertificate {
+        /// The hub address.
+        server: String,
+        /// What is wrong with it.
+        reason: String,
+        /// What fixes it, starting with "; " (or empty).
+        fix: String,
+    },
+    /// The hub refused this edge's certificate (a fatal alert during or right after the
+    /// handshake; with TLS 1.3 it arrives with the WebSocket upgrade).
+    #[error(
+        "the hub at {server} refused this edge's certificate ({reason}); is it signed by the hub's tlsTunnelCAFile?"
+    )]
+    CertificateRefused {
+        /// The hub address.
+        server: String,
+        /// The hub's alert, in words.
+        reason: String,
+    },
+    /// The TLS handshake failed otherwise.
     #[error("TLS with {server} failed: {reason}")]
     Tls {
         /// The hub address.
         server: String,
         /// What went wrong.
         reason: String,
-        /// Whether it is about certificates (retrying cannot help) rather than the network.
-        certificate: bool,
     },
-    /// The WebSocket upgrade failed; with TLS 1.3 this is also where the hub refusing our
-    /// certificate shows up.
+    /// The WebSocket upgrade failed.
     #[error("{0}")]
     Upgrade(String),
     /// The hub answered the Hello with an Error.
@@ -103,9 +124,12 @@ impl DialError {
     /// Whether retrying cannot help until the configuration changes (refused identity,
     /// incompatible version). Such errors are still retried, but logged as errors.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, DialError::Refused { code: ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion, .. })
-            || matches!(self, DialError::Tls { certificate: true, .. })
-            || matches!(self, DialError::Upgrade(m) if m.contains("refused this edge's certificate"))
+        matches!(
+            self,
+            DialError::Refused { code: ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion, .. }
+                | DialError::HubCertificate { .. }
+                | DialError::CertificateRefused { .. }
+        )
     }
 }
 
@@ -142,13 +166,10 @@ async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result
     {
         tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
-    let tls = TlsConnector::from(cfg.tls.clone()).connect(cfg.server_name.clone(), tcp).await.map_err(|e| {
-        DialError::Tls {
-            server: cfg.server.clone(),
-            reason: describe_io(&e),
-            certificate: e.get_ref().is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()),
-        }
-    })?;
+    let tls = TlsConnector::from(cfg.tls.clone())
+        .connect(cfg.server_name.clone(), tcp)
+        .await
+        .map_err(|e| tls_failure(cfg, &e))?;
     let mut req = format!("wss://{}{TUNNEL_PATH}", cfg.server)
         .into_client_request()
         .map_err(|e| DialError::Upgrade(format!("bad server address {:?}: {e}", cfg.server)))?;
@@ -156,7 +177,7 @@ async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result
     let limits = Limits::default();
     let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, Tracked::new(tls), Some(ws_config(&limits)))
         .await
-        .map_err(|e| DialError::Upgrade(describe_ws(&e)))?;
+        .map_err(|e| ws_failure(cfg, &e))?;
     let mut link = Link::new(ws, limits, cfg.write_deadline);
     let hello = Hello {
         min_version: PROTOCOL_VERSION,
@@ -166,7 +187,7 @@ async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result
         channel,
     };
     link.send(&Message::Hello(hello)).await.map_err(|e| match e {
-        LinkError::Ws(ws) => DialError::Upgrade(describe_ws(&ws)),
+        LinkError::Ws(ws) => ws_failure(cfg, &ws),
         other => other.into(),
     })?;
     match link.recv().await {
@@ -174,7 +195,7 @@ async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result
         Ok(Some(Message::Error(e))) => Err(DialError::Refused { code: e.code, message: e.message }),
         Ok(Some(other)) => Err(DialError::Protocol(format!("got {}", other.name()))),
         Ok(None) => Err(DialError::Protocol("the hub closed the connection".into())),
-        Err(LinkError::Ws(ws)) => Err(DialError::Upgrade(describe_ws(&ws))),
+        Err(LinkError::Ws(ws)) => Err(ws_failure(cfg, &ws)),
         Err(e) => Err(e.into()),
     }
 }
@@ -256,27 +277,51 @@ pub(crate) async fn connect(
     }
 }
 
-/// Explains a TLS-level I/O error; a fatal alert from the hub means it refused our certificate.
-fn describe_io(e: &std::io::Error) -> String {
+/// A TLS-level I/O error, classified: the hub's certificate not accepted (with what fixes it),
+/// the hub refusing ours, or another failure.
+fn tls_failure(cfg: &DialConfig, e: &std::io::Error) -> DialError {
+    use mediamesh_tls::explain;
+    let server = cfg.server.clone();
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::AlertReceived(alert)) => {
-            format!(
-                "the hub refused this edge's certificate (TLS alert {alert:?}); is it signed by the hub's tlsTunnelCAFile?"
-            )
-        }
         Some(rustls::Error::InvalidCertificate(c)) => {
-            format!("the hub's certificate is not trusted ({c:?}); check tlsTunnelCAFile and serverName")
+            DialError::HubCertificate { server, reason: explain::certificate(c), fix: certificate_fix(cfg, c) }
         }
-        _ => e.to_string(),
+        Some(rustls::Error::AlertReceived(a)) if explain::alert_refuses_certificate(*a) => {
+            DialError::CertificateRefused { server, reason: explain::alert(*a) }
+        }
+        Some(other) => DialError::Tls { server, reason: explain::error(other) },
+        None => DialError::Tls { server, reason: e.to_string() },
     }
 }
 
-fn describe_ws(e: &tokio_tungstenite::tungstenite::Error) -> String {
+/// What fixes a hub certificate the edge does not accept.
+fn certificate_fix(cfg: &DialConfig, e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let dialled = cfg.server_name.to_str();
     match e {
-        tokio_tungstenite::tungstenite::Error::Io(io) => describe_io(io),
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            format!("the hub refused the WebSocket upgrade with HTTP {}", resp.status())
+        _ if mediamesh_tls::explain::name_mismatch(e).is_some() => format!(
+            "; issue the hub a certificate for the name this edge dials, from the folder with its CA: \
+             `mediamesh certs --out certs --hub-name {dialled} --force`, then restart the hub \
+             (or set serverName to a name the certificate has)"
+        ),
+        C::UnknownIssuer => format!(
+            "; tlsTunnelCAFile ({}) must be the CA that signed the hub's certificate (the hub's ca.pem)",
+            cfg.ca_file.display()
+        ),
+        _ => String::new(),
+    }
+}
+
+fn ws_failure(cfg: &DialConfig, e: &tokio_tungstenite::tungstenite::Error) -> DialError {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Io(io)
+            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            tls_failure(cfg, io)
         }
-        other => format!("WebSocket handshake failed: {other}"),
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            DialError::Upgrade(format!("the hub refused the WebSocket upgrade with HTTP {}", resp.status()))
+        }
+        other => DialError::Upgrade(format!("WebSocket handshake failed: {other}")),
     }
 }

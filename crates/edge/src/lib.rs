@@ -133,6 +133,7 @@ impl Edge {
                 handshake_timeout: config.handshake_timeout.get(),
                 write_deadline: config.write_deadline.get(),
                 unsent_lowat: (config.uplink_unsent_bytes > 0).then_some(config.uplink_unsent_bytes),
+                ca_file: config.tls_tunnel_ca_file.clone(),
             },
             streams: config.streams.clone(),
             heartbeat,

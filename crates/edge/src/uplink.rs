@@ -33,7 +33,7 @@ use crate::source::{self, SourceItem, SourceOutput};
 use crate::window::SendWindow;
 
 /// How an uplink ended.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UplinkEnd {
     /// RemoveVideo or shutdown.
     Stopped,
@@ -41,6 +41,16 @@ pub enum UplinkEnd {
     Failed(String),
     /// The hub ended it (it no longer has the session, or closed the tunnel on purpose).
     ClosedByHub(String),
+}
+
+impl std::fmt::Display for UplinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UplinkEnd::Stopped => f.write_str("stopped"),
+            UplinkEnd::Failed(reason) => write!(f, "the source failed: {reason}"),
+            UplinkEnd::ClosedByHub(reason) => write!(f, "closed by the hub: {reason}"),
+        }
+    }
 }
 
 /// How often the uplink reports to the hub.
@@ -69,7 +79,7 @@ pub(crate) async fn run(
         }
     };
     stats.uplinks_active.fetch_sub(1, Relaxed);
-    info!(%stream, session, end = ?end, "uplink ended");
+    info!(%stream, session, %end, "uplink ended");
     end
 }
 

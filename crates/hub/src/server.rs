@@ -206,7 +206,9 @@ impl Hub {
             });
             tasks.spawn(crate::egress::rtsp::serve(listener, rtsp_ctx, tasks.clone()));
         }
-        info!(%tunnel_addr, %stream_addr, ?rtsp_addr, ?rtsp_udp_ports, https, hub = %config.hub_name, "hub listening");
+        let rtsp = rtsp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let rtsp_udp = rtsp_udp_ports.map_or_else(|| "off".to_owned(), |(rtp, rtcp)| format!("{rtp},{rtcp}"));
+        info!(%tunnel_addr, %stream_addr, %rtsp, %rtsp_udp, https, hub = %config.hub_name, "hub listening");
         Ok(RunningHub {
             tunnel_addr,
             stream_addr,

@@ -75,7 +75,7 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
         return Err(invalid("not an H.265 SPS NAL unit".into()));
     }
     let rbsp = unescape_rbsp(&sps[2..]);
-    let e = |e: h264_reader::rbsp::BitReaderError| invalid(format!("{e:?}"));
+    let e = |e: h264_reader::rbsp::BitReaderError| invalid(crate::h264::bit_error(&e));
     let mut r = BitReader::new(&rbsp[..]);
     r.skip(4, "sps_video_parameter_set_id").map_err(e)?;
     let max_sub_layers_minus1: u8 = r.read::<3, u8>("sps_max_sub_layers_minus1").map_err(e)?;

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dev;
+pub mod explain;
 mod load;
 
 use std::path::PathBuf;
@@ -69,6 +70,20 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file that would be replaced exists.
+    #[error("{} already exists", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// One file of a pair (a certificate and its key) exists without the other.
+    #[error("{} exists but {} does not", present.display(), missing.display())]
+    Incomplete {
+        /// The file that exists.
+        present: PathBuf,
+        /// Its missing partner.
+        missing: PathBuf,
+    },
 }
 
 /// The three files of a TLS identity plus the CA that verifies the peer.
@@ -100,12 +115,14 @@ fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsV
 }
 
 /// The hub's tunnel-port configuration: its own certificate, and a required client
-/// certificate that chains to `files.ca`.
+/// certificate that chains to `files.ca`. A refused client certificate is logged with the
+/// subject and names it presented ([`ExplainingVerifier`]).
 pub fn tunnel_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(load_roots(&files.ca)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Verifier { path: files.ca.clone(), reason: e.to_string() })?;
+    let verifier = Arc::new(ExplainingVerifier { inner: verifier, ca: files.ca.clone() });
     let mut cfg = server_builder()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
@@ -140,11 +157,16 @@ pub fn stream_server_config(
 }
 
 /// The edge's configuration: verifies the hub against `files.ca` and presents the edge's
-/// certificate.
+/// certificate. A hub certificate for other names fails with a [`NameMismatch`] that names
+/// them.
 pub fn tunnel_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(&files.ca)?;
+    let roots = Arc::new(load_roots(&files.ca)?);
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier { path: files.ca.clone(), reason: e.to_string() })?;
     let mut cfg = client_builder()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamingServerVerifier { inner }))
         .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
         .map_err(|source| TlsError::Rustls { context: "tunnel client certificate", source })?;
     cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
@@ -156,6 +178,158 @@ pub fn viewer_client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, T
     let mut cfg = client_builder()?.with_root_certificates(roots).with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A client certificate verifier that logs, for each certificate it refuses, who presented it:
+/// the subject and names in the certificate and why it was refused, in words. The log line
+/// carries the connection's span (its remote address).
+#[derive(Debug)]
+pub struct ExplainingVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ca: PathBuf,
+}
+
+impl rustls::server::danger::ClientCertVerifier for ExplainingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
+            let (subject, names) = describe_certificate(end_entity);
+            tracing::warn!(
+                %subject,
+                names = %names.join(", "),
+                ca = %self.ca.display(),
+                reason = %explain::error(e),
+                "refused an edge certificate"
+            );
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A server certificate that does not name what was dialled: both, as plain names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("it is for {} but {dialled} was dialled", if presented.is_empty() { "no name".to_owned() } else { presented.join(", ") })]
+pub struct NameMismatch {
+    /// The name (DNS name or IP address) the client verified against.
+    pub dialled: String,
+    /// The DNS and IP names in the certificate.
+    pub presented: Vec<String>,
+}
+
+/// The standard server certificate verification (it is the one that decides), which reports a
+/// name mismatch as a [`NameMismatch`] inside [`rustls::CertificateError::Other`]: rustls's
+/// own report of it lists the names in Rust's `Debug` form.
+#[derive(Debug)]
+struct NamingServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                let mismatch = NameMismatch {
+                    dialled: server_name.to_str().into_owned(),
+                    presented: describe_certificate(end_entity).1,
+                };
+                rustls::Error::InvalidCertificate(C::Other(rustls::OtherError(Arc::new(mismatch))))
+            }
+            other => other,
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A certificate's subject and its DNS and IP subject alternative names, for logs.
+pub fn describe_certificate(der: &CertificateDer<'_>) -> (String, Vec<String>) {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return ("(unparsable certificate)".into(), Vec::new());
+    };
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    (cert.subject().to_string(), names)
 }
 
 /// The node name a verified peer certificate chain proves: the first DNS subject alternative

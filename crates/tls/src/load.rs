@@ -24,9 +24,17 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file. A key file that other users
+/// can read draws a warning naming it.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read("private key", path)?;
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:o}"),
+            "private key file is readable by other users; chmod 600 it"
+        );
+    }
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: format!("no usable private key: {e}") })
 }
@@ -40,4 +48,11 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
             .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: format!("unusable CA certificate: {e}") })?;
     }
     Ok(roots)
+}
+
+/// The file's permission bits, if users other than its owner may read or write it.
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }

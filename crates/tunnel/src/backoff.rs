@@ -22,7 +22,7 @@ pub enum BackoffError {
     #[error("initial backoff must be greater than zero")]
     ZeroInitial,
     /// `max` must be at least `initial`.
-    #[error("maximum backoff {max:?} is below the initial backoff {initial:?}")]
+    #[error("maximum backoff {:.3} s is below the initial backoff {:.3} s", max.as_secs_f64(), initial.as_secs_f64())]
     MaxBelowInitial {
         /// The initial delay.
         initial: Duration,

@@ -206,7 +206,7 @@ async fn run_once(
     };
     EdgeStats::inc(&stats.sources_started);
     let codecs: Vec<&str> = routes.iter().map(|r| r.track.codec.name()).collect();
-    info!(%stream, ?codecs, "camera session playing");
+    info!(%stream, codecs = %codecs.join(","), "camera session playing");
     publish_header(&routes, sink);
 
     // One offset for the whole session (every track), in microseconds: the tracks keep the

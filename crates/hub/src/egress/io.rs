@@ -15,7 +15,8 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     mut slices: &mut [IoSlice<'_>],
     stall: Duration,
 ) -> std::io::Result<()> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress for {stall:?}"));
+    let timed_out =
+        || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress for {:.1} s", stall.as_secs_f64()));
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         let take = slices.len().min(MAX_SLICES);

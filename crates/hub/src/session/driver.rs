@@ -43,7 +43,7 @@ pub(crate) async fn run(
                     Some(SessionEvent::NodeBack) => Input::NodeBack,
                     Some(SessionEvent::NodeGone) | None => Input::NodeGone,
                 };
-                tracing::debug!(stream = %session.key, session = session.id, ?input, "session event");
+                tracing::debug!(stream = %session.key, session = session.id, %input, "session event");
                 lc.handle_input(Instant::now(), input);
             }
             () = sleep => {

@@ -83,6 +83,21 @@ pub enum Input {
     Shutdown,
 }
 
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Viewers(n) => write!(f, "{n} viewers"),
+            Input::UpstreamAttached => f.write_str("upstream attached"),
+            Input::UpstreamEnded(r) => write!(f, "upstream ended: {r}"),
+            Input::UpstreamLost(r) => write!(f, "upstream lost: {r}"),
+            Input::StartFailed(r) => write!(f, "start failed: {r}"),
+            Input::NodeGone => f.write_str("node gone"),
+            Input::NodeBack => f.write_str("node back"),
+            Input::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

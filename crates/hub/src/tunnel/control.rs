@@ -37,7 +37,7 @@ pub(super) async fn run(
         return;
     }
     let streams: Vec<&str> = catalog.iter().map(|e| e.name.as_str()).collect();
-    info!(%node, %agent, streams = ?streams, "edge connected");
+    info!(%node, %agent, streams = %streams.join(","), "edge connected");
     let entry = NodeEntry {
         conn_id,
         agent,

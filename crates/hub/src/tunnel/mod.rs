@@ -91,12 +91,17 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     let handshake = tokio::time::timeout_at(deadline.into(), establish(&ctx, tcp));
     let (link, node) = match handshake.await {
         Ok(Ok(x)) => x,
-        Ok(Err(reason)) => {
+        // The certificate verifier has logged who presented what, and why it was refused.
+        Ok(Err(Refusal::Certificate(reason))) => {
+            debug!(%reason, "tunnel connection refused");
+            return;
+        }
+        Ok(Err(Refusal::Other(reason))) => {
             warn!(%reason, "tunnel connection refused");
             return;
         }
         Err(_) => {
-            warn!(timeout = ?ctx.handshake_timeout, "tunnel handshake timed out");
+            warn!(timeout_s = ctx.handshake_timeout.as_secs_f64(), "tunnel handshake timed out");
             return;
         }
     };
@@ -104,7 +109,7 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
-            warn!(%node, timeout = ?ctx.handshake_timeout, "no Hello within the handshake timeout");
+            warn!(%node, timeout_s = ctx.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
             return;
         }
     };
@@ -120,16 +125,32 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     }
 }
 
+/// Why a tunnel connection was refused before its Hello.
+enum Refusal {
+    /// The edge's certificate was refused (already logged in detail by the verifier).
+    Certificate(String),
+    /// Anything else.
+    Other(String),
+}
+
 /// TLS (client certificate required) and the WebSocket upgrade; returns the node name the
 /// certificate proves.
-async fn establish(ctx: &TunnelCtx, tcp: TcpStream) -> Result<(TunnelLink, String), String> {
-    let tls = ctx.tls.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+async fn establish(ctx: &TunnelCtx, tcp: TcpStream) -> Result<(TunnelLink, String), Refusal> {
+    let tls = ctx.tls.accept(tcp).await.map_err(|e| {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(r @ rustls::Error::InvalidCertificate(_)) => {
+                Refusal::Certificate(format!("edge certificate refused: {}", mediamesh_tls::explain::error(r)))
+            }
+            Some(r) => Refusal::Other(format!("TLS handshake failed: {}", mediamesh_tls::explain::error(r))),
+            None => Refusal::Other(format!("TLS handshake failed: {e}")),
+        }
+    })?;
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let node = mediamesh_tls::node_identity(certs).map_err(|e| e.to_string())?;
+    let node = mediamesh_tls::node_identity(certs).map_err(|e| Refusal::Other(e.to_string()))?;
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(Tracked::new(tls), check_upgrade, Some(ws_config(&ctx.limits)))
             .await
-            .map_err(|e| format!("WebSocket upgrade from node {node:?} failed: {e}"))?;
+            .map_err(|e| Refusal::Other(format!("WebSocket upgrade from node {node:?} failed: {e}")))?;
     Ok((Link::new(ws, ctx.limits, ctx.write_deadline), node))
 }
 

@@ -77,11 +77,39 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
         return Err(invalid("not an SPS NAL unit".into()));
     }
     let rbsp = decode_nal(sps).map_err(|e| invalid(e.to_string()))?;
-    let parsed = SeqParameterSet::from_bits(BitReader::new(&rbsp[..])).map_err(|e| invalid(format!("{e:?}")))?;
-    let (width, height) = parsed.pixel_dimensions().map_err(|e| invalid(format!("{e:?}")))?;
+    let parsed = SeqParameterSet::from_bits(BitReader::new(&rbsp[..])).map_err(|e| invalid(sps_error(&e)))?;
+    let (width, height) = parsed.pixel_dimensions().map_err(|e| invalid(sps_error(&e)))?;
     // profile_idc, the constraint flags byte and level_idc follow the header byte verbatim.
     let codec_string = format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]);
     Ok(VideoParams { width, height, codec_string })
+}
+
+/// What is wrong with an SPS, in words (h264-reader's errors only have `Debug`).
+fn sps_error(e: &h264_reader::nal::sps::SpsError) -> String {
+    use h264_reader::nal::sps::SpsError as E;
+    match e {
+        E::RbspReaderError(b) => bit_error(b),
+        E::BitDepthOutOfRange(v) => format!("bit depth {} is out of range", u64::from(*v) + 8),
+        E::FieldValueTooLarge { name, value } => format!("{name} = {value} is too large"),
+        E::FieldValueTooSmall { name, value } => format!("{name} = {value} is too small"),
+        E::Log2MaxFrameNumMinus4OutOfRange(v) => format!("log2_max_frame_num_minus4 = {v} is out of range"),
+        E::CpbCountOutOfRange(v) => format!("cpb_cnt_minus1 = {v} is out of range"),
+        E::CroppingError(_) => "its cropping is larger than the picture".into(),
+        _ => "a field value is out of range".into(),
+    }
+}
+
+/// What is wrong with a bit string being read, in words.
+pub(crate) fn bit_error(e: &h264_reader::rbsp::BitReaderError) -> String {
+    use h264_reader::rbsp::BitReaderError as B;
+    match e {
+        B::ReaderError(field, io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("it ends before {field}")
+        }
+        B::ReaderError(field, io) => format!("reading {field}: {io}"),
+        B::ExpGolombTooLarge(field) => format!("{field} is too large"),
+        B::RemainingData => "there is data after its last field".into(),
+    }
 }
 
 #[cfg(test)]

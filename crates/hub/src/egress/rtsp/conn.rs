@@ -81,7 +81,10 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
         }
     })
     .await;
-    info!(%peer, %reason, writer = ?writer_reason, sessions, "rtsp connection closed");
+    match writer_reason {
+        Some(writer) => info!(%peer, %reason, %writer, sessions, "rtsp connection closed"),
+        None => info!(%peer, %reason, sessions, "rtsp connection closed"),
+    }
 }
 
 impl Conn {
@@ -166,7 +169,7 @@ impl Conn {
 
     async fn respond(&self, req: &Request, resp: Response) -> Result<(), String> {
         if resp.status() >= 400 {
-            debug!(peer = %self.peer, method = ?req.method, uri = %req.uri, status = resp.status(), "rtsp error response");
+            debug!(peer = %self.peer, method = %req.method, uri = %req.uri, status = resp.status(), "rtsp error response");
         }
         self.send(WriterCmd::Response(resp.encode(Some(req.cseq)))).await
     }

@@ -39,6 +39,22 @@ pub enum Method {
     Other(String),
 }
 
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Options => "OPTIONS",
+            Method::Describe => "DESCRIBE",
+            Method::Setup => "SETUP",
+            Method::Play => "PLAY",
+            Method::Pause => "PAUSE",
+            Method::Teardown => "TEARDOWN",
+            Method::GetParameter => "GET_PARAMETER",
+            Method::SetParameter => "SET_PARAMETER",
+            Method::Other(m) => m,
+        })
+    }
+}
+
 impl Method {
     fn parse(s: &str) -> Self {
         match s {

@@ -59,7 +59,7 @@ pub(crate) fn choose(header: &str, client_ip: IpAddr, track: u8) -> Result<Dest,
             _ => {}
         }
     }
-    Err(format!("none of {seen:?} is supported; use RTP/AVP/TCP (interleaved) or RTP/AVP (UDP unicast)"))
+    Err(format!("none of {} is supported; use RTP/AVP/TCP (interleaved) or RTP/AVP (UDP unicast)", seen.join(", ")))
 }
 
 /// `a-b` (or a single `a`, meaning `a-(a+1)`).
