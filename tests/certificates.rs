@@ -80,6 +80,15 @@ async fn a_hub_named_for_the_network_serves_two_sites_and_misfits_are_explained(
     assert!(certs(&certs_dir, &["--node", "edge-3"]).0);
     assert!(certs(&dir.join("rogue"), &["--node", "edge-9"]).0);
 
+    // Keys are private from the start; one made readable draws a warning naming it.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "hub.key", "edge-edge-1.key", "edge-edge-2.key"] {
+        let mode = std::fs::metadata(certs_dir.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let hub_key = certs_dir.join("hub.key");
+    std::fs::set_permissions(&hub_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+
     let (tunnel, stream) = (free_port(), free_port());
     let hub_file = dir.join("hub.yaml");
     // Relative paths: resolved against hub.yaml's folder.
@@ -95,6 +104,9 @@ async fn a_hub_named_for_the_network_serves_two_sites_and_misfits_are_explained(
     let bin = Path::new(BIN);
     let (hub, _) =
         MeshProcess::spawn(&[], bin, &["hub", "-c", hub_file.to_str().unwrap()], &dir, "hub", Some("hub ready")).await;
+    let warning = hub.log_text();
+    let line = warning.lines().find(|l| l.contains("readable by other users")).unwrap_or_else(|| panic!("{warning}"));
+    assert!(line.contains(&hub_key.display().to_string()) && line.contains("mode=644"), "{line}");
     let server = format!("127.0.0.1:{tunnel}");
     let mut edges = Vec::new();
     for node in ["edge-1", "edge-2"] {

@@ -187,6 +187,8 @@ fn parse_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> LoadError {
         keys::unknown_key(&hub, HubConfig::NAME, &key).or_else(|| keys::unknown_key(&edge, EdgeConfig::NAME, &key));
     let message = unknown
         .unwrap_or_else(|| serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet()).into_owned());
+    // serde quotes an unusable value in its message; a camera URL's password must not show.
+    let message = mediamesh_edge::redact::text(&message).into_owned();
     LoadError::Parse { path: path.into(), line, key, message }
 }
 

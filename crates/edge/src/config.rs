@@ -213,7 +213,7 @@ impl RtspConfig {
 impl std::fmt::Debug for RtspConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RtspConfig")
-            .field("url", &crate::source::redact_url(&self.url))
+            .field("url", &crate::redact::text(&self.url))
             .field("transport", &self.transport)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -276,7 +276,7 @@ impl Default for TestPatternConfig {
 }
 
 /// A stream produced by ffmpeg: `ffmpeg <input...> <encode...> -an -f h264 pipe:1`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FfmpegConfig {
     /// Input arguments, e.g. `["-rtsp_transport", "tcp", "-i", "rtsp://camera/stream"]`.
@@ -292,6 +292,19 @@ pub struct FfmpegConfig {
     pub codec: VideoCodecName,
 }
 
+impl std::fmt::Debug for FfmpegConfig {
+    /// With URL credentials masked: the arguments often hold a camera's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |args: &[String]| args.iter().map(|a| crate::redact::text(a).into_owned()).collect::<Vec<_>>();
+        f.debug_struct("FfmpegConfig")
+            .field("input", &masked(&self.input))
+            .field("encode", &masked(&self.encode))
+            .field("binary", &self.binary)
+            .field("codec", &self.codec)
+            .finish()
+    }
+}
+
 /// A video codec as named in configuration.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -301,6 +314,16 @@ pub enum VideoCodecName {
     H264,
     /// H.265 / HEVC.
     H265,
+}
+
+impl VideoCodecName {
+    /// As written in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodecName::H264 => "h264",
+            VideoCodecName::H265 => "h265",
+        }
+    }
 }
 
 /// A configuration value that is well-formed YAML but cannot work.

@@ -103,6 +103,9 @@ const UPLINK_STOP_GRACE: Duration = Duration::from_secs(5);
 /// The hub's grace period until a Welcome says otherwise.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
+/// The description the hub shows for a stream: the configured one, else the kind of source.
+/// Never built from a URL or ffmpeg's arguments, which hold passwords and tokens: a camera is
+/// shown by its host alone.
 fn describe(s: &crate::config::StreamConfig) -> String {
     if let Some(d) = &s.description {
         return d.clone();
@@ -110,11 +113,13 @@ fn describe(s: &crate::config::StreamConfig) -> String {
     if let Some(tp) = &s.test_pattern {
         format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps)
     } else if let Some(ff) = &s.ffmpeg {
-        format!("ffmpeg {}", ff.input.join(" "))
+        format!("ffmpeg ({})", ff.codec.name())
     } else if let Some(r) = &s.rtsp {
-        format!("rtsp {}", crate::source::redact_url(&r.url))
+        let host = url::Url::parse(&r.url).ok().and_then(|u| u.host_str().map(str::to_owned));
+        format!("RTSP camera at {}", host.unwrap_or_else(|| "an unparsable URL".into()))
     } else if let Some(f) = &s.file {
-        format!("clip {} at {} fps", f.path.display(), f.fps)
+        let name = f.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        format!("clip {name} at {} fps", f.fps)
     } else {
         String::new()
     }

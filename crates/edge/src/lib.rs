@@ -14,6 +14,7 @@ pub mod congestion;
 mod control;
 pub mod dial;
 pub mod outbox;
+pub mod redact;
 pub mod source;
 pub mod stats;
 pub mod uplink;

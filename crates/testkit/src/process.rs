@@ -63,6 +63,20 @@ impl MeshProcess {
         name: &str,
         ready: Option<&str>,
     ) -> (Self, String) {
+        Self::spawn_with_env(prefix, bin, args, dir, name, ready, &[]).await
+    }
+
+    /// As [`MeshProcess::spawn`], with extra environment variables (set after the default
+    /// `RUST_LOG`, so they may override it).
+    pub async fn spawn_with_env(
+        prefix: &[&str],
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+        name: &str,
+        ready: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> (Self, String) {
         let log = dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("log file");
         let mut cmd = match prefix.split_first() {
@@ -75,6 +89,7 @@ impl MeshProcess {
         };
         cmd.args(args).stdout(Stdio::piped()).stderr(err).stdin(Stdio::null()).kill_on_drop(true);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn mediamesh");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();

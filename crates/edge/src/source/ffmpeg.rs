@@ -1,7 +1,8 @@
 //! A stream produced by an ffmpeg process: `ffmpeg <input> <encode> -an -f h264|hevc pipe:1`.
 //!
 //! Its stdout (raw H.264 or H.265, Annex-B) is split into access units; keyframes and parameter
-//! sets are detected from the NAL units. Its stderr goes to our log. While the stream is wanted, a
+//! sets are detected from the NAL units. Its stderr goes to our log, with every password masked
+//! ([`crate::redact`]: ffmpeg echoes its input URL in errors). While the stream is wanted, a
 //! process that exits is restarted with capped exponential backoff; when the stream is stopped
 //! the process is killed and reaped (`kill_on_drop` covers a panicking task too).
 
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{FrameSink, unix_micros};
 use crate::config::{FfmpegConfig, VideoCodecName};
+use crate::redact::Secrets;
 use crate::stats::EdgeStats;
 
 /// Largest access unit accepted from ffmpeg.
@@ -86,6 +88,11 @@ impl Pacer {
         self.last_pts = Some(pts);
         pts
     }
+}
+
+/// The command as a shell would show it, for the log (masked by the caller).
+fn command_line(cfg: &FfmpegConfig, args: &[String]) -> String {
+    std::iter::once(cfg.binary.display().to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
 }
 
 /// The full argument list ffmpeg is started with.
@@ -185,13 +192,14 @@ async fn run_once(
         Err(e) => return Exit::Ended(format!("cannot start {}: {e}", cfg.binary.display())),
     };
     EdgeStats::inc(&stats.sources_started);
-    info!(%stream, pid = child.id(), "ffmpeg started");
+    let secrets = Secrets::of_ffmpeg(cfg);
+    info!(%stream, pid = child.id(), command = %secrets.scrub(&command_line(cfg, &args)), "ffmpeg started");
     if let Some(stderr) = child.stderr.take() {
         let stream = stream.to_owned();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                warn!(%stream, "ffmpeg: {line}");
+                warn!(%stream, "ffmpeg: {}", secrets.scrub(&line));
             }
         });
     }

@@ -25,8 +25,9 @@ use retina::codec::{ParametersRef, VideoParametersCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{FrameSink, redact_url, unix_micros};
+use super::{FrameSink, unix_micros};
 use crate::config::{RtspConfig, RtspTransport};
+use crate::redact;
 use crate::stats::EdgeStats;
 
 /// Largest frame accepted from a camera.
@@ -36,38 +37,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The URL without credentials, and the credentials (from the URL or the config).
 pub(crate) fn parse_url(cfg: &RtspConfig) -> Result<(url::Url, Option<Credentials>), String> {
-    let mut url = url::Url::parse(&cfg.url).map_err(|e| format!("{}: {e}", redact_url(&cfg.url)))?;
+    let mut url = url::Url::parse(&cfg.url).map_err(|e| format!("{}: {e}", redact::text(&cfg.url)))?;
     if !matches!(url.scheme(), "rtsp" | "rtsps") {
-        return Err(format!("{}: expected an rtsp:// URL", redact_url(&cfg.url)));
+        return Err(format!("{}: expected an rtsp:// URL", redact::text(&cfg.url)));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{}: no host", redact_url(&cfg.url)));
+        return Err(format!("{}: no host", redact::text(&cfg.url)));
     }
-    let decode = |s: &str| percent_decode(s);
+    let decode = |s: &str| redact::percent_decode(s);
     let user = cfg.username.clone().or_else(|| (!url.username().is_empty()).then(|| decode(url.username())));
     let pass = cfg.password.clone().or_else(|| url.password().map(decode));
     let _ = url.set_username("");
     let _ = url.set_password(None);
     let creds = user.map(|username| Credentials { username, password: pass.unwrap_or_default() });
     Ok((url, creds))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub(super) fn spawn(
@@ -105,7 +88,7 @@ async fn supervise(
     let backoff_cfg = cfg.reconnect.to_config().unwrap_or_default();
     let mut backoff = Backoff::new(backoff_cfg, u64::from(std::process::id()) ^ unix_micros());
     let mut timeline = Timeline::default();
-    let shown = redact_url(&cfg.url);
+    let shown = redact::text(&cfg.url).into_owned();
     loop {
         let started = Instant::now();
         let end = tokio::select! {
