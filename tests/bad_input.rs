@@ -47,9 +47,10 @@ async fn certificate_from_an_unknown_ca_is_refused() {
     let mut v = healthy_viewer(&fx).await;
     let rogue = &fx.pki.rogue.edges[0].1; // "edge-1", signed by a CA the hub does not trust
     let files = TlsFiles { ca: fx.pki.main.ca_cert.clone(), ..rogue.clone() };
-    let err = dial(&dial_config(&fx, &files, "edge-1"), Channel::Control { catalog: vec![], running: vec![] })
-        .await
-        .unwrap_err();
+    let err =
+        dial(&dial_config(&fx, &files, "edge-1"), Channel::Control { instance: 7, catalog: vec![], running: vec![] })
+            .await
+            .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("refused this edge's certificate"), "{msg}");
     assert!(err.is_permanent(), "{msg}");
@@ -62,10 +63,12 @@ async fn an_edge_cannot_claim_another_node() {
     let fx = Fixture::builder().start().await;
     let mut v = healthy_viewer(&fx).await;
     // edge-2's valid certificate, claiming to be edge-1.
-    let err =
-        dial(&dial_config(&fx, fx.pki.edge("edge-2"), "edge-1"), Channel::Control { catalog: vec![], running: vec![] })
-            .await
-            .unwrap_err();
+    let err = dial(
+        &dial_config(&fx, fx.pki.edge("edge-2"), "edge-1"),
+        Channel::Control { instance: 7, catalog: vec![], running: vec![] },
+    )
+    .await
+    .unwrap_err();
     let DialError::Refused { code, message } = &err else { panic!("expected a refusal, got {err}") };
     assert_eq!(*code, ErrorCode::Unauthorized);
     assert!(
@@ -87,7 +90,7 @@ async fn a_frame_over_the_cap_ends_only_its_stream() {
     // A hand-driven edge-2 offering stream "big".
     let cfg = dial_config(&fx, fx.pki.edge("edge-2"), "edge-2");
     let catalog = vec![CatalogEntry { name: "big".into(), description: String::new() }];
-    let (mut control, _) = dial(&cfg, Channel::Control { catalog, running: vec![] }).await.unwrap();
+    let (mut control, _) = dial(&cfg, Channel::Control { instance: 7, catalog, running: vec![] }).await.unwrap();
     fx.wait_for_node("edge-2").await;
     let url = fx.ws_url("edge-2", "big");
     let big_viewer = tokio::spawn(async move {
@@ -151,7 +154,7 @@ async fn garbage_on_the_tunnel_port_closes_only_that_connection() {
 
     // Valid TLS, WebSocket and Hello, then garbage inside a binary message.
     let cfg = dial_config(&fx, fx.pki.edge("edge-3"), "edge-3");
-    let (mut link, _) = dial(&cfg, Channel::Control { catalog: vec![], running: vec![] }).await.unwrap();
+    let (mut link, _) = dial(&cfg, Channel::Control { instance: 7, catalog: vec![], running: vec![] }).await.unwrap();
     link.send_raw(Bytes::from_static(b"\x00\x00\x00\x05\x7fjunk")).await.unwrap();
     let Message::Error(e) = link.recv().await.unwrap().unwrap() else { panic!("expected an Error") };
     assert_eq!(e.code, ErrorCode::Protocol);
@@ -192,7 +195,8 @@ async fn a_node_cannot_fail_another_nodes_stream() {
     let victim = fx.hub.sessions().snapshot()[0].id;
     // edge-2, properly authenticated, reports a failure of edge-1's session.
     let cfg = dial_config(&fx, fx.pki.edge("edge-2"), "edge-2");
-    let (mut control, _) = dial(&cfg, Channel::Control { catalog: vec![], running: vec![] }).await.unwrap();
+    let (mut control, _) =
+        dial(&cfg, Channel::Control { instance: 7, catalog: vec![], running: vec![] }).await.unwrap();
     let err = mediamesh_tunnel::wire::ErrorMsg {
         code: ErrorCode::SourceFailed,
         session: victim,

@@ -43,7 +43,7 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let running: Vec<RunningStream> =
             uplinks.iter().map(|(s, u)| RunningStream { session: *s, stream: u.stream.clone() }).collect();
-        let channel = Channel::Control { catalog: catalog.clone(), running };
+        let channel = Channel::Control { instance: ctx.instance, catalog: catalog.clone(), running };
         let away_since = Instant::now();
         let attempt = {
             let dialling = connect(&ctx.dial, &channel, &mut backoff, &ctx.link_up, "control", |_| false);

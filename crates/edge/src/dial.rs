@@ -116,13 +116,21 @@ pub enum DialError {
     #[error(transparent)]
     Link(#[from] LinkError),
     /// The handshake took longer than `handshakeTimeout`.
-    #[error("no Welcome within {0:?} (handshakeTimeout)")]
+    #[error("no Welcome within {:.1} s (handshakeTimeout)", .0.as_secs_f64())]
     Timeout(Duration),
 }
 
 impl DialError {
+    /// Whether the hub refused this node because another edge is connected with its identity.
+    /// Retried on the normal schedule (the other edge may be a replaced machine going away),
+    /// but logged as an error: two edges must not share a certificate.
+    pub fn is_identity_conflict(&self) -> bool {
+        matches!(self, DialError::Refused { code: ErrorCode::DuplicateNode, .. })
+    }
+
     /// Whether retrying cannot help until the configuration changes (refused identity,
-    /// incompatible version). Such errors are still retried, but logged as errors.
+    /// incompatible version, a certificate either side does not accept). Such errors are still
+    /// retried, but every 30 s and logged as errors.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
@@ -264,8 +272,10 @@ pub(crate) async fn connect(
                 failures += 1;
                 let msg = e.to_string();
                 if e.is_permanent() {
-                    error!(connection = what, error = %msg, "cannot connect to the hub; retrying in {PERMANENT_RETRY:?}");
+                    error!(connection = what, error = %msg, retry_in_s = PERMANENT_RETRY.as_secs(), "cannot connect to the hub");
                     next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);
+                } else if e.is_identity_conflict() && (failures == 1 || msg != last_error) {
+                    error!(connection = what, error = %msg, "another edge is connected with this node's identity; retrying");
                 } else if failures == 1 || msg != last_error {
                     warn!(connection = what, error = %msg, "cannot connect to the hub; retrying");
                 } else {

@@ -99,6 +99,18 @@ pub(crate) struct EdgeCtx {
     pub stats: Arc<EdgeStats>,
     /// Bumped whenever a connection to the hub succeeds: redialling connections try at once.
     pub link_up: tokio::sync::watch::Sender<u64>,
+    /// This edge process, in control Hellos: random at start, so the hub tells this edge
+    /// reconnecting from a second edge with the same identity.
+    pub instance: u64,
+}
+
+/// A random instance id (the standard library's randomly keyed hasher over the time and pid).
+fn random_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(source::unix_micros());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// The edge agent.
@@ -147,6 +159,7 @@ impl Edge {
             congestion: config.congestion.to_config()?,
             stats: stats.clone(),
             link_up: tokio::sync::watch::Sender::new(0),
+            instance: random_instance(),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(control::run(ctx, shutdown.clone()));

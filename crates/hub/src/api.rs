@@ -100,8 +100,12 @@ impl IntoResponse for ApiError {
 #[serde(rename_all = "camelCase")]
 struct NodeJson {
     name: String,
+    /// `connected`, or `away`: its control channel ended less than `gracePeriod` ago, and its
+    /// viewers (new ones too) wait for it.
+    state: &'static str,
     agent: String,
     remote_addr: String,
+    /// Seconds since it connected (`connected`) or left (`away`).
     connected_secs: f64,
     streams: Vec<NodeStreamJson>,
 }
@@ -137,33 +141,41 @@ struct StreamsJson {
 
 async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
     let now = Instant::now();
-    let nodes: Vec<NodeJson> = st
+    let streams = |name: &str, catalog: &[mediamesh_tunnel::wire::CatalogEntry]| -> Vec<NodeStreamJson> {
+        catalog
+            .iter()
+            .map(|c| {
+                let s = st.sessions.get(&StreamKey::new(name, &c.name));
+                NodeStreamJson {
+                    name: c.name.clone(),
+                    description: c.description.clone(),
+                    state: s.as_ref().map_or("idle", |s| s.phase().name()),
+                    viewers: s.as_ref().map_or(0, |s| s.viewer_count()),
+                }
+            })
+            .collect()
+    };
+    let mut nodes: Vec<NodeJson> = st
         .registry
         .snapshot()
         .into_iter()
-        .map(|(name, e)| {
-            let streams = e
-                .catalog
-                .iter()
-                .map(|c| {
-                    let s = st.sessions.get(&StreamKey::new(&name, &c.name));
-                    NodeStreamJson {
-                        name: c.name.clone(),
-                        description: c.description.clone(),
-                        state: s.as_ref().map_or("idle", |s| s.phase().name()),
-                        viewers: s.as_ref().map_or(0, |s| s.viewer_count()),
-                    }
-                })
-                .collect();
-            NodeJson {
-                name,
-                agent: e.agent,
-                remote_addr: e.remote.to_string(),
-                connected_secs: now.saturating_duration_since(e.connected_at).as_secs_f64(),
-                streams,
-            }
+        .map(|(name, e)| NodeJson {
+            streams: streams(&name, &e.catalog),
+            name,
+            state: "connected",
+            agent: e.agent,
+            remote_addr: e.remote.to_string(),
+            connected_secs: now.saturating_duration_since(e.connected_at).as_secs_f64(),
         })
         .collect();
+    nodes.extend(st.registry.departed_nodes().into_iter().map(|(name, d)| NodeJson {
+        streams: streams(&name, &d.catalog),
+        name,
+        state: "away",
+        agent: String::new(),
+        remote_addr: String::new(),
+        connected_secs: now.saturating_duration_since(d.since).as_secs_f64(),
+    }));
     Json(NodesJson { nodes })
 }
 

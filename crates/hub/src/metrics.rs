@@ -37,6 +37,14 @@ pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_se
     for (node, s) in &node_stats {
         m.sample("mediamesh_node_connects_total", &[("node", node)], s.connects.get() as f64);
     }
+    m.family(
+        "mediamesh_node_identity_conflicts_total",
+        "counter",
+        "Control connections refused because another edge was connected with the node's identity.",
+    );
+    for (node, s) in &node_stats {
+        m.sample("mediamesh_node_identity_conflicts_total", &[("node", node)], s.identity_conflicts.get() as f64);
+    }
     m.family("mediamesh_node_rtt_seconds", "gauge", "Smoothed Ping/Pong round trip of the node's control channel.");
     for (node, s) in &node_stats {
         let rtt = s.rtt_us.load(Ordering::Relaxed);

@@ -129,7 +129,7 @@ impl Hub {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let registry = Arc::new(NodeRegistry::default());
+        let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));
         let heartbeat = config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
         // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.
         let heartbeat = mediamesh_tunnel::liveness::HeartbeatConfig {

@@ -8,7 +8,9 @@
 //!   accepted but carry nothing, as when a cable is pulled somewhere along the path;
 //! - **cut** (a hard cut): every connection is reset (RST) and new ones are reset at once, until
 //!   [`ImpairProxy::restore`];
-//! - **reset**: every current connection is reset once; new ones work.
+//! - **reset**: every current connection is reset once, or one chosen by the address the target
+//!   sees it from ([`ImpairProxy::reset_upstream`]: only the edge's control channel, say); new
+//!   ones work.
 //!
 //! Everything it does is bounded: one task per connection, at most `buffer` bytes queued per
 //! direction.
@@ -68,7 +70,9 @@ pub struct ImpairProxy {
 struct State {
     target: SocketAddr,
     config: watch::Sender<Impairment>,
-    conns: Mutex<HashMap<u64, CancellationToken>>,
+    /// Each connection's kill switch, and its proxy → target socket's local address once
+    /// connected (the remote address the target sees).
+    conns: Mutex<HashMap<u64, (CancellationToken, Option<SocketAddr>)>>,
     next: AtomicU64,
     accepted: AtomicU64,
     resets: AtomicU64,
@@ -158,10 +162,17 @@ impl ImpairProxy {
 
     /// Resets every current connection once.
     pub fn reset_all(&self) {
-        let conns: Vec<CancellationToken> = self.lock().values().cloned().collect();
+        let conns: Vec<CancellationToken> = self.lock().values().map(|(c, _)| c.clone()).collect();
         for c in conns {
             c.cancel();
         }
+    }
+
+    /// Resets the one connection the target sees as coming from `upstream`; false if there is
+    /// none.
+    pub fn reset_upstream(&self, upstream: SocketAddr) -> bool {
+        let kill = self.lock().values().find(|(_, a)| *a == Some(upstream)).map(|(c, _)| c.clone());
+        kill.map(|c| c.cancel()).is_some()
     }
 
     /// Connections open now.
@@ -179,7 +190,7 @@ impl ImpairProxy {
         self.state.resets.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (CancellationToken, Option<SocketAddr>)>> {
         self.state.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -210,13 +221,17 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: Cancell
         }
         let id = state.next.fetch_add(1, Ordering::Relaxed);
         let kill = shutdown.child_token();
-        state.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, kill.clone());
+        state.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, (kill.clone(), None));
         let state = state.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             if let Ok(Ok(server)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(state.target)).await
             {
                 let _ = server.set_nodelay(true);
+                if let Some(entry) = state.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&id)
+                {
+                    entry.1 = server.local_addr().ok();
+                }
                 let killed = relay(client, server, &state, &kill).await;
                 if killed {
                     state.resets.fetch_add(1, Ordering::Relaxed);

@@ -41,6 +41,7 @@ pub(crate) async fn run(
                     Some(SessionEvent::UpstreamLost(r)) => Input::UpstreamLost(r),
                     Some(SessionEvent::StartFailed(r)) => Input::StartFailed(r),
                     Some(SessionEvent::NodeBack) => Input::NodeBack,
+                    Some(SessionEvent::NodeReannounced) => Input::NodeReannounced,
                     Some(SessionEvent::NodeGone) | None => Input::NodeGone,
                 };
                 tracing::debug!(stream = %session.key, session = session.id, %input, "session event");

@@ -6,11 +6,18 @@
 //! viewer leaves, a linger timer runs; a viewer arriving within it keeps the upstream. When the
 //! timer fires, RemoveVideo goes out and the session closes.
 //!
-//! When the link to the edge breaks (the data tunnel is lost, or the node's control channel),
-//! the session goes *away* for up to a grace period: viewers stay, delivery pauses. When the
-//! node's control channel returns, AddVideo goes out again for the same session (the edge
-//! ignores it if its uplink survived); when a data tunnel delivers a keyframe again, the session
-//! is live again. When the grace period runs out, viewers get a clean end of stream.
+//! When the link to the edge breaks, the session goes *away* for up to a grace period: viewers
+//! stay, delivery pauses. The data tunnel and the node's control channel are separate links:
+//!
+//! - a lost data tunnel makes the session away; a keyframe from a new one makes it live again;
+//! - a lost control channel alone changes nothing while the data tunnel delivers (a control
+//!   blip must not end streams): it is noted, so that a data tunnel lost later waits for the
+//!   node to return, and a start that was pending goes away at once;
+//! - when the control channel returns, the edge's Hello says whether it still runs the session.
+//!   If it does, its uplink brings the data tunnel back by itself. If it does not (the edge
+//!   restarted), AddVideo goes out again for the same session.
+//!
+//! When the grace period runs out, viewers get a clean end of stream.
 //!
 //! Drive it like str0m's `Rtc`: [`Lifecycle::handle_input`] / [`Lifecycle::handle_timeout`]
 //! with the current time, then drain [`Lifecycle::poll_output`], then sleep until
@@ -79,6 +86,8 @@ pub enum Input {
     NodeGone,
     /// The node's control channel is back and the edge did not re-announce this session.
     NodeBack,
+    /// The node's control channel is back and the edge re-announced this session.
+    NodeReannounced,
     /// The hub is shutting down.
     Shutdown,
 }
@@ -93,6 +102,7 @@ impl std::fmt::Display for Input {
             Input::StartFailed(r) => write!(f, "start failed: {r}"),
             Input::NodeGone => f.write_str("node gone"),
             Input::NodeBack => f.write_str("node back"),
+            Input::NodeReannounced => f.write_str("node back, still running the stream"),
             Input::Shutdown => f.write_str("shutdown"),
         }
     }
@@ -145,6 +155,8 @@ pub struct Lifecycle {
     config: LifecycleConfig,
     upstream: Upstream,
     demand: Demand,
+    /// Whether the node's control channel is up (AddVideo can reach the edge).
+    node_up: bool,
     closed: bool,
     outputs: VecDeque<Output>,
 }
@@ -157,6 +169,7 @@ impl Lifecycle {
             config,
             upstream: Upstream::Requested { since: now },
             demand,
+            node_up: true,
             closed: false,
             outputs: VecDeque::from([Output::SendAddVideo]),
         }
@@ -178,17 +191,48 @@ impl Lifecycle {
             Input::UpstreamAttached => self.upstream = Upstream::Attached,
             Input::UpstreamEnded(reason) => self.close(Some(reason), true),
             Input::StartFailed(reason) => self.close(Some(reason), false),
-            Input::UpstreamLost(_) => self.go_away(now, None),
-            Input::NodeGone => self.go_away(now, Some(false)),
+            Input::UpstreamLost(_) => {
+                let since = match self.upstream {
+                    Upstream::Away { since, .. } => since,
+                    _ => now,
+                };
+                self.upstream = Upstream::Away { since, node_back: self.node_up };
+            }
+            Input::NodeGone => {
+                self.node_up = false;
+                self.upstream = match self.upstream {
+                    // The data tunnel still delivers: nothing to wait for yet.
+                    Upstream::Attached => Upstream::Attached,
+                    // AddVideo may have been lost with the control channel.
+                    Upstream::Requested { .. } => Upstream::Away { since: now, node_back: false },
+                    Upstream::Away { since, .. } => Upstream::Away { since, node_back: false },
+                };
+            }
             Input::NodeBack => {
-                if let Upstream::Away { since, node_back: false } | Upstream::Requested { since } = self.upstream {
-                    // Requested: AddVideo may have been lost with the old control channel.
-                    let since = match self.upstream {
-                        Upstream::Away { .. } => since,
-                        _ => now,
-                    };
+                let was_down = !std::mem::replace(&mut self.node_up, true);
+                match self.upstream {
+                    Upstream::Away { since, node_back: false } => {
+                        self.upstream = Upstream::Away { since, node_back: true };
+                        self.outputs.push_back(Output::SendAddVideo);
+                    }
+                    // AddVideo may have been lost with the old control channel.
+                    Upstream::Requested { .. } => {
+                        self.upstream = Upstream::Away { since: now, node_back: true };
+                        self.outputs.push_back(Output::SendAddVideo);
+                    }
+                    // The edge says it does not run the session, yet a tunnel delivers: it
+                    // restarted behind a tunnel not yet seen to die. Its new uplink's tunnel
+                    // replaces that one.
+                    Upstream::Attached if was_down => self.outputs.push_back(Output::SendAddVideo),
+                    Upstream::Attached => {}
+                    Upstream::Away { node_back: true, .. } => {}
+                }
+            }
+            Input::NodeReannounced => {
+                self.node_up = true;
+                if let Upstream::Away { since, node_back: false } = self.upstream {
+                    // Its uplink redials the data tunnel by itself.
                     self.upstream = Upstream::Away { since, node_back: true };
-                    self.outputs.push_back(Output::SendAddVideo);
                 }
             }
             Input::Shutdown => self.close(Some("the hub is shutting down".into()), true),
@@ -258,15 +302,6 @@ impl Lifecycle {
     /// The upstream state.
     pub fn upstream(&self) -> Upstream {
         self.upstream
-    }
-
-    /// The link broke at `now`: wait for the grace period. `node_back` is `Some(false)` when
-    /// the control channel is gone too (AddVideo must be re-sent when it returns).
-    fn go_away(&mut self, now: Instant, node_back: Option<bool>) {
-        self.upstream = match self.upstream {
-            Upstream::Away { since, node_back: back } => Upstream::Away { since, node_back: node_back.unwrap_or(back) },
-            _ => Upstream::Away { since: now, node_back: node_back.unwrap_or(true) },
-        };
     }
 
     fn close(&mut self, end_reason: Option<String>, remove: bool) {
@@ -413,6 +448,7 @@ mod tests {
         let mut l = Lifecycle::new(t0, CFG, 1);
         l.handle_input(t0, Input::UpstreamAttached);
         drain(&mut l);
+        l.handle_input(t0 + S, Input::UpstreamLost("reset".into()));
         l.handle_input(t0 + S, Input::NodeGone);
         l.handle_input(t0 + 5 * S, Input::NodeBack);
         l.handle_input(t0 + 5 * S, Input::NodeBack);
@@ -427,6 +463,42 @@ mod tests {
         // The data tunnel alone was lost: the control channel is up, so no AddVideo.
         l.handle_input(t0 + 101 * S, Input::NodeBack);
         assert_eq!(drain(&mut l), vec![]);
+    }
+
+    #[test]
+    fn a_control_channel_blip_ends_nothing_while_the_data_tunnel_delivers() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 2);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::NodeGone);
+        assert_eq!(l.phase(), Phase::Live, "the data tunnel still delivers");
+        assert_eq!(l.poll_timeout(), None, "no grace period runs");
+        l.handle_input(t0 + S, Input::NodeReannounced);
+        l.handle_timeout(t0 + 100 * S);
+        assert_eq!(drain(&mut l), vec![], "nothing ends, long past the grace period");
+        assert_eq!(l.phase(), Phase::Live);
+        // The control channel gone, then the data tunnel too: wait for the node; when it is back
+        // and still runs the stream, no AddVideo, the uplink redials.
+        l.handle_input(t0 + 101 * S, Input::NodeGone);
+        l.handle_input(t0 + 102 * S, Input::UpstreamLost("reset".into()));
+        assert_eq!(l.phase(), Phase::Away);
+        assert_eq!(l.poll_timeout(), Some(t0 + 132 * S));
+        l.handle_input(t0 + 103 * S, Input::NodeReannounced);
+        assert_eq!(drain(&mut l), vec![]);
+        l.handle_input(t0 + 104 * S, Input::UpstreamAttached);
+        assert_eq!(l.phase(), Phase::Live);
+    }
+
+    #[test]
+    fn an_edge_that_restarted_behind_a_live_tunnel_is_asked_again() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        l.handle_input(t0 + S, Input::NodeGone);
+        l.handle_input(t0 + 2 * S, Input::NodeBack);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo]);
     }
 
     #[test]

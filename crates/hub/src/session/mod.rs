@@ -64,6 +64,9 @@ pub enum SessionEvent {
     NodeGone,
     /// The node's control channel is back and the edge did not re-announce this session.
     NodeBack,
+    /// The node's control channel is back and the edge re-announced this session: it still
+    /// runs it.
+    NodeReannounced,
 }
 
 const EVENT_QUEUE: usize = 16;
@@ -528,9 +531,10 @@ impl Sessions {
         }
     }
 
-    /// `node`'s control channel is (back) up and the edge says it runs `running`. Sessions of
-    /// the node it did not mention are told (they re-send AddVideo if they were waiting for the
-    /// edge); the running sessions this hub does not know are returned, for the edge to stop.
+    /// `node`'s control channel is (back) up and the edge says it runs `running`. Every session
+    /// of the node is told whether the edge mentioned it (one it did not is started again if it
+    /// was waiting for the edge); the running sessions this hub does not know are returned, for
+    /// the edge to stop.
     pub fn node_back(&self, node: &str, running: &[RunningStream]) -> Vec<RunningStream> {
         let mut unknown = Vec::new();
         for r in running {
@@ -542,9 +546,8 @@ impl Sessions {
             }
         }
         for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
-            if !running.iter().any(|r| r.session == s.id) {
-                s.try_report(SessionEvent::NodeBack);
-            }
+            let announced = running.iter().any(|r| r.session == s.id);
+            s.try_report(if announced { SessionEvent::NodeReannounced } else { SessionEvent::NodeBack });
         }
         unknown
     }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message, RunningStream};
@@ -11,15 +11,19 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{TunnelCtx, TunnelLink};
-use crate::registry::{NodeCommand, NodeEntry, command_queue};
+use crate::registry::{NodeCommand, NodeEntry, Takeover, command_queue};
 use crate::session::SessionEvent;
 
 /// What a control Hello carried.
 pub(super) struct ControlHello {
     pub agent: String,
+    pub instance: u64,
     pub catalog: Vec<CatalogEntry>,
     pub running: Vec<RunningStream>,
 }
+
+/// How often an identity conflict of one node is logged as a warning (each is counted).
+const CONFLICT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(
     ctx: Arc<TunnelCtx>,
@@ -28,30 +32,48 @@ pub(super) async fn run(
     hello: ControlHello,
     remote: SocketAddr,
 ) {
-    let ControlHello { agent, catalog, running } = hello;
+    let ControlHello { agent, instance, catalog, running } = hello;
     let (tx, mut commands) = mpsc::channel(command_queue(catalog.len()));
     let cancel = ctx.shutdown.child_token();
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let last_heard = ctx.registry.last_heard(now);
+    let entry = NodeEntry {
+        conn_id,
+        instance,
+        last_heard: last_heard.clone(),
+        agent: agent.clone(),
+        catalog: catalog.clone(),
+        remote,
+        connected_at: now,
+        commands: tx,
+        cancel: cancel.clone(),
+    };
+    // Admitted (or refused) before Welcome, so a refused edge reads why instead of a Welcome.
+    match ctx.registry.register(&node, entry, now, ctx.heartbeat.interval) {
+        Err(holder) => {
+            refuse_duplicate(&ctx, link, &node, remote, holder).await;
+            return;
+        }
+        Ok(Some((old, why))) => {
+            let why = match why {
+                Takeover::SameEdge => "the same edge reconnected",
+                Takeover::Lapsed => "the previous connection went silent",
+            };
+            info!(%node, previous = %old.remote, %remote, %why, "a new control connection replaces the previous one");
+            old.cancel.cancel();
+        }
+        Ok(None) => {}
+    }
     if let Err(e) = link.send(&ctx.welcome()).await {
         warn!(%node, error = %e, "could not send Welcome");
+        if ctx.registry.unregister(&node, conn_id) {
+            ctx.sessions.node_gone(&node);
+        }
         return;
     }
     let streams: Vec<&str> = catalog.iter().map(|e| e.name.as_str()).collect();
     info!(%node, %agent, streams = %streams.join(","), "edge connected");
-    let entry = NodeEntry {
-        conn_id,
-        agent,
-        catalog: catalog.clone(),
-        remote,
-        connected_at: Instant::now(),
-        commands: tx,
-        cancel: cancel.clone(),
-    };
-    let reconnect = ctx.registry.register(&node, entry);
-    if let Some(old) = &reconnect {
-        info!(%node, "a newer control connection replaces the previous one");
-        old.cancel.cancel();
-    }
     // Re-bind what the edge still runs; stop what this hub no longer knows (a hub restart, a
     // session that ended while the edge was away).
     if !running.is_empty() {
@@ -70,6 +92,7 @@ pub(super) async fn run(
     let outcome = loop {
         tokio::select! {
             msg = link.recv() => {
+                last_heard.heard(Instant::now());
                 let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => break "connection closed by the edge".into(),
@@ -98,6 +121,11 @@ pub(super) async fn run(
                         }
                     }
                     Ok(Some(Message::Error(e))) => break format!("edge error ({}): {}", e.code, e.message),
+                    Ok(Some(Message::Catalog { catalog })) => {
+                        let streams: Vec<&str> = catalog.iter().map(|e| e.name.as_str()).collect();
+                        info!(%node, streams = %streams.join(","), "edge catalog updated");
+                        ctx.registry.set_catalog(&node, conn_id, catalog);
+                    }
                     Ok(Some(Message::GoAway { reason })) => break format!("edge said goodbye: {reason}"),
                     Ok(Some(other)) => {
                         let msg = format!("{} is not allowed on a control channel", other.name());
@@ -135,4 +163,33 @@ pub(super) async fn run(
     } else {
         debug!(%node, reason = %outcome, "replaced control connection ended");
     }
+}
+
+/// Refuses a control connection for a node another edge holds: the newcomer reads why (and
+/// backs off); the hub warns, once a minute per node, with both addresses, and counts each.
+async fn refuse_duplicate(ctx: &TunnelCtx, link: TunnelLink, node: &str, remote: SocketAddr, holder: SocketAddr) {
+    let stats = ctx.registry.node_stats(node);
+    let warn_now = {
+        let mut last = stats.conflict_warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|t| t.elapsed() >= CONFLICT_WARN_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    let refused = stats.identity_conflicts.get();
+    if warn_now {
+        warn!(
+            %node, %remote, connected = %holder, refused,
+            "refused a second edge with this node's identity: another edge is connected with it (a cloned certificate?)"
+        );
+    } else {
+        debug!(%node, %remote, connected = %holder, refused, "refused a second edge with this node's identity");
+    }
+    // Kept the same at every attempt, so the edge can log it once.
+    let message = format!(
+        "node {node:?} is already connected to this hub from another edge; each edge needs its own certificate \
+         and node name (mediamesh certs --node NAME)"
+    );
+    link.fail(ErrorCode::DuplicateNode, message).await;
 }

@@ -115,8 +115,8 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     };
     let (link, hello) = hello;
     match hello.channel {
-        Channel::Control { catalog, running } => {
-            let hello = control::ControlHello { agent: hello.agent, catalog, running };
+        Channel::Control { instance, catalog, running } => {
+            let hello = control::ControlHello { agent: hello.agent, instance, catalog, running };
             control::run(ctx, link, node, hello, remote).instrument(info_span!("control")).await;
         }
         Channel::Data { session, stream } => {

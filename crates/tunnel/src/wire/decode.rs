@@ -94,6 +94,7 @@ fn decode_body(body: Bytes, limits: &Limits) -> Result<Message, DecodeError> {
             session: r.u64("error.session")?,
             message: r.string("error.message", MAX_TEXT_LEN)?,
         }),
+        msg_type::CATALOG => Message::Catalog { catalog: catalog(&mut r)? },
         msg_type::STREAM_HEADER => Message::StreamHeader(stream_header(&mut r)?),
         msg_type::FRAME => Message::Frame(frame(&mut r, limits)?),
         msg_type::FEEDBACK => Message::Feedback(Feedback {
@@ -125,25 +126,31 @@ fn hello(r: &mut Reader) -> Result<Hello, DecodeError> {
     let agent = r.string("hello.agent", MAX_TEXT_LEN)?;
     let channel = match r.u8("hello.channel")? {
         1 => {
-            let n = r.count("hello.catalog", MAX_CATALOG_ENTRIES)?;
-            let mut catalog = Vec::with_capacity(n);
-            for _ in 0..n {
-                catalog.push(CatalogEntry {
-                    name: r.name("catalog.name")?,
-                    description: r.string("catalog.description", MAX_TEXT_LEN)?,
-                });
-            }
+            let instance = r.u64("hello.instance")?;
+            let catalog = catalog(r)?;
             let n = r.count("hello.running", MAX_CATALOG_ENTRIES)?;
             let mut running = Vec::with_capacity(n);
             for _ in 0..n {
                 running.push(RunningStream { session: r.u64("running.session")?, stream: r.name("running.stream")? });
             }
-            Channel::Control { catalog, running }
+            Channel::Control { instance, catalog, running }
         }
         2 => Channel::Data { session: r.u64("hello.session")?, stream: r.name("hello.stream")? },
         v => return Err(DecodeError::InvalidValue { field: "hello.channel", value: v.into() }),
     };
     Ok(Hello { min_version, max_version, node, agent, channel })
+}
+
+fn catalog(r: &mut Reader) -> Result<Vec<CatalogEntry>, DecodeError> {
+    let n = r.count("catalog", MAX_CATALOG_ENTRIES)?;
+    let mut catalog = Vec::with_capacity(n);
+    for _ in 0..n {
+        catalog.push(CatalogEntry {
+            name: r.name("catalog.name")?,
+            description: r.string("catalog.description", MAX_TEXT_LEN)?,
+        });
+    }
+    Ok(catalog)
 }
 
 fn uplink_report(r: &mut Reader) -> Result<UplinkReport, DecodeError> {

@@ -22,13 +22,10 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             out.put_string(&h.node);
             out.put_string(text(&h.agent));
             match &h.channel {
-                Channel::Control { catalog, running } => {
+                Channel::Control { instance, catalog, running } => {
                     out.put_u8(1);
-                    out.put_count(catalog.len());
-                    for e in catalog {
-                        out.put_string(&e.name);
-                        out.put_string(text(&e.description));
-                    }
+                    out.put_u64(*instance);
+                    put_catalog(catalog, out);
                     out.put_count(running.len());
                     for r in running {
                         out.put_u64(r.session);
@@ -55,6 +52,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }
         Message::Ping { id } | Message::Pong { id } => out.put_u64(*id),
         Message::GoAway { reason } | Message::EndOfStream { reason } => out.put_string(text(reason)),
+        Message::Catalog { catalog } => put_catalog(catalog, out),
         Message::Error(e) => {
             out.put_u16(e.code.to_u16());
             out.put_u64(e.session);
@@ -124,6 +122,14 @@ fn put_frame_fields(f: &Frame, out: &mut BytesMut) {
     out.put_i64(f.pts);
     out.put_i64(f.dts);
     out.put_u64(f.capture_us);
+}
+
+fn put_catalog(catalog: &[super::CatalogEntry], out: &mut BytesMut) {
+    out.put_count(catalog.len());
+    for e in catalog {
+        out.put_string(&e.name);
+        out.put_string(text(&e.description));
+    }
 }
 
 fn text(s: &str) -> &str {

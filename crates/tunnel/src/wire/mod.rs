@@ -1,4 +1,4 @@
-//! Tunnel protocol v1: message types and their binary encoding.
+//! Tunnel protocol v2: message types and their binary encoding.
 //!
 //! Every message is `length: u32` (big-endian, counting what follows), `type: u8`, then the
 //! body. All integers are big-endian; strings are `u16` length + UTF-8; lists are `u16` count +
@@ -19,8 +19,10 @@ use mediamesh_media::{Frame, StreamHeader};
 
 /// The four bytes every Hello starts with.
 pub const MAGIC: [u8; 4] = *b"MMTP";
-/// The protocol version this implementation speaks (and the only one so far).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this implementation speaks. Version 2 added the edge's instance id to
+/// the control Hello, the Catalog message and the `duplicate-node` error; version 1 is no longer
+/// spoken (`docs/protocol.md` §1.6).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest name (node or stream) in bytes.
 pub const MAX_NAME_LEN: usize = 253;
@@ -81,6 +83,8 @@ pub mod msg_type {
     pub const GO_AWAY: u8 = 0x14;
     /// [`super::Message::Error`]
     pub const ERROR: u8 = 0x15;
+    /// [`super::Message::Catalog`]
+    pub const CATALOG: u8 = 0x16;
     /// [`super::Message::StreamHeader`]
     pub const STREAM_HEADER: u8 = 0x20;
     /// [`super::Message::Frame`]
@@ -177,6 +181,12 @@ pub enum Message {
     },
     /// Either direction: something failed; fatal for the connection unless `session` is set.
     Error(ErrorMsg),
+    /// Edge → hub (control): the node's catalog changed (a configuration reload); replaces the
+    /// one its control Hello carried.
+    Catalog {
+        /// The streams this node now offers.
+        catalog: Vec<CatalogEntry>,
+    },
     /// Edge → hub (data): the stream's tracks and codec parameters. Sent before the first frame
     /// and again whenever they change.
     StreamHeader(StreamHeader),
@@ -206,6 +216,7 @@ impl Message {
             Message::Pong { .. } => PONG,
             Message::GoAway { .. } => GO_AWAY,
             Message::Error(_) => ERROR,
+            Message::Catalog { .. } => CATALOG,
             Message::StreamHeader(_) => STREAM_HEADER,
             Message::Frame(_) => FRAME,
             Message::Feedback(_) => FEEDBACK,
@@ -232,6 +243,7 @@ pub fn type_name(t: u8) -> &'static str {
         PONG => "Pong",
         GO_AWAY => "GoAway",
         ERROR => "Error",
+        CATALOG => "Catalog",
         STREAM_HEADER => "StreamHeader",
         FRAME => "Frame",
         FEEDBACK => "Feedback",
@@ -261,6 +273,10 @@ pub struct Hello {
 pub enum Channel {
     /// The node's control channel (one per node).
     Control {
+        /// Identifies the edge process, random at its start: a new control connection with the
+        /// same instance is that edge reconnecting; another instance with the same node name is
+        /// a second edge using one identity.
+        instance: u64,
         /// The streams this node can publish.
         catalog: Vec<CatalogEntry>,
         /// The sessions the edge is still running from an earlier control channel (after a
@@ -340,6 +356,8 @@ pub enum ErrorCode {
     SourceFailed,
     /// A failure inside the sender.
     Internal,
+    /// Another edge holds this node's identity on a healthy control channel.
+    DuplicateNode,
     /// A code this version does not know; carried through so it can be logged.
     Other(u16),
 }
@@ -356,6 +374,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => 6,
             ErrorCode::SourceFailed => 7,
             ErrorCode::Internal => 8,
+            ErrorCode::DuplicateNode => 9,
             ErrorCode::Other(v) => v,
         }
     }
@@ -371,6 +390,7 @@ impl ErrorCode {
             6 => ErrorCode::FrameTooLarge,
             7 => ErrorCode::SourceFailed,
             8 => ErrorCode::Internal,
+            9 => ErrorCode::DuplicateNode,
             v => ErrorCode::Other(v),
         }
     }
@@ -387,6 +407,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::FrameTooLarge => f.write_str("frame-too-large"),
             ErrorCode::SourceFailed => f.write_str("source-failed"),
             ErrorCode::Internal => f.write_str("internal"),
+            ErrorCode::DuplicateNode => f.write_str("duplicate-node"),
             ErrorCode::Other(v) => write!(f, "code-{v}"),
         }
     }

@@ -25,10 +25,13 @@ fn sample_messages() -> Vec<Message> {
             node: "edge-1".into(),
             agent: "mediamesh-edge/0.1.0".into(),
             channel: Channel::Control {
+                instance: 0x1234_5678_9abc_def0,
                 catalog: vec![CatalogEntry { name: "cam1".into(), description: "test pattern".into() }],
                 running: vec![RunningStream { session: 77, stream: "cam1".into() }],
             },
         }),
+        Message::Catalog { catalog: vec![CatalogEntry { name: "cam2".into(), description: String::new() }] },
+        Message::Error(ErrorMsg { code: ErrorCode::DuplicateNode, session: 0, message: "taken".into() }),
         Message::Hello(Hello {
             min_version: 1,
             max_version: 3,
@@ -108,7 +111,8 @@ fn stream_decoder_handles_every_split_point() {
 
 #[test]
 fn frame_header_then_payload_equals_whole_encoding() {
-    let Message::Frame(f) = &sample_messages()[10] else { panic!() };
+    let frame = sample_messages().into_iter().find(|m| matches!(m, Message::Frame(_)));
+    let Some(Message::Frame(f)) = &frame else { panic!() };
     let mut split = BytesMut::new();
     encode_frame_header(f, &mut split);
     split.extend_from_slice(&f.payload);
@@ -179,7 +183,8 @@ fn bad_magic_and_bad_names_are_rejected() {
 
 #[test]
 fn unknown_frame_flags_are_rejected() {
-    let mut b = BytesMut::from(&encoded(&sample_messages()[10])[..]);
+    let frame = sample_messages().into_iter().find(|m| matches!(m, Message::Frame(_))).unwrap();
+    let mut b = BytesMut::from(&encoded(&frame)[..]);
     b[6] = 0x80; // length(4) type(1) track(1) flags
     let err = decode_message(b.freeze(), &Limits::default()).unwrap_err();
     assert!(matches!(err, DecodeError::InvalidValue { field: "frame.flags", value: 0x80 }), "{err}");
@@ -201,9 +206,10 @@ fn long_text_is_cut_to_the_cap_and_still_decodes() {
 
 #[test]
 fn version_negotiation() {
-    assert_eq!(negotiate_version(1, 1), Some(1));
-    assert_eq!(negotiate_version(1, 9), Some(1));
-    assert_eq!(negotiate_version(2, 9), None);
+    assert_eq!(negotiate_version(2, 2), Some(2));
+    assert_eq!(negotiate_version(1, 9), Some(2));
+    assert_eq!(negotiate_version(1, 1), None, "version 1 is no longer spoken");
+    assert_eq!(negotiate_version(3, 9), None);
     assert_eq!(negotiate_version(0, 0), None);
 }
 
@@ -222,15 +228,16 @@ fn arb_message() -> impl Strategy<Value = Message> {
             any::<u16>(),
             name(),
             text(),
-            proptest::collection::vec((name(), text()), 0..4),
+            (any::<u64>(), proptest::collection::vec((name(), text()), 0..4)),
             proptest::collection::vec((any::<u64>(), name()), 0..4)
         )
-            .prop_map(|(min_version, max_version, node, agent, cat, run)| Message::Hello(Hello {
+            .prop_map(|(min_version, max_version, node, agent, (instance, cat), run)| Message::Hello(Hello {
                 min_version,
                 max_version,
                 node,
                 agent,
                 channel: Channel::Control {
+                    instance,
                     catalog: cat.into_iter().map(|(name, description)| CatalogEntry { name, description }).collect(),
                     running: run.into_iter().map(|(session, stream)| RunningStream { session, stream }).collect(),
                 },
@@ -252,6 +259,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|id| Message::Ping { id }),
         any::<u64>().prop_map(|id| Message::Pong { id }),
         text().prop_map(|reason| Message::GoAway { reason }),
+        proptest::collection::vec((name(), text()), 0..4).prop_map(|cat| Message::Catalog {
+            catalog: cat.into_iter().map(|(name, description)| CatalogEntry { name, description }).collect()
+        }),
         (any::<u16>(), any::<u64>(), text()).prop_map(|(c, session, message)| Message::Error(ErrorMsg {
             code: ErrorCode::from_u16(c),
             session,
