@@ -56,6 +56,9 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
                     Some((session, end)) = done_rx.recv() => {
                         if let Some(u) = uplinks.remove(&session) {
                             info!(stream = %u.stream, session, %end, "stream ended while the hub was unreachable");
+                            if let UplinkEnd::Failed(reason) = &end {
+                                record_failure(&ctx, &u.stream, reason);
+                            }
                         }
                     }
                     () = orphaned, if !uplinks.is_empty() => {
@@ -165,6 +168,7 @@ async fn serve(
                 let Some(u) = uplinks.remove(&session) else { continue };
                 if let UplinkEnd::Failed(reason) = end {
                     warn!(stream = %u.stream, session, %reason, "stream failed");
+                    record_failure(ctx, &u.stream, &reason);
                     let err = Message::Error(ErrorMsg { code: ErrorCode::SourceFailed, session, message: reason });
                     if let Err(e) = link.send(&err).await {
                         return e.to_string();
@@ -182,6 +186,12 @@ async fn serve(
             }
         }
     }
+}
+
+/// Records a failed start of `stream`: its next start waits ([`crate::starts`]).
+fn record_failure(ctx: &EdgeCtx, stream: &str, reason: &str) {
+    let delay = ctx.starts().failed(stream, Instant::now(), reason, crate::random_fraction());
+    info!(%stream, next_start_in_s = delay.as_secs_f64(), "further starts of this stream wait");
 }
 
 /// Handles RemoveVideo: stops the session's uplink if it runs.
@@ -212,6 +222,12 @@ fn add_video(
     };
     if uplinks.contains_key(&session) {
         return None; // a repeated AddVideo for a running session
+    }
+    if let Err(refused) = ctx.starts().check(&stream, Instant::now()) {
+        // Its source failed to start a moment ago: answer with that, and spare the camera.
+        info!(%stream, session, reason = %refused.reason, retry_in_s = refused.retry_in.as_secs_f64(), "AddVideo answered with the last start failure");
+        let message = refused.to_string();
+        return Some(Message::Error(ErrorMsg { code: ErrorCode::SourceFailed, session, message }));
     }
     // A new session for a stream already running replaces the old one (the hub restarted it).
     let stale: Vec<SessionId> = uplinks.iter().filter(|(_, u)| u.stream == stream).map(|(s, _)| *s).collect();

@@ -16,6 +16,7 @@ pub mod dial;
 pub mod outbox;
 pub mod redact;
 pub mod source;
+pub mod starts;
 pub mod stats;
 pub mod uplink;
 pub mod window;
@@ -102,15 +103,31 @@ pub(crate) struct EdgeCtx {
     /// This edge process, in control Hellos: random at start, so the hub tells this edge
     /// reconnecting from a second edge with the same identity.
     pub instance: u64,
+    /// When each stream may start again after failing ([`starts`]).
+    pub starts: std::sync::Mutex<starts::Starts>,
 }
 
-/// A random instance id (the standard library's randomly keyed hasher over the time and pid).
-fn random_instance() -> u64 {
+impl EdgeCtx {
+    /// The start records (a poisoned lock is consistent: each update is one map operation).
+    pub(crate) fn starts(&self) -> std::sync::MutexGuard<'_, starts::Starts> {
+        self.starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A random number (the standard library's randomly keyed hasher over a counter and the time).
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.write_u64(source::unix_micros());
-    h.write_u32(std::process::id());
     h.finish()
+}
+
+/// A random fraction in `[0, 1)`.
+pub(crate) fn random_fraction() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The edge agent.
@@ -159,7 +176,8 @@ impl Edge {
             congestion: config.congestion.to_config()?,
             stats: stats.clone(),
             link_up: tokio::sync::watch::Sender::new(0),
-            instance: random_instance(),
+            instance: random_u64(),
+            starts: std::sync::Mutex::new(starts::Starts::new(starts::StartsConfig::default())),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(control::run(ctx, shutdown.clone()));

@@ -103,6 +103,8 @@ struct Uplink<'a> {
     counted: [u64; DropReason::ALL.len()],
     connects: u32,
     srtt: Option<Duration>,
+    /// Whether the source has produced a frame.
+    delivered: bool,
 }
 
 impl<'a> Uplink<'a> {
@@ -118,6 +120,7 @@ impl<'a> Uplink<'a> {
             counted: [0; DropReason::ALL.len()],
             connects: 0,
             srtt: None,
+            delivered: false,
         }
     }
 
@@ -170,7 +173,13 @@ impl<'a> Uplink<'a> {
     fn push(&mut self, item: SourceItem, connected: bool) {
         match item {
             SourceItem::Header(h) => self.outbox.push_header(h),
-            SourceItem::Frame(f) => self.outbox.push_frame(Instant::now(), f, connected),
+            SourceItem::Frame(f) => {
+                if !std::mem::replace(&mut self.delivered, true) {
+                    // The source works: earlier failed starts no longer space out new ones.
+                    self.ctx.starts().started(self.stream);
+                }
+                self.outbox.push_frame(Instant::now(), f, connected);
+            }
         }
         self.count_drops();
     }

@@ -2,9 +2,12 @@
 //!
 //! Its stdout (raw H.264 or H.265, Annex-B) is split into access units; keyframes and parameter
 //! sets are detected from the NAL units. Its stderr goes to our log, with every password masked
-//! ([`crate::redact`]: ffmpeg echoes its input URL in errors). While the stream is wanted, a
-//! process that exits is restarted with capped exponential backoff; when the stream is stopped
-//! the process is killed and reaped (`kill_on_drop` covers a panicking task too).
+//! ([`crate::redact`]: ffmpeg echoes its input URL in errors). A process that exits before its
+//! first frame fails the start at once, with its last message as the reason (the camera refused,
+//! the input does not exist); the edge then spaces out further starts ([`crate::starts`]). Once
+//! it has streamed, a process that exits is restarted with capped exponential backoff, logged
+//! once per change of reason. When the stream is stopped the process is killed and reaped
+//! (`kill_on_drop` covers a panicking task too).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -133,6 +136,7 @@ async fn supervise(
     let mut backoff = Backoff::new(backoff_cfg, u64::from(std::process::id()) ^ unix_micros());
     let mut seq: u64 = 0;
     let epoch = Instant::now();
+    let mut last_reason = String::new();
     loop {
         let started = Instant::now();
         match run_once(&stream, &cfg, &mut sink, &cancel, &stats, &mut seq, epoch).await {
@@ -142,11 +146,23 @@ async fn supervise(
                 sink.fail(reason);
                 break;
             }
+            Exit::Ended(reason) if seq == 0 => {
+                // It never produced a frame: tell the viewers now.
+                warn!(%stream, %reason, "ffmpeg could not start the stream");
+                sink.fail(reason);
+                break;
+            }
             Exit::Ended(reason) => {
                 backoff.connected(started);
                 backoff.disconnected(Instant::now());
                 let delay = backoff.next_delay();
-                warn!(%stream, %reason, retry_in_ms = delay.as_millis() as u64, "ffmpeg source ended; restarting");
+                let retry_in_ms = delay.as_millis() as u64;
+                if reason == last_reason {
+                    tracing::debug!(%stream, %reason, retry_in_ms, "ffmpeg source ended again; restarting");
+                } else {
+                    warn!(%stream, %reason, retry_in_ms, "ffmpeg source ended; restarting");
+                    last_reason = reason;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => break,
@@ -194,15 +210,20 @@ async fn run_once(
     EdgeStats::inc(&stats.sources_started);
     let secrets = Secrets::of_ffmpeg(cfg);
     info!(%stream, pid = child.id(), command = %secrets.scrub(&command_line(cfg, &args)), "ffmpeg started");
-    if let Some(stderr) = child.stderr.take() {
+    // Its messages go to the log; the last one explains an exit.
+    let stderr = child.stderr.take().map(|stderr| {
         let stream = stream.to_owned();
         tokio::spawn(async move {
+            let mut last = None;
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                warn!(%stream, "ffmpeg: {}", secrets.scrub(&line));
+                let line = secrets.scrub(&line);
+                warn!(%stream, "ffmpeg: {line}");
+                last = Some(line);
             }
-        });
-    }
+            last
+        })
+    });
     let exit = match child.stdout.take() {
         Some(stdout) => pump(stream, cfg.codec, stdout, sink, cancel, seq, epoch).await,
         None => Exit::Ended("ffmpeg has no stdout".into()),
@@ -210,7 +231,17 @@ async fn run_once(
     let status = reap(&mut child).await;
     EdgeStats::inc(&stats.sources_stopped);
     match exit {
-        Exit::Ended(reason) => Exit::Ended(format!("{reason} ({status})")),
+        Exit::Ended(reason) => {
+            // Its stderr ends with the process; what it said last is why it stopped.
+            let last = match stderr {
+                Some(task) => tokio::time::timeout(Duration::from_secs(1), task).await.ok().and_then(Result::ok).flatten(),
+                None => None,
+            };
+            Exit::Ended(match last {
+                Some(said) => format!("ffmpeg exited ({status}): {said}"),
+                None => format!("{reason} ({status})"),
+            })
+        }
         other => {
             info!(%stream, %status, "ffmpeg stopped");
             other

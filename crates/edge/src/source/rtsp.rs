@@ -5,8 +5,12 @@
 //! depacketized by [`mediamesh_media::rtp`], so every codec mediamesh carries (H.264, H.265,
 //! AAC, G.711, Opus) passes through untouched, including ones retina cannot demux.
 //!
-//! A camera that drops or restarts is redialled with capped exponential backoff and jitter;
-//! timestamps continue across the restart instead of jumping.
+//! A camera that cannot be opened at the start (refused, unreachable, unknown host, wrong
+//! credentials) fails the start at once, with the reason, so viewers hear it within a second
+//! instead of after the hub's start timeout; the edge then spaces out further starts
+//! ([`crate::starts`]). A camera that drops or restarts while streaming is redialled with capped
+//! exponential backoff and jitter, logged once per change of reason; timestamps continue across
+//! the restart instead of jumping.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +93,7 @@ async fn supervise(
     let mut backoff = Backoff::new(backoff_cfg, u64::from(std::process::id()) ^ unix_micros());
     let mut timeline = Timeline::default();
     let shown = redact::text(&cfg.url).into_owned();
+    let mut last_failure = String::new();
     loop {
         let started = Instant::now();
         let end = tokio::select! {
@@ -104,11 +109,23 @@ async fn supervise(
                 sink.fail(format!("the camera refused: {reason}"));
                 break;
             }
+            End::Failed(reason) if timeline.seq == 0 => {
+                // Never opened: tell the viewers now; the edge spaces out the next starts.
+                warn!(%stream, url = %shown, %reason, "cannot open the camera");
+                sink.fail(format!("cannot open the camera: {reason}"));
+                break;
+            }
             End::Failed(reason) => {
                 backoff.connected(started);
                 backoff.disconnected(Instant::now());
                 let delay = backoff.next_delay();
-                warn!(%stream, url = %shown, %reason, retry_in_ms = delay.as_millis() as u64, "camera lost; redialling");
+                let retry_in_ms = delay.as_millis() as u64;
+                if reason == last_failure {
+                    tracing::debug!(%stream, %reason, retry_in_ms, "camera still lost; redialling");
+                } else {
+                    warn!(%stream, url = %shown, %reason, retry_in_ms, "camera lost; redialling");
+                    last_failure = reason;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => break,
@@ -155,13 +172,9 @@ async fn run_once(
         let opts = SessionOptions::default()
             .creds(creds)
             .user_agent(concat!("mediamesh-edge/", env!("CARGO_PKG_VERSION")).into());
-        let mut session = retina::client::Session::describe(url, opts).await.map_err(|e| {
-            let line = first_line(&e);
-            if ["401 ", "403 ", "404 "].iter().any(|c| line.starts_with(c)) {
-                End::Refused(line)
-            } else {
-                End::Failed(line)
-            }
+        let mut session = retina::client::Session::describe(url, opts).await.map_err(|e| match e.status_code() {
+            Some(401 | 403 | 404) => End::Refused(first_line(&e)),
+            _ => End::Failed(first_line(&e)),
         })?;
         let mut routes = pick_streams(session.streams()).map_err(End::Refused)?;
         let transport = match cfg.transport {
@@ -185,7 +198,7 @@ async fn run_once(
     let (mut playing, mut routes) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(x)) => x,
         Ok(Err(end)) => return end,
-        Err(_) => return End::Failed(format!("no answer within {CONNECT_TIMEOUT:?}")),
+        Err(_) => return End::Failed(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
     };
     EdgeStats::inc(&stats.sources_started);
     let codecs: Vec<&str> = routes.iter().map(|r| r.track.codec.name()).collect();

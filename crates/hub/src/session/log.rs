@@ -465,6 +465,11 @@ impl FrameLog {
         self.read_ring().end.is_some()
     }
 
+    /// Why the log was closed, once it is.
+    pub fn end_reason(&self) -> Option<Arc<str>> {
+        self.read_ring().end.clone()
+    }
+
     /// A cursor for a new viewer: at the newest keyframe if the log has one, else waiting for
     /// the next keyframe.
     pub fn subscribe(&self) -> Cursor {

@@ -222,8 +222,8 @@ impl Conn {
             if viewer.session.log.header().is_some() {
                 return Ok(viewer);
             }
-            if viewer.session.log.is_closed() {
-                return Err(unavailable("the stream ended before it started"));
+            if let Some(reason) = viewer.session.log.end_reason() {
+                return Err(unavailable(&format!("the stream ended before it started: {reason}")));
             }
             tokio::select! {
                 r = tokio::time::timeout_at(deadline, viewer.cursor.changed()) => if r.is_err() {
