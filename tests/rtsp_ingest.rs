@@ -163,6 +163,10 @@ async fn a_camera_restart_does_not_lose_the_viewer() {
     let took = back.elapsed();
     assert!(took < Duration::from_secs(3) + Duration::from_millis(400), "video returned {took:?} after the camera");
     assert_eq!(seen.video_pts_backwards, 0, "timestamps keep increasing across the restart");
+    // Redialled every 0.2-1 s for 2 s, and logged once per reason (the session's end, then the
+    // refused connections), not at every attempt.
+    let warned = mediamesh_testkit::logged(&["WARN", "camera lost; redialling"]);
+    assert!((1..=2).contains(&warned.len()), "{warned:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

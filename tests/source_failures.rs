@@ -109,10 +109,8 @@ async fn describe(addr: std::net::SocketAddr, url: &str) -> (u16, String) {
     loop {
         let text = String::from_utf8_lossy(&buf).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
             if body.len() >= len {
                 let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
                 return (status, body.to_owned());

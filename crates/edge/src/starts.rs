@@ -39,7 +39,12 @@ pub struct Refused {
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (the source failed to start; next attempt in {:.0} s)", self.reason, self.retry_in.as_secs_f64().ceil())
+        write!(
+            f,
+            "{} (the source failed to start; next attempt in {:.0} s)",
+            self.reason,
+            self.retry_in.as_secs_f64().ceil()
+        )
     }
 }
 

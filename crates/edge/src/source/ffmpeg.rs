@@ -234,7 +234,9 @@ async fn run_once(
         Exit::Ended(reason) => {
             // Its stderr ends with the process; what it said last is why it stopped.
             let last = match stderr {
-                Some(task) => tokio::time::timeout(Duration::from_secs(1), task).await.ok().and_then(Result::ok).flatten(),
+                Some(task) => {
+                    tokio::time::timeout(Duration::from_secs(1), task).await.ok().and_then(Result::ok).flatten()
+                }
                 None => None,
             };
             Exit::Ended(match last {
