@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mediamesh_hub::egress::ws_format::frame_slices;
-use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, LogEntry};
+use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, LogEntry, OutageTimeline};
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
 fn fanout(c: &mut Criterion) {
@@ -35,6 +35,7 @@ fn group(c: &mut Criterion, name: &str, recycled: bool) {
             max_bytes: 64 << 20,
             viewer_max_lag_bytes: 8 << 20,
             viewer_max_lag_us: 10_000_000,
+            timeline: OutageTimeline::WallClock,
         });
         let sps = Bytes::from_static(
             b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8",

@@ -109,6 +109,11 @@ pub struct HubConfig {
     /// The RTSP server for ffmpeg, GStreamer, OpenCV, VLC and NVRs.
     #[serde(default)]
     pub rtsp: RtspSettings,
+    /// How timestamps continue across an edge outage: `wallClock` (default: they advance by the
+    /// outage's real length, so recordings keep wall-clock time) or `squeezed` (the outage is
+    /// cut out of the timeline).
+    #[serde(default)]
+    pub outage_timestamps: crate::session::log::OutageTimeline,
 }
 
 /// The `rtsp` block.
@@ -217,6 +222,7 @@ impl HubConfig {
             viewer_write_timeout: default_viewer_write_timeout(),
             metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
+            outage_timestamps: Default::default(),
         }
     }
 

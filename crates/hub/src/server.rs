@@ -148,6 +148,7 @@ impl Hub {
                     max_bytes: config.frame_log.max_bytes,
                     viewer_max_lag_bytes: config.viewer_max_lag_bytes,
                     viewer_max_lag_us: config.viewer_max_lag.get().as_micros() as u64,
+                    timeline: config.outage_timestamps,
                 },
                 behind: crate::session::BehindPolicy {
                     max_resyncs: config.viewer_max_resyncs,

@@ -7,7 +7,13 @@ const SPS: &[u8] = b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x4
 const PPS: &[u8] = b"\x68\xce\x0f\xc8";
 
 fn log(max_frames: usize, max_bytes: usize, lag: usize) -> FrameLog {
-    let l = FrameLog::new(LogConfig { max_frames, max_bytes, viewer_max_lag_bytes: lag, viewer_max_lag_us: u64::MAX });
+    let l = FrameLog::new(LogConfig {
+        max_frames,
+        max_bytes,
+        viewer_max_lag_bytes: lag,
+        viewer_max_lag_us: u64::MAX,
+        timeline: OutageTimeline::WallClock,
+    });
     l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
         .unwrap();
     l
@@ -20,6 +26,7 @@ fn log_with_lag_us(viewer_max_lag_us: u64) -> FrameLog {
         max_bytes: 1 << 20,
         viewer_max_lag_bytes: 1 << 20,
         viewer_max_lag_us,
+        timeline: OutageTimeline::WallClock,
     });
     l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
         .unwrap();
@@ -170,6 +177,7 @@ fn frames_need_a_header_and_a_known_track() {
         max_bytes: 100,
         viewer_max_lag_bytes: 100,
         viewer_max_lag_us: u64::MAX,
+        timeline: OutageTimeline::WallClock,
     });
     assert_eq!(l.push(frame(7, true, 1), 0), Err(PushError::NoHeader { seq: 7 }));
     let l = log(10, 100, 100);
@@ -211,6 +219,7 @@ fn audio_frames_are_not_sync_points_when_there_is_video() {
         max_bytes: 1 << 20,
         viewer_max_lag_bytes: 1 << 20,
         viewer_max_lag_us: u64::MAX,
+        timeline: OutageTimeline::WallClock,
     });
     let video = TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS));
     let audio = TrackInfo::audio(1, mediamesh_media::Codec::Pcma, 8000, 1, None);
@@ -271,6 +280,74 @@ fn a_new_epoch_resumes_at_a_keyframe_with_increasing_timestamps() {
     let mut out = Vec::new();
     l.read(&mut c, usize::MAX, &mut out);
     assert_eq!(out[0].frame.pts, 50 * 3600 + 9 * 3600, "the offset chosen at the restart stays");
+}
+
+/// A frame of a 25 fps source whose clock started `clock_start` frames ago, captured at
+/// `capture_us` (the edge's clock).
+fn stamped(seq: u64, key: bool, capture_us: u64) -> Frame {
+    Frame { capture_us, ..frame(seq, key, 10) }
+}
+
+fn timeline_log(mode: OutageTimeline) -> FrameLog {
+    let l = FrameLog::new(LogConfig {
+        max_frames: 1000,
+        max_bytes: 1 << 20,
+        viewer_max_lag_bytes: 1 << 20,
+        viewer_max_lag_us: u64::MAX,
+        timeline: mode,
+    });
+    l.set_header(StreamHeader { tracks: vec![TrackInfo::h264(0, Bytes::from_static(SPS), Bytes::from_static(PPS))] })
+        .unwrap();
+    l
+}
+
+/// Pushes 2 s of frames (epoch 1), a 3 s outage, then an edge whose clock restarted at 0
+/// (epoch 2); the pts of epoch 2's first frame.
+fn pts_after_outage(mode: OutageTimeline, capture: impl Fn(u64) -> u64) -> (i64, i64) {
+    let l = timeline_log(mode);
+    const T0: u64 = 1_700_000_000_000_000;
+    for s in 0..50u64 {
+        l.push(stamped(s, s % 25 == 0, capture(T0 + s * 40_000)), T0 + s * 40_000 + 5_000).unwrap();
+    }
+    l.begin_epoch();
+    let back = T0 + 49 * 40_000 + 3_000_000;
+    l.push(stamped(0, true, capture(back)), back + 5_000).unwrap();
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, usize::MAX, &mut out);
+    (out[0].frame.pts, 49 * 3600)
+}
+
+#[test]
+fn an_outage_advances_the_timeline_by_its_real_length_unless_squeezed() {
+    let (pts, last) = pts_after_outage(OutageTimeline::WallClock, |t| t);
+    assert_eq!(pts - last, 3 * 90_000, "3 s later on the 90 kHz clock");
+    let (pts, last) = pts_after_outage(OutageTimeline::Squeezed, |t| t);
+    assert_eq!(pts - last, 3600, "one frame interval later");
+    // No capture times from the edge: the hub's receive times measure the gap.
+    let (pts, last) = pts_after_outage(OutageTimeline::WallClock, |_| 0);
+    assert_eq!(pts - last, 3 * 90_000);
+    // An edge clock that jumped an hour is not believed.
+    let (pts, last) =
+        pts_after_outage(OutageTimeline::WallClock, |t| if t > 1_700_000_002_000_000 { t + 3_600_000_000 } else { t });
+    assert_eq!(pts - last, 3 * 90_000);
+}
+
+#[test]
+fn a_source_whose_clock_kept_running_keeps_its_own_timestamps() {
+    // The tunnel broke for 3 s but the source ran on: its first frame after the break has the
+    // timestamp it was captured with, a few milliseconds off the capture clock's gap.
+    let l = timeline_log(OutageTimeline::WallClock);
+    const T0: u64 = 1_700_000_000_000_000;
+    for s in 0..50u64 {
+        l.push(stamped(s, s % 25 == 0, T0 + s * 40_000), T0 + s * 40_000).unwrap();
+    }
+    l.begin_epoch();
+    l.push(stamped(125, true, T0 + 125 * 40_000 + 7_000), T0 + 125 * 40_000 + 50_000).unwrap();
+    let mut c = l.subscribe();
+    let mut out = Vec::new();
+    l.read(&mut c, usize::MAX, &mut out);
+    assert_eq!(out[0].frame.pts, 125 * 3600, "not shifted");
 }
 
 #[test]

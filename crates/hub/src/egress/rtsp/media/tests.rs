@@ -30,8 +30,13 @@ fn frame(seq: u64) -> Frame {
 
 /// A log of `n` frames and the batch a new viewer reads from it, with where it starts.
 fn batch(n: u64) -> (FrameLog, Vec<Arc<LogEntry>>, u64) {
-    let config =
-        LogConfig { max_frames: 100, max_bytes: 1 << 24, viewer_max_lag_bytes: 1 << 24, viewer_max_lag_us: u64::MAX };
+    let config = LogConfig {
+        max_frames: 100,
+        max_bytes: 1 << 24,
+        viewer_max_lag_bytes: 1 << 24,
+        viewer_max_lag_us: u64::MAX,
+        timeline: crate::session::log::OutageTimeline::WallClock,
+    };
     let log = FrameLog::new(config);
     log.set_header(header()).unwrap();
     for s in 0..n {
