@@ -70,6 +70,31 @@ pub struct EdgeConfig {
     /// When an uplink sheds load.
     #[serde(default)]
     pub congestion: CongestionSettings,
+    /// The health endpoint: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub health: HealthSettings,
+}
+
+/// The `health` block: the edge's small HTTP endpoint for probes and Prometheus.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Serve it. Default false.
+    #[serde(default)]
+    pub enable: bool,
+    /// Where. Default `127.0.0.1:10007`, this machine only; `0` as the port picks a free one.
+    #[serde(default = "default_health_address")]
+    pub listen_address: std::net::SocketAddr,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self { enable: false, listen_address: default_health_address() }
+    }
+}
+
+fn default_health_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 10007))
 }
 
 /// The `congestion` block: delays at which an uplink sheds load, in seconds.
@@ -357,6 +382,7 @@ impl EdgeConfig {
             uplink_queue_bytes: default_queue_bytes(),
             uplink_unsent_bytes: default_unsent(),
             congestion: CongestionSettings::default(),
+            health: HealthSettings::default(),
         }
     }
 

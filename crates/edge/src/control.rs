@@ -46,7 +46,8 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
         let channel = Channel::Control { instance: ctx.instance, catalog: catalog.clone(), running };
         let away_since = Instant::now();
         let attempt = {
-            let dialling = connect(&ctx.dial, &channel, &mut backoff, &ctx.link_up, "control", |_| false);
+            let last_error = Some(&ctx.stats.last_dial_error);
+            let dialling = connect(&ctx.dial, &channel, &mut backoff, &ctx.link_up, "control", |_| false, last_error);
             tokio::pin!(dialling);
             loop {
                 let orphaned = tokio::time::sleep_until((away_since + grace).into());

@@ -226,7 +226,13 @@ pub(crate) async fn connect(
     link_up: &watch::Sender<u64>,
     what: &str,
     is_final: impl Fn(&DialError) -> bool,
+    last_error: Option<&std::sync::Mutex<Option<String>>>,
 ) -> Result<(EdgeLink, Welcome), DialError> {
+    let remember = |e: Option<String>| {
+        if let Some(slot) = last_error {
+            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+        }
+    };
     let mut up = link_up.subscribe();
     // Only TCP connects overlap: the first socket that connects goes on alone to TLS and Hello
     // (the others are dropped), so the hub never sees two Hellos for one connection.
@@ -265,12 +271,14 @@ pub(crate) async fn connect(
                     info!(connection = what, failures, "connected to the hub again");
                 }
                 link_up.send_modify(|g| *g = g.wrapping_add(1));
+                remember(None);
                 return Ok(x);
             }
             Err(e) if is_final(&e) => return Err(e),
             Err(e) => {
                 failures += 1;
                 let msg = e.to_string();
+                remember(Some(msg.clone()));
                 if e.is_permanent() {
                     error!(connection = what, error = %msg, retry_in_s = PERMANENT_RETRY.as_secs(), "cannot connect to the hub");
                     next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod congestion;
 mod control;
 pub mod dial;
+mod health;
 pub mod outbox;
 pub mod redact;
 pub mod source;
@@ -43,6 +44,14 @@ pub enum EdgeError {
     /// A certificate or key could not be loaded.
     #[error("edgeDataStream TLS: {0}")]
     Tls(#[from] mediamesh_tls::TlsError),
+    /// The health endpoint's port could not be bound.
+    #[error("edgeDataStream.health.listenAddress {addr}: {source}")]
+    HealthBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The certificate does not name the configured node.
     #[error("edgeDataStream.nodeName is {configured:?} but the certificate {cert} identifies node {actual:?}")]
     IdentityMismatch {
@@ -180,9 +189,24 @@ impl Edge {
             starts: std::sync::Mutex::new(starts::Starts::new(starts::StartsConfig::default())),
         });
         let shutdown = CancellationToken::new();
+        let health_addr = if config.health.enable {
+            let addr = config.health.listen_address;
+            let bind = |addr| -> std::io::Result<tokio::net::TcpListener> {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            };
+            let listener = bind(addr).map_err(|source| EdgeError::HealthBind { addr, source })?;
+            let local = listener.local_addr().map_err(|source| EdgeError::HealthBind { addr, source })?;
+            let h = health::Health { stats: stats.clone(), server: config.server.clone() };
+            tokio::spawn(health::serve(listener, h, shutdown.clone()));
+            Some(local)
+        } else {
+            None
+        };
         let task = tokio::spawn(control::run(ctx, shutdown.clone()));
         tracing::info!(node = %config.node_name, server = %config.server, streams = config.streams.len(), "edge agent started");
-        Ok(RunningEdge { stats, shutdown, task })
+        Ok(RunningEdge { stats, shutdown, task, health_addr })
     }
 }
 
@@ -192,9 +216,15 @@ pub struct RunningEdge {
     stats: Arc<EdgeStats>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    health_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunningEdge {
+    /// Where the health endpoint listens, if it is enabled.
+    pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
+        self.health_addr
+    }
+
     /// Its counters.
     pub fn stats(&self) -> &Arc<EdgeStats> {
         &self.stats

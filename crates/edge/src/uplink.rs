@@ -30,6 +30,7 @@ use crate::congestion::{Congestion, PathEstimator};
 use crate::dial::{DialError, EdgeLink, connect};
 use crate::outbox::{Outbox, Outgoing};
 use crate::source::{self, SourceItem, SourceOutput};
+use crate::stats::{SourceState, StreamStats};
 use crate::window::SendWindow;
 
 /// How an uplink ended.
@@ -66,8 +67,11 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) -> UplinkEnd {
     let stats = ctx.stats.clone();
+    let stream_stats = stats.stream(&stream);
     stats.uplinks_active.fetch_add(1, Relaxed);
-    let (sink, mut output) = source::channel(ctx.uplink_queue_frames, stats.clone());
+    stream_stats.starts.fetch_add(1, Relaxed);
+    stream_stats.set_state(SourceState::Starting);
+    let (sink, mut output) = source::channel(ctx.uplink_queue_frames, stats.clone(), stream_stats.clone());
     let end = match source::start(&stream, &cfg, sink, stats.clone()) {
         Err(e) => UplinkEnd::Failed(e.to_string()),
         Ok(handle) => {
@@ -79,6 +83,14 @@ pub(crate) async fn run(
         }
     };
     stats.uplinks_active.fetch_sub(1, Relaxed);
+    if let UplinkEnd::Failed(_) = &end {
+        stream_stats.start_failures.fetch_add(1, Relaxed);
+        stream_stats.set_state(SourceState::Failed);
+    } else {
+        stream_stats.set_state(SourceState::Idle);
+    }
+    stream_stats.queue_delay_us.store(0, Relaxed);
+    stream_stats.rtt_us.store(0, Relaxed);
     info!(%stream, session, %end, "uplink ended");
     end
 }
@@ -93,6 +105,7 @@ enum TunnelEnd {
 
 struct Uplink<'a> {
     ctx: &'a EdgeCtx,
+    stats: Arc<StreamStats>,
     session: SessionId,
     stream: &'a str,
     outbox: Outbox,
@@ -111,6 +124,7 @@ impl<'a> Uplink<'a> {
     fn new(ctx: &'a EdgeCtx, session: SessionId, stream: &'a str) -> Self {
         Self {
             ctx,
+            stats: ctx.stats.stream(stream),
             session,
             stream,
             outbox: Outbox::new(ctx.outbox),
@@ -131,7 +145,8 @@ impl<'a> Uplink<'a> {
         let label = format!("data {}", self.stream);
         loop {
             let attempt = {
-                let dialling = connect(&self.ctx.dial, &channel, &mut backoff, &self.ctx.link_up, &label, is_final);
+                let dialling =
+                    connect(&self.ctx.dial, &channel, &mut backoff, &self.ctx.link_up, &label, is_final, None);
                 tokio::pin!(dialling);
                 loop {
                     tokio::select! {
@@ -150,6 +165,7 @@ impl<'a> Uplink<'a> {
             };
             self.connects += 1;
             crate::stats::EdgeStats::inc(&self.ctx.stats.data_connects);
+            self.stats.tunnel_connects.fetch_add(1, Relaxed);
             backoff.connected(Instant::now());
             info!(stream = %self.stream, session = self.session, connects = self.connects, "data tunnel open");
             // The new tunnel starts with the header and a keyframe, as fresh as can be had.
@@ -164,6 +180,7 @@ impl<'a> Uplink<'a> {
                 TunnelEnd::Done(end) => return end,
                 TunnelEnd::Lost(reason) => {
                     crate::stats::EdgeStats::inc(&self.ctx.stats.data_lost);
+                    self.stats.tunnel_lost.fetch_add(1, Relaxed);
                     warn!(stream = %self.stream, session = self.session, %reason, "data tunnel lost; redialling");
                 }
             }
@@ -177,7 +194,10 @@ impl<'a> Uplink<'a> {
                 if !std::mem::replace(&mut self.delivered, true) {
                     // The source works: earlier failed starts no longer space out new ones.
                     self.ctx.starts().started(self.stream);
+                    self.stats.set_state(SourceState::Running);
                 }
+                self.stats.frames_in.fetch_add(1, Relaxed);
+                self.stats.bytes_in.fetch_add(f.payload.len() as u64, Relaxed);
                 self.outbox.push_frame(Instant::now(), f, connected);
             }
         }
@@ -189,6 +209,7 @@ impl<'a> Uplink<'a> {
         for (i, n) in self.outbox.drops().iter().enumerate() {
             if *n > self.counted[i] {
                 self.ctx.stats.add_drop(DropReason::ALL[i], n - self.counted[i]);
+                self.stats.add_drop(DropReason::ALL[i], n - self.counted[i]);
                 self.counted[i] = *n;
             }
         }
@@ -265,11 +286,14 @@ impl<'a> Uplink<'a> {
                         Some(Outgoing::Frame(f)) if f.payload.len() > max_frame => {
                             warn!(stream = %self.stream, bytes = f.payload.len(), cap = max_frame, "frame larger than the hub accepts; dropped");
                             self.ctx.stats.add_drop(DropReason::TooLarge, 1);
+                            self.stats.add_drop(DropReason::TooLarge, 1);
                         }
                         Some(Outgoing::Frame(f)) => {
                             self.path.on_sent(f.seq, f.payload.len(), Instant::now());
                             crate::stats::EdgeStats::inc(&self.ctx.stats.frames_sent);
                             self.ctx.stats.bytes_sent.fetch_add(f.payload.len() as u64, Relaxed);
+                            self.stats.frames_out.fetch_add(1, Relaxed);
+                            self.stats.bytes_out.fetch_add(f.payload.len() as u64, Relaxed);
                             permit.send(encoded(&Message::Frame(f)));
                         }
                         None => {}
@@ -332,6 +356,8 @@ impl<'a> Uplink<'a> {
     }
 
     fn report(&self, now: Instant) -> UplinkReport {
+        self.stats.queue_delay_us.store(self.outbox.head_age(now).as_micros() as u64, Relaxed);
+        self.stats.rtt_us.store(self.srtt.map_or(0, |d| d.as_micros() as u64), Relaxed);
         let drops =
             DropReason::ALL.iter().zip(self.outbox.drops()).filter(|(_, n)| **n > 0).map(|(r, n)| (*r, *n)).collect();
         UplinkReport {

@@ -103,7 +103,8 @@ pub struct HubConfig {
     #[serde(default = "default_viewer_write_timeout")]
     pub viewer_write_timeout: Seconds,
     /// Most viewers that get their own series in `/metrics` (the oldest first); per-stream
-    /// totals cover every viewer either way. Default 100.
+    /// totals cover every viewer either way. Default 0: per-viewer series churn a new series per
+    /// viewer in the time-series database, and the REST API has the per-viewer detail.
     #[serde(default = "default_metrics_viewers")]
     pub metrics_max_viewer_series: usize,
     /// The RTSP server for ffmpeg, GStreamer, OpenCV, VLC and NVRs.
@@ -388,7 +389,7 @@ fn default_viewer_lag_bytes() -> usize {
     8 * 1024 * 1024
 }
 fn default_metrics_viewers() -> usize {
-    100
+    0
 }
 fn default_viewer_lag() -> Seconds {
     Seconds::new(10)

@@ -10,10 +10,10 @@
 //!   `metricsMaxViewerSeries` viewers, the oldest first. The per-stream totals cover every
 //!   viewer either way.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use mediamesh_metrics::Exposition;
 use mediamesh_tunnel::wire::DropReason;
 
 use crate::registry::NodeRegistry;
@@ -27,6 +27,7 @@ pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_se
     let snapshot = sessions.snapshot();
     let connected = registry.snapshot();
 
+    mediamesh_metrics::process::render(&mut m);
     m.family("mediamesh_build_info", "gauge", "Always 1; the version is a label.");
     m.sample("mediamesh_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
 
@@ -71,7 +72,7 @@ pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_se
     for ((protocol, end), n) in sessions.counters().viewer_ends() {
         m.sample("mediamesh_viewer_disconnects_total", &[("protocol", protocol), ("reason", end.name())], n as f64);
     }
-    m.out
+    m.finish()
 }
 
 fn labels<'a>(s: &'a Session, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -209,60 +210,5 @@ fn viewer_series(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], max: 
         for ((s, v), id) in viewers.iter().zip(&ids) {
             m.sample(name, &labels(s, &[("viewer", id), ("protocol", v.protocol)]), get(s, v));
         }
-    }
-}
-
-/// Text exposition being built.
-#[derive(Default)]
-struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(k);
-                self.out.push_str("=\"");
-                for c in v.chars() {
-                    match c {
-                        '\\' => self.out.push_str("\\\\"),
-                        '"' => self.out.push_str("\\\""),
-                        '\n' => self.out.push_str("\\n"),
-                        c => self.out.push(c),
-                    }
-                }
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_escaped() {
-        let mut m = Exposition::default();
-        m.family("x_total", "counter", "An x.");
-        m.sample("x_total", &[("a", "q\"b\\c\nd")], 3.0);
-        m.sample("x_total", &[], 0.5);
-        assert_eq!(
-            m.out,
-            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"b\\\\c\\nd\"} 3\nx_total 0.5\n"
-        );
     }
 }

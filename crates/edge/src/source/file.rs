@@ -159,7 +159,7 @@ mod tests {
     async fn playback_loops_with_rising_timestamps_and_fresh_stamps() {
         let clip = Clip::parse(&clip_bytes(5)).unwrap();
         let cfg = FileConfig { path: "clip.h264".into(), fps: 25, stamp: true };
-        let (mut sink, mut out) = super::super::channel(64, Arc::default());
+        let (mut sink, mut out) = super::super::channel(64, Arc::default(), Arc::default());
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let player = tokio::spawn(async move { play(&clip, &cfg, &mut sink, &cancel).await });

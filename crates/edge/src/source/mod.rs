@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
-use crate::stats::EdgeStats;
+use crate::stats::{EdgeStats, StreamStats};
 
 /// What a source produces, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +77,7 @@ pub struct FrameSink {
     want_keyframe: Arc<AtomicBool>,
     makes_keyframes: Arc<AtomicBool>,
     stats: Arc<EdgeStats>,
+    stream_stats: Arc<StreamStats>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -101,6 +102,7 @@ impl FrameSink {
                 self.header.as_ref().map_or(frame.is_keyframe(), |h| h.is_sync_point(frame.track, frame.is_keyframe()));
             if !sync {
                 self.stats.add_drop(DropReason::AwaitingKeyframe, 1);
+                self.stream_stats.add_drop(DropReason::AwaitingKeyframe, 1);
                 return Ok(());
             }
             frame.flags = frame.flags.with_discontinuity();
@@ -131,6 +133,7 @@ impl FrameSink {
 
     fn overflow(&mut self) {
         self.stats.add_drop(DropReason::QueueFull, 1);
+        self.stream_stats.add_drop(DropReason::QueueFull, 1);
         if !self.dropping {
             tracing::debug!("uplink queue full: dropping until the next keyframe");
         }
@@ -159,8 +162,9 @@ impl FrameSink {
     }
 }
 
-/// A bounded source → tunnel queue of `capacity` items (frames and headers).
-pub fn channel(capacity: usize, stats: Arc<EdgeStats>) -> (FrameSink, SourceOutput) {
+/// A bounded source → tunnel queue of `capacity` items (frames and headers), counting its drops
+/// in the edge's and the stream's counters.
+pub fn channel(capacity: usize, stats: Arc<EdgeStats>, stream_stats: Arc<StreamStats>) -> (FrameSink, SourceOutput) {
     let (tx, items) = mpsc::channel(capacity);
     let failure = Arc::new(Mutex::new(None));
     let want_keyframe: Arc<AtomicBool> = Arc::default();
@@ -173,6 +177,7 @@ pub fn channel(capacity: usize, stats: Arc<EdgeStats>) -> (FrameSink, SourceOutp
         want_keyframe: want_keyframe.clone(),
         makes_keyframes: makes_keyframes.clone(),
         stats,
+        stream_stats,
         failure: failure.clone(),
     };
     (sink, SourceOutput { items, failure, want_keyframe, makes_keyframes })
@@ -255,7 +260,7 @@ mod tests {
     #[test]
     fn full_queue_drops_until_keyframe_and_asks_for_one() {
         let stats = Arc::new(EdgeStats::default());
-        let (mut sink, mut out) = channel(2, stats.clone());
+        let (mut sink, mut out) = channel(2, stats.clone(), Arc::default());
         for (seq, key) in [(0, true), (1, false), (2, false), (3, false), (4, true), (5, false)] {
             sink.push(frame(seq, key)).unwrap();
             if seq == 2 {
@@ -273,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_header_never_overtakes_older_frames_and_is_never_lost() {
-        let (mut sink, mut out) = channel(3, Arc::default());
+        let (mut sink, mut out) = channel(3, Arc::default(), Arc::default());
         let header = |n: u8| StreamHeader {
             tracks: vec![mediamesh_media::TrackInfo::h264(0, Bytes::from(vec![0x67, n]), Bytes::from_static(b"\x68"))],
         };
@@ -305,7 +310,7 @@ mod tests {
 
     #[test]
     fn closed_receiver_is_reported() {
-        let (mut sink, out) = channel(2, Arc::default());
+        let (mut sink, out) = channel(2, Arc::default(), Arc::default());
         drop(out);
         assert_eq!(sink.push(frame(0, true)), Err(SinkClosed));
     }
