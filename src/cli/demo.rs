@@ -124,7 +124,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("mediamesh demo ready on https://{host}:{} (Ctrl-C to stop)", hub.stream_addr.port());
 
-    super::stop_signal().await;
+    let mut signals = super::Signals::new().context("installing signal handlers")?;
+    while signals.next().await == super::Signal::Reload {
+        tracing::warn!("SIGHUP: the demo does not reload its configuration; stop it and start it again");
+    }
     tracing::info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     hub.stop(Duration::from_secs(5)).await;

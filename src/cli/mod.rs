@@ -109,12 +109,49 @@ pub fn state_dir(name: &str) -> PathBuf {
     base.join("mediamesh").join(name)
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+/// What a signal asks of a running hub, edge or demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT (Ctrl-C): stop cleanly.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+/// The signals a service listens to.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (from then on SIGHUP no longer kills the process).
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM), for commands that do not
+/// reload (`view`).
 pub async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -123,8 +160,6 @@ pub async fn stop_signal() {
             Err(_) => std::future::pending().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}

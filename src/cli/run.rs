@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use mediamesh_edge::{Edge, EdgeConfig};
 use mediamesh_hub::{Hub, HubConfig};
-use tracing::info;
+use tracing::{error, info, warn};
 
+use super::{Signal, Signals};
 use crate::config::{self, Block, Loaded};
 
 /// Loads block `T`, saying so in the log when it came from a KubeEdge file or was overridden.
@@ -33,10 +34,13 @@ fn load<T: Block>(path: &Path) -> anyhow::Result<Option<T>> {
 
 pub async fn hub(path: &Path) -> anyhow::Result<()> {
     let Some(cfg) = load::<HubConfig>(path)? else { return Ok(()) };
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let hub = Hub::bind(cfg).await.context("starting the hub")?;
     let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();
     println!("mediamesh hub ready: viewers and API at {}{rtsp}, edges at {}", hub.base_url(), hub.tunnel_addr);
-    super::stop_signal().await;
+    while signals.next().await == Signal::Reload {
+        reload(path, |cfg: HubConfig| hub.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+    }
     info!("stopping");
     hub.stop(Duration::from_secs(5)).await;
     Ok(())
@@ -44,11 +48,51 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
 
 pub async fn edge(path: &Path) -> anyhow::Result<()> {
     let Some(cfg) = load::<EdgeConfig>(path)? else { return Ok(()) };
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let edge = Edge::start(cfg).context("starting the edge agent")?;
-    super::stop_signal().await;
+    println!("mediamesh edge ready: node {node} dialling {server}", node = edge.node(), server = edge.server());
+    while signals.next().await == Signal::Reload {
+        reload(path, |cfg: EdgeConfig| edge.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+    }
     info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// Reloads block `T` from `path` (SIGHUP) and applies it; a configuration that does not load
+/// or apply is rejected with its error, and the running one stays.
+pub fn reload<T: Block, E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+    apply: impl FnOnce(T) -> Result<(Vec<String>, Vec<String>), E>,
+) {
+    info!(file = %path.display(), "SIGHUP: reloading the configuration");
+    let loaded = match config::load::<T>(path, &config::process_env()) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            warn!(block = T::NAME, "the reloaded file disables this block; it keeps running until it is stopped");
+            return;
+        }
+        Err(e) => {
+            error!(error = %e, "configuration reload rejected; the running configuration stays");
+            return;
+        }
+    };
+    match apply(loaded.config) {
+        Ok((applied, needs_restart)) => {
+            info!(changed = %list(&applied), "configuration reloaded");
+            if !needs_restart.is_empty() {
+                warn!(keys = %list(&needs_restart), "these changes need a restart; they keep their running values");
+            }
+        }
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            error!(error = %super::error_chain(&e), "configuration reload rejected; the running configuration stays");
+        }
+    }
+}
+
+fn list(keys: &[String]) -> String {
+    if keys.is_empty() { "nothing".into() } else { keys.join(",") }
 }
 
 /// `mediamesh check -c FILE`: loads and validates every block the file has, reads its

@@ -220,7 +220,7 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(30);
 /// connection of this edge gets through) until an attempt succeeds, or fails in a way
 /// `is_final` says retrying cannot fix. `what` names the connection in logs.
 pub(crate) async fn connect(
-    cfg: &DialConfig,
+    dial: &mediamesh_tunnel::settings::Live<DialConfig>,
     channel: &Channel,
     backoff: &mut Backoff,
     link_up: &watch::Sender<u64>,
@@ -243,14 +243,17 @@ pub(crate) async fn connect(
     loop {
         let result = tokio::select! {
             () = tokio::time::sleep_until(next), if attempts.len() < MAX_IN_FLIGHT => {
-                attempts.push(tcp_connect(cfg));
+                // Each attempt takes the settings current when it starts (a reload may have
+                // brought new certificates or another address).
+                let cfg = dial.get();
+                attempts.push(async move { tcp_connect(&cfg).await.map(|tcp| (tcp, cfg)) });
                 next = tokio::time::Instant::now() + backoff.next_delay();
                 continue;
             }
             Some(r) = attempts.next() => match r {
-                Ok(tcp) => {
+                Ok((tcp, cfg)) => {
                     attempts.clear();
-                    match tokio::time::timeout(cfg.handshake_timeout, establish(cfg, tcp, channel.clone())).await {
+                    match tokio::time::timeout(cfg.handshake_timeout, establish(&cfg, tcp, channel.clone())).await {
                         Ok(r) => r,
                         Err(_) => Err(DialError::Timeout(cfg.handshake_timeout)),
                     }

@@ -16,6 +16,7 @@ pub mod dial;
 mod health;
 pub mod outbox;
 pub mod redact;
+mod reload;
 pub mod source;
 pub mod starts;
 pub mod stats;
@@ -30,6 +31,8 @@ pub use config::{ConfigError, EdgeConfig, StreamConfig};
 use mediamesh_tls::TlsFiles;
 use mediamesh_tunnel::backoff::BackoffConfig;
 use mediamesh_tunnel::liveness::HeartbeatConfig;
+use mediamesh_tunnel::settings::Live;
+pub use reload::Reloaded;
 use rustls_pki_types::ServerName;
 pub use source::testpattern_encoder::{EncodedPicture, TestPatternEncoder};
 use stats::EdgeStats;
@@ -90,6 +93,25 @@ fn tls_setup(
     Ok((tls, server_name))
 }
 
+/// How to dial the hub, from a configuration and its TLS setup.
+fn dial_config(
+    config: &EdgeConfig,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    node: String,
+) -> dial::DialConfig {
+    dial::DialConfig {
+        server: config.server.clone(),
+        server_name,
+        tls,
+        node,
+        handshake_timeout: config.handshake_timeout.get(),
+        write_deadline: config.write_deadline.get(),
+        unsent_lowat: (config.uplink_unsent_bytes > 0).then_some(config.uplink_unsent_bytes),
+        ca_file: config.tls_tunnel_ca_file.clone(),
+    }
+}
+
 /// Checks a configuration as [`Edge::start`] would, without starting anything: its values, the
 /// certificate and key it names, and that the certificate identifies `nodeName`.
 pub fn check_tls(config: &EdgeConfig) -> Result<(), EdgeError> {
@@ -99,8 +121,10 @@ pub fn check_tls(config: &EdgeConfig) -> Result<(), EdgeError> {
 
 /// What the edge's tasks share.
 pub(crate) struct EdgeCtx {
-    pub dial: dial::DialConfig,
-    pub streams: BTreeMap<String, StreamConfig>,
+    /// How to reach the hub; a reload replaces it (new connections use it).
+    pub dial: Live<dial::DialConfig>,
+    /// The catalog; a reload replaces it ([`control`] applies the change).
+    pub streams: Live<BTreeMap<String, StreamConfig>>,
     pub heartbeat: HeartbeatConfig,
     pub backoff: BackoffConfig,
     pub uplink_queue_frames: usize,
@@ -163,18 +187,10 @@ impl Edge {
         let backoff =
             config.reconnect.to_config().map_err(|e| ConfigError { key: "reconnect".into(), reason: e.to_string() })?;
         let stats = Arc::new(EdgeStats::default());
+        let node = claim_node.clone().unwrap_or(config.node_name.clone());
         let ctx = Arc::new(EdgeCtx {
-            dial: dial::DialConfig {
-                server: config.server.clone(),
-                server_name,
-                tls,
-                node: claim_node.unwrap_or(config.node_name.clone()),
-                handshake_timeout: config.handshake_timeout.get(),
-                write_deadline: config.write_deadline.get(),
-                unsent_lowat: (config.uplink_unsent_bytes > 0).then_some(config.uplink_unsent_bytes),
-                ca_file: config.tls_tunnel_ca_file.clone(),
-            },
-            streams: config.streams.clone(),
+            dial: Live::new(dial_config(&config, tls, server_name, node)),
+            streams: Live::new(config.streams.clone()),
             heartbeat,
             backoff,
             uplink_queue_frames: config.uplink_queue_frames,
@@ -204,9 +220,11 @@ impl Edge {
         } else {
             None
         };
-        let task = tokio::spawn(control::run(ctx, shutdown.clone()));
+        let (reload_tx, reloaded) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(control::run(ctx.clone(), reloaded, shutdown.clone()));
         tracing::info!(node = %config.node_name, server = %config.server, streams = config.streams.len(), "edge agent started");
-        Ok(RunningEdge { stats, shutdown, task, health_addr })
+        let reload = reload::Reload { ctx, notify: reload_tx, config: std::sync::Mutex::new(config), claim_node };
+        Ok(RunningEdge { stats, shutdown, task, health_addr, reload })
     }
 }
 
@@ -217,9 +235,20 @@ pub struct RunningEdge {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     health_addr: Option<std::net::SocketAddr>,
+    reload: reload::Reload,
 }
 
 impl RunningEdge {
+    /// The node this edge is.
+    pub fn node(&self) -> String {
+        self.reload.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner).node_name.clone()
+    }
+
+    /// The hub address it dials.
+    pub fn server(&self) -> String {
+        self.reload.ctx.dial.get().server.clone()
+    }
+
     /// Where the health endpoint listens, if it is enabled.
     pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
         self.health_addr

@@ -34,6 +34,13 @@ pub(crate) struct ApiState {
     pub sessions: Arc<Sessions>,
     pub registry: Arc<NodeRegistry>,
     pub started: Instant,
+    /// What a reload changes.
+    pub live: Arc<mediamesh_tunnel::settings::Live<ApiSettings>>,
+}
+
+/// The API's reloadable settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiSettings {
     pub hub_name: String,
     /// How long a write to a viewer may make no progress.
     pub viewer_write_timeout: std::time::Duration,
@@ -121,7 +128,7 @@ struct NodeStreamJson {
 
 async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
-        "name": st.hub_name,
+        "name": st.live.get().hub_name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSecs": st.started.elapsed().as_secs_f64(),
         "nodes": st.registry.snapshot().len(),
@@ -303,7 +310,7 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    let body = crate::metrics::render(&st.sessions, &st.registry, st.metrics_max_viewer_series);
+    let body = crate::metrics::render(&st.sessions, &st.registry, st.live.get().metrics_max_viewer_series);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -346,7 +353,7 @@ async fn ws(
     let remote = peer.map_or_else(|| "unknown".to_owned(), |Extension(Peer(a))| a.to_string());
     let key = StreamKey::new(node, stream);
     let sessions = st.sessions.clone();
-    let stall = st.viewer_write_timeout;
+    let stall = st.live.get().viewer_write_timeout;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

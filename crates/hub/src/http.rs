@@ -20,15 +20,23 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The stream port's reloadable settings.
+#[derive(Clone)]
+pub(crate) struct StreamSettings {
+    /// TLS for viewers, if the stream port speaks it (a reload can rotate the certificate, not
+    /// turn TLS on or off).
+    pub tls: Option<TlsAcceptor>,
+    /// SO_SNDBUF of each connection, if set.
+    pub send_buffer: Option<usize>,
+}
+
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    live: Arc<mediamesh_tunnel::settings::Live<StreamSettings>>,
     router: Router,
-    send_buffer: Option<usize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let tls = tls.map(Arc::new);
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -42,13 +50,14 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
-        if let Some(size) = send_buffer
+        let settings = live.get();
+        if let Some(size) = settings.send_buffer
             && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
         {
             debug!(%remote, error = %e, "cannot set the send buffer size");
         }
         let router = router.clone().layer(axum::Extension(Peer(remote)));
-        let tls = tls.clone();
+        let tls = settings.tls.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let service = TowerToHyperService::new(router);

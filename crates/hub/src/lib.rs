@@ -23,11 +23,13 @@ mod http;
 mod metrics;
 mod payloads;
 pub mod registry;
+pub mod reload;
 mod server;
 pub mod session;
 mod tunnel;
 
 pub use config::{ConfigError, HubConfig};
+pub use reload::Reloaded;
 pub use server::{Hub, HubError, RunningHub, check_tls};
 
 /// A random 64-bit value (RTP SSRCs, initial sequence numbers and timestamps, RTSP session

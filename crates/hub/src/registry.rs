@@ -184,8 +184,8 @@ pub struct Departed {
 pub struct NodeRegistry {
     nodes: Mutex<HashMap<String, NodeEntry>>,
     departed: Mutex<HashMap<String, Departed>>,
-    /// How long a node that left is waited for.
-    grace: Duration,
+    /// How long a node that left is waited for, µs (a reload changes it).
+    grace_us: AtomicU64,
     /// Per node ever connected (bounded by the identities the tunnel CA issued).
     stats: Mutex<HashMap<String, Arc<NodeStats>>>,
     epoch: Instant,
@@ -203,7 +203,7 @@ impl NodeRegistry {
         Self {
             nodes: Mutex::default(),
             departed: Mutex::default(),
-            grace,
+            grace_us: AtomicU64::new(grace.as_micros() as u64),
             stats: Mutex::default(),
             epoch: Instant::now(),
         }
@@ -216,6 +216,16 @@ impl NodeRegistry {
 
     fn lock_departed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departed>> {
         self.departed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long a node that left is waited for.
+    pub fn grace(&self) -> Duration {
+        Duration::from_micros(self.grace_us.load(Ordering::Relaxed))
+    }
+
+    /// Sets how long a node that left is waited for (a reload).
+    pub fn set_grace(&self, grace: Duration) {
+        self.grace_us.store(grace.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// A last-heard stamp for a new connection, heard at `now`.
@@ -282,7 +292,7 @@ impl NodeRegistry {
         let entry = nodes.remove(node);
         drop(nodes);
         if let Some(e) = entry
-            && !self.grace.is_zero()
+            && !self.grace().is_zero()
         {
             self.lock_departed().insert(node.to_owned(), Departed { catalog: e.catalog, since: Instant::now() });
         }
@@ -311,7 +321,7 @@ impl NodeRegistry {
     /// The node, if it left less than the grace period ago (forgotten after it).
     pub fn departed(&self, node: &str) -> Option<Departed> {
         let mut departed = self.lock_departed();
-        let grace = self.grace;
+        let grace = self.grace();
         departed.retain(|_, d| d.since.elapsed() < grace);
         departed.get(node).cloned()
     }
@@ -319,7 +329,7 @@ impl NodeRegistry {
     /// Every node that left less than the grace period ago, sorted by name.
     pub fn departed_nodes(&self) -> Vec<(String, Departed)> {
         let mut departed = self.lock_departed();
-        let grace = self.grace;
+        let grace = self.grace();
         departed.retain(|_, d| d.since.elapsed() < grace);
         let mut v: Vec<_> = departed.iter().map(|(k, d)| (k.clone(), d.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));

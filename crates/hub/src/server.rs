@@ -6,9 +6,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use mediamesh_tls::TlsFiles;
-use mediamesh_tunnel::wire::Limits;
+use mediamesh_tunnel::settings::Live;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -18,9 +17,8 @@ use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::RtspCtx;
 use crate::egress::rtsp::udp::UdpPair;
 use crate::registry::NodeRegistry;
-use crate::session::lifecycle::LifecycleConfig;
-use crate::session::log::LogConfig;
-use crate::session::{SessionConfig, Sessions};
+use crate::reload::{Derived, Reloaded, Reloader};
+use crate::session::Sessions;
 use crate::tunnel::{self, TunnelCtx};
 
 /// Why the hub could not start.
@@ -85,8 +83,7 @@ impl Hub {
     /// Validates the configuration, loads TLS, binds both ports and starts serving.
     pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
         config.validate()?;
-        let TlsConfigs { tunnel: tunnel_tls, stream } = TlsConfigs::load(&config)?;
-        let stream_tls = stream.map(TlsAcceptor::from);
+        let derived = Derived::new(&config, TlsConfigs::load(&config)?)?;
         let bind = |port: &'static str, p: u16| {
             let addr = SocketAddr::new(config.listen_address, p);
             async move { TcpListener::bind(addr).await.map_err(|source| HubError::Bind { port, addr, source }) }
@@ -130,86 +127,55 @@ impl Hub {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));
-        let heartbeat = config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
-        // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.
-        let heartbeat = mediamesh_tunnel::liveness::HeartbeatConfig {
-            timeout: heartbeat.timeout.min(config.read_deadline.get()),
-            ..heartbeat
-        };
-        let sessions = Sessions::new(
-            SessionConfig {
-                lifecycle: LifecycleConfig {
-                    linger: config.linger.get(),
-                    start_timeout: config.start_timeout.get(),
-                    grace: config.grace_period.get(),
-                },
-                log: LogConfig {
-                    max_frames: config.frame_log.max_frames,
-                    max_bytes: config.frame_log.max_bytes,
-                    viewer_max_lag_bytes: config.viewer_max_lag_bytes,
-                    viewer_max_lag_us: config.viewer_max_lag.get().as_micros() as u64,
-                    timeline: config.outage_timestamps,
-                },
-                behind: crate::session::BehindPolicy {
-                    max_resyncs: config.viewer_max_resyncs,
-                    window: config.viewer_resync_window.get(),
-                },
-            },
-            registry.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        );
-        let ctx = Arc::new(TunnelCtx {
+        let sessions = Sessions::new(derived.sessions, registry.clone(), shutdown.clone(), tasks.clone());
+        let tunnel = Arc::new(TunnelCtx {
             sessions: sessions.clone(),
             registry: registry.clone(),
-            tls: TlsAcceptor::from(tunnel_tls),
-            limits: Limits { max_frame_bytes: config.max_frame_bytes },
-            heartbeat,
-            handshake_timeout: config.handshake_timeout.get(),
-            write_deadline: config.write_deadline.get(),
-            grace: config.grace_period.get(),
-            hub_name: config.hub_name.clone(),
+            live: Live::new(derived.tunnel),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),
         });
-        tasks.spawn(tunnel::serve(tunnel_listener, ctx));
-        let api = ApiState {
+        tasks.spawn(tunnel::serve(tunnel_listener, tunnel.clone()));
+        let api = Arc::new(Live::new(derived.api));
+        let state = ApiState {
             sessions: sessions.clone(),
             registry: registry.clone(),
             started: Instant::now(),
-            hub_name: config.hub_name.clone(),
-            viewer_write_timeout: config.viewer_write_timeout.get(),
-            metrics_max_viewer_series: config.metrics_max_viewer_series,
+            live: api.clone(),
         };
-        let https = stream_tls.is_some();
-        let send_buffer = (config.viewer_send_buffer_bytes > 0).then_some(config.viewer_send_buffer_bytes);
+        let https = derived.stream.tls.is_some();
+        let stream = Arc::new(Live::new(derived.stream));
         tasks.spawn(crate::http::serve(
             stream_listener,
-            stream_tls,
-            router(api),
-            send_buffer,
+            stream.clone(),
+            router(state),
             shutdown.clone(),
             tasks.clone(),
         ));
-        if let Some(listener) = rtsp_listener {
-            let rtsp_ctx = Arc::new(RtspCtx {
+        let rtsp_ctx = rtsp_listener.map(|listener| {
+            let ctx = Arc::new(RtspCtx {
                 sessions: sessions.clone(),
                 udp,
-                session_timeout: config.rtsp.session_timeout.get(),
-                request_timeout: config.rtsp.request_timeout.get(),
-                start_timeout: config.start_timeout.get(),
-                stall: config.viewer_write_timeout.get(),
-                send_buffer,
-                max_per_ip: config.rtsp.max_connections_per_ip as usize,
+                live: Live::new(derived.rtsp),
                 per_ip: Default::default(),
                 shutdown: shutdown.clone(),
             });
-            tasks.spawn(crate::egress::rtsp::serve(listener, rtsp_ctx, tasks.clone()));
-        }
+            tasks.spawn(crate::egress::rtsp::serve(listener, ctx.clone(), tasks.clone()));
+            ctx
+        });
         let rtsp = rtsp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         let rtsp_udp = rtsp_udp_ports.map_or_else(|| "off".to_owned(), |(rtp, rtcp)| format!("{rtp},{rtcp}"));
         info!(%tunnel_addr, %stream_addr, %rtsp, %rtsp_udp, https, hub = %config.hub_name, "hub listening");
+        let reloader = Reloader {
+            config: std::sync::Mutex::new(config),
+            tunnel,
+            sessions: sessions.clone(),
+            registry: registry.clone(),
+            rtsp: rtsp_ctx,
+            api,
+            stream,
+        };
         Ok(RunningHub {
             tunnel_addr,
             stream_addr,
@@ -220,6 +186,7 @@ impl Hub {
             tasks,
             sessions,
             registry,
+            reloader,
         })
     }
 }
@@ -241,9 +208,18 @@ pub struct RunningHub {
     tasks: TaskTracker,
     sessions: Arc<Sessions>,
     registry: Arc<NodeRegistry>,
+    reloader: Reloader,
 }
 
 impl RunningHub {
+    /// Applies a new configuration: TLS certificates and keys (for new handshakes), limits and
+    /// timers (for new connections and sessions). Keys that need a restart are reported and
+    /// keep their running values; a configuration that does not validate, or whose files
+    /// cannot be read, changes nothing.
+    pub fn reload(&self, config: HubConfig) -> Result<Reloaded, HubError> {
+        self.reloader.reload(config)
+    }
+
     /// The stream sessions (for tests and embedding).
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions

@@ -120,6 +120,56 @@ impl Serialize for Seconds {
     }
 }
 
+/// Settings a configuration reload replaces while the process runs: readers take the current
+/// value where they use it (a new connection, a new session), so work in flight keeps the value
+/// it started with.
+#[derive(Debug)]
+pub struct Live<T>(std::sync::RwLock<std::sync::Arc<T>>);
+
+impl<T> Live<T> {
+    /// Holding `value`.
+    pub fn new(value: T) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(value)))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> std::sync::Arc<T> {
+        // A writer only swaps the Arc; a poisoned lock still holds a whole value.
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the value.
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(value);
+    }
+}
+
+/// The dotted keys (as written in configuration) whose values differ between two
+/// configurations: what a reload changes.
+pub fn changed_keys<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else { return Vec::new() };
+    let mut out = Vec::new();
+    diff("", &a, &b, &mut out);
+    out
+}
+
+fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let null = serde_json::Value::Null;
+                diff(&path, a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(prefix.to_owned()),
+        _ => {}
+    }
+}
+
 /// Heartbeat settings as written in configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -243,6 +293,29 @@ mod tests {
         }
         assert_eq!(Seconds::from_millis(1500).to_string(), "1.5s");
         assert_eq!(Seconds::new(120).to_string(), "2m");
+    }
+
+    #[test]
+    fn changed_keys_are_listed_by_their_dotted_names() {
+        let a = HeartbeatSettings::default();
+        let b = HeartbeatSettings { timeout: Seconds::new(5), ..a };
+        assert_eq!(changed_keys(&a, &b), ["timeout"]);
+        assert!(changed_keys(&a, &a).is_empty());
+        assert_eq!(changed_keys(&nested(1), &nested(2)), ["outer.inner"]);
+    }
+
+    #[derive(Serialize)]
+    struct Outer {
+        outer: Inner,
+    }
+
+    #[derive(Serialize)]
+    struct Inner {
+        inner: u32,
+    }
+
+    fn nested(inner: u32) -> Outer {
+        Outer { outer: Inner { inner } }
     }
 
     #[test]

@@ -400,7 +400,8 @@ pub struct Sessions {
     maps: Mutex<SessionMaps>,
     next_session: AtomicU64,
     next_viewer: AtomicU64,
-    config: SessionConfig,
+    /// Read when a session is created; a reload replaces it for the sessions after.
+    config: mediamesh_tunnel::settings::Live<SessionConfig>,
     registry: Arc<NodeRegistry>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -422,7 +423,7 @@ impl Sessions {
             maps: Mutex::new(SessionMaps::default()),
             next_session: AtomicU64::new(seed.max(1)),
             next_viewer: AtomicU64::new(1),
-            config,
+            config: mediamesh_tunnel::settings::Live::new(config),
             registry,
             shutdown,
             tasks,
@@ -476,10 +477,10 @@ impl Sessions {
             key,
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             created: now,
-            log: FrameLog::new(self.config.log),
+            log: FrameLog::new(self.config().log),
             stats: SessionStats::new(now),
             counters: self.counters.clone(),
-            behind: self.config.behind,
+            behind: self.config().behind,
             viewers: Mutex::new(HashMap::new()),
             demand: Notify::new(),
             events: tx,
@@ -572,7 +573,14 @@ impl Sessions {
         &self.shutdown
     }
 
-    pub(crate) fn config(&self) -> &SessionConfig {
-        &self.config
+    /// The settings new sessions take.
+    pub(crate) fn config(&self) -> SessionConfig {
+        *self.config.get()
+    }
+
+    /// Replaces the settings of sessions created from now on (a reload); running sessions keep
+    /// theirs.
+    pub(crate) fn set_config(&self, config: SessionConfig) {
+        self.config.set(config);
     }
 }

@@ -10,7 +10,7 @@ use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message, RunningStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{TunnelCtx, TunnelLink};
+use super::{TunnelCtx, TunnelLink, TunnelSettings};
 use crate::registry::{NodeCommand, NodeEntry, Takeover, command_queue};
 use crate::session::SessionEvent;
 
@@ -27,6 +27,7 @@ const CONFLICT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(
     ctx: Arc<TunnelCtx>,
+    settings: Arc<TunnelSettings>,
     mut link: TunnelLink,
     node: String,
     hello: ControlHello,
@@ -50,7 +51,7 @@ pub(super) async fn run(
         cancel: cancel.clone(),
     };
     // Admitted (or refused) before Welcome, so a refused edge reads why instead of a Welcome.
-    match ctx.registry.register(&node, entry, now, ctx.heartbeat.interval) {
+    match ctx.registry.register(&node, entry, now, settings.heartbeat.interval) {
         Err(holder) => {
             refuse_duplicate(&ctx, link, &node, remote, holder).await;
             return;
@@ -65,7 +66,7 @@ pub(super) async fn run(
         }
         Ok(None) => {}
     }
-    if let Err(e) = link.send(&ctx.welcome()).await {
+    if let Err(e) = link.send(&settings.welcome()).await {
         warn!(%node, error = %e, "could not send Welcome");
         if ctx.registry.unregister(&node, conn_id) {
             ctx.sessions.node_gone(&node);
@@ -88,7 +89,7 @@ pub(super) async fn run(
     }
 
     let node_stats = ctx.registry.node_stats(&node);
-    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    let mut hb = Heartbeat::new(Instant::now(), settings.heartbeat);
     let outcome = loop {
         tokio::select! {
             msg = link.recv() => {

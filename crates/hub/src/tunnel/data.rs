@@ -13,7 +13,7 @@ use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
 use tracing::{debug, info, warn};
 
-use super::{TunnelCtx, TunnelLink, unix_micros};
+use super::{TunnelCtx, TunnelLink, TunnelSettings, unix_micros};
 use crate::payloads::PayloadChunks;
 use crate::session::log::{PushError, Pushed};
 use crate::session::{AttachError, Session, SessionEvent};
@@ -36,6 +36,7 @@ enum End {
 
 pub(super) async fn run(
     ctx: Arc<TunnelCtx>,
+    settings: Arc<TunnelSettings>,
     mut link: TunnelLink,
     node: String,
     session_id: SessionId,
@@ -66,7 +67,7 @@ pub(super) async fn run(
         id,
         event: Some(SessionEvent::UpstreamLost("the data tunnel task failed".into())),
     };
-    if let Err(e) = link.send(&ctx.welcome()).await {
+    if let Err(e) = link.send(&settings.welcome()).await {
         guard.event = Some(SessionEvent::UpstreamLost(format!("could not send Welcome: {e}")));
         guard.finish().await;
         return;
@@ -75,7 +76,7 @@ pub(super) async fn run(
     session.log.begin_epoch();
     info!(stream = %session.key, "data tunnel attached");
 
-    match receive(&ctx, &mut link, &session, &cancel).await {
+    match receive(&settings, &mut link, &session, &cancel).await {
         End::Cancelled => {
             guard.event = None;
             let why = if ctx.shutdown.is_cancelled() {
@@ -133,12 +134,12 @@ impl Drop for UpstreamGuard {
 }
 
 async fn receive(
-    ctx: &TunnelCtx,
+    settings: &TunnelSettings,
     link: &mut TunnelLink,
     session: &Session,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> End {
-    let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
+    let mut hb = Heartbeat::new(Instant::now(), settings.heartbeat);
     let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = Feedback { last_seq: 0, frames: 0, bytes: 0 };

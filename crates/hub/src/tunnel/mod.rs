@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::HeartbeatConfig;
+use mediamesh_tunnel::settings::Live;
 use mediamesh_tunnel::transport::{Link, Tracked, ws_config};
 use mediamesh_tunnel::wire::{
     Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome, negotiate_version,
@@ -39,6 +40,15 @@ pub(crate) type TunnelLink = Link<TlsStream<TcpStream>>;
 pub(crate) struct TunnelCtx {
     pub sessions: Arc<Sessions>,
     pub registry: Arc<NodeRegistry>,
+    /// What a reload changes; each connection takes the settings current when it arrives.
+    pub live: Live<TunnelSettings>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub next_conn: AtomicU64,
+}
+
+/// The tunnel port's reloadable settings.
+pub(crate) struct TunnelSettings {
     pub tls: TlsAcceptor,
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
@@ -47,12 +57,15 @@ pub(crate) struct TunnelCtx {
     /// How long sessions wait for an edge that went away (announced in Welcome).
     pub grace: Duration,
     pub hub_name: String,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-    pub next_conn: AtomicU64,
 }
 
-impl TunnelCtx {
+impl std::fmt::Debug for TunnelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSettings").field("hub_name", &self.hub_name).finish_non_exhaustive()
+    }
+}
+
+impl TunnelSettings {
     fn welcome(&self) -> Message {
         Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -87,8 +100,9 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<TunnelCtx>) {
 
 async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let deadline = Instant::now() + ctx.handshake_timeout;
-    let handshake = tokio::time::timeout_at(deadline.into(), establish(&ctx, tcp));
+    let settings = ctx.live.get();
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, tcp));
     let (link, node) = match handshake.await {
         Ok(Ok(x)) => x,
         // The certificate verifier has logged who presented what, and why it was refused.
@@ -101,7 +115,7 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
             return;
         }
         Err(_) => {
-            warn!(timeout_s = ctx.handshake_timeout.as_secs_f64(), "tunnel handshake timed out");
+            warn!(timeout_s = settings.handshake_timeout.as_secs_f64(), "tunnel handshake timed out");
             return;
         }
     };
@@ -109,7 +123,7 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
-            warn!(%node, timeout_s = ctx.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
+            warn!(%node, timeout_s = settings.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
             return;
         }
     };
@@ -117,10 +131,10 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
     match hello.channel {
         Channel::Control { instance, catalog, running } => {
             let hello = control::ControlHello { agent: hello.agent, instance, catalog, running };
-            control::run(ctx, link, node, hello, remote).instrument(info_span!("control")).await;
+            control::run(ctx, settings, link, node, hello, remote).instrument(info_span!("control")).await;
         }
         Channel::Data { session, stream } => {
-            data::run(ctx, link, node, session, stream).instrument(info_span!("data", session)).await;
+            data::run(ctx, settings, link, node, session, stream).instrument(info_span!("data", session)).await;
         }
     }
 }
@@ -135,7 +149,7 @@ enum Refusal {
 
 /// TLS (client certificate required) and the WebSocket upgrade; returns the node name the
 /// certificate proves.
-async fn establish(ctx: &TunnelCtx, tcp: TcpStream) -> Result<(TunnelLink, String), Refusal> {
+async fn establish(ctx: &TunnelSettings, tcp: TcpStream) -> Result<(TunnelLink, String), Refusal> {
     let tls = ctx.tls.accept(tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(r @ rustls::Error::InvalidCertificate(_)) => {

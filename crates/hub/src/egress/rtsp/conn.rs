@@ -17,13 +17,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::RtspCtx;
 use super::media::{MediaOut, TrackOut};
 use super::request::{self, Incoming, Method, Request, Response};
 use super::send::{WriterCmd, udp_sender, writer_task};
 use super::sessions::{MAX_SESSIONS, Playing, RtspSession, RtspSessions};
 use super::transport::{self, Dest};
 use super::udp::Liveness;
+use super::{RtspCtx, RtspSettings};
 use crate::egress::mailbox::{Sender, mailbox};
 use crate::random_u64;
 use crate::session::{StreamKey, Viewer};
@@ -33,6 +33,8 @@ const MAX_DESCRIBED: usize = 4;
 
 struct Conn {
     ctx: Arc<RtspCtx>,
+    /// The settings current when the connection arrived.
+    settings: Arc<RtspSettings>,
     peer: SocketAddr,
     /// Commands go boxed: a slot of the mailbox's queue is then 8 bytes, not the command's
     /// 64, for every viewer; commands are rare.
@@ -50,10 +52,11 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mailbox(16);
     let closed = ctx.shutdown.child_token();
-    let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), ctx.stall));
+    let settings = ctx.live.get();
+    let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), settings.stall));
     let liveness = Liveness::default();
-    let mut conn =
-        Conn { ctx, peer, writer: tx, closed, sessions: RtspSessions::default(), described: HashMap::new(), liveness };
+    let sessions = RtspSessions::default();
+    let mut conn = Conn { ctx, settings, peer, writer: tx, closed, sessions, described: HashMap::new(), liveness };
     let reason = conn.read_loop(&mut rd).await;
     let sessions = conn.sessions.len();
     conn.close_all();
@@ -119,7 +122,7 @@ impl Conn {
             }
             // A connection that is not streaming must keep talking.
             let idle = (!self.sessions.iter().any(|(_, s)| !matches!(s.playing, Playing::No)))
-                .then_some(self.ctx.request_timeout);
+                .then_some(self.settings.request_timeout);
             let expiry = self.described.values().map(|(_, at)| *at).min();
             let read = rd.read_buf(&mut buf);
             let n = tokio::select! {
@@ -217,7 +220,7 @@ impl Conn {
             Some((v, _)) => v,
             None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),
         };
-        let deadline = tokio::time::Instant::now() + self.ctx.start_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
         loop {
             if viewer.session.log.header().is_some() {
                 return Ok(viewer);
@@ -229,7 +232,7 @@ impl Conn {
                 r = tokio::time::timeout_at(deadline, viewer.cursor.changed()) => if r.is_err() {
                     return Err(unavailable(&format!(
                         "the edge did not start the stream within {:.0} s",
-                        self.ctx.start_timeout.as_secs_f64()
+                        self.settings.start_timeout.as_secs_f64()
                     )));
                 },
                 () = self.closed.cancelled() => return Err(unavailable("the connection is closing")),
@@ -325,7 +328,7 @@ impl Conn {
         session.viewer = Some(viewer);
         Response::ok()
             .header("Transport", answer)
-            .header("Session", format!("{id};timeout={}", self.ctx.session_timeout.as_secs()))
+            .header("Session", format!("{id};timeout={}", self.settings.session_timeout.as_secs()))
     }
 
     /// Puts a viewer back where a failed SETUP found it.
@@ -333,7 +336,7 @@ impl Conn {
         match session.and_then(|id| self.sessions.get_mut(id)) {
             Some(s) => s.viewer = Some(viewer),
             None => {
-                let expires = Instant::now() + self.ctx.request_timeout;
+                let expires = Instant::now() + self.settings.request_timeout;
                 self.described.insert(key.clone(), (viewer, expires));
             }
         }
@@ -351,8 +354,8 @@ impl Conn {
         let udp = self.ctx.udp.clone();
         let liveness = self.liveness.clone();
         let closed = self.closed.clone();
-        let stall = self.ctx.stall;
-        let timeout = self.ctx.session_timeout;
+        let stall = self.settings.stall;
+        let timeout = self.settings.session_timeout;
         let Some(s) = self.sessions.get_mut(&id) else { return Ok(()) };
         let session_hdr = format!("{id};timeout={}", timeout.as_secs());
         if !matches!(s.playing, Playing::No) {

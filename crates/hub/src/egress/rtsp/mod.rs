@@ -39,6 +39,16 @@ use crate::session::Sessions;
 pub(crate) struct RtspCtx {
     pub sessions: Arc<Sessions>,
     pub udp: Option<Arc<udp::UdpPair>>,
+    /// What a reload changes; each connection takes the settings current when it arrives.
+    pub live: mediamesh_tunnel::settings::Live<RtspSettings>,
+    /// Open connections per client address.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub shutdown: CancellationToken,
+}
+
+/// The RTSP server's reloadable settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RtspSettings {
     pub session_timeout: Duration,
     pub request_timeout: Duration,
     pub start_timeout: Duration,
@@ -47,9 +57,6 @@ pub(crate) struct RtspCtx {
     pub send_buffer: Option<usize>,
     /// Connections one client address may hold (`maxConnectionsPerIp`).
     pub max_per_ip: usize,
-    /// Open connections per client address.
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
-    pub shutdown: CancellationToken,
 }
 
 /// One open connection counted against its address; uncounts on drop.
@@ -68,7 +75,7 @@ impl RtspCtx {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         let mut counts = self.counts();
         let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.live.get().max_per_ip {
             return None;
         }
         *n += 1;
@@ -107,12 +114,12 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<RtspCtx>, tasks: TaskT
             () = ctx.shutdown.cancelled() => return,
         };
         let Some(slot) = ctx.admit(peer.ip()) else {
-            tracing::debug!(%peer, limit = ctx.max_per_ip, "rtsp connection refused: too many from this address");
+            tracing::debug!(%peer, limit = ctx.live.get().max_per_ip, "rtsp connection refused: too many from this address");
             drop(tcp);
             continue;
         };
         let id = next.fetch_add(1, Ordering::Relaxed);
-        if let Some(size) = ctx.send_buffer
+        if let Some(size) = ctx.live.get().send_buffer
             && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
         {
             tracing::debug!(%peer, error = %e, "cannot set the send buffer size");
