@@ -9,6 +9,7 @@
 mod cli;
 mod config;
 mod logging;
+mod notify;
 
 use clap::Parser;
 

@@ -10,9 +10,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The version and the commit the binary was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MEDIAMESH_COMMIT"), ")");
+
 /// mediamesh: carries live camera video from edge sites to the cloud.
 #[derive(Debug, Parser)]
-#[command(name = "mediamesh", version, about, long_about = None)]
+#[command(name = "mediamesh", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

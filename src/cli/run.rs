@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use super::{Signal, Signals};
 use crate::config::{self, Block, Loaded};
+use crate::notify::notify;
 
 /// Loads block `T`, saying so in the log when it came from a KubeEdge file or was overridden.
 fn load<T: Block>(path: &Path) -> anyhow::Result<Option<T>> {
@@ -38,9 +39,13 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
     let hub = Hub::bind(cfg).await.context("starting the hub")?;
     let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();
     println!("mediamesh hub ready: viewers and API at {}{rtsp}, edges at {}", hub.base_url(), hub.tunnel_addr);
+    notify("READY=1\nSTATUS=serving");
     while signals.next().await == Signal::Reload {
+        notify("RELOADING=1\nSTATUS=reloading the configuration");
         reload(path, |cfg: HubConfig| hub.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+        notify("READY=1\nSTATUS=serving");
     }
+    notify("STOPPING=1\nSTATUS=stopping");
     info!("stopping");
     hub.stop(Duration::from_secs(5)).await;
     Ok(())
@@ -51,9 +56,13 @@ pub async fn edge(path: &Path) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("installing signal handlers")?;
     let edge = Edge::start(cfg).context("starting the edge agent")?;
     println!("mediamesh edge ready: node {node} dialling {server}", node = edge.node(), server = edge.server());
+    notify("READY=1\nSTATUS=running");
     while signals.next().await == Signal::Reload {
+        notify("RELOADING=1\nSTATUS=reloading the configuration");
         reload(path, |cfg: EdgeConfig| edge.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+        notify("READY=1\nSTATUS=running");
     }
+    notify("STOPPING=1\nSTATUS=stopping");
     info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     Ok(())

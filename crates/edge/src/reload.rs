@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
+pub use mediamesh_tunnel::settings::Reloaded;
 use tokio::sync::watch;
 
 use crate::{EdgeConfig, EdgeCtx, EdgeError, RunningEdge, dial_config, tls_setup};
@@ -27,15 +28,6 @@ pub const RESTART_KEYS: [&str; 9] = [
     "health",
     "nodeName",
 ];
-
-/// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reloaded {
-    /// The keys whose values changed and now apply (dotted, below `edgeDataStream`).
-    pub applied: Vec<String>,
-    /// The keys that changed but need a restart; they keep their running values.
-    pub needs_restart: Vec<String>,
-}
 
 /// What a reload updates.
 pub(crate) struct Reload {
@@ -70,9 +62,7 @@ impl RunningEdge {
             }));
         }
         let (tls, server_name) = tls_setup(&new, r.claim_node.is_some())?;
-        let changed = mediamesh_tunnel::settings::changed_keys(&*running, &new);
-        let (needs_restart, applied): (Vec<String>, Vec<String>) =
-            changed.into_iter().partition(|k| RESTART_KEYS.iter().any(|x| k == x || k.starts_with(&format!("{x}."))));
+        let reloaded = Reloaded::between(&*running, &new, &RESTART_KEYS);
         let node = r.claim_node.clone().unwrap_or(new.node_name.clone());
         r.ctx.dial.set(dial_config(&new, tls, server_name, node));
         if new.streams != running.streams {
@@ -89,6 +79,6 @@ impl RunningEdge {
         kept.congestion = running.congestion;
         kept.health = running.health;
         *running = kept;
-        Ok(Reloaded { applied, needs_restart })
+        Ok(reloaded)
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use mediamesh_tunnel::settings::Live;
+pub use mediamesh_tunnel::settings::Reloaded;
 use mediamesh_tunnel::wire::Limits;
 use tokio_rustls::TlsAcceptor;
 
@@ -103,15 +104,6 @@ impl Derived {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reloaded {
-    /// The keys whose values changed and now apply (dotted, below `cloudDataStream`).
-    pub applied: Vec<String>,
-    /// The keys that changed but need a restart; they keep their running values.
-    pub needs_restart: Vec<String>,
-}
-
 /// The parts a reload updates.
 pub(crate) struct Reloader {
     pub config: Mutex<HubConfig>,
@@ -135,9 +127,7 @@ impl Reloader {
         new.validate()?;
         let tls = TlsConfigs::load(&new)?;
         let mut running = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changed = mediamesh_tunnel::settings::changed_keys(&*running, &new);
-        let (needs_restart, applied): (Vec<String>, Vec<String>) =
-            changed.into_iter().partition(|k| RESTART_KEYS.iter().any(|r| k == r || k.starts_with(&format!("{r}."))));
+        let reloaded = Reloaded::between(&*running, &new, &RESTART_KEYS);
         let mut derived = Derived::new(&new, tls)?;
         // TLS on the stream port cannot be turned on or off without rebinding it.
         if derived.stream.tls.is_some() != self.stream.get().tls.is_some() {
@@ -163,6 +153,6 @@ impl Reloader {
         kept.rtsp.udp_rtp_port = running.rtsp.udp_rtp_port;
         kept.rtsp.udp_rtcp_port = running.rtsp.udp_rtcp_port;
         *running = kept;
-        Ok(Reloaded { applied, needs_restart })
+        Ok(reloaded)
     }
 }

@@ -144,6 +144,26 @@ impl<T> Live<T> {
     }
 }
 
+/// What a configuration reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The keys whose values changed and now apply (dotted, as written in the block).
+    pub applied: Vec<String>,
+    /// The keys that changed but need a restart; they keep their running values.
+    pub needs_restart: Vec<String>,
+}
+
+impl Reloaded {
+    /// The keys that differ between `old` and `new`, split by `restart_keys` (a key, or any key
+    /// below it, needs a restart).
+    pub fn between<T: Serialize>(old: &T, new: &T, restart_keys: &[&str]) -> Self {
+        let (needs_restart, applied) = changed_keys(old, new).into_iter().partition(|k| {
+            restart_keys.iter().any(|r| k == r || k.strip_prefix(r).is_some_and(|rest| rest.starts_with('.')))
+        });
+        Self { applied, needs_restart }
+    }
+}
+
 /// The dotted keys (as written in configuration) whose values differ between two
 /// configurations: what a reload changes.
 pub fn changed_keys<T: Serialize>(old: &T, new: &T) -> Vec<String> {
@@ -301,6 +321,10 @@ mod tests {
         let b = HeartbeatSettings { timeout: Seconds::new(5), ..a };
         assert_eq!(changed_keys(&a, &b), ["timeout"]);
         assert!(changed_keys(&a, &a).is_empty());
+        let r = Reloaded::between(&nested(1), &nested(2), &["outer"]);
+        assert_eq!((r.applied.len(), r.needs_restart), (0, vec!["outer.inner".to_owned()]));
+        let r = Reloaded::between(&nested(1), &nested(2), &["out"]);
+        assert_eq!(r.applied, ["outer.inner"], "a prefix of a name is not the key");
         assert_eq!(changed_keys(&nested(1), &nested(2)), ["outer.inner"]);
     }
 

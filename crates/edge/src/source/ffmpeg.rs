@@ -195,6 +195,8 @@ async fn run_once(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own systemd notifications would be taken for the edge's.
+        .env_remove("NOTIFY_SOCKET")
         .kill_on_drop(true)
         .spawn()
     {
