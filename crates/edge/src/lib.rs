@@ -205,7 +205,7 @@ impl Edge {
             starts: std::sync::Mutex::new(starts::Starts::new(starts::StartsConfig::default())),
         });
         let shutdown = CancellationToken::new();
-        let health_addr = if config.health.enable {
+        let health = if config.health.enable {
             let addr = config.health.listen_address;
             let bind = |addr| -> std::io::Result<tokio::net::TcpListener> {
                 let l = std::net::TcpListener::bind(addr)?;
@@ -215,16 +215,16 @@ impl Edge {
             let listener = bind(addr).map_err(|source| EdgeError::HealthBind { addr, source })?;
             let local = listener.local_addr().map_err(|source| EdgeError::HealthBind { addr, source })?;
             let h = health::Health { stats: stats.clone(), server: config.server.clone() };
-            tokio::spawn(health::serve(listener, h, shutdown.clone()));
-            Some(local)
+            Some((local, tokio::spawn(health::serve(listener, h, shutdown.clone()))))
         } else {
             None
         };
         let (reload_tx, reloaded) = tokio::sync::watch::channel(0u64);
+        let (health_addr, health) = health.unzip();
         let task = tokio::spawn(control::run(ctx.clone(), reloaded, shutdown.clone()));
         tracing::info!(node = %config.node_name, server = %config.server, streams = config.streams.len(), "edge agent started");
         let reload = reload::Reload { ctx, notify: reload_tx, config: std::sync::Mutex::new(config), claim_node };
-        Ok(RunningEdge { stats, shutdown, task, health_addr, reload })
+        Ok(RunningEdge { stats, shutdown, task, health, health_addr, reload })
     }
 }
 
@@ -234,6 +234,8 @@ pub struct RunningEdge {
     stats: Arc<EdgeStats>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The health endpoint's task, stopped with the rest.
+    health: Option<tokio::task::JoinHandle<()>>,
     health_addr: Option<std::net::SocketAddr>,
     reload: reload::Reload,
 }
@@ -262,6 +264,12 @@ impl RunningEdge {
     /// Says GoAway to the hub, stops every stream and waits up to `grace`.
     pub async fn stop(self, grace: Duration) {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(grace, self.task).await;
+        let tasks = async {
+            let _ = self.task.await;
+            if let Some(health) = self.health {
+                let _ = health.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, tasks).await;
     }
 }

@@ -38,29 +38,43 @@ impl Seconds {
     }
 
     /// Parses a number of seconds: finite, not negative, at most a year.
-    pub fn try_from_secs(secs: f64) -> Result<Self, String> {
+    pub fn try_from_secs(secs: f64) -> Result<Self, DurationError> {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("{secs} is not a duration: expected a number of seconds >= 0"));
+            return Err(DurationError::Negative(secs));
         }
         if secs > Self::MAX_SECS {
-            return Err(format!("{secs} seconds is more than a year"));
+            return Err(DurationError::TooLong(secs));
         }
         Ok(Self(Duration::from_secs_f64(secs)))
     }
 }
 
+/// Why a configured duration is unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a number with an optional unit.
+    #[error("{0:?} is not a duration: expected seconds (10, 0.5) or a unit (500ms, 10s, 1m, 1h)")]
+    NotADuration(String),
+    /// Negative, or not a finite number.
+    #[error("{0} is not a duration: expected a number of seconds >= 0")]
+    Negative(f64),
+    /// Longer than [`Seconds::MAX_SECS`].
+    #[error("{0} seconds is more than a year")]
+    TooLong(f64),
+}
+
 impl std::str::FromStr for Seconds {
-    type Err = String;
+    type Err = DurationError;
 
     /// `10`, `0.5`, `500ms`, `10s`, `1.5m`, `1h` (spaces around the unit allowed).
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (number, unit) = (&t[..split], t[split..].trim());
         let scale = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s);
         match (number.parse::<f64>(), scale) {
             (Ok(n), Some(scale)) => Self::try_from_secs(n * scale),
-            _ => Err(format!("{text:?} is not a duration: expected seconds (10, 0.5) or a unit (500ms, 10s, 1m, 1h)")),
+            _ => Err(DurationError::NotADuration(text.to_owned())),
         }
     }
 }
@@ -280,9 +294,9 @@ mod tests {
     #[test]
     fn seconds_bounds() {
         assert_eq!(Seconds::try_from_secs(0.25).unwrap().get(), Duration::from_millis(250));
-        assert!(Seconds::try_from_secs(-1.0).unwrap_err().contains(">= 0"));
+        assert!(Seconds::try_from_secs(-1.0).unwrap_err().to_string().contains(">= 0"));
         assert!(Seconds::try_from_secs(f64::NAN).is_err());
-        assert!(Seconds::try_from_secs(1e12).unwrap_err().contains("year"));
+        assert!(Seconds::try_from_secs(1e12).unwrap_err().to_string().contains("year"));
     }
 
     #[test]
@@ -297,9 +311,12 @@ mod tests {
         assert_eq!(ms("2h"), Ok(7_200_000));
         assert_eq!(ms(" 250 ms "), Ok(250));
         for bad in ["", "s", "10x", "-1s", "1.2.3", "ten", "10 s s"] {
-            assert!(bad.parse::<Seconds>().unwrap_err().contains("not a duration"), "{bad:?}");
+            assert!(
+                matches!(bad.parse::<Seconds>(), Err(DurationError::NotADuration(_) | DurationError::Negative(_))),
+                "{bad:?}"
+            );
         }
-        assert!("1000000h".parse::<Seconds>().unwrap_err().contains("year"));
+        assert!(matches!("1000000h".parse::<Seconds>(), Err(DurationError::TooLong(_))));
     }
 
     #[test]
