@@ -322,8 +322,8 @@ fn certificate_fix(cfg: &DialConfig, e: &rustls::CertificateError) -> String {
     match e {
         _ if mediamesh_tls::explain::name_mismatch(e).is_some() => format!(
             "; issue the hub a certificate for the name this edge dials, from the folder with its CA: \
-             `mediamesh certs --out certs --hub-name {dialled} --force`, then restart the hub \
-             (or set serverName to a name the certificate has)"
+             `mediamesh certs --out certs --hub-name {dialled} --force`, then reload the hub \
+             (SIGHUP) or restart it (or set serverName to a name the certificate has)"
         ),
         C::UnknownIssuer => format!(
             "; tlsTunnelCAFile ({}) must be the CA that signed the hub's certificate (the hub's ca.pem)",
