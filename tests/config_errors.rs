@@ -219,7 +219,7 @@ fn environment_overrides_reach_the_running_hub() {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(hub.stdout.take().unwrap()), &mut line).unwrap();
-    let _ = Command::new("kill").arg(hub.id().to_string()).status();
+    mediamesh_testkit::signal(hub.id(), mediamesh_testkit::Signal::SIGTERM);
     let _ = hub.wait();
     assert!(line.starts_with("mediamesh hub ready: viewers and API at http://127.0.0.1:"), "{line}");
     assert!(!line.contains("127.0.0.1:1,") && !line.contains("RTSP"), "{line}");

@@ -50,8 +50,7 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,1280,720,100");
 
-    let status = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    mediamesh_testkit::signal(demo.id(), mediamesh_testkit::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
         if let Some(s) = demo.try_wait().unwrap() {

@@ -60,7 +60,7 @@ fn watch_and_stop(mut child: Child, view: &str, dir: &std::path::Path) -> String
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    mediamesh_testkit::signal(child.id(), mediamesh_testkit::Signal::SIGTERM);
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_dir_all(dir);

@@ -71,11 +71,11 @@ fn the_hub_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert_eq!(next(), "READY=1\nSTATUS=serving");
-    let kill = |sig: &str| Command::new("kill").args([sig, &hub.id().to_string()]).status().unwrap();
-    kill("-HUP");
+    let kill = |sig| mediamesh_testkit::signal(hub.id(), sig);
+    kill(mediamesh_testkit::Signal::SIGHUP);
     assert!(next().starts_with("RELOADING=1"));
     assert_eq!(next(), "READY=1\nSTATUS=serving");
-    kill("-TERM");
+    kill(mediamesh_testkit::Signal::SIGTERM);
     assert!(next().starts_with("STOPPING=1"));
     assert!(hub.wait().unwrap().success());
 }

@@ -23,8 +23,7 @@ fn certs(dir: &Path, args: &[&str]) {
 }
 
 fn hup(p: &MeshProcess) {
-    let status = std::process::Command::new("kill").args(["-HUP", &p.pid().unwrap().to_string()]).status().unwrap();
-    assert!(status.success());
+    mediamesh_testkit::signal(p.pid().unwrap(), mediamesh_testkit::Signal::SIGHUP);
 }
 
 async fn wait_log(p: &MeshProcess, needle: &str, after: usize) -> String {

@@ -113,6 +113,14 @@ pub fn assert_consecutive(counters: &[u64]) {
     }
 }
 
+/// Sends `signal` to process `pid` (no external `kill` program needed).
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid, signal).expect("signal the process");
+}
+
+pub use nix::sys::signal::Signal;
+
 /// Microseconds since the Unix epoch.
 pub fn unix_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)

@@ -129,7 +129,7 @@ impl MeshProcess {
     /// Asks it to stop (SIGTERM) and waits up to 10 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            crate::signal(pid, crate::Signal::SIGTERM);
         }
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;

@@ -19,6 +19,7 @@ pub mod backoff;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod liveness;
+pub mod redact;
 pub mod settings;
 #[cfg(feature = "transport")]
 pub mod transport;

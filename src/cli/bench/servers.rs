@@ -156,8 +156,8 @@ impl Running {
             let _ = task.await;
         }
         for c in &mut self.children {
-            if let Some(pid) = c.id() {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
             }
         }
         for c in &mut self.children {

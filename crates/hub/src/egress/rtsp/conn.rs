@@ -172,7 +172,8 @@ impl Conn {
 
     async fn respond(&self, req: &Request, resp: Response) -> Result<(), String> {
         if resp.status() >= 400 {
-            debug!(peer = %self.peer, method = %req.method, uri = %req.uri, status = resp.status(), "rtsp error response");
+            let uri = mediamesh_tunnel::redact::text(&req.uri);
+            debug!(peer = %self.peer, method = %req.method, %uri, status = resp.status(), "rtsp error response");
         }
         self.send(WriterCmd::Response(resp.encode(Some(req.cseq)))).await
     }
