@@ -78,7 +78,7 @@ async fn resetting_only_the_control_connection_ends_no_stream() {
     let mut viewer = fx.viewer("edge-1", "cam1").await.unwrap();
     read_frames(&mut viewer, 5).await;
     let proxy = fx.proxy.as_ref().unwrap();
-    let control = fx.hub.registry().snapshot()[0].1.remote;
+    let control = fx.hub.registry().snapshot()[0].1.remote.addr();
     assert!(proxy.reset_upstream(control), "the control connection goes through the proxy");
     let stats = fx.edge_stats().clone();
     wait_until("the edge to reconnect", Duration::from_secs(5), || EdgeStats::get(&stats.control_connects) == 2).await;

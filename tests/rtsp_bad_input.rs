@@ -281,6 +281,10 @@ async fn one_address_holds_at_most_max_connections_per_ip() {
     let mut over = Raw::connect(addr).await;
     over.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
     assert!(over.response().await.is_none(), "the fourth connection is closed unanswered");
+    let m = mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await;
+    let refused = m.value(r#"mediamesh_connections_refused_total{port="rtsp",reason="address_limit"}"#);
+    assert_eq!(refused, Some(1.0), "the refusal is counted by port and reason");
+    assert_eq!(m.value(r#"mediamesh_connections_open{port="rtsp"}"#), Some(3.0), "{m:?}");
 
     held.pop();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

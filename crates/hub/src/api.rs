@@ -12,7 +12,6 @@
 //!
 //! Errors are JSON `{"error": code, "message": text}` with a matching HTTP status.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,8 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tokio_util::task::TaskTracker;
 
 use crate::egress;
+use crate::listener::{Gate, Remote};
 use crate::registry::{NodeError, NodeRegistry};
 use crate::session::{Session, Sessions, StreamKey};
 
@@ -36,6 +37,10 @@ pub(crate) struct ApiState {
     pub started: Instant,
     /// What a reload changes.
     pub live: Arc<mediamesh_tunnel::settings::Live<ApiSettings>>,
+    /// The ports' gates, for `/metrics`.
+    pub gates: Arc<[Arc<Gate>]>,
+    /// Where viewers' tasks run, so shutdown waits for them.
+    pub tasks: TaskTracker,
 }
 
 /// The API's reloadable settings.
@@ -50,7 +55,7 @@ pub(crate) struct ApiSettings {
 
 /// The peer address of an HTTP connection, inserted by the server.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub Remote);
 
 pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
@@ -310,7 +315,7 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    let body = crate::metrics::render(&st.sessions, &st.registry, st.live.get().metrics_max_viewer_series);
+    let body = crate::metrics::render(&st.sessions, &st.registry, &st.gates, st.live.get().metrics_max_viewer_series);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -354,7 +359,7 @@ async fn ws(
     let key = StreamKey::new(node, stream);
     let sessions = st.sessions.clone();
     let stall = st.live.get().viewer_write_timeout;
-    tokio::spawn(async move {
+    st.tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, key, remote, stall).await;

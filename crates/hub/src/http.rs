@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::api::Peer;
+use crate::listener::{Accepted, Gate};
 
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,24 +33,14 @@ pub(crate) struct StreamSettings {
 
 pub(crate) async fn serve(
     listener: TcpListener,
+    gate: Arc<Gate>,
     live: Arc<mediamesh_tunnel::settings::Live<StreamSettings>>,
     router: Router,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "stream port accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
+    let conns = shutdown.clone();
+    crate::listener::serve(listener, gate, shutdown, tasks, move |Accepted { tcp, remote, .. }| {
         let settings = live.get();
         if let Some(size) = settings.send_buffer
             && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
@@ -58,8 +49,8 @@ pub(crate) async fn serve(
         }
         let router = router.clone().layer(axum::Extension(Peer(remote)));
         let tls = settings.tls.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        let shutdown = conns.clone();
+        async move {
             let service = TowerToHyperService::new(router);
             let mut builder = http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -82,8 +73,9 @@ pub(crate) async fn serve(
             if let Err(e) = result {
                 debug!(%remote, error = %e, "http connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Runs a connection; on shutdown lets it finish its current request.

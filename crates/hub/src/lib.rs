@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod egress;
 mod http;
+pub mod listener;
 mod metrics;
 mod payloads;
 pub mod registry;

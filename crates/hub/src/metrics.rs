@@ -10,18 +10,25 @@
 //!   `metricsMaxViewerSeries` viewers, the oldest first. The per-stream totals cover every
 //!   viewer either way.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mediamesh_metrics::Exposition;
 use mediamesh_tunnel::wire::DropReason;
 
+use crate::listener::{Gate, Refused};
 use crate::registry::NodeRegistry;
 use crate::session::lifecycle::Phase;
 use crate::session::{Session, Sessions};
 
 /// Renders every metric.
-pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_series: usize) -> String {
+pub(crate) fn render(
+    sessions: &Sessions,
+    registry: &NodeRegistry,
+    gates: &[Arc<Gate>],
+    max_viewer_series: usize,
+) -> String {
     let mut m = Exposition::default();
     let now = Instant::now();
     let snapshot = sessions.snapshot();
@@ -30,6 +37,8 @@ pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_se
     mediamesh_metrics::process::render(&mut m);
     m.family("mediamesh_build_info", "gauge", "Always 1; the version is a label.");
     m.sample("mediamesh_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+
+    connections(&mut m, gates);
 
     m.family("mediamesh_nodes_connected", "gauge", "Edge nodes with a control channel to this hub.");
     m.sample("mediamesh_nodes_connected", &[], connected.len() as f64);
@@ -73,6 +82,35 @@ pub(crate) fn render(sessions: &Sessions, registry: &NodeRegistry, max_viewer_se
         m.sample("mediamesh_viewer_disconnects_total", &[("protocol", protocol), ("reason", end.name())], n as f64);
     }
     m.finish()
+}
+
+/// The ports' gates: what they admitted and refused, and what is open.
+fn connections(m: &mut Exposition, gates: &[Arc<Gate>]) {
+    m.family("mediamesh_connections_open", "gauge", "Open connections per port.");
+    for g in gates {
+        m.sample("mediamesh_connections_open", &[("port", g.port().name())], g.open() as f64);
+    }
+    m.family("mediamesh_connections_accepted_total", "counter", "Connections admitted per port.");
+    for g in gates {
+        let n = g.counters.accepted.load(Ordering::Relaxed);
+        m.sample("mediamesh_connections_accepted_total", &[("port", g.port().name())], n as f64);
+    }
+    m.family(
+        "mediamesh_connections_refused_total",
+        "counter",
+        "Connections closed on accept, per port and the limit they hit.",
+    );
+    for g in gates {
+        for why in Refused::ALL {
+            let labels = [("port", g.port().name()), ("reason", why.name())];
+            m.sample("mediamesh_connections_refused_total", &labels, g.counters.refused(why) as f64);
+        }
+    }
+    m.family("mediamesh_accept_errors_total", "counter", "Failed accepts per port (out of file descriptors, ...).");
+    for g in gates {
+        let n = g.counters.accept_errors.load(Ordering::Relaxed);
+        m.sample("mediamesh_accept_errors_total", &[("port", g.port().name())], n as f64);
+    }
 }
 
 fn labels<'a>(s: &'a Session, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {

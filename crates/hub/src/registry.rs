@@ -11,7 +11,6 @@
 //!   being told it is not connected while it restarts.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,8 @@ use std::time::{Duration, Instant};
 use mediamesh_tunnel::wire::{CatalogEntry, SessionId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::Remote;
 
 /// Commands the hub sends down a node's control channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub struct NodeEntry {
     /// Its streams.
     pub catalog: Vec<CatalogEntry>,
     /// Its address.
-    pub remote: SocketAddr,
+    pub remote: Remote,
     /// When this control connection was accepted.
     pub connected_at: Instant,
     /// Its command queue.
@@ -242,7 +243,7 @@ impl NodeRegistry {
         entry: NodeEntry,
         now: Instant,
         heartbeat: Duration,
-    ) -> Result<Option<(NodeEntry, Takeover)>, SocketAddr> {
+    ) -> Result<Option<(NodeEntry, Takeover)>, Remote> {
         let mut nodes = self.lock();
         let replaced = match admit(nodes.get(node), entry.instance, now, heartbeat) {
             Admission::Refuse => {
@@ -373,7 +374,7 @@ mod tests {
             last_heard: heard,
             agent: String::new(),
             catalog: vec![CatalogEntry { name: "cam1".into(), description: String::new() }],
-            remote: "127.0.0.1:1".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1))),
+            remote: Remote::new(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
             connected_at: Instant::now(),
             commands,
             cancel: CancellationToken::new(),

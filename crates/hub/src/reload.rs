@@ -18,6 +18,7 @@ use crate::api::ApiSettings;
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::{RtspCtx, RtspSettings};
 use crate::http::StreamSettings;
+use crate::listener::{Admission, Admissions, Gates};
 use crate::registry::NodeRegistry;
 use crate::server::{HubError, TlsConfigs};
 use crate::session::lifecycle::LifecycleConfig;
@@ -46,6 +47,7 @@ pub(crate) struct Derived {
     pub rtsp: RtspSettings,
     pub api: ApiSettings,
     pub stream: StreamSettings,
+    pub admission: Admissions,
 }
 
 impl Derived {
@@ -92,7 +94,6 @@ impl Derived {
                 start_timeout: config.start_timeout.get(),
                 stall: config.viewer_write_timeout.get(),
                 send_buffer,
-                max_per_ip: config.rtsp.max_connections_per_ip as usize,
             },
             api: ApiSettings {
                 hub_name: config.hub_name.clone(),
@@ -100,6 +101,14 @@ impl Derived {
                 metrics_max_viewer_series: config.metrics_max_viewer_series,
             },
             stream: StreamSettings { tls: tls.stream.map(TlsAcceptor::from), send_buffer },
+            admission: Admissions {
+                stream: Admission::UNLIMITED,
+                rtsp: Admission {
+                    max_connections: usize::MAX,
+                    max_per_ip: config.rtsp.max_connections_per_ip as usize,
+                },
+                tunnel: Admission::UNLIMITED,
+            },
         })
     }
 }
@@ -113,6 +122,7 @@ pub(crate) struct Reloader {
     pub rtsp: Option<Arc<RtspCtx>>,
     pub api: Arc<Live<ApiSettings>>,
     pub stream: Arc<Live<StreamSettings>>,
+    pub gates: Gates,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -141,6 +151,7 @@ impl Reloader {
         }
         self.api.set(derived.api);
         self.stream.set(derived.stream);
+        self.gates.set(&derived.admission);
         // The running configuration: the new one, but with what needs a restart as it runs.
         let mut kept = new;
         kept.enable = running.enable;

@@ -16,6 +16,7 @@ use crate::api::{ApiState, router};
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::RtspCtx;
 use crate::egress::rtsp::udp::UdpPair;
+use crate::listener::Gates;
 use crate::registry::NodeRegistry;
 use crate::reload::{Derived, Reloaded, Reloader};
 use crate::session::Sessions;
@@ -126,6 +127,7 @@ impl Hub {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let gates = Gates::new(&derived.admission);
         let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));
         let sessions = Sessions::new(derived.sessions, registry.clone(), shutdown.clone(), tasks.clone());
         let tunnel = Arc::new(TunnelCtx {
@@ -136,18 +138,21 @@ impl Hub {
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),
         });
-        tasks.spawn(tunnel::serve(tunnel_listener, tunnel.clone()));
+        tasks.spawn(tunnel::serve(tunnel_listener, gates.tunnel.clone(), tunnel.clone()));
         let api = Arc::new(Live::new(derived.api));
         let state = ApiState {
             sessions: sessions.clone(),
             registry: registry.clone(),
             started: Instant::now(),
             live: api.clone(),
+            gates: gates.serving(rtsp_listener.is_some()),
+            tasks: tasks.clone(),
         };
         let https = derived.stream.tls.is_some();
         let stream = Arc::new(Live::new(derived.stream));
         tasks.spawn(crate::http::serve(
             stream_listener,
+            gates.stream.clone(),
             stream.clone(),
             router(state),
             shutdown.clone(),
@@ -158,10 +163,10 @@ impl Hub {
                 sessions: sessions.clone(),
                 udp,
                 live: Live::new(derived.rtsp),
-                per_ip: Default::default(),
                 shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
             });
-            tasks.spawn(crate::egress::rtsp::serve(listener, ctx.clone(), tasks.clone()));
+            tasks.spawn(crate::egress::rtsp::serve(listener, gates.rtsp.clone(), ctx.clone()));
             ctx
         });
         let rtsp = rtsp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
@@ -175,6 +180,7 @@ impl Hub {
             rtsp: rtsp_ctx,
             api,
             stream,
+            gates,
         };
         Ok(RunningHub {
             tunnel_addr,

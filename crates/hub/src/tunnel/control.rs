@@ -1,6 +1,5 @@
 //! A node's control channel: registers the node, carries AddVideo/RemoveVideo, heartbeats.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{TunnelCtx, TunnelLink, TunnelSettings};
+use crate::listener::Remote;
 use crate::registry::{NodeCommand, NodeEntry, Takeover, command_queue};
 use crate::session::SessionEvent;
 
@@ -31,7 +31,7 @@ pub(super) async fn run(
     mut link: TunnelLink,
     node: String,
     hello: ControlHello,
-    remote: SocketAddr,
+    remote: Remote,
 ) {
     let ControlHello { agent, instance, catalog, running } = hello;
     let (tx, mut commands) = mpsc::channel(command_queue(catalog.len()));
@@ -168,7 +168,7 @@ pub(super) async fn run(
 
 /// Refuses a control connection for a node another edge holds: the newcomer reads why (and
 /// backs off); the hub warns, once a minute per node, with both addresses, and counts each.
-async fn refuse_duplicate(ctx: &TunnelCtx, link: TunnelLink, node: &str, remote: SocketAddr, holder: SocketAddr) {
+async fn refuse_duplicate(ctx: &TunnelCtx, link: TunnelLink, node: &str, remote: Remote, holder: Remote) {
     let stats = ctx.registry.node_stats(node);
     let warn_now = {
         let mut last = stats.conflict_warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -9,9 +9,8 @@
 mod control;
 mod data;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::HeartbeatConfig;
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::listener::{Accepted, Gate, Remote};
 use crate::registry::NodeRegistry;
 use crate::session::Sessions;
 
@@ -78,28 +78,21 @@ impl TunnelSettings {
 }
 
 /// Accepts tunnel connections until shutdown.
-pub(crate) async fn serve(listener: TcpListener, ctx: Arc<TunnelCtx>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = ctx.shutdown.cancelled() => return,
-        };
-        let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("tunnel", conn, %remote);
-        ctx.tasks.spawn(handle(ctx.clone(), tcp, remote).instrument(span));
-    }
+pub(crate) async fn serve(listener: TcpListener, gate: Arc<Gate>, ctx: Arc<TunnelCtx>) {
+    let conns = ctx.clone();
+    crate::listener::serve(
+        listener,
+        gate,
+        ctx.shutdown.clone(),
+        ctx.tasks.clone(),
+        move |Accepted { tcp, remote, id }| {
+            handle(conns.clone(), tcp, remote).instrument(info_span!("tunnel", conn = id, %remote))
+        },
+    )
+    .await;
 }
 
-async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: Remote) {
     let settings = ctx.live.get();
     let deadline = Instant::now() + settings.handshake_timeout;
     let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, tcp));

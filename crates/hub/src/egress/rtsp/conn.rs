@@ -25,6 +25,7 @@ use super::transport::{self, Dest};
 use super::udp::Liveness;
 use super::{RtspCtx, RtspSettings};
 use crate::egress::mailbox::{Sender, mailbox};
+use crate::listener::Remote;
 use crate::random_u64;
 use crate::session::{StreamKey, Viewer};
 
@@ -35,7 +36,7 @@ struct Conn {
     ctx: Arc<RtspCtx>,
     /// The settings current when the connection arrived.
     settings: Arc<RtspSettings>,
-    peer: SocketAddr,
+    peer: Remote,
     /// Commands go boxed: a slot of the mailbox's queue is then 8 bytes, not the command's
     /// 64, for every viewer; commands are rare.
     writer: Sender<Box<WriterCmd>>,
@@ -47,8 +48,7 @@ struct Conn {
     liveness: Liveness,
 }
 
-pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: Remote) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mailbox(16);
     let closed = ctx.shutdown.child_token();
@@ -427,7 +427,7 @@ impl Conn {
         s.playing = Playing::Udp { cancel: cancel.clone(), rtcp };
         self.touch();
         self.send(WriterCmd::Response(response)).await?;
-        tokio::spawn(udp_sender(media, udp, cancel, closed, liveness, timeout, stall));
+        self.ctx.tasks.spawn(udp_sender(media, udp, cancel, closed, liveness, timeout, stall));
         Ok(())
     }
 
