@@ -42,6 +42,7 @@ pub fn init(default_level: &str, format: LogFormat, capture: bool) {
         }
         None => LogOut::Stderr,
     };
+    let _ = CONSOLE.set(out.clone());
     let terminal = match &out {
         LogOut::File(f) => f.is_terminal(),
         LogOut::Stderr => std::io::stderr().is_terminal(),
@@ -58,6 +59,15 @@ pub fn init(default_level: &str, format: LogFormat, capture: bool) {
             builder.json().flatten_event(true).with_current_span(false).with_span_list(true).init();
         }
     }
+}
+
+/// Where the log goes, for messages written outside it.
+static CONSOLE: std::sync::OnceLock<LogOut> = std::sync::OnceLock::new();
+
+/// The process's original stderr, also when fd 2 is captured: a message written here before
+/// exiting is not left in the capture pipe, which the process may leave before it is read.
+pub fn console() -> impl Write {
+    CONSOLE.get().cloned().unwrap_or(LogOut::Stderr)
 }
 
 /// Where log lines go: the original stderr, kept as a file when stderr itself is captured.

@@ -11,6 +11,8 @@ mod config;
 mod logging;
 mod notify;
 
+use std::io::Write;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -19,7 +21,7 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(logging::console(), "error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -27,7 +29,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.is::<cli::Reported>() => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {}", cli::error_chain(&e));
+            let _ = writeln!(logging::console(), "error: {}", cli::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
