@@ -59,9 +59,30 @@ pub struct HubConfig {
     /// Default 30.
     #[serde(default = "default_grace_period")]
     pub grace_period: Seconds,
-    /// Seconds an edge has for the TLS handshake and its Hello. Default 10.
+    /// Seconds a client has for the TLS handshake: an edge also for its WebSocket upgrade and
+    /// Hello, a viewer on a TLS stream port for its handshake alone. Default 10.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Seconds,
+    /// Seconds a stream port client has to send each request's header, however it trickles
+    /// in; the first is due this long after the connection opens (or its TLS handshake ends).
+    /// Default 10.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Seconds,
+    /// Connections the stream port holds open at once (API, `/metrics`, WebSocket viewers);
+    /// more are closed on accept. Default 8192.
+    #[serde(default = "default_stream_max_connections")]
+    pub stream_max_connections: u32,
+    /// Stream port connections one client address may hold. Default 256.
+    #[serde(default = "default_stream_max_connections_per_ip")]
+    pub stream_max_connections_per_ip: u32,
+    /// Connections the tunnel port holds open at once (an edge holds one, plus one per
+    /// watched stream). Default 4096.
+    #[serde(default = "default_tunnel_max_connections")]
+    pub tunnel_max_connections: u32,
+    /// Tunnel port connections one address may hold (several edges can share a NAT address).
+    /// Default 1024.
+    #[serde(default = "default_tunnel_max_connections_per_ip")]
+    pub tunnel_max_connections_per_ip: u32,
     /// Seconds a tunnel may go without receiving anything before the edge counts as dead; the
     /// shorter of this and `heartbeat.timeout` applies. Default 15.
     #[serde(default = "default_deadline")]
@@ -146,6 +167,9 @@ pub struct RtspSettings {
     /// Default 64.
     #[serde(default = "default_rtsp_max_connections_per_ip")]
     pub max_connections_per_ip: u32,
+    /// RTSP connections the port holds open at once. Default 4096.
+    #[serde(default = "default_rtsp_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for RtspSettings {
@@ -159,6 +183,7 @@ impl Default for RtspSettings {
             session_timeout: default_rtsp_session_timeout(),
             request_timeout: default_rtsp_request_timeout(),
             max_connections_per_ip: default_rtsp_max_connections_per_ip(),
+            max_connections: default_rtsp_max_connections(),
         }
     }
 }
@@ -210,6 +235,11 @@ impl HubConfig {
             start_timeout: default_start_timeout(),
             grace_period: default_grace_period(),
             handshake_timeout: default_handshake_timeout(),
+            request_timeout: default_request_timeout(),
+            stream_max_connections: default_stream_max_connections(),
+            stream_max_connections_per_ip: default_stream_max_connections_per_ip(),
+            tunnel_max_connections: default_tunnel_max_connections(),
+            tunnel_max_connections_per_ip: default_tunnel_max_connections_per_ip(),
             read_deadline: default_deadline(),
             write_deadline: default_deadline(),
             heartbeat: HeartbeatSettings::default(),
@@ -306,6 +336,18 @@ impl HubConfig {
         if self.handshake_timeout.get().is_zero() {
             return err("handshakeTimeout", "must be greater than 0".into());
         }
+        if self.request_timeout.get().is_zero() {
+            return err("requestTimeout", "must be greater than 0".into());
+        }
+        let limits = [
+            ("streamMaxConnections", self.stream_max_connections),
+            ("streamMaxConnectionsPerIp", self.stream_max_connections_per_ip),
+            ("tunnelMaxConnections", self.tunnel_max_connections),
+            ("tunnelMaxConnectionsPerIp", self.tunnel_max_connections_per_ip),
+        ];
+        if let Some((key, _)) = limits.iter().find(|(_, n)| *n == 0) {
+            return err(key, "must be at least 1".into());
+        }
         if self.viewer_max_lag.get().is_zero() {
             return err("viewerMaxLag", "must be greater than 0".into());
         }
@@ -340,6 +382,9 @@ impl HubConfig {
             }
             if r.max_connections_per_ip == 0 {
                 return err("rtsp.maxConnectionsPerIp", "must be at least 1".into());
+            }
+            if r.max_connections == 0 {
+                return err("rtsp.maxConnections", "must be at least 1".into());
             }
         }
         Ok(())
@@ -424,6 +469,24 @@ fn default_rtsp_request_timeout() -> Seconds {
 fn default_rtsp_max_connections_per_ip() -> u32 {
     64
 }
+fn default_rtsp_max_connections() -> u32 {
+    4096
+}
+fn default_request_timeout() -> Seconds {
+    Seconds::new(10)
+}
+fn default_stream_max_connections() -> u32 {
+    8192
+}
+fn default_stream_max_connections_per_ip() -> u32 {
+    256
+}
+fn default_tunnel_max_connections() -> u32 {
+    4096
+}
+fn default_tunnel_max_connections_per_ip() -> u32 {
+    1024
+}
 
 #[cfg(test)]
 mod tests {
@@ -446,6 +509,9 @@ mod tests {
         let mut c = base();
         c.max_frame_bytes = 0;
         assert!(c.validate().unwrap_err().to_string().starts_with("cloudDataStream.maxFrameBytes"));
+        let mut c = base();
+        c.tunnel_max_connections_per_ip = 0;
+        assert_eq!(c.validate().unwrap_err().key, "tunnelMaxConnectionsPerIp");
         let mut c = base();
         c.tls_stream_cert_file = Some("x".into());
         assert_eq!(c.validate().unwrap_err().key, "tlsStreamCertFile");

@@ -14,12 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::api::Peer;
-use crate::listener::{Accepted, Gate};
-
-/// Time a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::listener::{Accepted, Deadline, Gate};
 
 /// The stream port's reloadable settings.
 #[derive(Clone)]
@@ -29,6 +24,10 @@ pub(crate) struct StreamSettings {
     pub tls: Option<TlsAcceptor>,
     /// SO_SNDBUF of each connection, if set.
     pub send_buffer: Option<usize>,
+    /// Time a client has for the TLS handshake (`handshakeTimeout`).
+    pub handshake_timeout: Duration,
+    /// Time a client has to send each request's header (`requestTimeout`).
+    pub request_timeout: Duration,
 }
 
 pub(crate) async fn serve(
@@ -40,7 +39,7 @@ pub(crate) async fn serve(
     tasks: TaskTracker,
 ) {
     let conns = shutdown.clone();
-    crate::listener::serve(listener, gate, shutdown, tasks, move |Accepted { tcp, remote, .. }| {
+    crate::listener::serve(listener, gate, shutdown, tasks, move |Accepted { tcp, remote, gate, .. }| {
         let settings = live.get();
         if let Some(size) = settings.send_buffer
             && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
@@ -48,14 +47,13 @@ pub(crate) async fn serve(
             debug!(%remote, error = %e, "cannot set the send buffer size");
         }
         let router = router.clone().layer(axum::Extension(Peer(remote)));
-        let tls = settings.tls.clone();
         let shutdown = conns.clone();
         async move {
             let service = TowerToHyperService::new(router);
             let mut builder = http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(settings.request_timeout);
+            let result = match settings.tls.clone() {
+                Some(acceptor) => match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         drive(builder.serve_connection(TokioIo::new(stream), service).with_upgrades(), &shutdown).await
                     }
@@ -64,14 +62,20 @@ pub(crate) async fn serve(
                         return;
                     }
                     Err(_) => {
+                        gate.counters.missed(Deadline::Handshake);
                         debug!(%remote, "stream port TLS handshake timed out");
                         return;
                     }
                 },
                 None => drive(builder.serve_connection(TokioIo::new(tcp), service).with_upgrades(), &shutdown).await,
             };
-            if let Err(e) = result {
-                debug!(%remote, error = %e, "http connection ended with an error");
+            match result {
+                Err(e) if e.is_timeout() => {
+                    gate.counters.missed(Deadline::Request);
+                    debug!(%remote, "no complete request header within requestTimeout");
+                }
+                Err(e) => debug!(%remote, error = %e, "http connection ended with an error"),
+                Ok(()) => {}
             }
         }
     })

@@ -81,7 +81,13 @@ pub(crate) struct Admission {
 
 impl Admission {
     /// No limit.
+    #[cfg(test)]
     pub(crate) const UNLIMITED: Admission = Admission { max_connections: usize::MAX, max_per_ip: usize::MAX };
+
+    /// From configured limits.
+    pub(crate) fn new(max_connections: u32, max_per_ip: u32) -> Self {
+        Self { max_connections: max_connections as usize, max_per_ip: max_per_ip as usize }
+    }
 }
 
 /// Each port's admission, as one configuration sets it.
@@ -148,6 +154,27 @@ impl Refused {
     }
 }
 
+/// A deadline a client missed: its connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The TLS handshake (and, on the tunnel port, the upgrade and Hello): `handshakeTimeout`.
+    Handshake,
+    /// A complete request: `requestTimeout`, `rtsp.requestTimeout`.
+    Request,
+}
+
+impl Deadline {
+    pub(crate) const ALL: [Deadline; 2] = [Deadline::Handshake, Deadline::Request];
+
+    /// The `phase` label in `/metrics`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Deadline::Handshake => "handshake",
+            Deadline::Request => "request",
+        }
+    }
+}
+
 /// What a gate has counted since the hub started.
 #[derive(Debug, Default)]
 pub(crate) struct GateCounters {
@@ -156,6 +183,8 @@ pub(crate) struct GateCounters {
     pub refused_address_full: AtomicU64,
     /// `accept` failures (out of file descriptors and the like).
     pub accept_errors: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub request_timeouts: AtomicU64,
 }
 
 impl GateCounters {
@@ -164,6 +193,23 @@ impl GateCounters {
             Refused::PortFull => self.refused_port_full.load(Ordering::Relaxed),
             Refused::AddressFull => self.refused_address_full.load(Ordering::Relaxed),
         }
+    }
+
+    fn timeouts(&self, d: Deadline) -> &AtomicU64 {
+        match d {
+            Deadline::Handshake => &self.handshake_timeouts,
+            Deadline::Request => &self.request_timeouts,
+        }
+    }
+
+    /// Counts a connection closed for missing `d`.
+    pub(crate) fn missed(&self, d: Deadline) {
+        self.timeouts(d).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for missing `d`.
+    pub(crate) fn timed_out(&self, d: Deadline) -> u64 {
+        self.timeouts(d).load(Ordering::Relaxed)
     }
 }
 
@@ -235,12 +281,16 @@ impl Gate {
         Ok(Slot { gate: self.clone(), ip })
     }
 
-    /// Logs a refusal, at most once per [`REFUSAL_LOG_EVERY`] per port; the others are
-    /// counted (in `/metrics` and in the next line's `suppressed`).
+    /// Whether a warning about a client nobody has identified yet may be logged now: at most
+    /// one per [`REFUSAL_LOG_EVERY`] per port. `Some(warnings held back since the last one)`.
+    pub(crate) fn may_warn(&self) -> Option<u64> {
+        self.refusals_logged.lock().unwrap_or_else(PoisonError::into_inner).allow(Instant::now())
+    }
+
+    /// Logs a refusal at the bounded rate of [`Gate::may_warn`]; every refusal is counted in
+    /// `/metrics`.
     fn log_refusal(&self, remote: Remote, why: Refused) {
-        let now = Instant::now();
-        let logged = self.refusals_logged.lock().unwrap_or_else(PoisonError::into_inner).allow(now);
-        if let Some(suppressed) = logged {
+        if let Some(suppressed) = self.may_warn() {
             let limits = *self.admission.get();
             let limit = match why {
                 Refused::PortFull => limits.max_connections,
@@ -291,6 +341,25 @@ impl Bounded {
     }
 }
 
+/// Raises the process's soft limit on open files to its hard limit: each connection is a file
+/// descriptor, and the usual soft default (1024) is below what one busy port holds. Returns the
+/// soft limit before and after (`None`: unlimited).
+pub(crate) fn raise_fd_limit() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return (limit.current, limit.current);
+    }
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => (limit.current, limit.maximum),
+        Err(e) => {
+            debug!(error = %e, "cannot raise the open file limit");
+            (limit.current, limit.current)
+        }
+    }
+}
+
 /// A connection the gate admitted.
 #[derive(Debug)]
 pub(crate) struct Accepted {
@@ -298,6 +367,8 @@ pub(crate) struct Accepted {
     pub remote: Remote,
     /// Numbers the port's connections, for log spans.
     pub id: u64,
+    /// The port's gate, to count the deadlines the connection misses.
+    pub gate: Arc<Gate>,
 }
 
 /// Accepts connections on `listener` until `shutdown`; each admitted one runs `handle` in a
@@ -345,7 +416,7 @@ pub(crate) async fn serve<H, F>(
         }
         let id = next;
         next += 1;
-        let conn = handle(Accepted { tcp, remote, id });
+        let conn = handle(Accepted { tcp, remote, id, gate: gate.clone() });
         tasks.spawn(async move {
             conn.await;
             drop(slot);

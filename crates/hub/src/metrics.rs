@@ -17,7 +17,7 @@ use std::time::Instant;
 use mediamesh_metrics::Exposition;
 use mediamesh_tunnel::wire::DropReason;
 
-use crate::listener::{Gate, Refused};
+use crate::listener::{Deadline, Gate, Refused};
 use crate::registry::NodeRegistry;
 use crate::session::lifecycle::Phase;
 use crate::session::{Session, Sessions};
@@ -104,6 +104,17 @@ fn connections(m: &mut Exposition, gates: &[Arc<Gate>]) {
         for why in Refused::ALL {
             let labels = [("port", g.port().name()), ("reason", why.name())];
             m.sample("mediamesh_connections_refused_total", &labels, g.counters.refused(why) as f64);
+        }
+    }
+    m.family(
+        "mediamesh_connection_timeouts_total",
+        "counter",
+        "Connections closed for missing a deadline, per port and phase (handshake, request).",
+    );
+    for g in gates {
+        for d in Deadline::ALL {
+            let labels = [("port", g.port().name()), ("phase", d.name())];
+            m.sample("mediamesh_connection_timeouts_total", &labels, g.counters.timed_out(d) as f64);
         }
     }
     m.family("mediamesh_accept_errors_total", "counter", "Failed accepts per port (out of file descriptors, ...).");

@@ -100,14 +100,16 @@ impl Derived {
                 viewer_write_timeout: config.viewer_write_timeout.get(),
                 metrics_max_viewer_series: config.metrics_max_viewer_series,
             },
-            stream: StreamSettings { tls: tls.stream.map(TlsAcceptor::from), send_buffer },
+            stream: StreamSettings {
+                tls: tls.stream.map(TlsAcceptor::from),
+                send_buffer,
+                handshake_timeout: config.handshake_timeout.get(),
+                request_timeout: config.request_timeout.get(),
+            },
             admission: Admissions {
-                stream: Admission::UNLIMITED,
-                rtsp: Admission {
-                    max_connections: usize::MAX,
-                    max_per_ip: config.rtsp.max_connections_per_ip as usize,
-                },
-                tunnel: Admission::UNLIMITED,
+                stream: Admission::new(config.stream_max_connections, config.stream_max_connections_per_ip),
+                rtsp: Admission::new(config.rtsp.max_connections, config.rtsp.max_connections_per_ip),
+                tunnel: Admission::new(config.tunnel_max_connections, config.tunnel_max_connections_per_ip),
             },
         })
     }

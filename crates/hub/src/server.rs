@@ -85,6 +85,10 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
         config.validate()?;
         let derived = Derived::new(&config, TlsConfigs::load(&config)?)?;
+        let (before, fds) = crate::listener::raise_fd_limit();
+        if before != fds {
+            info!(from = ?before, to = ?fds, "raised the open file limit");
+        }
         let bind = |port: &'static str, p: u16| {
             let addr = SocketAddr::new(config.listen_address, p);
             async move { TcpListener::bind(addr).await.map_err(|source| HubError::Bind { port, addr, source }) }

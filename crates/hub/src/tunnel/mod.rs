@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::listener::{Accepted, Gate, Remote};
+use crate::listener::{Accepted, Deadline, Gate, Remote};
 use crate::registry::NodeRegistry;
 use crate::session::Sessions;
 
@@ -85,14 +85,14 @@ pub(crate) async fn serve(listener: TcpListener, gate: Arc<Gate>, ctx: Arc<Tunne
         gate,
         ctx.shutdown.clone(),
         ctx.tasks.clone(),
-        move |Accepted { tcp, remote, id }| {
-            handle(conns.clone(), tcp, remote).instrument(info_span!("tunnel", conn = id, %remote))
+        move |Accepted { tcp, remote, id, gate }| {
+            handle(conns.clone(), gate, tcp, remote).instrument(info_span!("tunnel", conn = id, %remote))
         },
     )
     .await;
 }
 
-async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: Remote) {
+async fn handle(ctx: Arc<TunnelCtx>, gate: Arc<Gate>, tcp: TcpStream, remote: Remote) {
     let settings = ctx.live.get();
     let deadline = Instant::now() + settings.handshake_timeout;
     let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, tcp));
@@ -103,12 +103,22 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: Remote) {
             debug!(%reason, "tunnel connection refused");
             return;
         }
+        // Before the certificate names anyone, a client in a loop could fill the log: these
+        // warnings are bounded per port (and every one is counted).
         Ok(Err(Refusal::Other(reason))) => {
-            warn!(%reason, "tunnel connection refused");
+            match gate.may_warn() {
+                Some(suppressed) => warn!(%reason, suppressed, "tunnel connection refused"),
+                None => debug!(%reason, "tunnel connection refused"),
+            }
             return;
         }
         Err(_) => {
-            warn!(timeout_s = settings.handshake_timeout.as_secs_f64(), "tunnel handshake timed out");
+            gate.counters.missed(Deadline::Handshake);
+            let timeout_s = settings.handshake_timeout.as_secs_f64();
+            match gate.may_warn() {
+                Some(suppressed) => warn!(timeout_s, suppressed, "tunnel handshake timed out"),
+                None => debug!(timeout_s, "tunnel handshake timed out"),
+            }
             return;
         }
     };
@@ -116,6 +126,7 @@ async fn handle(ctx: Arc<TunnelCtx>, tcp: TcpStream, remote: Remote) {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
+            gate.counters.missed(Deadline::Handshake);
             warn!(%node, timeout_s = settings.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
             return;
         }

@@ -19,13 +19,14 @@ use tracing::{debug, info};
 
 use super::media::{MediaOut, TrackOut};
 use super::request::{self, Incoming, Method, Request, Response};
+use super::request_clock::RequestClock;
 use super::send::{WriterCmd, udp_sender, writer_task};
 use super::sessions::{MAX_SESSIONS, Playing, RtspSession, RtspSessions};
 use super::transport::{self, Dest};
 use super::udp::Liveness;
 use super::{RtspCtx, RtspSettings};
 use crate::egress::mailbox::{Sender, mailbox};
-use crate::listener::Remote;
+use crate::listener::{Deadline, Gate, Remote};
 use crate::random_u64;
 use crate::session::{StreamKey, Viewer};
 
@@ -46,9 +47,11 @@ struct Conn {
     /// the stream's upstream open, so one the client never sets up must not hold it for long.
     described: HashMap<StreamKey, (Viewer, Instant)>,
     liveness: Liveness,
+    /// The port's gate, to count a missed request deadline.
+    gate: Arc<Gate>,
 }
 
-pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: Remote) {
+pub(crate) async fn run(ctx: Arc<RtspCtx>, gate: Arc<Gate>, tcp: TcpStream, peer: Remote) {
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mailbox(16);
     let closed = ctx.shutdown.child_token();
@@ -56,7 +59,8 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, tcp: TcpStream, peer: Remote) {
     let mut writer = tokio::spawn(writer_task(wr, rx, closed.clone(), settings.stall));
     let liveness = Liveness::default();
     let sessions = RtspSessions::default();
-    let mut conn = Conn { ctx, settings, peer, writer: tx, closed, sessions, described: HashMap::new(), liveness };
+    let described = HashMap::new();
+    let mut conn = Conn { ctx, settings, peer, writer: tx, closed, sessions, described, liveness, gate };
     let reason = conn.read_loop(&mut rd).await;
     let sessions = conn.sessions.len();
     conn.close_all();
@@ -95,10 +99,12 @@ impl Conn {
         // Requests are a few hundred bytes; the buffer grows for a bigger one (up to the caps in
         // `request`). Every viewer holds this buffer for as long as it watches.
         let mut buf = BytesMut::with_capacity(512);
+        let mut clock = RequestClock::new(self.settings.request_timeout, Instant::now());
         loop {
             loop {
                 match request::parse(&mut buf) {
                     Ok(Some(Incoming::Request(req))) => {
+                        clock.request(Instant::now());
                         self.touch();
                         // Boxed: handling a request (DESCRIBE waits for the stream to start) needs
                         // several KB of state that the connection, which spends its life waiting
@@ -120,18 +126,22 @@ impl Conn {
                     }
                 }
             }
-            // A connection that is not streaming must keep talking.
-            let idle = (!self.sessions.iter().any(|(_, s)| !matches!(s.playing, Playing::No)))
-                .then_some(self.settings.request_timeout);
+            clock.buffered(!buf.is_empty(), Instant::now());
+            // A connection that is not streaming must keep talking ([`RequestClock`]).
+            let playing = self.sessions.iter().any(|(_, s)| !matches!(s.playing, Playing::No));
+            let deadline = clock.deadline(playing);
             let expiry = self.described.values().map(|(_, at)| *at).min();
-            let read = rd.read_buf(&mut buf);
             let n = tokio::select! {
-                r = async {
-                    match idle {
-                        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| t),
-                        None => Ok(read.await),
+                r = rd.read_buf(&mut buf) => r,
+                () = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
-                } => r,
+                } => {
+                    self.gate.counters.missed(Deadline::Request);
+                    return format!("no complete request within {:.0} s", clock.timeout().as_secs_f64());
+                }
                 () = async {
                     match expiry {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -144,10 +154,9 @@ impl Conn {
                 () = self.closed.cancelled() => return "closed by the server".into(),
             };
             match n {
-                Err(t) => return format!("no request for {:.0} s", t.as_secs_f64()),
-                Ok(Ok(0)) => return "closed by the client".into(),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("read failed: {e}"),
+                Ok(0) => return "closed by the client".into(),
+                Ok(_) => {}
+                Err(e) => return format!("read failed: {e}"),
             }
         }
     }

@@ -15,6 +15,7 @@
 mod conn;
 mod media;
 pub mod request;
+mod request_clock;
 mod sdp;
 mod send;
 mod sessions;
@@ -66,13 +67,13 @@ pub(crate) async fn serve(listener: TcpListener, gate: Arc<Gate>, ctx: Arc<RtspC
         gate,
         ctx.shutdown.clone(),
         ctx.tasks.clone(),
-        move |Accepted { tcp, remote, id }| {
+        move |Accepted { tcp, remote, id, gate }| {
             if let Some(size) = conns.live.get().send_buffer
                 && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(size)
             {
                 tracing::debug!(peer = %remote, error = %e, "cannot set the send buffer size");
             }
-            conn::run(conns.clone(), tcp, remote).instrument(info_span!("rtsp", conn = id, peer = %remote))
+            conn::run(conns.clone(), gate, tcp, remote).instrument(info_span!("rtsp", conn = id, peer = %remote))
         },
     )
     .await;
