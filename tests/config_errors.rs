@@ -81,7 +81,7 @@ fn unusable_value_names_line_and_key() {
 
 #[test]
 fn a_missing_file_names_the_key_that_points_at_it() {
-    let err = run(&["hub", "--config"], &format!("cloudDataStream:\n{TLS}"));
+    let err = run(&["hub", "--config"], &format!("cloudDataStream:\n{TLS}  auth: {{anonymous: [read]}}\n"));
     once(&err, "bad.yaml:2: cloudDataStream.tlsTunnelCAFile: cannot read ");
     assert!(err.contains("ca.pem: No such file or directory"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -110,7 +110,8 @@ fn missing_block_is_explained() {
 /// A hub configuration with real certificates, written into `dir`, with `extra` keys.
 fn hub_yaml(pki: &TestPki, extra: &str) -> String {
     format!(
-        "cloudDataStream:\n  tlsTunnelCAFile: {}\n  tlsTunnelCertFile: {}\n  tlsTunnelPrivateKeyFile: {}\n{extra}",
+        "cloudDataStream:\n  tlsTunnelCAFile: {}\n  tlsTunnelCertFile: {}\n  tlsTunnelPrivateKeyFile: {}\n{extra}  \
+         listenAddress: 127.0.0.1\n",
         pki.main.ca_cert.display(),
         pki.main.hub.cert.display(),
         pki.main.hub.key.display()
@@ -165,6 +166,33 @@ fn check_says_ok_or_names_the_problem_as_nginx_t_does() {
     assert!(err.contains("identifies node \"edge-1\""), "{err}");
     let (ok, err) = check(&dir.write("edge.yaml", &edge), &[("MEDIAMESH_EDGEDATASTREAM_NODENAME", "edge-1")]);
     assert!(ok, "the environment sets nodeName: {err}");
+}
+
+#[test]
+fn a_hub_beyond_loopback_without_an_auth_block_refuses_to_start_and_names_the_fix() {
+    let pki = TestPki::new();
+    let dir = Dir::new();
+    let open = hub_yaml(&pki, "").replace("127.0.0.1", "0.0.0.0");
+    let file = dir.write("hub.yaml", &open);
+    let out = mediamesh(&["hub", "-c"], &file, &[]);
+    assert!(!out.status.success(), "a hub on 0.0.0.0 without auth started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    once(&err, "cloudDataStream.auth: the hub listens on 0.0.0.0 with no auth block");
+    assert!(err.contains("`auth: {anonymous: [read]}`") && err.contains("docs/security.md"), "{err}");
+    // The fix it names works.
+    let fixed = format!("{open}  auth: {{anonymous: [read]}}\n");
+    let (ok, err) = check(&dir.write("hub.yaml", &fixed), &[]);
+    assert!(ok, "{err}");
+    // A mistake inside the block names its line and key.
+    let bad = format!("{open}  auth:\n    users:\n      - user: viewer\n        password: hunter2\n");
+    let (ok, err) = check(&dir.write("hub.yaml", &bad), &[]);
+    assert!(!ok);
+    once(&err, "cloudDataStream.auth.users[0].password:");
+    assert!(!err.contains("hunter2"), "the password reached the error: {err}");
+    let bad = format!("{open}  auth: {{anonymous: [watch]}}\n");
+    let (ok, err) = check(&dir.write("hub.yaml", &bad), &[]);
+    assert!(!ok);
+    once(&err, "hub.yaml:6: cloudDataStream.auth: unknown action \"watch\"");
 }
 
 #[test]

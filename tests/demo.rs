@@ -1,5 +1,6 @@
-//! `mediamesh demo` as a new user runs it: start it, run the view command it prints, decode the
-//! dump with ffprobe, stop it with SIGTERM.
+//! `mediamesh demo` as a new user runs it: start it, run the view command and the RTSP URL it
+//! prints (both carry a viewer token), decode with ffprobe, see the same requests without the
+//! token refused, stop it with SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,11 +22,15 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut view_cmd = None;
+    let mut rtsp_url = None;
     let started = Instant::now();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains(" view wss://") {
             view_cmd = Some(line.trim().to_owned());
+        }
+        if let Some(url) = line.trim().strip_prefix("ffplay -rtsp_transport tcp ") {
+            rtsp_url = Some(url.to_owned());
         }
         if line.starts_with("mediamesh demo ready") {
             break;
@@ -49,6 +54,37 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264,1280,720,100");
+
+    // The same view without its token is refused.
+    let token_at = args.iter().position(|a| *a == "--token").expect("the view command carries --token");
+    let mut bare = args.clone();
+    bare.drain(token_at..token_at + 2);
+    let out = Command::new(bare[0]).args(&bare[1..]).arg("--quiet").current_dir(&dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the view without a token played");
+    assert!(stderr.contains("401"), "{stderr}");
+
+    // The printed RTSP URL plays; without its user and token it is refused.
+    let rtsp_url = rtsp_url.expect("the demo prints an RTSP URL");
+    assert!(rtsp_url.contains("?token=ey"), "the RTSP URL carries the token: {rtsp_url}");
+    let probe = |url: &str| {
+        Command::new("ffprobe")
+            .args(["-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name,width,height"])
+            .args(["-of", "csv=p=0", url])
+            .output()
+            .unwrap()
+    };
+    let out = probe(&rtsp_url);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "h264,1280,720",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = probe(rtsp_url.split_once('?').unwrap().0);
+    assert!(!out.status.success(), "the RTSP URL without the token played");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
 
     mediamesh_testkit::signal(demo.id(), mediamesh_testkit::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);

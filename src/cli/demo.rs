@@ -2,7 +2,8 @@
 //!
 //! It writes a development PKI and a `demo.yaml` (both blocks, a working example) into a state
 //! folder, loads that file like `hub` and `edge` do, runs both sides with TLS on (mutual TLS on
-//! the tunnel, HTTPS/WSS for viewers), and prints what to run to watch.
+//! the tunnel, HTTPS/WSS for viewers) and authentication on (a token signing key made for the
+//! run, a 24-hour viewer token), and prints what to run to watch, each command carrying the token.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,17 @@ use clap::Args;
 use mediamesh_edge::Edge;
 use mediamesh_hub::Hub;
 
+use mediamesh_auth::Permission;
+use mediamesh_auth::jwt::ed25519_pair;
+
 use crate::config;
 
 /// The demo's node name.
 const NODE: &str = "demo-edge";
+/// How long the printed viewer token is valid.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The claim that carries a token's permissions (the `jwt.claim` default).
+const CLAIM: &str = "mediamesh_permissions";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -52,6 +60,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let pki = mediamesh_tls::dev::write_pki(&dir, &hub_names, &[NODE.to_owned()])
         .with_context(|| format!("writing demo certificates to {}", dir.display()))?;
     let (_, edge_tls) = &pki.edges[0];
+    // Auth on, as a real hub: a key made for this run (older tokens stop working) and a token
+    // for the printed commands.
+    let (minter, jwt_public, jwt_private) = ed25519_pair()?;
+    let jwt_key = dir.join("jwt.pub.pem");
+    std::fs::write(&jwt_key, jwt_public).with_context(|| format!("writing {}", jwt_key.display()))?;
+    super::auth::write_private(&dir.join("jwt.pem"), &jwt_private)?;
+    let grants: Vec<Permission> = ["read:*", "api", "metrics"].iter().filter_map(|g| g.parse().ok()).collect();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + TOKEN_TTL.as_secs();
+    let token = minter.mint("demo-viewer", &grants, exp, None, None, CLAIM)?;
+    let token_path = dir.join("viewer.token");
+    super::auth::write_private(&token_path, &format!("{token}\n"))?;
     let host = if args.listen.is_unspecified() { "127.0.0.1".to_owned() } else { args.listen.to_string() };
     let yaml = format!(
         "# Written by `mediamesh demo`: a hub and an edge in one file. Edit a copy and run\n\
@@ -60,6 +79,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          \x20 tlsStreamCertFile: {hc}\n  tlsStreamPrivateKeyFile: {hk}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: {linger}\n\
          \x20 rtsp: {{port: {rp}, udpRtpPort: 0, udpRtcpPort: 0}}\n\
+         \x20 auth:\n    jwt: {{keyFile: {jwt}, algorithms: [EdDSA]}}\n\
          edgeDataStream:\n  enable: true\n  server: \"{host}:{tp}\"\n  nodeName: {NODE}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {ec}\n  tlsTunnelPrivateKeyFile: {ek}\n\
          \x20 streams:\n\
@@ -75,6 +95,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ca = yaml_path(&pki.ca_cert),
         ec = yaml_path(&edge_tls.cert),
         ek = yaml_path(&edge_tls.key),
+        jwt = yaml_path(&jwt_key),
     );
     let config_path = dir.join("demo.yaml");
     std::fs::write(&config_path, &yaml).with_context(|| format!("writing {}", config_path.display()))?;
@@ -111,15 +132,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("The edge dialled the hub over mutual TLS; a camera starts when someone watches it.");
     println!();
     println!("Watch cam1 (in another terminal):");
-    println!("  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --ca {ca} --frames 100 --out cam1.h264");
+    println!(
+        "  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --token {token} --ca {ca} --frames 100 --out cam1.h264"
+    );
     println!("  ffprobe cam1.h264");
     if let Some(rtsp) = hub.rtsp_url(NODE, "cam1") {
+        // In the URL's query: ffmpeg cuts a password longer than 127 bytes, so a token cannot
+        // go there for every client.
         println!("Or with any RTSP client (ffplay, VLC, GStreamer, OpenCV):");
-        println!("  ffplay -rtsp_transport tcp {rtsp}");
-        println!("  ffprobe -rtsp_transport udp {}", rtsp.replace("/cam1", "/cam2"));
+        println!("  ffplay -rtsp_transport tcp {rtsp}?token={token}");
+        println!("  ffprobe -rtsp_transport udp {}?token={token}", rtsp.replace("/cam1", "/cam2"));
     }
     println!("The REST API:");
-    println!("  curl --cacert {ca} https://{host}:{}/api/v1/streams", hub.stream_addr.port());
+    println!(
+        "  curl --cacert {ca} -H 'Authorization: Bearer {token}' https://{host}:{}/api/v1/streams",
+        hub.stream_addr.port()
+    );
+    println!("Without the token, each of these is refused. The token (read, API and metrics on every");
+    println!("stream, valid 24 h) is in {}; mint others with", token_path.display());
+    println!("  {exe} auth token --key {} --grant 'read:{NODE}/cam1' --ttl 1h", dir.join("jwt.pem").display());
     println!("Configuration used: {}", config_path.display());
     println!();
     println!("mediamesh demo ready on https://{host}:{} (Ctrl-C to stop)", hub.stream_addr.port());

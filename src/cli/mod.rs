@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod auth;
 mod bench;
 mod certs;
 mod demo;
@@ -51,6 +52,8 @@ pub enum Command {
     View(view::ViewArgs),
     /// Create a development CA, a hub certificate and edge certificates.
     Certs(certs::CertsArgs),
+    /// Make what the `auth` block needs: password hashes, a token signing key, tokens.
+    Auth(auth::AuthArgs),
     /// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally
     /// beside nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
@@ -59,7 +62,9 @@ pub enum Command {
 impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::View(_) | Command::Certs(_) | Command::Bench(_) | Command::Check { .. } => "warn",
+            Command::View(_) | Command::Certs(_) | Command::Auth(_) | Command::Bench(_) | Command::Check { .. } => {
+                "warn"
+            }
             _ => "info",
         }
     }
@@ -77,6 +82,7 @@ impl Command {
             Command::Demo(args) => demo::run(args).await,
             Command::View(args) => view::run(args).await,
             Command::Certs(args) => certs::run(args),
+            Command::Auth(args) => auth::run(args),
             Command::Bench(args) => bench::run(args).await,
         }
     }

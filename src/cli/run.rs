@@ -33,8 +33,32 @@ fn load<T: Block>(path: &Path) -> anyhow::Result<Option<T>> {
     Ok(Some(config))
 }
 
+/// Warns about files holding viewer secrets that other users can read: the configuration when
+/// its `auth` block has users (a Digest entry is as good as the password for RTSP; a hash can be
+/// attacked offline), and an HMAC token secret.
+fn warn_readable_secrets(path: &Path, cfg: &HubConfig) {
+    let Some(auth) = &cfg.auth else { return };
+    let mut files = Vec::new();
+    if !auth.users.is_empty() {
+        files.push((path.to_path_buf(), "holds auth.users"));
+    }
+    if let Some(jwt) = &auth.jwt
+        && jwt.algorithms.iter().any(|a| a.starts_with("HS"))
+        && let Some(key) = &jwt.key_file
+        && !std::fs::read(key).is_ok_and(|b| b.starts_with(b"-----BEGIN"))
+    {
+        files.push((key.clone(), "holds the token secret (auth.jwt.keyFile)"));
+    }
+    for (file, what) in files {
+        if let Some(mode) = mediamesh_tls::readable_by_others(&file) {
+            warn!(file = %file.display(), mode = %format!("{mode:o}"), "{what} and is readable by other users; chmod 600 it");
+        }
+    }
+}
+
 pub async fn hub(path: &Path) -> anyhow::Result<()> {
     let Some(cfg) = load::<HubConfig>(path)? else { return Ok(()) };
+    warn_readable_secrets(path, &cfg);
     let mut signals = Signals::new().context("installing signal handlers")?;
     let hub = Hub::bind(cfg).await.context("starting the hub")?;
     let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();

@@ -32,6 +32,9 @@ pub struct ViewArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// A token for a hub that asks for one (sent as `Authorization: Bearer`).
+    #[arg(long, env = "MEDIAMESH_TOKEN", hide_env_values = true)]
+    token: Option<mediamesh_auth::Secret>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -66,9 +69,10 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
         None => None,
     };
     let started = Instant::now();
-    let mut client = ViewerClient::connect(&args.url, &ConnectOptions { roots, recv_buffer: None })
-        .await
-        .with_context(|| format!("connecting to {}", args.url))?;
+    let mut client =
+        ViewerClient::connect(&args.url, &ConnectOptions { roots, recv_buffer: None, token: args.token.clone() })
+            .await
+            .with_context(|| format!("connecting to {}", args.url))?;
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

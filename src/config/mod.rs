@@ -57,7 +57,7 @@ impl Block for HubConfig {
         self.enable
     }
     fn check_values(&self) -> Result<(), (String, String)> {
-        self.validate().map_err(|e| (e.key.to_owned(), e.reason))
+        self.validate().map_err(|e| (e.key, e.reason))
     }
     fn resolve_paths(&mut self, base: &Path) {
         HubConfig::resolve_paths(self, base);
@@ -285,7 +285,7 @@ mod tests {
         for f in ["ca.pem", "hub.pem"] {
             write(&dir.join("tls"), f, "x");
         }
-        let text = "cloudDataStream:\n  tlsTunnelCAFile: tls/ca.pem\n  tlsTunnelCertFile: tls/hub.pem\n  tlsTunnelPrivateKeyFile: tls/hub.key\n";
+        let text = "cloudDataStream:\n  tlsTunnelCAFile: tls/ca.pem\n  tlsTunnelCertFile: tls/hub.pem\n  tlsTunnelPrivateKeyFile: tls/hub.key\n  listenAddress: 127.0.0.1\n";
         let p = write(&dir, "hub.yaml", text);
         let e = load::<HubConfig>(&p, &[]).unwrap_err().to_string();
         let key = dir.join("tls/hub.key");

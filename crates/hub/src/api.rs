@@ -41,6 +41,8 @@ pub(crate) struct ApiState {
     pub gates: Arc<[Arc<Gate>]>,
     /// Where viewers' tasks run, so shutdown waits for them.
     pub tasks: TaskTracker,
+    /// Who may do what.
+    pub auth: Arc<crate::auth::HubAuth>,
 }
 
 /// The API's reloadable settings.
@@ -67,6 +69,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}", get(stream))
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
         .with_state(state)
 }
 
@@ -315,7 +318,13 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    let body = crate::metrics::render(&st.sessions, &st.registry, &st.gates, st.live.get().metrics_max_viewer_series);
+    let body = crate::metrics::render(
+        &st.sessions,
+        &st.registry,
+        &st.gates,
+        &st.auth,
+        st.live.get().metrics_max_viewer_series,
+    );
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -24,6 +24,8 @@ pub struct ConnectOptions {
     pub roots: Option<RootCertStore>,
     /// A small socket receive buffer (bytes), to make a client that stops reading stall fast.
     pub recv_buffer: Option<u32>,
+    /// A token, sent as `Authorization: Bearer`.
+    pub token: Option<mediamesh_auth::Secret>,
 }
 
 /// Why the client failed.
@@ -131,7 +133,13 @@ impl ViewerClient {
             Box::new(tcp)
         };
         let ws_url = format!("{}://{rest}", if tls { "wss" } else { "ws" });
-        let req = ws_url.into_client_request().map_err(|e| bad(&e.to_string()))?;
+        let mut req = ws_url.into_client_request().map_err(|e| bad(&e.to_string()))?;
+        if let Some(token) = &opts.token {
+            let value = format!("Bearer {}", token.expose())
+                .parse()
+                .map_err(|_| bad("the token holds characters a header cannot carry"))?;
+            req.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, value);
+        }
         match tokio_tungstenite::client_async(req, io).await {
             Ok((ws, _)) => Ok(Self { ws }),
             Err(tungstenite::Error::Http(resp)) => {

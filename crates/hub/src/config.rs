@@ -7,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use mediamesh_auth::AuthSettings;
 use mediamesh_tunnel::settings::{HeartbeatSettings, Seconds};
 use mediamesh_tunnel::wire::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,10 @@ pub struct HubConfig {
     /// cut out of the timeline).
     #[serde(default)]
     pub outage_timestamps: crate::session::log::OutageTimeline,
+    /// Who may watch and administer ([`mediamesh_auth`]). Without it the hub is open to
+    /// anyone, which it allows only on a loopback `listenAddress`.
+    #[serde(default)]
+    pub auth: Option<AuthSettings>,
 }
 
 /// The `rtsp` block.
@@ -211,7 +216,7 @@ impl Default for FrameLogSettings {
 #[error("cloudDataStream.{key}: {reason}")]
 pub struct ConfigError {
     /// The key path inside `cloudDataStream`, e.g. `maxFrameBytes`.
-    pub key: &'static str,
+    pub key: String,
     /// What is wrong.
     pub reason: String,
 }
@@ -254,6 +259,7 @@ impl HubConfig {
             metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
             outage_timestamps: Default::default(),
+            auth: None,
         }
     }
 
@@ -264,6 +270,7 @@ impl HubConfig {
         c.tls_stream_ca_file = Some(PathBuf::new());
         c.tls_stream_cert_file = Some(PathBuf::new());
         c.tls_stream_private_key_file = Some(PathBuf::new());
+        c.auth = Some(AuthSettings::schema());
         c
     }
 
@@ -277,6 +284,9 @@ impl HubConfig {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(a) = &mut self.auth {
+            a.resolve_paths(base);
         }
     }
 
@@ -293,12 +303,15 @@ impl HubConfig {
             ("tlsStreamPrivateKeyFile", &self.tls_stream_private_key_file),
         ];
         files.extend(optional.into_iter().filter_map(|(k, p)| p.as_deref().map(|p| (k, p))));
+        if let Some(key) = self.auth.as_ref().and_then(|a| a.jwt.as_ref()).and_then(|j| j.key_file.as_deref()) {
+            files.push(("auth.jwt.keyFile", key));
+        }
         files
     }
 
     /// Checks the values that YAML types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, reason: String| Err(ConfigError { key, reason });
+        let err = |key: &str, reason: String| Err(ConfigError { key: key.to_owned(), reason });
         if self.stream_port == self.tunnel_port && self.stream_port != 0 {
             return err("streamPort", format!("{} is also the tunnelPort; use two ports", self.stream_port));
         }
@@ -329,7 +342,7 @@ impl HubConfig {
         if mediamesh_tunnel::wire::validate_name(&self.hub_name).is_err() {
             return err("hubName", format!("{:?} is not a valid name", self.hub_name));
         }
-        self.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
+        self.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
         if self.start_timeout.get().is_zero() {
             return err("startTimeout", "must be greater than 0".into());
         }
@@ -359,6 +372,21 @@ impl HubConfig {
         }
         if self.viewer_write_timeout.get().is_zero() {
             return err("viewerWriteTimeout", "must be greater than 0".into());
+        }
+        match &self.auth {
+            Some(a) => a.validate().map_err(|e| ConfigError { key: format!("auth.{}", e.key), reason: e.reason })?,
+            None if !self.listen_address.is_loopback() => {
+                return err(
+                    "auth",
+                    format!(
+                        "the hub listens on {} with no auth block, so anyone who reaches it could watch every \
+                         camera and read the API. Add an auth block (users, jwt; see docs/security.md), or allow \
+                         anonymous reading explicitly: `auth: {{anonymous: [read]}}`",
+                        self.listen_address
+                    ),
+                );
+            }
+            None => {}
         }
         let r = &self.rtsp;
         if r.enable {
@@ -493,7 +521,20 @@ mod tests {
     use super::*;
 
     fn base() -> HubConfig {
-        HubConfig::with_tunnel_tls("ca".into(), "c".into(), "k".into())
+        let mut c = HubConfig::with_tunnel_tls("ca".into(), "c".into(), "k".into());
+        c.listen_address = std::net::Ipv4Addr::LOCALHOST.into();
+        c
+    }
+
+    #[test]
+    fn a_hub_beyond_loopback_needs_an_auth_block() {
+        let mut c = base();
+        c.listen_address = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "auth");
+        assert!(e.reason.contains("auth: {anonymous: [read]}"), "{e}");
+        c.auth = Some(AuthSettings { anonymous: vec!["read".parse().unwrap()], ..Default::default() });
+        c.validate().unwrap();
     }
 
     #[test]

@@ -16,10 +16,12 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 pub mod client;
 pub mod config;
 pub mod egress;
 mod http;
+mod http_auth;
 pub mod listener;
 mod metrics;
 mod payloads;

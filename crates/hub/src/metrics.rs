@@ -17,6 +17,7 @@ use std::time::Instant;
 use mediamesh_metrics::Exposition;
 use mediamesh_tunnel::wire::DropReason;
 
+use crate::auth::HubAuth;
 use crate::listener::{Deadline, Gate, Refused};
 use crate::registry::NodeRegistry;
 use crate::session::lifecycle::Phase;
@@ -27,6 +28,7 @@ pub(crate) fn render(
     sessions: &Sessions,
     registry: &NodeRegistry,
     gates: &[Arc<Gate>],
+    auth: &HubAuth,
     max_viewer_series: usize,
 ) -> String {
     let mut m = Exposition::default();
@@ -39,6 +41,10 @@ pub(crate) fn render(
     m.sample("mediamesh_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
 
     connections(&mut m, gates);
+    m.family("mediamesh_auth_denials_total", "counter", "Requests refused by authentication, per protocol and reason.");
+    for (protocol, reason, n) in auth.denials() {
+        m.sample("mediamesh_auth_denials_total", &[("protocol", protocol), ("reason", reason)], n as f64);
+    }
 
     m.family("mediamesh_nodes_connected", "gauge", "Edge nodes with a control channel to this hub.");
     m.sample("mediamesh_nodes_connected", &[], connected.len() as f64);

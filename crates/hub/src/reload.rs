@@ -15,6 +15,7 @@ use mediamesh_tunnel::wire::Limits;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::ApiSettings;
+use crate::auth::HubAuth;
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::{RtspCtx, RtspSettings};
 use crate::http::StreamSettings;
@@ -53,7 +54,8 @@ pub(crate) struct Derived {
 impl Derived {
     /// The parts' settings from `config` and its TLS configurations.
     pub(crate) fn new(config: &HubConfig, tls: TlsConfigs) -> Result<Self, HubError> {
-        let heartbeat = config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat", reason })?;
+        let heartbeat =
+            config.heartbeat.to_config().map_err(|reason| ConfigError { key: "heartbeat".into(), reason })?;
         // readDeadline bounds silence too; the shorter of it and the heartbeat timeout applies.
         let heartbeat = mediamesh_tunnel::liveness::HeartbeatConfig {
             timeout: heartbeat.timeout.min(config.read_deadline.get()),
@@ -125,6 +127,7 @@ pub(crate) struct Reloader {
     pub api: Arc<Live<ApiSettings>>,
     pub stream: Arc<Live<StreamSettings>>,
     pub gates: Gates,
+    pub auth: Arc<HubAuth>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -141,6 +144,10 @@ impl Reloader {
         let mut running = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let reloaded = Reloaded::between(&*running, &new, &RESTART_KEYS);
         let mut derived = Derived::new(&new, tls)?;
+        let auth = self
+            .auth
+            .prepare(new.auth.as_ref())
+            .map_err(|e| ConfigError { key: format!("auth.{}", e.key), reason: e.reason })?;
         // TLS on the stream port cannot be turned on or off without rebinding it.
         if derived.stream.tls.is_some() != self.stream.get().tls.is_some() {
             derived.stream.tls = self.stream.get().tls.clone();
@@ -154,6 +161,7 @@ impl Reloader {
         self.api.set(derived.api);
         self.stream.set(derived.stream);
         self.gates.set(&derived.admission);
+        self.auth.apply(auth);
         // The running configuration: the new one, but with what needs a restart as it runs.
         let mut kept = new;
         kept.enable = running.enable;

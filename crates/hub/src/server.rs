@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::api::{ApiState, router};
+use crate::auth::HubAuth;
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::RtspCtx;
 use crate::egress::rtsp::udp::UdpPair;
@@ -85,6 +86,10 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
         config.validate()?;
         let derived = Derived::new(&config, TlsConfigs::load(&config)?)?;
+        let auth = Arc::new(
+            HubAuth::new(config.auth.as_ref())
+                .map_err(|e| ConfigError { key: format!("auth.{}", e.key), reason: e.reason })?,
+        );
         let (before, fds) = crate::listener::raise_fd_limit();
         if before != fds {
             info!(from = ?before, to = ?fds, "raised the open file limit");
@@ -151,6 +156,7 @@ impl Hub {
             live: api.clone(),
             gates: gates.serving(rtsp_listener.is_some()),
             tasks: tasks.clone(),
+            auth: auth.clone(),
         };
         let https = derived.stream.tls.is_some();
         let stream = Arc::new(Live::new(derived.stream));
@@ -169,6 +175,7 @@ impl Hub {
                 live: Live::new(derived.rtsp),
                 shutdown: shutdown.clone(),
                 tasks: tasks.clone(),
+                auth: auth.clone(),
             });
             tasks.spawn(crate::egress::rtsp::serve(listener, gates.rtsp.clone(), ctx.clone()));
             ctx
@@ -185,6 +192,7 @@ impl Hub {
             api,
             stream,
             gates,
+            auth,
         };
         Ok(RunningHub {
             tunnel_addr,

@@ -145,8 +145,18 @@ impl Metrics {
 
 /// Fetches `/metrics` from `addr`, checking every line is valid text exposition format.
 pub async fn metrics(addr: SocketAddr) -> Metrics {
-    let (status, body) = crate::http::get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    metrics_with(addr, &[]).await
+}
+
+/// [`metrics`] with request headers (credentials on a hub with an `auth` block).
+pub async fn metrics_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Metrics {
+    let answer = crate::http::request(addr, "GET", "/metrics", headers).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    parse_metrics(&answer.body)
+}
+
+/// Parses a `/metrics` page, checking every line is valid text exposition format.
+pub fn parse_metrics(body: &str) -> Metrics {
     let mut samples = Vec::new();
     for line in body.lines() {
         if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {

@@ -20,6 +20,9 @@ pub fn free_port() -> u16 {
 /// `extra` YAML lines (indented by two spaces) inside the block.
 pub fn hub_yaml(pki: &TestPki, listen: &str, tunnel_port: u16, stream_port: u16, extra: &str) -> String {
     let h = &pki.main.hub;
+    // A hub beyond loopback needs an auth block; tests that are not about auth watch anonymously.
+    let open = listen.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback()) && !extra.contains("auth:");
+    let extra = if open { format!("  auth: {{anonymous: [read, api, metrics]}}\n{extra}") } else { extra.to_owned() };
     format!(
         "cloudDataStream:\n  listenAddress: {listen}\n  tunnelPort: {tunnel_port}\n  streamPort: {stream_port}\n  \
          tlsTunnelCAFile: {}\n  tlsTunnelCertFile: {}\n  tlsTunnelPrivateKeyFile: {}\n  linger: 1\n  \

@@ -18,7 +18,7 @@ mod load;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use load::{load_certs, load_key, load_roots};
+pub use load::{load_certs, load_key, load_roots, readable_by_others};
 pub use rustls;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;

@@ -8,9 +8,47 @@ use std::borrow::Cow;
 /// What replaces a secret.
 pub const MASK: &str = "***";
 
+/// Query parameters whose value is a credential (`?token=` is how browsers and RTSP clients
+/// that cannot set a header or a long password carry a viewer token).
+pub const SECRET_PARAMS: [&str; 3] = ["token", "jwt", "access_token"];
+
 /// `text` with the credentials of every URL in it masked: `user:password@` becomes
-/// `user:***@`, a lone `token@` becomes `***@`.
+/// `user:***@`, a lone `token@` becomes `***@`, and `?token=…` (any of [`SECRET_PARAMS`],
+/// also in a bare path such as a request line) becomes `?token=***`.
 pub fn text(text: &str) -> Cow<'_, str> {
+    let masked = userinfo(text);
+    if !SECRET_PARAMS.iter().any(|p| masked.contains(&format!("{p}="))) {
+        return masked;
+    }
+    Cow::Owned(params(&masked))
+}
+
+/// Masks the value of every `?name=` or `&name=` whose name is in [`SECRET_PARAMS`].
+fn params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['?', '&']) {
+        let (head, tail) = rest.split_at(i + 1);
+        out.push_str(head);
+        let name_end = tail.find('=').filter(|&e| SECRET_PARAMS.contains(&&tail[..e]));
+        match name_end {
+            Some(e) => {
+                out.push_str(&tail[..=e]);
+                out.push_str(MASK);
+                let value = &tail[e + 1..];
+                let end = value
+                    .find(|c: char| c.is_whitespace() || matches!(c, '&' | '#' | '"' | '\'' | '<' | '>'))
+                    .unwrap_or(value.len());
+                rest = &value[end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn userinfo(text: &str) -> Cow<'_, str> {
     if !text.contains("://") {
         return Cow::Borrowed(text);
     }
@@ -61,6 +99,19 @@ pub fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_parameters_are_masked_in_urls_and_request_lines() {
+        assert_eq!(text("rtsp://hub:8554/edge-1/cam1?token=eyJ.a.b&x=1"), "rtsp://hub:8554/edge-1/cam1?token=***&x=1");
+        assert_eq!(
+            text("GET /api/v1/nodes/e/streams/c/ws?a=1&jwt=abc HTTP/1.1"),
+            "GET /api/v1/nodes/e/streams/c/ws?a=1&jwt=*** HTTP/1.1"
+        );
+        assert_eq!(text("uri=\"/x?access_token=s3\""), "uri=\"/x?access_token=***\"");
+        // Names that only end like a secret one, and text that is no query, stay.
+        assert_eq!(text("/x?mytoken=1&tokens=2"), "/x?mytoken=1&tokens=2");
+        assert_eq!(text("token=abc"), "token=abc");
+    }
 
     #[test]
     fn every_url_in_a_text_loses_its_credentials() {

@@ -2,7 +2,7 @@
 //! write half and sends responses and, for TCP-interleaved sessions, the media; UDP sessions get
 //! a sender task of their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +49,8 @@ struct Conn {
     liveness: Liveness,
     /// The port's gate, to count a missed request deadline.
     gate: Arc<Gate>,
+    /// Streams this connection proved it may read ([`super::auth`]).
+    authorized: HashSet<StreamKey>,
 }
 
 pub(crate) async fn run(ctx: Arc<RtspCtx>, gate: Arc<Gate>, tcp: TcpStream, peer: Remote) {
@@ -60,7 +62,8 @@ pub(crate) async fn run(ctx: Arc<RtspCtx>, gate: Arc<Gate>, tcp: TcpStream, peer
     let liveness = Liveness::default();
     let sessions = RtspSessions::default();
     let described = HashMap::new();
-    let mut conn = Conn { ctx, settings, peer, writer: tx, closed, sessions, described, liveness, gate };
+    let authorized = HashSet::new();
+    let mut conn = Conn { ctx, settings, peer, writer: tx, closed, sessions, described, liveness, gate, authorized };
     let reason = conn.read_loop(&mut rd).await;
     let sessions = conn.sessions.len();
     conn.close_all();
@@ -192,6 +195,11 @@ impl Conn {
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), String> {
+        if matches!(req.method, Method::Describe | Method::Setup)
+            && let Some(denied) = self.authorize(&req).await
+        {
+            return self.respond(&req, denied).await;
+        }
         let resp = match req.method {
             Method::Options => Response::ok().header("Public", PUBLIC),
             Method::Describe => self.describe(&req).await,
@@ -207,6 +215,20 @@ impl Conn {
             Method::Pause | Method::Other(_) => Response::new(501, "Not Implemented").header("Public", PUBLIC),
         };
         self.respond(&req, resp).await
+    }
+
+    /// `None` if the request may read the stream its URI names (a URI naming none is answered
+    /// by the method's handler).
+    async fn authorize(&mut self, req: &Request) -> Option<Response> {
+        let (key, _) = parse_uri(&req.uri)?;
+        if self.authorized.contains(&key) && req.header("Authorization").is_none() {
+            return None;
+        }
+        let denied = super::auth::check(&self.ctx.auth, req, &key, self.peer).await;
+        if denied.is_none() && self.authorized.len() < 2 * MAX_SESSIONS {
+            self.authorized.insert(key);
+        }
+        denied
     }
 
     /// The session a request names; 454 if it names one this connection did not create.

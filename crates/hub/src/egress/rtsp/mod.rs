@@ -12,6 +12,7 @@
 //! most 4 sessions and 4 DESCRIBEd-but-not-set-up streams (453 beyond). Connections arrive
 //! through [`crate::listener`], whose gate holds one client address to `maxConnectionsPerIp`.
 
+mod auth;
 mod conn;
 mod media;
 pub mod request;
@@ -43,6 +44,8 @@ pub(crate) struct RtspCtx {
     pub shutdown: CancellationToken,
     /// Where connections' and UDP senders' tasks run, so shutdown waits for them.
     pub tasks: TaskTracker,
+    /// Who may watch.
+    pub auth: Arc<crate::auth::HubAuth>,
 }
 
 /// The RTSP server's reloadable settings.

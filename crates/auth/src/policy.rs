@@ -1,0 +1,513 @@
+//! The decision: who is asking, and may they do this.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::Secret;
+use crate::credentials::Credentials;
+use crate::digest::{self, NonceCheck, Nonces};
+use crate::jwt::{JwtVerifier, TokenError};
+use crate::limiter::{FailureLimiter, LimitConfig};
+use crate::password::{self, PasswordHashString};
+use crate::permission::{Action, Permission, allowed};
+use crate::settings::{AuthError, AuthSettings};
+
+/// How long a checked user and password is remembered, so an RTSP client's several requests
+/// cost one argon2id hash, not one each.
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// Most remembered checks.
+const VERIFIED_MAX: usize = 4096;
+
+/// One request to decide on.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// What it does.
+    pub action: Action,
+    /// The stream, for `read`.
+    pub stream: Option<(&'a str, &'a str)>,
+    /// The client's address.
+    pub remote: IpAddr,
+    /// What it presented.
+    pub credentials: &'a Credentials,
+    /// The request method, which a Digest response covers (RTSP: `DESCRIBE`, `SETUP`, …).
+    pub method: &'a str,
+}
+
+/// Who was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No credentials; the `anonymous` permissions allowed it.
+    Anonymous,
+    /// An internal user.
+    User(String),
+    /// A token's subject.
+    Token(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::User(u) => write!(f, "user {u:?}"),
+            Identity::Token(s) => write!(f, "token for {s:?}"),
+        }
+    }
+}
+
+/// Why a request was refused. The text is safe to send to the client and to log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// No credentials, and anonymous clients may not do this.
+    #[error("authentication required")]
+    NoCredentials,
+    /// Credentials of a kind nothing is configured to check.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A user name that is not configured.
+    #[error("wrong user or password")]
+    UnknownUser,
+    /// The wrong password (or Digest response) for a user.
+    #[error("wrong user or password")]
+    WrongPassword,
+    /// A Digest response to a nonce that has aged; the client should answer a new challenge.
+    #[error("the Digest nonce is stale")]
+    StaleNonce,
+    /// A token that is not valid.
+    #[error("invalid token: {0}")]
+    Token(TokenError),
+    /// Known, but not allowed this.
+    #[error("{who} may not {action}{}", stream.as_ref().map(|s| format!(" {s}")).unwrap_or_default())]
+    Forbidden {
+        /// Who asked.
+        who: String,
+        /// What.
+        action: Action,
+        /// On which stream (`node/stream`).
+        stream: Option<String>,
+    },
+    /// Too many failures from this address.
+    #[error("too many failed attempts from this address; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// When the address may try again.
+        retry_after: Duration,
+    },
+}
+
+/// The `reason` label of `mediamesh_auth_denials_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenialReason {
+    /// [`Denial::NoCredentials`].
+    NoCredentials,
+    /// [`Denial::Unsupported`].
+    Unsupported,
+    /// [`Denial::UnknownUser`].
+    UnknownUser,
+    /// [`Denial::WrongPassword`].
+    WrongPassword,
+    /// [`Denial::StaleNonce`].
+    StaleNonce,
+    /// [`Denial::Token`] for an expired token.
+    ExpiredToken,
+    /// [`Denial::Token`] otherwise.
+    InvalidToken,
+    /// [`Denial::Forbidden`].
+    Forbidden,
+    /// [`Denial::RateLimited`].
+    RateLimited,
+}
+
+impl DenialReason {
+    /// Every reason.
+    pub const ALL: [DenialReason; 9] = [
+        DenialReason::NoCredentials,
+        DenialReason::Unsupported,
+        DenialReason::UnknownUser,
+        DenialReason::WrongPassword,
+        DenialReason::StaleNonce,
+        DenialReason::ExpiredToken,
+        DenialReason::InvalidToken,
+        DenialReason::Forbidden,
+        DenialReason::RateLimited,
+    ];
+
+    /// As a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            DenialReason::NoCredentials => "no_credentials",
+            DenialReason::Unsupported => "unsupported_credentials",
+            DenialReason::UnknownUser => "unknown_user",
+            DenialReason::WrongPassword => "wrong_password",
+            DenialReason::StaleNonce => "stale_nonce",
+            DenialReason::ExpiredToken => "expired_token",
+            DenialReason::InvalidToken => "invalid_token",
+            DenialReason::Forbidden => "forbidden",
+            DenialReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl Denial {
+    /// Its metric reason.
+    pub fn reason(&self) -> DenialReason {
+        match self {
+            Denial::NoCredentials => DenialReason::NoCredentials,
+            Denial::Unsupported(_) => DenialReason::Unsupported,
+            Denial::UnknownUser => DenialReason::UnknownUser,
+            Denial::WrongPassword => DenialReason::WrongPassword,
+            Denial::StaleNonce => DenialReason::StaleNonce,
+            Denial::Token(TokenError::Expired) => DenialReason::ExpiredToken,
+            Denial::Token(_) => DenialReason::InvalidToken,
+            Denial::Forbidden { .. } => DenialReason::Forbidden,
+            Denial::RateLimited { .. } => DenialReason::RateLimited,
+        }
+    }
+
+    /// The HTTP (and RTSP) status: 401 (try credentials), 403 (known, not allowed), 429.
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::Forbidden { .. } => 403,
+            Denial::RateLimited { .. } => 429,
+            _ => 401,
+        }
+    }
+
+    /// Whether it counts against the address's limit: wrong credentials do; asking without
+    /// any, a stale nonce or a permission a known client lacks do not.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Denial::UnknownUser | Denial::WrongPassword | Denial::Token(_) | Denial::Unsupported(_))
+    }
+}
+
+/// Passwords already checked against their argon2 hash: (user, digest of the password) → when.
+type VerifiedCache = Arc<Mutex<HashMap<(String, [u8; 32]), Instant>>>;
+
+struct User {
+    hash: PasswordHashString,
+    digest: Option<Secret>,
+    permissions: Vec<Permission>,
+}
+
+/// Decides requests by the `auth` block.
+pub struct Authenticator {
+    anonymous: Vec<Permission>,
+    users: HashMap<String, User>,
+    jwt: Option<JwtVerifier>,
+    /// Shared with the authenticator a reload replaces, so a reload does not forgive.
+    limiter: Arc<Mutex<FailureLimiter>>,
+    nonces: Arc<Nonces>,
+    verified: VerifiedCache,
+    /// Checked for unknown users too, so the time taken does not tell which users exist.
+    decoy: PasswordHashString,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("anonymous", &self.anonymous)
+            .field("users", &self.users.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// From the settings (reads the JWT key file).
+    pub fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
+        let limiter = Arc::new(Mutex::new(FailureLimiter::new(limit_config(settings))));
+        let nonces = Arc::new(Nonces::new().ok_or_else(|| AuthError::new("", "no random bytes for Digest nonces"))?);
+        Self::build(settings, limiter, nonces, Arc::default())
+    }
+
+    /// The authenticator of a reloaded configuration, keeping this one's failure counts.
+    pub fn reloaded(&self, settings: &AuthSettings) -> Result<Self, AuthError> {
+        let new = Self::build(settings, self.limiter.clone(), self.nonces.clone(), Arc::default())?;
+        new.limiter.lock().unwrap_or_else(PoisonError::into_inner).set_config(limit_config(settings));
+        Ok(new)
+    }
+
+    fn build(
+        settings: &AuthSettings,
+        limiter: Arc<Mutex<FailureLimiter>>,
+        nonces: Arc<Nonces>,
+        verified: VerifiedCache,
+    ) -> Result<Self, AuthError> {
+        settings.validate()?;
+        let mut users = HashMap::new();
+        for (i, u) in settings.users.iter().enumerate() {
+            let hash = PasswordHashString::parse(u.password.expose())
+                .map_err(|e| AuthError::new(format!("users[{i}].password"), e))?;
+            let user = User { hash, digest: u.digest.clone(), permissions: u.permissions.clone() };
+            users.insert(u.user.clone(), user);
+        }
+        let jwt = settings.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        let mut seed = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut seed).map_err(|_| AuthError::new("", "no random bytes"))?;
+        let decoy = password::hash(&Secret::new(String::from_utf8_lossy(&seed))).map_err(|e| AuthError::new("", e))?;
+        Ok(Self { anonymous: settings.anonymous.clone(), users, jwt, limiter, nonces, verified, decoy })
+    }
+
+    /// Whether anonymous clients may do `action` (on `stream`).
+    pub fn anonymous_may(&self, action: Action, stream: Option<(&str, &str)>) -> bool {
+        allowed(&self.anonymous, action, stream)
+    }
+
+    /// `WWW-Authenticate` values for an HTTP 401: what this hub can check.
+    pub fn http_challenges(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.jwt.is_some() {
+            v.push(format!("Bearer realm=\"{}\"", digest::REALM));
+        }
+        if !self.users.is_empty() {
+            v.push(format!("Basic realm=\"{}\", charset=\"UTF-8\"", digest::REALM));
+        }
+        v
+    }
+
+    /// `WWW-Authenticate` values for an RTSP 401: Digest first when a user can use it, and
+    /// Basic for passwords and for tokens in the password field.
+    pub fn rtsp_challenges(&self, now_unix: u64, stale: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.users.values().any(|u| u.digest.is_some()) {
+            v.push(digest::challenge(&self.nonces.issue(now_unix), stale));
+        }
+        if !self.users.is_empty() || self.jwt.is_some() {
+            v.push(format!("Basic realm=\"{}\"", digest::REALM));
+        }
+        v
+    }
+
+    /// Decides `req`.
+    pub async fn check(&self, req: &Request<'_>) -> Result<Identity, Denial> {
+        let now = Instant::now();
+        if let Err(retry_after) = self.limiter().check(req.remote, now) {
+            return Err(Denial::RateLimited { retry_after });
+        }
+        let result = self.authenticate(req).await;
+        match &result {
+            Err(d) if d.is_failure() => self.limiter().failed(req.remote, Instant::now()),
+            Ok((Identity::Anonymous, _)) | Err(_) => {}
+            Ok(_) => self.limiter().succeeded(req.remote),
+        }
+        let (who, permissions) = result?;
+        if allowed(&permissions, req.action, req.stream) {
+            return Ok(who);
+        }
+        if who == Identity::Anonymous && (!self.users.is_empty() || self.jwt.is_some()) {
+            return Err(Denial::NoCredentials);
+        }
+        Err(Denial::Forbidden {
+            who: who.to_string(),
+            action: req.action,
+            stream: req.stream.map(|(n, s)| format!("{n}/{s}")),
+        })
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn authenticate(&self, req: &Request<'_>) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
+        match req.credentials {
+            Credentials::None => Ok((Identity::Anonymous, Cow::Borrowed(&self.anonymous))),
+            Credentials::Basic { user, password } => match self.users.get(user) {
+                Some(u) => {
+                    if self.password_ok(user, &u.hash, password).await {
+                        Ok((Identity::User(user.clone()), Cow::Borrowed(&u.permissions)))
+                    } else {
+                        Err(Denial::WrongPassword)
+                    }
+                }
+                None if self.jwt.is_some() && JwtVerifier::looks_like_jwt(password.expose()) => {
+                    self.token(password.expose())
+                }
+                None => {
+                    // As long as a real check, so the answer's timing does not list users.
+                    let _ = self.password_ok(user, &self.decoy, password).await;
+                    Err(Denial::UnknownUser)
+                }
+            },
+            Credentials::Digest(r) => {
+                let Some(u) = self.users.get(&r.username) else { return Err(Denial::UnknownUser) };
+                let Some(ha1) = &u.digest else {
+                    return Err(Denial::Unsupported("this user has no Digest entry; use Basic"));
+                };
+                match self.nonces.check(&r.nonce, unix_now()) {
+                    NonceCheck::Valid => {}
+                    NonceCheck::Stale => return Err(Denial::StaleNonce),
+                    NonceCheck::Invalid => return Err(Denial::WrongPassword),
+                }
+                if digest::verify(r, req.method, &ha1.expose().to_ascii_lowercase()) {
+                    Ok((Identity::User(r.username.clone()), Cow::Borrowed(&u.permissions)))
+                } else {
+                    Err(Denial::WrongPassword)
+                }
+            }
+            Credentials::Bearer(token) => self.token(token.expose()),
+        }
+    }
+
+    fn token(&self, token: &str) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
+        let jwt = self.jwt.as_ref().ok_or(Denial::Unsupported("bearer tokens are not configured on this hub"))?;
+        let grant = jwt.verify(token).map_err(Denial::Token)?;
+        Ok((Identity::Token(grant.subject), Cow::Owned(grant.permissions)))
+    }
+
+    async fn password_ok(&self, user: &str, hash: &PasswordHashString, password: &Secret) -> bool {
+        let fingerprint: [u8; 32] = {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.expose().as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        let key = (user.to_owned(), fingerprint);
+        let now = Instant::now();
+        {
+            let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.get(&key).is_some_and(|until| *until > now) {
+                return true;
+            }
+            cache.retain(|_, until| *until > now);
+        }
+        let (hash, password) = (hash.clone(), password.clone());
+        let ok = tokio::task::spawn_blocking(move || hash.verify(&password)).await.unwrap_or(false);
+        if ok {
+            let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() < VERIFIED_MAX {
+                cache.insert(key, now + VERIFIED_FOR);
+            }
+        }
+        ok
+    }
+}
+
+fn limit_config(s: &AuthSettings) -> LimitConfig {
+    LimitConfig {
+        max_failures: s.failures.max_failures,
+        window: s.failures.window.get(),
+        block: s.failures.block.get(),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::UserSettings;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn settings() -> AuthSettings {
+        let hash = password::hash(&Secret::new("s3cret")).unwrap();
+        AuthSettings {
+            anonymous: vec!["metrics".parse().unwrap()],
+            users: vec![UserSettings {
+                user: "alice".into(),
+                password: Secret::new(hash.as_str()),
+                digest: Some(Secret::new(digest::ha1("alice", "s3cret"))),
+                permissions: vec!["read:edge-1/cam1".parse().unwrap(), "api".parse().unwrap()],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn req<'a>(action: Action, stream: Option<(&'a str, &'a str)>, c: &'a Credentials, n: u8) -> Request<'a> {
+        Request { action, stream, remote: ip(n), credentials: c, method: "DESCRIBE" }
+    }
+
+    fn basic(user: &str, password: &str) -> Credentials {
+        Credentials::Basic { user: user.into(), password: Secret::new(password) }
+    }
+
+    #[tokio::test]
+    async fn users_get_their_permissions_and_no_more() {
+        let a = Authenticator::new(&settings()).unwrap();
+        let alice = basic("alice", "s3cret");
+        assert_eq!(
+            a.check(&req(Action::Read, Some(("edge-1", "cam1")), &alice, 1)).await,
+            Ok(Identity::User("alice".into()))
+        );
+        let d = a.check(&req(Action::Read, Some(("edge-1", "cam2")), &alice, 1)).await.unwrap_err();
+        assert_eq!((d.status(), d.reason()), (403, DenialReason::Forbidden));
+        assert_eq!(d.to_string(), "user \"alice\" may not read edge-1/cam2");
+        assert_eq!(a.check(&req(Action::Admin, None, &alice, 1)).await.unwrap_err().status(), 403);
+        let none = Credentials::None;
+        assert_eq!(a.check(&req(Action::Metrics, None, &none, 1)).await, Ok(Identity::Anonymous));
+        let d = a.check(&req(Action::Read, Some(("edge-1", "cam1")), &none, 1)).await.unwrap_err();
+        assert_eq!((d.status(), d.reason()), (401, DenialReason::NoCredentials), "anonymous: asked to log in");
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_refused_until_the_block_ends() {
+        let mut s = settings();
+        s.failures.max_failures = 3;
+        let a = Authenticator::new(&s).unwrap();
+        let wrong = basic("alice", "guess");
+        for _ in 0..3 {
+            assert_eq!(
+                a.check(&req(Action::Api, None, &wrong, 2)).await.unwrap_err().reason(),
+                DenialReason::WrongPassword
+            );
+        }
+        let right = basic("alice", "s3cret");
+        let d = a.check(&req(Action::Api, None, &right, 2)).await.unwrap_err();
+        assert_eq!((d.status(), d.reason()), (429, DenialReason::RateLimited), "even the right password waits");
+        assert!(a.check(&req(Action::Api, None, &right, 3)).await.is_ok(), "another address is unaffected");
+        assert_eq!(
+            a.check(&req(Action::Api, None, &basic("mallory", "x"), 4)).await.unwrap_err().reason(),
+            DenialReason::UnknownUser
+        );
+        let reloaded = a.reloaded(&s).unwrap();
+        assert_eq!(
+            reloaded.check(&req(Action::Api, None, &right, 2)).await.unwrap_err().status(),
+            429,
+            "a reload does not forgive"
+        );
+    }
+
+    #[tokio::test]
+    async fn digest_responses_are_checked_against_the_users_digest() {
+        let a = Authenticator::new(&settings()).unwrap();
+        let challenges = a.rtsp_challenges(unix_now(), false);
+        assert!(challenges[0].starts_with("Digest realm=\"mediamesh\", nonce=\""), "{challenges:?}");
+        assert_eq!(challenges[1], "Basic realm=\"mediamesh\"");
+        let nonce = challenges[0].split('"').nth(3).unwrap().to_owned();
+        let uri = "rtsp://127.0.0.1:8554/edge-1/cam1";
+        let respond = |password: &str| {
+            let ha1 = digest::ha1("alice", password);
+            let ha2 = format!("{:x}", md5::Md5::digest(format!("DESCRIBE:{uri}").as_bytes()));
+            let response = format!("{:x}", md5::Md5::digest(format!("{ha1}:{nonce}:{ha2}").as_bytes()));
+            Credentials::Digest(crate::credentials::DigestResponse {
+                username: "alice".into(),
+                realm: "mediamesh".into(),
+                nonce: nonce.clone(),
+                uri: uri.into(),
+                response,
+                ..Default::default()
+            })
+        };
+        use md5::Digest as _;
+        let good = respond("s3cret");
+        assert!(a.check(&req(Action::Read, Some(("edge-1", "cam1")), &good, 5)).await.is_ok());
+        let bad = respond("S3cret");
+        assert_eq!(
+            a.check(&req(Action::Read, Some(("edge-1", "cam1")), &bad, 5)).await.unwrap_err().reason(),
+            DenialReason::WrongPassword
+        );
+    }
+
+    #[test]
+    fn a_secret_never_appears_in_debug_output() {
+        let s = settings();
+        let shown = format!("{s:?} {}", serde_json::to_string(&s).unwrap());
+        assert!(!shown.contains("s3cret") && !shown.contains(&digest::ha1("alice", "s3cret")), "{shown}");
+        assert!(!shown.contains("$argon2id$v=19$m"), "{shown}");
+    }
+}
