@@ -7,11 +7,13 @@
 //! HS256 token "signed" with an RSA public key as the secret is refused.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use crate::jwks::JwksCache;
 use crate::permission::{Permission, PermissionError};
 use crate::settings::{AuthError, JwtSettings};
 
@@ -74,6 +76,12 @@ pub enum TokenError {
     /// A required claim is missing or has the wrong type.
     #[error("claim {0}")]
     Claim(String),
+    /// The token names a key (`kid`) the key set does not hold, even after fetching it again.
+    #[error("no key {0:?} in the hub's key set")]
+    UnknownKey(String),
+    /// The key set has never been fetched, so no token can be checked.
+    #[error("the hub cannot fetch its token keys: {0}")]
+    KeysUnavailable(String),
 }
 
 /// What a valid token grants.
@@ -88,6 +96,7 @@ pub struct Grant {
 /// Checks tokens against a static key.
 pub struct JwtVerifier {
     keys: Vec<DecodingKey>,
+    jwks: Option<Arc<JwksCache>>,
     algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audience: Option<String>,
@@ -142,16 +151,33 @@ fn load_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<DecodingKey>, 
 impl JwtVerifier {
     /// From the `jwt` settings (reads the key file).
     pub fn new(s: &JwtSettings) -> Result<Self, AuthError> {
+        Self::reusing(s, None)
+    }
+
+    /// From the `jwt` settings, keeping `previous`'s fetched key set if the URL is the same (a
+    /// reload must not leave the hub without keys until the next fetch).
+    pub fn reusing(s: &JwtSettings, previous: Option<&JwtVerifier>) -> Result<Self, AuthError> {
         let algorithms: Vec<Algorithm> = s
             .algorithms
             .iter()
             .enumerate()
             .map(|(i, a)| algorithm(a).map_err(|e| AuthError::new(format!("jwt.algorithms[{i}]"), e)))
             .collect::<Result<_, _>>()?;
-        let path =
-            s.key_file.as_deref().ok_or_else(|| AuthError::new("jwt.keyFile", "set the key tokens are signed with"))?;
+        let keys = match s.key_file.as_deref() {
+            Some(path) => load_keys(path, &algorithms)?,
+            None if s.jwks_url.is_some() => Vec::new(),
+            None => return Err(AuthError::new("jwt.keyFile", "set the key tokens are signed with, or jwt.jwksUrl")),
+        };
+        let jwks = s.jwks_url.as_deref().map(|url| {
+            previous
+                .and_then(|p| p.jwks.as_ref())
+                .filter(|c| c.url() == url)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(JwksCache::new(url, s.jwks_refresh.get())))
+        });
         Ok(Self {
-            keys: load_keys(path, &algorithms)?,
+            keys,
+            jwks,
             algorithms,
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
@@ -168,6 +194,16 @@ impl JwtVerifier {
             p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         };
         ok(parts.next()) && ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+    }
+
+    /// The key set fetched from `jwksUrl`, if configured.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        self.jwks.as_ref()
+    }
+
+    /// The algorithms tokens may use.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
     }
 
     /// Checks `token` and reads what it grants.
@@ -190,8 +226,28 @@ impl JwtVerifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
+        let fetched = self.jwks.as_ref().map(|c| c.keys());
+        let from_set = fetched
+            .iter()
+            .flat_map(|keys| keys.iter())
+            .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+            .map(|k| &k.key);
+        let candidates: Vec<&DecodingKey> =
+            self.keys.iter().chain(from_set).filter(|k| k.family() == alg.family()).collect();
+        if candidates.is_empty()
+            && let Some(cache) = &self.jwks
+        {
+            // The set may lack the key because it cannot be fetched: say so, as that is what an
+            // operator must fix.
+            if let Some(e) = cache.last_error() {
+                return Err(TokenError::KeysUnavailable(e));
+            }
+            if let Some(kid) = &header.kid {
+                return Err(TokenError::UnknownKey(kid.chars().take(64).collect()));
+            }
+        }
         let mut last = TokenError::NoKey(format!("{alg:?}"));
-        for key in self.keys.iter().filter(|k| k.family() == alg.family()) {
+        for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
                 Ok(data) => return self.grant(&data.claims),
                 Err(e) => {
@@ -351,6 +407,9 @@ mod tests {
         std::fs::write(&key, &public_pem).unwrap();
         let mut s = JwtSettings {
             key_file: Some(key),
+            jwks_url: None,
+            jwks_refresh: Seconds::new(300),
+            jwks_ca_file: None,
             algorithms: vec!["EdDSA".into()],
             issuer: Some("https://id.example".into()),
             audience: Some("mediamesh".into()),

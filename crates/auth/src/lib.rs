@@ -10,7 +10,9 @@
 //! 3. a user and password: an internal user's argon2id hash ([`password`]); a password that is
 //!    a JWT (RTSP clients cannot send bearer tokens) goes to the JWT check;
 //! 4. an RTSP Digest response: an internal user's `digest` ([`digest`]);
-//! 5. a bearer token: the JWT check ([`jwt`]).
+//! 5. a bearer token: the JWT check ([`jwt`]), with keys from a file or a JWKS URL ([`jwks`]);
+//! 6. what none of these decides (no credentials that `anonymous` does not cover, an unknown
+//!    user, a token that is not a JWT): the HTTP hook, if configured ([`hook`]).
 //!
 //! What the credentials grant is then matched against the request ([`permission`]). Secrets
 //! are [`Secret`]s: they never reach a log, an error or a serialized configuration.
@@ -19,6 +21,8 @@
 
 pub mod credentials;
 pub mod digest;
+pub mod hook;
+pub mod jwks;
 pub mod jwt;
 pub mod limiter;
 pub mod password;

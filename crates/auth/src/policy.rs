@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::Secret;
 use crate::credentials::Credentials;
 use crate::digest::{self, NonceCheck, Nonces};
+use crate::hook::{AnswerCache, Hook, HookAnswer, HookError, HookQuery};
 use crate::jwt::{JwtVerifier, TokenError};
 use crate::limiter::{FailureLimiter, LimitConfig};
 use crate::password::{self, PasswordHashString};
@@ -34,6 +35,8 @@ pub struct Request<'a> {
     pub credentials: &'a Credentials,
     /// The request method, which a Digest response covers (RTSP: `DESCRIBE`, `SETUP`, …).
     pub method: &'a str,
+    /// Where it came in (`http`, `ws`, `rtsp`), for the hook.
+    pub protocol: &'static str,
 }
 
 /// Who was let in.
@@ -45,6 +48,8 @@ pub enum Identity {
     User(String),
     /// A token's subject.
     Token(String),
+    /// Allowed by the HTTP hook (the user name, if one was sent).
+    Hook(Option<String>),
 }
 
 impl std::fmt::Display for Identity {
@@ -53,6 +58,8 @@ impl std::fmt::Display for Identity {
             Identity::Anonymous => f.write_str("anonymous"),
             Identity::User(u) => write!(f, "user {u:?}"),
             Identity::Token(s) => write!(f, "token for {s:?}"),
+            Identity::Hook(Some(u)) => write!(f, "user {u:?} (hook)"),
+            Identity::Hook(None) => f.write_str("a client the hook allowed"),
         }
     }
 }
@@ -94,6 +101,12 @@ pub enum Denial {
         /// When the address may try again.
         retry_after: Duration,
     },
+    /// The HTTP hook refused the credentials.
+    #[error("refused by the authentication service")]
+    HookRefused,
+    /// The HTTP hook gave no answer: nothing can be decided.
+    #[error("{0}")]
+    Hook(HookError),
 }
 
 /// The `reason` label of `mediamesh_auth_denials_total`.
@@ -117,11 +130,15 @@ pub enum DenialReason {
     Forbidden,
     /// [`Denial::RateLimited`].
     RateLimited,
+    /// [`Denial::HookRefused`].
+    HookRefused,
+    /// [`Denial::Hook`], or a JWKS that has never been fetched: the hub could not decide.
+    Unavailable,
 }
 
 impl DenialReason {
     /// Every reason.
-    pub const ALL: [DenialReason; 9] = [
+    pub const ALL: [DenialReason; 11] = [
         DenialReason::NoCredentials,
         DenialReason::Unsupported,
         DenialReason::UnknownUser,
@@ -131,6 +148,8 @@ impl DenialReason {
         DenialReason::InvalidToken,
         DenialReason::Forbidden,
         DenialReason::RateLimited,
+        DenialReason::HookRefused,
+        DenialReason::Unavailable,
     ];
 
     /// As a metric label.
@@ -145,6 +164,8 @@ impl DenialReason {
             DenialReason::InvalidToken => "invalid_token",
             DenialReason::Forbidden => "forbidden",
             DenialReason::RateLimited => "rate_limited",
+            DenialReason::HookRefused => "hook_refused",
+            DenialReason::Unavailable => "auth_unavailable",
         }
     }
 }
@@ -159,9 +180,11 @@ impl Denial {
             Denial::WrongPassword => DenialReason::WrongPassword,
             Denial::StaleNonce => DenialReason::StaleNonce,
             Denial::Token(TokenError::Expired) => DenialReason::ExpiredToken,
+            Denial::Token(TokenError::KeysUnavailable(_)) | Denial::Hook(_) => DenialReason::Unavailable,
             Denial::Token(_) => DenialReason::InvalidToken,
             Denial::Forbidden { .. } => DenialReason::Forbidden,
             Denial::RateLimited { .. } => DenialReason::RateLimited,
+            Denial::HookRefused => DenialReason::HookRefused,
         }
     }
 
@@ -170,6 +193,7 @@ impl Denial {
         match self {
             Denial::Forbidden { .. } => 403,
             Denial::RateLimited { .. } => 429,
+            Denial::Hook(_) | Denial::Token(TokenError::KeysUnavailable(_)) => 503,
             _ => 401,
         }
     }
@@ -177,7 +201,17 @@ impl Denial {
     /// Whether it counts against the address's limit: wrong credentials do; asking without
     /// any, a stale nonce or a permission a known client lacks do not.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Denial::UnknownUser | Denial::WrongPassword | Denial::Token(_) | Denial::Unsupported(_))
+        match self {
+            Denial::Token(TokenError::KeysUnavailable(_)) => false,
+            d => matches!(
+                d,
+                Denial::UnknownUser
+                    | Denial::WrongPassword
+                    | Denial::Token(_)
+                    | Denial::Unsupported(_)
+                    | Denial::HookRefused
+            ),
+        }
     }
 }
 
@@ -201,6 +235,8 @@ pub struct Authenticator {
     verified: VerifiedCache,
     /// Checked for unknown users too, so the time taken does not tell which users exist.
     decoy: PasswordHashString,
+    hook: Option<Arc<dyn Hook>>,
+    hook_answers: AnswerCache,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -209,6 +245,7 @@ impl std::fmt::Debug for Authenticator {
             .field("anonymous", &self.anonymous)
             .field("users", &self.users.len())
             .field("jwt", &self.jwt.is_some())
+            .field("hook", &self.hook.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -218,18 +255,36 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
         let limiter = Arc::new(Mutex::new(FailureLimiter::new(limit_config(settings))));
         let nonces = Arc::new(Nonces::new().ok_or_else(|| AuthError::new("", "no random bytes for Digest nonces"))?);
-        Self::build(settings, limiter, nonces, Arc::default())
+        Self::build(settings, None, limiter, nonces, Arc::default())
     }
 
     /// The authenticator of a reloaded configuration, keeping this one's failure counts.
     pub fn reloaded(&self, settings: &AuthSettings) -> Result<Self, AuthError> {
-        let new = Self::build(settings, self.limiter.clone(), self.nonces.clone(), Arc::default())?;
+        let new = Self::build(settings, self.jwt.as_ref(), self.limiter.clone(), self.nonces.clone(), Arc::default())?;
         new.limiter.lock().unwrap_or_else(PoisonError::into_inner).set_config(limit_config(settings));
         Ok(new)
     }
 
+    /// Asks `hook` what the other methods do not decide (the `hook` block; the hub's HTTP
+    /// client implements it).
+    pub fn with_hook(mut self, hook: Arc<dyn Hook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The key set fetched from `jwt.jwksUrl`, if configured (the hub's fetcher fills it).
+    pub fn jwks(&self) -> Option<&Arc<crate::jwks::JwksCache>> {
+        self.jwt.as_ref().and_then(JwtVerifier::jwks)
+    }
+
+    /// The algorithms a token may use (for reading a key set).
+    pub fn jwt_algorithms(&self) -> &[jsonwebtoken::Algorithm] {
+        self.jwt.as_ref().map_or(&[], JwtVerifier::algorithms)
+    }
+
     fn build(
         settings: &AuthSettings,
+        previous_jwt: Option<&JwtVerifier>,
         limiter: Arc<Mutex<FailureLimiter>>,
         nonces: Arc<Nonces>,
         verified: VerifiedCache,
@@ -242,11 +297,22 @@ impl Authenticator {
             let user = User { hash, digest: u.digest.clone(), permissions: u.permissions.clone() };
             users.insert(u.user.clone(), user);
         }
-        let jwt = settings.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        let jwt = settings.jwt.as_ref().map(|s| JwtVerifier::reusing(s, previous_jwt)).transpose()?;
+        let hook_answers = AnswerCache::new(settings.hook.as_ref().map_or(Duration::ZERO, |h| h.cache.get()));
         let mut seed = [0u8; 16];
         aws_lc_rs::rand::fill(&mut seed).map_err(|_| AuthError::new("", "no random bytes"))?;
         let decoy = password::hash(&Secret::new(String::from_utf8_lossy(&seed))).map_err(|e| AuthError::new("", e))?;
-        Ok(Self { anonymous: settings.anonymous.clone(), users, jwt, limiter, nonces, verified, decoy })
+        Ok(Self {
+            anonymous: settings.anonymous.clone(),
+            users,
+            jwt,
+            limiter,
+            nonces,
+            verified,
+            decoy,
+            hook: None,
+            hook_answers,
+        })
     }
 
     /// Whether anonymous clients may do `action` (on `stream`).
@@ -257,10 +323,10 @@ impl Authenticator {
     /// `WWW-Authenticate` values for an HTTP 401: what this hub can check.
     pub fn http_challenges(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if self.jwt.is_some() {
+        if self.jwt.is_some() || self.hook.is_some() {
             v.push(format!("Bearer realm=\"{}\"", digest::REALM));
         }
-        if !self.users.is_empty() {
+        if !self.users.is_empty() || self.hook.is_some() {
             v.push(format!("Basic realm=\"{}\", charset=\"UTF-8\"", digest::REALM));
         }
         v
@@ -273,7 +339,7 @@ impl Authenticator {
         if self.users.values().any(|u| u.digest.is_some()) {
             v.push(digest::challenge(&self.nonces.issue(now_unix), stale));
         }
-        if !self.users.is_empty() || self.jwt.is_some() {
+        if !self.users.is_empty() || self.jwt.is_some() || self.hook.is_some() {
             v.push(format!("Basic realm=\"{}\"", digest::REALM));
         }
         v
@@ -295,7 +361,7 @@ impl Authenticator {
         if allowed(&permissions, req.action, req.stream) {
             return Ok(who);
         }
-        if who == Identity::Anonymous && (!self.users.is_empty() || self.jwt.is_some()) {
+        if who == Identity::Anonymous && (!self.users.is_empty() || self.jwt.is_some() || self.hook.is_some()) {
             return Err(Denial::NoCredentials);
         }
         Err(Denial::Forbidden {
@@ -311,6 +377,9 @@ impl Authenticator {
 
     async fn authenticate(&self, req: &Request<'_>) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
         match req.credentials {
+            Credentials::None if self.hook.is_some() && !allowed(&self.anonymous, req.action, req.stream) => {
+                self.ask_hook(req).await
+            }
             Credentials::None => Ok((Identity::Anonymous, Cow::Borrowed(&self.anonymous))),
             Credentials::Basic { user, password } => match self.users.get(user) {
                 Some(u) => {
@@ -321,8 +390,9 @@ impl Authenticator {
                     }
                 }
                 None if self.jwt.is_some() && JwtVerifier::looks_like_jwt(password.expose()) => {
-                    self.token(password.expose())
+                    self.token(password.expose()).await
                 }
+                None if self.hook.is_some() => self.ask_hook(req).await,
                 None => {
                     // As long as a real check, so the answer's timing does not list users.
                     let _ = self.password_ok(user, &self.decoy, password).await;
@@ -345,14 +415,69 @@ impl Authenticator {
                     Err(Denial::WrongPassword)
                 }
             }
-            Credentials::Bearer(token) => self.token(token.expose()),
+            Credentials::Bearer(token)
+                if self.hook.is_some() && (self.jwt.is_none() || !JwtVerifier::looks_like_jwt(token.expose())) =>
+            {
+                self.ask_hook(req).await
+            }
+            Credentials::Bearer(token) => self.token(token.expose()).await,
         }
     }
 
-    fn token(&self, token: &str) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
+    async fn token(&self, token: &str) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
         let jwt = self.jwt.as_ref().ok_or(Denial::Unsupported("bearer tokens are not configured on this hub"))?;
-        let grant = jwt.verify(token).map_err(Denial::Token)?;
+        let mut verdict = jwt.verify(token);
+        // A key the set does not have yet: the provider may have rotated. Fetch the set (if the
+        // gap allows) and try once more.
+        if matches!(verdict, Err(TokenError::UnknownKey(_) | TokenError::KeysUnavailable(_)))
+            && let Some(cache) = jwt.jwks()
+            && cache.refresh().await
+        {
+            verdict = jwt.verify(token);
+        }
+        let grant = verdict.map_err(Denial::Token)?;
         Ok((Identity::Token(grant.subject), Cow::Owned(grant.permissions)))
+    }
+
+    /// Asks the hook about `req`; its answer grants exactly `req`.
+    async fn ask_hook(&self, req: &Request<'_>) -> Result<(Identity, Cow<'_, [Permission]>), Denial> {
+        let Some(hook) = &self.hook else { return Err(Denial::NoCredentials) };
+        let (user, password, token) = match req.credentials {
+            Credentials::Basic { user, password } => (Some(user.clone()), Some(password.expose().to_owned()), None),
+            Credentials::Bearer(t) => (None, None, Some(t.expose().to_owned())),
+            Credentials::Digest(d) => (Some(d.username.clone()), None, None),
+            Credentials::None => (None, None, None),
+        };
+        let query = HookQuery {
+            user,
+            password,
+            token,
+            ip: req.remote.to_string(),
+            action: req.action.name(),
+            path: req.stream.map(|(n, s)| format!("{n}/{s}")),
+            protocol: req.protocol,
+        };
+        let now = Instant::now();
+        let answer = match self.hook_answers.get(&query, now) {
+            Some(a) => a,
+            None => {
+                let a = hook.ask(&query).await.map_err(Denial::Hook)?;
+                self.hook_answers.put(&query, a, now);
+                a
+            }
+        };
+        match answer {
+            HookAnswer::Allow => {
+                let text = match req.stream {
+                    Some((n, s)) => format!("{}:{n}/{s}", req.action.name()),
+                    None => req.action.name().to_owned(),
+                };
+                let grant: Permission = text.parse().map_err(|_| Denial::HookRefused)?;
+                Ok((Identity::Hook(query.user), Cow::Owned(vec![grant])))
+            }
+            HookAnswer::Deny if req.credentials.is_none() => Err(Denial::NoCredentials),
+            HookAnswer::Deny => Err(Denial::HookRefused),
+        }
     }
 
     async fn password_ok(&self, user: &str, hash: &PasswordHashString, password: &Secret) -> bool {
@@ -419,7 +544,7 @@ mod tests {
     }
 
     fn req<'a>(action: Action, stream: Option<(&'a str, &'a str)>, c: &'a Credentials, n: u8) -> Request<'a> {
-        Request { action, stream, remote: ip(n), credentials: c, method: "DESCRIBE" }
+        Request { action, stream, remote: ip(n), credentials: c, method: "DESCRIBE", protocol: "rtsp" }
     }
 
     fn basic(user: &str, password: &str) -> Credentials {

@@ -9,9 +9,10 @@
 //!       digest: "5f4dcc3b..."           # optional, for RTSP Digest (also printed by it)
 //!       permissions: ["read:edge-1/*", api]
 //!   jwt:
-//!     keyFile: jwt-public.pem          # or jwksUrl
+//!     keyFile: jwt-public.pem          # and/or jwksUrl: https://id.example.com/jwks
 //!     issuer: https://id.example.com/
 //!     audience: mediamesh
+//!   hook: {url: "https://auth.internal/mediamesh", cache: 10s, timeout: 5s}
 //!   failures: {maxFailures: 10, window: 60s, block: 60s}
 //! ```
 
@@ -36,6 +37,9 @@ pub struct AuthSettings {
     /// JSON Web Tokens.
     #[serde(default)]
     pub jwt: Option<JwtSettings>,
+    /// An HTTP service that decides what the other methods do not.
+    #[serde(default)]
+    pub hook: Option<HookSettings>,
     /// The limit on failed attempts per client address.
     #[serde(default)]
     pub failures: FailureSettings,
@@ -65,6 +69,16 @@ pub struct JwtSettings {
     /// HS384 and HS512 the file holds the shared secret.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// A JWKS URL (an identity provider's `jwks_uri`) to take keys from, refreshed every
+    /// `jwksRefresh` and when a token names a key the set does not have.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again. Default 300 s.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Seconds,
+    /// CA bundle (PEM) for an `https` JWKS URL; default: the system's.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Algorithms a token may use. Default `[RS256, ES256, EdDSA]`.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -80,6 +94,23 @@ pub struct JwtSettings {
     /// The claim that lists the token's permissions. Default `mediamesh_permissions`.
     #[serde(default = "default_claim")]
     pub claim: String,
+}
+
+/// The HTTP hook: `POST url` with the request as JSON; a 2xx answer allows it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HookSettings {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// How long an answer is reused for the same request. Default 10 s; `0` asks every time.
+    #[serde(default = "default_hook_cache")]
+    pub cache: Seconds,
+    /// How long the hook may take. Default 5 s.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: Seconds,
+    /// CA bundle (PEM) for an `https` URL; default: the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The limit on failed attempts.
@@ -108,6 +139,15 @@ fn default_algorithms() -> Vec<String> {
 }
 fn default_leeway() -> Seconds {
     Seconds::new(30)
+}
+fn default_jwks_refresh() -> Seconds {
+    Seconds::new(300)
+}
+fn default_hook_cache() -> Seconds {
+    Seconds::new(10)
+}
+fn default_hook_timeout() -> Seconds {
+    Seconds::new(5)
 }
 fn default_claim() -> String {
     "mediamesh_permissions".into()
@@ -159,8 +199,14 @@ impl AuthSettings {
             }
         }
         if let Some(j) = &self.jwt {
-            if j.key_file.is_none() {
-                return Err(AuthError::new("jwt.keyFile", "set the key tokens are signed with"));
+            if j.key_file.is_none() && j.jwks_url.is_none() {
+                return Err(AuthError::new("jwt.keyFile", "set the key tokens are signed with, or jwt.jwksUrl"));
+            }
+            if let Some(url) = &j.jwks_url {
+                check_url(url).map_err(|e| AuthError::new("jwt.jwksUrl", e))?;
+                if j.jwks_refresh.get() < std::time::Duration::from_secs(10) {
+                    return Err(AuthError::new("jwt.jwksRefresh", "must be at least 10 s"));
+                }
             }
             if j.algorithms.is_empty() {
                 return Err(AuthError::new("jwt.algorithms", "list at least one algorithm"));
@@ -172,6 +218,12 @@ impl AuthSettings {
                 return Err(AuthError::new("jwt.claim", "must not be empty"));
             }
         }
+        if let Some(h) = &self.hook {
+            check_url(&h.url).map_err(|e| AuthError::new("hook.url", e))?;
+            if h.timeout.get().is_zero() {
+                return Err(AuthError::new("hook.timeout", "must be greater than 0"));
+            }
+        }
         if self.failures.max_failures == 0 {
             return Err(AuthError::new("failures.maxFailures", "must be at least 1"));
         }
@@ -180,10 +232,12 @@ impl AuthSettings {
 
     /// Makes relative paths absolute against `base` (the configuration file's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = self.jwt.as_mut().and_then(|j| j.key_file.as_mut())
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
+        let jwt = self.jwt.as_mut().map(|j| [j.key_file.as_mut(), j.jwks_ca_file.as_mut()]);
+        let hook = self.hook.as_mut().map(|h| h.ca_file.as_mut());
+        for p in jwt.into_iter().flatten().chain(hook).flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
     }
 
@@ -200,11 +254,20 @@ impl AuthSettings {
             }],
             jwt: Some(JwtSettings {
                 key_file: Some(PathBuf::new()),
+                jwks_url: Some(String::new()),
+                jwks_refresh: default_jwks_refresh(),
+                jwks_ca_file: Some(PathBuf::new()),
                 algorithms: default_algorithms(),
                 issuer: Some(String::new()),
                 audience: Some(String::new()),
                 leeway: default_leeway(),
                 claim: default_claim(),
+            }),
+            hook: Some(HookSettings {
+                url: String::new(),
+                cache: default_hook_cache(),
+                timeout: default_hook_timeout(),
+                ca_file: Some(PathBuf::new()),
             }),
             failures: FailureSettings::default(),
         }
@@ -214,4 +277,19 @@ impl AuthSettings {
     pub fn offers_digest(&self) -> bool {
         self.users.iter().any(|u| u.digest.is_some())
     }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with https:// or http://")?;
+    if rest.split(['/', '?']).next().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    if url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err("must not contain spaces or control characters");
+    }
+    Ok(())
 }

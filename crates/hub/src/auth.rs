@@ -8,11 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use mediamesh_auth::hook::{Hook, HookAnswer, HookError, HookFuture, HookQuery};
+use mediamesh_auth::jwks::{self, JwksCache};
 use mediamesh_auth::{AuthError, AuthSettings, Authenticator, Denial, DenialReason, Identity, Request};
 use mediamesh_tunnel::settings::Live;
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use crate::listener::Bounded;
+use crate::outbound::{OutboundError, Target};
 
 /// Where a request came in, as named in `/metrics` (label `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,35 +69,107 @@ pub(crate) struct HubAuth {
     counters: Counters,
     /// Failed credentials are worth a warning, but a guessing client must not flood the log.
     warnings: Mutex<Bounded>,
+    /// The policy's background work: the JWKS fetcher.
+    background: Mutex<Background>,
 }
+
+/// A policy and what must run beside it, made by [`HubAuth::prepare`].
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    policy: Policy,
+    jwks: Option<JwksJob>,
+}
+
+/// Fetching one policy's key set.
+#[derive(Debug, Clone)]
+struct JwksJob {
+    cache: Arc<JwksCache>,
+    target: Target,
+    algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+#[derive(Debug, Default)]
+struct Background {
+    /// The hub's shutdown, once [`HubAuth::start`] ran.
+    shutdown: Option<CancellationToken>,
+    /// What the policy in force needs, started or waiting for `start`.
+    jwks: Option<JwksJob>,
+    /// Stops the running fetcher.
+    running: Option<CancellationToken>,
+}
+
+/// The longest a JWKS fetch may take.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most one warning about failed credentials per this interval; the rest are counted in it.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl HubAuth {
     pub(crate) fn new(settings: Option<&AuthSettings>) -> Result<Self, AuthError> {
-        let policy = match settings {
-            None => Policy::Open,
-            Some(s) => Policy::Checked(Box::new(Authenticator::new(s)?)),
-        };
+        let Prepared { policy, jwks } = Self::build(settings, None)?;
         Ok(Self {
             policy: Live::new(policy),
             counters: Counters::default(),
             warnings: Mutex::new(Bounded::new(WARN_EVERY)),
+            background: Mutex::new(Background { jwks, ..Background::default() }),
         })
+    }
+
+    fn build(settings: Option<&AuthSettings>, current: Option<&Authenticator>) -> Result<Prepared, AuthError> {
+        let Some(s) = settings else { return Ok(Prepared { policy: Policy::Open, jwks: None }) };
+        let mut a = match current {
+            Some(c) => c.reloaded(s)?,
+            None => Authenticator::new(s)?,
+        };
+        if let Some(h) = &s.hook {
+            let target = Target::new(&h.url, h.ca_file.as_deref())
+                .map_err(|e| AuthError { key: "hook.url".into(), reason: e.to_string() })?;
+            a = a.with_hook(Arc::new(HttpHook { target, timeout: h.timeout.get() }));
+        }
+        let jwks = match (a.jwks(), s.jwt.as_ref()) {
+            (Some(cache), Some(j)) => {
+                let target = Target::new(cache.url(), j.jwks_ca_file.as_deref())
+                    .map_err(|e| AuthError { key: "jwt.jwksUrl".into(), reason: e.to_string() })?;
+                Some(JwksJob { cache: cache.clone(), target, algorithms: a.jwt_algorithms().to_vec() })
+            }
+            _ => None,
+        };
+        Ok(Prepared { policy: Policy::Checked(Box::new(a)), jwks })
     }
 
     /// The policy of a reloaded configuration, not yet in force ([`HubAuth::apply`]).
-    pub(crate) fn prepare(&self, settings: Option<&AuthSettings>) -> Result<Policy, AuthError> {
-        Ok(match (settings, &*self.policy.get()) {
-            (None, _) => Policy::Open,
-            (Some(s), Policy::Checked(current)) => Policy::Checked(Box::new(current.reloaded(s)?)),
-            (Some(s), Policy::Open) => Policy::Checked(Box::new(Authenticator::new(s)?)),
-        })
+    pub(crate) fn prepare(&self, settings: Option<&AuthSettings>) -> Result<Prepared, AuthError> {
+        let current = self.policy.get();
+        let current = match &*current {
+            Policy::Checked(a) => Some(&**a),
+            Policy::Open => None,
+        };
+        Self::build(settings, current)
     }
 
-    pub(crate) fn apply(&self, policy: Policy) {
-        self.policy.set(policy);
+    /// Puts a prepared policy in force, restarting its background work.
+    pub(crate) fn apply(&self, prepared: Prepared) {
+        self.policy.set(prepared.policy);
+        let mut bg = self.background.lock().unwrap_or_else(PoisonError::into_inner);
+        bg.jwks = prepared.jwks;
+        Self::restart(&mut bg);
+    }
+
+    /// Starts the background work (the JWKS fetcher); it ends with `shutdown`.
+    pub(crate) fn start(&self, shutdown: &CancellationToken) {
+        let mut bg = self.background.lock().unwrap_or_else(PoisonError::into_inner);
+        bg.shutdown = Some(shutdown.clone());
+        Self::restart(&mut bg);
+    }
+
+    fn restart(bg: &mut Background) {
+        if let Some(old) = bg.running.take() {
+            old.cancel();
+        }
+        let (Some(shutdown), Some(job)) = (&bg.shutdown, &bg.jwks) else { return };
+        let stop = shutdown.child_token();
+        bg.running = Some(stop.clone());
+        tokio::spawn(fetch_keys(job.clone(), stop));
     }
 
     /// The policy now (for challenges).
@@ -149,5 +225,77 @@ impl HubAuth {
             }
         }
         out
+    }
+}
+
+/// Keeps a policy's key set fresh ([`mediamesh_auth::jwks::Schedule`] decides when).
+async fn fetch_keys(job: JwksJob, stop: CancellationToken) {
+    let url = mediamesh_tunnel::redact::text(job.cache.url()).into_owned();
+    let mut failing = false;
+    loop {
+        if job.cache.schedule().poll_start(Instant::now()) {
+            let outcome = match job.target.send(http::Method::GET, None, jwks::MAX_BYTES, JWKS_TIMEOUT).await {
+                Ok((status, body)) if status.is_success() => {
+                    jwks::parse(&body, &job.algorithms).map_err(|e| e.to_string())
+                }
+                Ok((status, _)) => Err(format!("the key set URL answered HTTP {status}")),
+                Err(e) => Err(e.to_string()),
+            };
+            match &outcome {
+                Ok(keys) => {
+                    let before = job.cache.keys();
+                    let kids =
+                        |k: &[jwks::Key]| k.iter().map(|k| k.kid.clone().unwrap_or_default()).collect::<Vec<_>>();
+                    if failing || kids(&before) != kids(keys) {
+                        info!(url = %url, keys = keys.len(), kids = %kids(keys).join(","), "token keys fetched");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    warn!(
+                        url = %url,
+                        error = %e,
+                        keys_kept = job.cache.keys().len(),
+                        "cannot fetch the token keys; the keys fetched before stay in use"
+                    );
+                    failing = true;
+                }
+            }
+            let ok = outcome.is_ok();
+            job.cache.store(outcome);
+            job.cache.schedule().done(ok, Instant::now());
+            continue;
+        }
+        let wake = job.cache.schedule().poll_timeout().unwrap_or_else(|| Instant::now() + jwks::MIN_GAP);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = job.cache.wanted() => {}
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// The `hook` block's service, asked over HTTP.
+#[derive(Debug)]
+struct HttpHook {
+    target: Target,
+    timeout: Duration,
+}
+
+/// Largest hook answer read (its body is ignored; only the status counts).
+const HOOK_ANSWER_MAX: usize = 64 * 1024;
+
+impl Hook for HttpHook {
+    fn ask<'a>(&'a self, query: &'a HookQuery) -> HookFuture<'a> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(query).map_err(|e| HookError::Unreachable(e.to_string()))?;
+            match self.target.send(http::Method::POST, Some(body), HOOK_ANSWER_MAX, self.timeout).await {
+                Ok((status, _)) if status.is_success() => Ok(HookAnswer::Allow),
+                Ok((status, _)) if status.is_client_error() => Ok(HookAnswer::Deny),
+                Ok((status, _)) => Err(HookError::Status(status.as_u16())),
+                Err(OutboundError::Timeout { .. }) => Err(HookError::Timeout(self.timeout)),
+                Err(e) => Err(HookError::Unreachable(e.to_string())),
+            }
+        })
     }
 }

@@ -66,7 +66,14 @@ pub(crate) async fn guard(State(auth): State<Arc<HubAuth>>, req: Request, next: 
     let decision = auth
         .check(
             protocol,
-            &mediamesh_auth::Request { action, stream, remote, credentials: &credentials, method: &method },
+            &mediamesh_auth::Request {
+                action,
+                stream,
+                remote,
+                credentials: &credentials,
+                method: &method,
+                protocol: protocol.name(),
+            },
         )
         .await;
     match decision {

@@ -24,6 +24,7 @@ mod http;
 mod http_auth;
 pub mod listener;
 mod metrics;
+mod outbound;
 mod payloads;
 pub mod registry;
 pub mod reload;

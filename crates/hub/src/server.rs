@@ -135,6 +135,7 @@ impl Hub {
         let rtsp_udp_ports = udp.as_ref().map(|u| u.ports);
 
         let shutdown = CancellationToken::new();
+        auth.start(&shutdown);
         let tasks = TaskTracker::new();
         let gates = Gates::new(&derived.admission);
         let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));

@@ -78,3 +78,117 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
 }
+
+/// A request a [`Stub`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The request target.
+    pub path: String,
+    /// The body.
+    pub body: String,
+}
+
+/// A scripted HTTP/1.1 server on 127.0.0.1 port 0 (an identity provider's JWKS, an auth
+/// hook): each request is answered by the handler with a status and a JSON body, and kept.
+/// Dropping it (or [`Stub::stop`]) closes the port.
+pub struct Stub {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every request so far.
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Handler = dyn Fn(&Received) -> (u16, String) + Send + Sync;
+
+impl Stub {
+    /// Starts answering with `handler`.
+    pub async fn start(handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static) -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), handler).await
+    }
+
+    /// Starts on `addr` (to come back on the port a stopped stub had).
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the stub");
+        let addr = listener.local_addr().expect("stub address");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler: std::sync::Arc<Handler> = std::sync::Arc::new(handler);
+        let kept = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (handler, kept) = (handler.clone(), kept.clone());
+                tokio::spawn(async move {
+                    let _ = serve_one(s, &*handler, &kept).await;
+                });
+            }
+        });
+        Self { addr, received, task }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("stub log").len()
+    }
+
+    /// Closes the port.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_one(mut s: TcpStream, handler: &Handler, kept: &std::sync::Mutex<Vec<Received>>) -> std::io::Result<()> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    while raw.len() < head_end + length {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let mut first = head.lines().next().unwrap_or_default().split(' ');
+    let req = Received {
+        method: first.next().unwrap_or_default().to_owned(),
+        path: first.next().unwrap_or_default().to_owned(),
+        body: String::from_utf8_lossy(&raw[head_end..]).into_owned(),
+    };
+    let (status, body) = handler(&req);
+    kept.lock().expect("stub log").push(req);
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}

@@ -40,6 +40,7 @@ pub(super) async fn check(auth: &HubAuth, req: &Request, key: &StreamKey, peer: 
         remote: peer.ip(),
         credentials: &credentials,
         method: &method,
+        protocol: Protocol::Rtsp.name(),
     };
     match auth.check(Protocol::Rtsp, &request).await {
         Ok(_) => None,
