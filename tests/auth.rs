@@ -468,6 +468,33 @@ async fn a_reload_changes_who_may_do_what_and_a_bad_block_changes_nothing() {
     s.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_stops_a_stream_and_others_may_not() {
+    let s = Setup::start(100, true).await;
+    let addr = s.stream();
+    let mut v = s.ws("cam2", Some(&s.token(&["read"], 600))).await.expect("cam2 opens");
+    read_frames(&mut v, 5).await;
+    let reader = format!("Bearer {}", s.token(&["read", "api"], 600));
+    let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &reader)]).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let admin = format!("Bearer {}", s.token(&["admin"], 600));
+    let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &admin)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Some(ViewerItem::End(r))) = v.next().await {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("the viewer is told within 2 s");
+    assert!(end.contains("stopped by an operator"), "{end}");
+    let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &admin)]).await;
+    assert_eq!(a.status, 404, "no session left to stop: {}", a.body);
+    s.finish().await;
+}
+
 /// An Ed25519 key for a JWKS: its private PEM (to sign) and its JWK with `kid`.
 fn jwk(kid: &str) -> (String, serde_json::Value) {
     use base64::Engine;

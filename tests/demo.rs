@@ -20,6 +20,7 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut guard = Guard(Some(demo.id()));
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut view_cmd = None;
     let mut rtsp_url = None;
@@ -95,7 +96,19 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "demo did not stop within 15 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
+    guard.0 = None;
     assert!(exit.success(), "demo exits cleanly on SIGTERM: {exit:?}");
     drop(lines);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills the demo if the test fails before it stops it, so no demo outlives the test.
+struct Guard(Option<u32>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            mediamesh_testkit::signal(pid, mediamesh_testkit::Signal::SIGKILL);
+        }
+    }
 }

@@ -128,7 +128,7 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<(
 }
 
 /// `90s`, `15m`, `12h`, `7d` (or bare seconds) as seconds.
-fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n.parse().with_context(|| format!("--ttl {s:?}: expected a number and s, m, h or d"))?;
     let mult = match unit {

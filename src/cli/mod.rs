@@ -4,6 +4,7 @@ mod auth;
 mod bench;
 mod certs;
 mod demo;
+mod enroll;
 mod run;
 mod view;
 
@@ -38,6 +39,13 @@ pub enum Command {
         /// YAML file with an `edgeDataStream` block.
         #[arg(long, short)]
         config: PathBuf,
+        /// Enroll first: the hub's tunnel address (`hub.example.com:10006`) to join with
+        /// `--token`; the key and certificates go where `tlsTunnel*` say.
+        #[arg(long, requires = "token")]
+        join: Option<String>,
+        /// A join token from `mediamesh token create` (used once).
+        #[arg(long, env = "MEDIAMESH_JOIN_TOKEN", hide_env_values = true, requires = "join")]
+        token: Option<mediamesh_auth::Secret>,
     },
     /// Check a configuration file (either block, or both) and the files it names, starting
     /// nothing; exit status 0 if it can be used (as `nginx -t`).
@@ -54,6 +62,10 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Make what the `auth` block needs: password hashes, a token signing key, tokens.
     Auth(auth::AuthArgs),
+    /// Join tokens for enrolling edges (`mediamesh token create --node edge-7`).
+    Token(enroll::TokenArgs),
+    /// Revoke a node (`mediamesh node revoke edge-7`).
+    Node(enroll::NodeArgs),
     /// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally
     /// beside nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
@@ -62,9 +74,13 @@ pub enum Command {
 impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::View(_) | Command::Certs(_) | Command::Auth(_) | Command::Bench(_) | Command::Check { .. } => {
-                "warn"
-            }
+            Command::View(_)
+            | Command::Certs(_)
+            | Command::Auth(_)
+            | Command::Token(_)
+            | Command::Node(_)
+            | Command::Bench(_)
+            | Command::Check { .. } => "warn",
             _ => "info",
         }
     }
@@ -77,12 +93,19 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Hub { config } => run::hub(&config).await,
-            Command::Edge { config } => run::edge(&config).await,
+            Command::Edge { config, join, token } => {
+                if let (Some(hub), Some(token)) = (join, token) {
+                    enroll::join(&config, &hub, token.expose()).await?;
+                }
+                run::edge(&config).await
+            }
             Command::Check { config } => run::check(&config),
             Command::Demo(args) => demo::run(args).await,
             Command::View(args) => view::run(args).await,
             Command::Certs(args) => certs::run(args),
             Command::Auth(args) => auth::run(args),
+            Command::Token(args) => enroll::token(args),
+            Command::Node(args) => enroll::node(args),
             Command::Bench(args) => bench::run(args).await,
         }
     }

@@ -64,9 +64,24 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
     let rtsp = hub.rtsp_url("NODE", "STREAM").map(|u| format!(", RTSP at {u}")).unwrap_or_default();
     println!("mediamesh hub ready: viewers and API at {}{rtsp}, edges at {}", hub.base_url(), hub.tunnel_addr);
     notify("READY=1\nSTATUS=serving");
-    while signals.next().await == Signal::Reload {
+    // Certificates renewed in place (cert-manager, an ACME client) are picked up like SIGHUP.
+    let mut watched = Watched::new(path);
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        let why = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Stop => break,
+                Signal::Reload => "SIGHUP",
+            },
+            _ = tick.tick() => match watched.changed() {
+                Some(_) => "a certificate or key file changed",
+                None => continue,
+            },
+        };
         notify("RELOADING=1\nSTATUS=reloading the configuration");
+        info!(why, "reloading");
         reload(path, |cfg: HubConfig| hub.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+        watched = Watched::new(path);
         notify("READY=1\nSTATUS=serving");
     }
     notify("STOPPING=1\nSTATUS=stopping");
@@ -81,15 +96,96 @@ pub async fn edge(path: &Path) -> anyhow::Result<()> {
     let edge = Edge::start(cfg).context("starting the edge agent")?;
     println!("mediamesh edge ready: node {node} dialling {server}", node = edge.node(), server = edge.server());
     notify("READY=1\nSTATUS=running");
-    while signals.next().await == Signal::Reload {
-        notify("RELOADING=1\nSTATUS=reloading the configuration");
-        reload(path, |cfg: EdgeConfig| edge.reload(cfg).map(|r| (r.applied, r.needs_restart)));
-        notify("READY=1\nSTATUS=running");
+    let mut current = cfg_for_renewal(path);
+    let mut renew_at = current.as_ref().and_then(super::enroll::renewal_due);
+    let mut failures = 0u32;
+    loop {
+        let renewal = async {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = signals.next() => {
+                if s == Signal::Stop {
+                    break;
+                }
+                notify("RELOADING=1\nSTATUS=reloading the configuration");
+                reload(path, |cfg: EdgeConfig| edge.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+                notify("READY=1\nSTATUS=running");
+            }
+            () = renewal => {
+                let Some(cfg) = &current else { continue };
+                match super::enroll::renew(cfg).await {
+                    Ok(issued) => {
+                        info!(node = %issued.node, expires = issued.expires, "certificate renewed");
+                        failures = 0;
+                        reload(path, |cfg: EdgeConfig| edge.reload(cfg).map(|r| (r.applied, r.needs_restart)));
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let retry = Duration::from_secs(5 << failures.min(6));
+                        warn!(error = %super::error_chain(&e), retry_s = retry.as_secs(), "certificate renewal failed");
+                        renew_at = Some(std::time::Instant::now() + retry);
+                        continue;
+                    }
+                }
+            }
+        }
+        current = cfg_for_renewal(path);
+        renew_at = current.as_ref().and_then(super::enroll::renewal_due);
     }
     notify("STOPPING=1\nSTATUS=stopping");
     info!("stopping");
     edge.stop(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// The edge configuration as the file says now, for renewing its certificate.
+fn cfg_for_renewal(path: &Path) -> Option<EdgeConfig> {
+    config::load::<EdgeConfig>(path, &config::process_env()).ok().flatten().map(|l| l.config)
+}
+
+/// How often the hub looks at its configuration and certificate files for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// The certificate and key files the configuration names, with when each last changed. The
+/// configuration file itself is not watched: an edit in progress is no signal to reload.
+struct Watched(Vec<(std::path::PathBuf, Option<std::time::SystemTime>)>);
+
+impl Watched {
+    fn new(path: &Path) -> Self {
+        let mut files = Vec::new();
+        if let Ok(Some(l)) = config::load_with::<HubConfig>(path, &config::process_env(), false) {
+            files.extend(l.config.files().into_iter().map(|(_, p)| p.to_path_buf()));
+        }
+        Self(
+            files
+                .into_iter()
+                .map(|p| {
+                    let t = modified(&p);
+                    (p, t)
+                })
+                .collect(),
+        )
+    }
+
+    /// The first file whose modification time moved since the last look.
+    fn changed(&mut self) -> Option<std::path::PathBuf> {
+        for (p, seen) in &mut self.0 {
+            let now = modified(p);
+            if now != *seen {
+                *seen = now;
+                return Some(p.clone());
+            }
+        }
+        None
+    }
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 /// Reloads block `T` from `path` (SIGHUP) and applies it; a configuration that does not load

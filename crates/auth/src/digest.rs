@@ -121,7 +121,7 @@ pub fn verify(r: &DigestResponse, method: &str, ha1: &str) -> bool {
 }
 
 /// Compares without an early exit, so the time taken does not say how much matched.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

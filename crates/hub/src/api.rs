@@ -7,6 +7,8 @@
 //! | `GET /api/v1/streams` | every stream session: state, viewers, rates, counters |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
+//! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
+//! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
@@ -19,7 +21,7 @@ use std::time::Instant;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
@@ -43,6 +45,8 @@ pub(crate) struct ApiState {
     pub tasks: TaskTracker,
     /// Who may do what.
     pub auth: Arc<crate::auth::HubAuth>,
+    /// Revoked nodes.
+    pub revocations: Arc<crate::enroll::Revocations>,
 }
 
 /// The API's reloadable settings.
@@ -66,7 +70,8 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/hub", get(hub))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/streams", get(streams))
-        .route("/api/v1/nodes/{node}/streams/{stream}", get(stream))
+        .route("/api/v1/nodes/{node}/streams/{stream}", get(stream).delete(stop_stream))
+        .route("/api/v1/nodes/{node}/revoke", post(revoke_node))
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
@@ -132,6 +137,37 @@ struct NodeStreamJson {
     description: String,
     state: &'static str,
     viewers: usize,
+}
+
+/// `DELETE /api/v1/nodes/{node}/streams/{stream}`: ends the stream's session now.
+async fn stop_stream(
+    State(st): State<ApiState>,
+    Path((node, stream)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = StreamKey::new(node, stream);
+    let session = st.sessions.get(&key).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "stream_not_running", format!("{key} has no session to stop"))
+    })?;
+    let viewers = session.viewer_count();
+    session.try_report(crate::session::SessionEvent::UpstreamEnded("stopped by an operator".into()));
+    tracing::info!(stream = %key, viewers, "stream stopped through the API");
+    Ok(Json(serde_json::json!({ "stream": key.to_string(), "stopped": true, "viewers": viewers })))
+}
+
+/// `POST /api/v1/nodes/{node}/revoke`: closes the node's tunnels and refuses its certificates.
+async fn revoke_node(
+    State(st): State<ApiState>,
+    Path(node): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if mediamesh_tunnel::wire::validate_name(&node).is_err() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_name", format!("{node:?} is not a node name")));
+    }
+    st.revocations.revoke(&node).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "state", format!("cannot record the revocation: {e}"))
+    })?;
+    tracing::warn!(%node, "node revoked through the API: closing its tunnels and refusing its certificates");
+    crate::enroll::cut(&node, &st.registry, &st.sessions);
+    Ok(Json(serde_json::json!({ "node": node, "revoked": true })))
 }
 
 async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {

@@ -141,6 +141,30 @@ pub struct HubConfig {
     /// anyone, which it allows only on a loopback `listenAddress`.
     #[serde(default)]
     pub auth: Option<AuthSettings>,
+    /// Where the hub keeps join tokens and revoked nodes, across restarts. Unset: no
+    /// enrollment, and revocations last until a restart.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Edges that join with a token (`mediamesh token create`) and get certificates signed
+    /// here.
+    #[serde(default)]
+    pub enrollment: Option<EnrollmentSettings>,
+}
+
+/// The `enrollment` block.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrollmentSettings {
+    /// The private key of `tlsTunnelCAFile`: it signs enrolled edges' certificates.
+    pub ca_key_file: PathBuf,
+    /// How long an enrolled edge's certificate is valid; the edge renews it after two thirds.
+    /// Default 24 h.
+    #[serde(default = "default_certificate_ttl")]
+    pub certificate_ttl: Seconds,
+}
+
+fn default_certificate_ttl() -> Seconds {
+    Seconds::new(24 * 3600)
 }
 
 /// The `rtsp` block.
@@ -260,6 +284,8 @@ impl HubConfig {
             rtsp: RtspSettings::default(),
             outage_timestamps: Default::default(),
             auth: None,
+            state_dir: None,
+            enrollment: None,
         }
     }
 
@@ -271,6 +297,9 @@ impl HubConfig {
         c.tls_stream_cert_file = Some(PathBuf::new());
         c.tls_stream_private_key_file = Some(PathBuf::new());
         c.auth = Some(AuthSettings::schema());
+        c.state_dir = Some(PathBuf::new());
+        c.enrollment =
+            Some(EnrollmentSettings { ca_key_file: PathBuf::new(), certificate_ttl: default_certificate_ttl() });
         c
     }
 
@@ -287,6 +316,12 @@ impl HubConfig {
         }
         if let Some(a) = &mut self.auth {
             a.resolve_paths(base);
+        }
+        let state = [self.state_dir.as_mut(), self.enrollment.as_mut().map(|e| &mut e.ca_key_file)];
+        for p in state.into_iter().flatten() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
         }
     }
 
@@ -305,6 +340,9 @@ impl HubConfig {
         files.extend(optional.into_iter().filter_map(|(k, p)| p.as_deref().map(|p| (k, p))));
         if let Some(key) = self.auth.as_ref().and_then(|a| a.jwt.as_ref()).and_then(|j| j.key_file.as_deref()) {
             files.push(("auth.jwt.keyFile", key));
+        }
+        if let Some(e) = &self.enrollment {
+            files.push(("enrollment.caKeyFile", e.ca_key_file.as_path()));
         }
         files
     }
@@ -372,6 +410,14 @@ impl HubConfig {
         }
         if self.viewer_write_timeout.get().is_zero() {
             return err("viewerWriteTimeout", "must be greater than 0".into());
+        }
+        if self.enrollment.is_some() && self.state_dir.is_none() {
+            return err("enrollment", "needs stateDir, where join tokens are kept".into());
+        }
+        if let Some(e) = &self.enrollment
+            && e.certificate_ttl.get() < std::time::Duration::from_secs(10)
+        {
+            return err("enrollment.certificateTtl", "must be at least 10 s".into());
         }
         match &self.auth {
             Some(a) => a.validate().map_err(|e| ConfigError { key: format!("auth.{}", e.key), reason: e.reason })?,

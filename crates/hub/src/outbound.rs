@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 /// Why a request failed. The text names the URL without its query or credentials.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum OutboundError {
+pub enum OutboundError {
     /// The URL cannot be requested.
     #[error("bad URL: {0}")]
     Url(&'static str),
@@ -57,10 +57,12 @@ pub(crate) enum OutboundError {
 
 /// Where requests go: a parsed URL and, for `https`, the TLS settings.
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub struct Target {
     uri: Uri,
     host: String,
     port: u16,
+    /// The name the server's certificate must carry (the host, unless given).
+    tls_name: String,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -69,7 +71,7 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Target {
     /// `url` (http or https), trusting `ca_file` or the system's CA bundle for https.
-    pub(crate) fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, OutboundError> {
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, OutboundError> {
         let uri: Uri = url.parse().map_err(|_| OutboundError::Url("not a URL"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -85,7 +87,22 @@ impl Target {
         } else {
             None
         };
-        Ok(Self { uri, host, port, tls })
+        Ok(Self { uri, tls_name: host.clone(), host, port, tls })
+    }
+
+    /// `https` to `authority` (`host:port`) at `path`, with `tls` (the edge's enrollment and
+    /// renewal), checking the server's certificate for `tls_name` (default: the host).
+    pub fn with_tls(
+        authority: &str,
+        path: &str,
+        tls: Arc<rustls::ClientConfig>,
+        tls_name: Option<&str>,
+    ) -> Result<Self, OutboundError> {
+        let uri: Uri = format!("https://{authority}{path}").parse().map_err(|_| OutboundError::Url("not host:port"))?;
+        let host = uri.host().ok_or(OutboundError::Url("no host"))?.to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let tls_name = tls_name.map_or_else(|| host.clone(), str::to_owned);
+        Ok(Self { uri, host, port, tls_name, tls: Some(tls) })
     }
 
     fn authority(&self) -> String {
@@ -94,7 +111,7 @@ impl Target {
 
     /// Sends `method` with `body` (JSON when given) and returns the status and up to `limit`
     /// bytes of answer, all within `timeout`.
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         method: Method,
         body: Option<Vec<u8>>,
@@ -132,7 +149,7 @@ impl Target {
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| http(e.to_string()))?;
         match &self.tls {
             Some(cfg) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.trim_matches(['[', ']']).to_owned())
+                let name = rustls::pki_types::ServerName::try_from(self.tls_name.trim_matches(['[', ']']).to_owned())
                     .map_err(|_| OutboundError::Url("the host is not a valid TLS name"))?;
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)

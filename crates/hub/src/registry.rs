@@ -354,6 +354,12 @@ impl NodeRegistry {
         v
     }
 
+    /// Forgets a node that went away, so its viewers do not wait the grace period for it (a
+    /// revoked node will not come back).
+    pub fn forget(&self, node: &str) {
+        self.lock_departed().remove(node);
+    }
+
     /// Cancels every control connection (shutdown).
     pub fn cancel_all(&self) {
         for e in self.lock().values() {

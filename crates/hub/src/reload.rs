@@ -28,7 +28,7 @@ use crate::session::{BehindPolicy, SessionConfig, Sessions};
 use crate::tunnel::{TunnelCtx, TunnelSettings};
 
 /// The keys a reload cannot change: they need a restart.
-pub const RESTART_KEYS: [&str; 10] = [
+pub const RESTART_KEYS: [&str; 12] = [
     "enable",
     "streamPort",
     "tunnelPort",
@@ -39,6 +39,8 @@ pub const RESTART_KEYS: [&str; 10] = [
     "rtsp.udpRtpPort",
     "rtsp.udpRtcpPort",
     "tlsStreamCertFile",
+    "stateDir",
+    "enrollment",
 ];
 
 /// What one configuration makes of each part.
@@ -140,8 +142,8 @@ impl Reloader {
     /// Applies `new` ([module docs](self)).
     pub(crate) fn reload(&self, new: HubConfig) -> Result<Reloaded, HubError> {
         new.validate()?;
-        let tls = TlsConfigs::load(&new)?;
         let mut running = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tls = TlsConfigs::load(&new, running.enrollment.is_some())?;
         let reloaded = Reloaded::between(&*running, &new, &RESTART_KEYS);
         let mut derived = Derived::new(&new, tls)?;
         let auth = self
@@ -173,6 +175,8 @@ impl Reloader {
         kept.rtsp.udp = running.rtsp.udp;
         kept.rtsp.udp_rtp_port = running.rtsp.udp_rtp_port;
         kept.rtsp.udp_rtcp_port = running.rtsp.udp_rtcp_port;
+        kept.state_dir = running.state_dir.clone();
+        kept.enrollment = running.enrollment.clone();
         *running = kept;
         Ok(reloaded)
     }

@@ -17,10 +17,12 @@ use crate::auth::HubAuth;
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::RtspCtx;
 use crate::egress::rtsp::udp::UdpPair;
+use crate::enroll::{Enrollment, Revocations};
 use crate::listener::Gates;
 use crate::registry::NodeRegistry;
 use crate::reload::{Derived, Reloaded, Reloader};
 use crate::session::Sessions;
+use crate::state::StateStore;
 use crate::tunnel::{self, TunnelCtx};
 
 /// Why the hub could not start.
@@ -53,13 +55,15 @@ pub(crate) struct TlsConfigs {
 }
 
 impl TlsConfigs {
-    /// Reads the certificates and keys `config` names.
-    pub(crate) fn load(config: &HubConfig) -> Result<Self, HubError> {
-        let tunnel = mediamesh_tls::tunnel_server_config(&TlsFiles {
+    /// Reads the certificates and keys `config` names; with `enrollment`, the tunnel port also
+    /// takes edges without a certificate, for enrollment only.
+    pub(crate) fn load(config: &HubConfig, enrollment: bool) -> Result<Self, HubError> {
+        let files = TlsFiles {
             ca: config.tls_tunnel_ca_file.clone(),
             cert: config.tls_tunnel_cert_file.clone(),
             key: config.tls_tunnel_private_key_file.clone(),
-        })?;
+        };
+        let tunnel = mediamesh_tls::tunnel_server_config(&files, enrollment)?;
         let stream = match (&config.tls_stream_cert_file, &config.tls_stream_private_key_file) {
             (Some(cert), Some(key)) => {
                 Some(mediamesh_tls::stream_server_config(cert, key, config.tls_stream_ca_file.as_deref())?)
@@ -74,7 +78,10 @@ impl TlsConfigs {
 /// the certificates and keys it names.
 pub fn check_tls(config: &HubConfig) -> Result<(), HubError> {
     config.validate()?;
-    TlsConfigs::load(config).map(drop)
+    if let Some(e) = &config.enrollment {
+        mediamesh_tls::enroll::EnrollCa::load(&config.tls_tunnel_ca_file, &e.ca_key_file)?;
+    }
+    TlsConfigs::load(config, config.enrollment.is_some()).map(drop)
 }
 
 /// The hub, before it runs.
@@ -85,7 +92,25 @@ impl Hub {
     /// Validates the configuration, loads TLS, binds both ports and starts serving.
     pub async fn bind(config: HubConfig) -> Result<RunningHub, HubError> {
         config.validate()?;
-        let derived = Derived::new(&config, TlsConfigs::load(&config)?)?;
+        let derived = Derived::new(&config, TlsConfigs::load(&config, config.enrollment.is_some())?)?;
+        let store = match &config.state_dir {
+            Some(dir) => {
+                Some(StateStore::open(dir).map_err(|e| ConfigError { key: "stateDir".into(), reason: e.to_string() })?)
+            }
+            None => None,
+        };
+        let revocations = Arc::new(
+            Revocations::new(store.clone())
+                .map_err(|e| ConfigError { key: "stateDir".into(), reason: e.to_string() })?,
+        );
+        let enrollment = match (&config.enrollment, store) {
+            (Some(e), Some(store)) => Some(Arc::new(Enrollment {
+                store,
+                ca: mediamesh_tls::enroll::EnrollCa::load(&config.tls_tunnel_ca_file, &e.ca_key_file)?,
+                ttl: e.certificate_ttl.get(),
+            })),
+            _ => None,
+        };
         let auth = Arc::new(
             HubAuth::new(config.auth.as_ref())
                 .map_err(|e| ConfigError { key: format!("auth.{}", e.key), reason: e.reason })?,
@@ -147,7 +172,15 @@ impl Hub {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),
+            revocations: revocations.clone(),
+            enrollment,
         });
+        tasks.spawn(crate::enroll::watch_revocations(
+            revocations.clone(),
+            registry.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(tunnel::serve(tunnel_listener, gates.tunnel.clone(), tunnel.clone()));
         let api = Arc::new(Live::new(derived.api));
         let state = ApiState {
@@ -158,6 +191,7 @@ impl Hub {
             gates: gates.serving(rtsp_listener.is_some()),
             tasks: tasks.clone(),
             auth: auth.clone(),
+            revocations: revocations.clone(),
         };
         let https = derived.stream.tls.is_some();
         let stream = Arc::new(Live::new(derived.stream));

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(std::fs::read(&first.ca_cert).unwrap(), ca_before, "the CA is kept");
         assert_eq!(std::fs::read(&hub.cert).unwrap(), hub_before, "the hub certificate is kept");
         // Both edges chain to the one CA the hub trusts.
-        let server = tunnel_server_config(&hub).unwrap();
+        let server = tunnel_server_config(&hub, false).unwrap();
         drop(server);
         for (node, files) in first.edges.iter().chain(&second.edges) {
             tunnel_client_config(files).unwrap();

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dev;
+pub mod enroll;
 pub mod explain;
 mod load;
 
@@ -117,17 +118,30 @@ fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsV
 /// The hub's tunnel-port configuration: its own certificate, and a required client
 /// certificate that chains to `files.ca`. A refused client certificate is logged with the
 /// subject and names it presented ([`ExplainingVerifier`]).
-pub fn tunnel_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+///
+/// With `enrollment`, a client may also connect without a certificate, on the enrollment ALPN
+/// protocol only (the hub checks that after the handshake), and the hub's chain carries the CA
+/// so that a joining edge can pin it by the fingerprint in its token ([`enroll`]).
+pub fn tunnel_server_config(files: &TlsFiles, enrollment: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier { path: files.ca.clone(), reason: e.to_string() })?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if enrollment {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| TlsError::Verifier { path: files.ca.clone(), reason: e.to_string() })?;
     let verifier = Arc::new(ExplainingVerifier { inner: verifier, ca: files.ca.clone() });
+    let mut chain = load_certs(&files.cert)?;
+    if enrollment {
+        chain.extend(load_certs(&files.ca)?);
+    }
     let mut cfg = server_builder()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .with_single_cert(chain, load_key(&files.key)?)
         .map_err(|source| TlsError::Rustls { context: "tunnel server certificate", source })?;
     cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    if enrollment {
+        cfg.alpn_protocols.push(enroll::ALPN_ENROLL.to_vec());
+    }
     Ok(Arc::new(cfg))
 }
 

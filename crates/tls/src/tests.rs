@@ -21,13 +21,13 @@ fn no_certificate_is_no_identity() {
 fn written_pki_builds_configs_and_bad_files_name_their_path() {
     let dir = std::env::temp_dir().join(format!("mm-tls-test-{}", std::process::id()));
     let pki = dev::write_pki(&dir, &["localhost".into(), "127.0.0.1".into()], &["n1".into()]).unwrap();
-    tunnel_server_config(&pki.hub).unwrap();
+    tunnel_server_config(&pki.hub, false).unwrap();
     tunnel_client_config(&pki.edges[0].1).unwrap();
     stream_server_config(&pki.hub.cert, &pki.hub.key, None).unwrap();
 
     // A key that does not match the certificate is refused.
     let mismatched = TlsFiles { key: pki.edges[0].1.key.clone(), ..pki.hub.clone() };
-    assert!(tunnel_server_config(&mismatched).is_err());
+    assert!(tunnel_server_config(&mismatched, false).is_err());
 
     let missing = dir.join("nope.pem");
     let e = load_certs(&missing).unwrap_err().to_string();

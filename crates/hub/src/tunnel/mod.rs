@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::enroll::{Enrollment, Revocations};
 use crate::listener::{Accepted, Deadline, Gate, Remote};
 use crate::registry::NodeRegistry;
 use crate::session::Sessions;
@@ -45,6 +46,10 @@ pub(crate) struct TunnelCtx {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn: AtomicU64,
+    /// Revoked nodes: their certificates are refused.
+    pub revocations: Arc<Revocations>,
+    /// Joining and renewing edges, if the hub has an `enrollment` block.
+    pub enrollment: Option<Arc<Enrollment>>,
 }
 
 /// The tunnel port's reloadable settings.
@@ -95,9 +100,17 @@ pub(crate) async fn serve(listener: TcpListener, gate: Arc<Gate>, ctx: Arc<Tunne
 async fn handle(ctx: Arc<TunnelCtx>, gate: Arc<Gate>, tcp: TcpStream, remote: Remote) {
     let settings = ctx.live.get();
     let deadline = Instant::now() + settings.handshake_timeout;
-    let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, tcp));
+    let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, &ctx.revocations, tcp));
     let (link, node) = match handshake.await {
-        Ok(Ok(x)) => x,
+        Ok(Ok(Established::Tunnel(link, node))) => (link, node),
+        Ok(Ok(Established::Enroll(tls, node))) => {
+            let serve = crate::enroll::serve(tls, node, ctx.enrollment.clone(), ctx.revocations.clone());
+            if tokio::time::timeout_at(deadline.into(), serve).await.is_err() {
+                gate.counters.missed(Deadline::Request);
+                debug!("enrollment request timed out");
+            }
+            return;
+        }
         // The certificate verifier has logged who presented what, and why it was refused.
         Ok(Err(Refusal::Certificate(reason))) => {
             debug!(%reason, "tunnel connection refused");
@@ -151,9 +164,21 @@ enum Refusal {
     Other(String),
 }
 
-/// TLS (client certificate required) and the WebSocket upgrade; returns the node name the
-/// certificate proves.
-async fn establish(ctx: &TunnelSettings, tcp: TcpStream) -> Result<(TunnelLink, String), Refusal> {
+/// What a tunnel-port connection is, once past TLS.
+// Returned once per connection and matched at once: boxing the tunnel would only add an
+// allocation to every tunnel.
+#[allow(clippy::large_enum_variant)]
+enum Established {
+    /// A tunnel, upgraded, from the node its certificate proves.
+    Tunnel(TunnelLink, String),
+    /// An enrollment or renewal request (the enrollment ALPN protocol), with the node of the
+    /// client certificate if one was presented.
+    Enroll(TlsStream<TcpStream>, Option<String>),
+}
+
+/// TLS, then for a tunnel (a client certificate required) the WebSocket upgrade; returns the
+/// node name the certificate proves. Certificates of revoked nodes are refused here.
+async fn establish(ctx: &TunnelSettings, revocations: &Revocations, tcp: TcpStream) -> Result<Established, Refusal> {
     let tls = ctx.tls.accept(tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(r @ rustls::Error::InvalidCertificate(_)) => {
@@ -164,12 +189,22 @@ async fn establish(ctx: &TunnelSettings, tcp: TcpStream) -> Result<(TunnelLink, 
         }
     })?;
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let node = mediamesh_tls::node_identity(certs).map_err(|e| Refusal::Other(e.to_string()))?;
+    let identity = mediamesh_tls::node_identity(certs);
+    if let Ok(node) = &identity {
+        let not_before = certs.first().and_then(|c| mediamesh_tls::enroll::validity(c)).map(|(nb, _)| nb);
+        if revocations.refuses(node, not_before) {
+            return Err(Refusal::Other(format!("node {node:?} is revoked; its certificate is refused")));
+        }
+    }
+    if tls.get_ref().1.alpn_protocol() == Some(mediamesh_tls::enroll::ALPN_ENROLL) {
+        return Ok(Established::Enroll(tls, identity.ok()));
+    }
+    let node = identity.map_err(|e| Refusal::Other(e.to_string()))?;
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(Tracked::new(tls), check_upgrade, Some(ws_config(&ctx.limits)))
             .await
             .map_err(|e| Refusal::Other(format!("WebSocket upgrade from node {node:?} failed: {e}")))?;
-    Ok((Link::new(ws, ctx.limits, ctx.write_deadline), node))
+    Ok(Established::Tunnel(Link::new(ws, ctx.limits, ctx.write_deadline), node))
 }
 
 #[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
