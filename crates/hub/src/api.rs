@@ -57,6 +57,20 @@ pub(crate) struct ApiSettings {
     pub viewer_write_timeout: std::time::Duration,
     /// Most viewers with their own series in `/metrics`.
     pub metrics_max_viewer_series: usize,
+    /// Web origins besides the hub's own whose pages may open WebSocket viewers.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Whether a WebSocket upgrade with these headers may proceed: no `Origin` (not a browser), the
+/// hub's own origin (its host as the request names it), or one in `allowed` (`*`: any).
+fn origin_allowed(headers: &axum::http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
 }
 
 /// The peer address of an HTTP connection, inserted by the server.
@@ -75,6 +89,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY))
         .with_state(state)
 }
 
@@ -391,6 +406,15 @@ async fn ws(
     mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     st.sessions.check_stream(&StreamKey::new(node.clone(), stream.clone()))?;
+    // A page elsewhere must not open viewers with the visitor's credentials (cross-site
+    // WebSocket hijacking).
+    if !origin_allowed(req.headers(), &st.live.get().allowed_origins) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not open viewers; add it to allowedOrigins".into(),
+        ));
+    }
     let accept = egress::ws_wire::accept_key(req.headers())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "websocket_required", e.to_string()))?;
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().ok_or_else(|| {
@@ -400,14 +424,19 @@ async fn ws(
             "this connection cannot be upgraded".into(),
         )
     })?;
-    let remote = peer.map_or_else(|| "unknown".to_owned(), |Extension(Peer(a))| a.to_string());
+    let remote = peer.map_or(Remote::UNKNOWN, |Extension(Peer(a))| a);
     let key = StreamKey::new(node, stream);
+    // Admitted before the upgrade, so a refusal is an HTTP answer the client can read.
+    let viewer = st.sessions.join(&key, "ws", remote).map_err(|r| {
+        let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        ApiError::new(status, r.name(), r.to_string())
+    })?;
     let sessions = st.sessions.clone();
     let stall = st.live.get().viewer_write_timeout;
     st.tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, key, remote, stall).await;
+                egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, viewer, stall).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }

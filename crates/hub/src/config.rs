@@ -141,6 +141,24 @@ pub struct HubConfig {
     /// anyone, which it allows only on a loopback `listenAddress`.
     #[serde(default)]
     pub auth: Option<AuthSettings>,
+    /// Web origins (`https://ops.example.com`) besides the hub's own whose pages may open
+    /// WebSocket viewers; `*` allows any. Requests without `Origin` (not browsers) always may.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Viewers one stream may have (WebSocket and RTSP together). Default 1000.
+    #[serde(default = "default_viewers_per_stream")]
+    pub viewers_per_stream: usize,
+    /// Viewers the hub may have. Default 10000.
+    #[serde(default = "default_viewers_max")]
+    pub viewers_max: usize,
+    /// Viewers one client address may have. Default 100.
+    #[serde(default = "default_viewers_per_ip")]
+    pub viewers_per_ip: usize,
+    /// Streams of one node that viewers may start per minute (a stream already running costs
+    /// nothing), so that a client cycling through cold cameras cannot flap an edge's sources.
+    /// Default 30.
+    #[serde(default = "default_cold_starts")]
+    pub cold_starts_per_minute: u32,
     /// Where the hub keeps join tokens and revoked nodes, across restarts. Unset: no
     /// enrollment, and revocations last until a restart.
     #[serde(default)]
@@ -161,6 +179,19 @@ pub struct EnrollmentSettings {
     /// Default 24 h.
     #[serde(default = "default_certificate_ttl")]
     pub certificate_ttl: Seconds,
+}
+
+fn default_viewers_per_stream() -> usize {
+    1000
+}
+fn default_viewers_max() -> usize {
+    10_000
+}
+fn default_viewers_per_ip() -> usize {
+    100
+}
+fn default_cold_starts() -> u32 {
+    30
 }
 
 fn default_certificate_ttl() -> Seconds {
@@ -284,6 +315,11 @@ impl HubConfig {
             rtsp: RtspSettings::default(),
             outage_timestamps: Default::default(),
             auth: None,
+            allowed_origins: Vec::new(),
+            viewers_per_stream: default_viewers_per_stream(),
+            viewers_max: default_viewers_max(),
+            viewers_per_ip: default_viewers_per_ip(),
+            cold_starts_per_minute: default_cold_starts(),
             state_dir: None,
             enrollment: None,
         }
@@ -396,7 +432,13 @@ impl HubConfig {
             ("tunnelMaxConnections", self.tunnel_max_connections),
             ("tunnelMaxConnectionsPerIp", self.tunnel_max_connections_per_ip),
         ];
-        if let Some((key, _)) = limits.iter().find(|(_, n)| *n == 0) {
+        let viewers = [
+            ("viewersPerStream", self.viewers_per_stream == 0),
+            ("viewersMax", self.viewers_max == 0),
+            ("viewersPerIp", self.viewers_per_ip == 0),
+            ("coldStartsPerMinute", self.cold_starts_per_minute == 0),
+        ];
+        if let Some((key, _)) = limits.iter().map(|(k, n)| (*k, *n == 0)).chain(viewers).find(|(_, zero)| *zero) {
             return err(key, "must be at least 1".into());
         }
         if self.viewer_max_lag.get().is_zero() {

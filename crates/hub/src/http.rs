@@ -16,6 +16,14 @@ use tracing::debug;
 use crate::api::Peer;
 use crate::listener::{Accepted, Deadline, Gate};
 
+/// The largest request head (request line and headers) the stream port reads: room for a long
+/// token and cookies, not for a client that sends headers forever.
+pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Most header lines in one request.
+pub(crate) const MAX_HEADERS: usize = 64;
+/// The largest request body on any route (the API's writes carry none or little).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
 /// The stream port's reloadable settings.
 #[derive(Clone)]
 pub(crate) struct StreamSettings {
@@ -51,7 +59,12 @@ pub(crate) async fn serve(
         async move {
             let service = TowerToHyperService::new(router);
             let mut builder = http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(settings.request_timeout);
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(settings.request_timeout)
+                // A request's head (line and headers) beyond this is answered 431 and closed.
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .max_headers(MAX_HEADERS);
             let result = match settings.tls.clone() {
                 Some(acceptor) => match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {

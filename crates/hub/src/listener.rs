@@ -48,6 +48,9 @@ impl Port {
 pub struct Remote(SocketAddr);
 
 impl Remote {
+    /// For a connection whose peer address is not known.
+    pub const UNKNOWN: Remote = Remote(SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)));
+
     /// The address `addr` in canonical form.
     pub fn new(addr: SocketAddr) -> Self {
         Self(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
@@ -96,6 +99,31 @@ pub(crate) struct Admissions {
     pub stream: Admission,
     pub rtsp: Admission,
     pub tunnel: Admission,
+}
+
+/// File descriptors kept out of the ports' limits: files, the listeners, outbound requests,
+/// and room for an operator's API request when the viewer ports are full.
+const FD_RESERVE: usize = 256;
+
+impl Admissions {
+    /// Lowers the ports' total limits to fit the open file limit, keeping [`FD_RESERVE`] free
+    /// and a quarter of the rest for edges: otherwise a flood of viewer connections could
+    /// exhaust the descriptors the API and the edges need. Returns the limits before, if it
+    /// changed them.
+    pub(crate) fn fit_to_fd_limit(&mut self) -> Option<[usize; 3]> {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+        let budget = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE);
+        let before = [self.stream.max_connections, self.rtsp.max_connections, self.tunnel.max_connections];
+        if before.iter().fold(0usize, |a, b| a.saturating_add(*b)) <= budget {
+            return None;
+        }
+        self.tunnel.max_connections = self.tunnel.max_connections.min((budget / 4).max(1));
+        let viewers = budget.saturating_sub(self.tunnel.max_connections);
+        self.stream.max_connections = self.stream.max_connections.min((viewers / 2).max(1));
+        self.rtsp.max_connections =
+            self.rtsp.max_connections.min(viewers.saturating_sub(self.stream.max_connections).max(1));
+        Some(before)
+    }
 }
 
 /// Each port's gate.

@@ -46,6 +46,14 @@ pub(crate) fn render(
         m.sample("mediamesh_auth_denials_total", &[("protocol", protocol), ("reason", reason)], n as f64);
     }
 
+    let (watching, refused) = sessions.admission_counts();
+    m.family("mediamesh_viewers", "gauge", "Viewers watching now, every protocol (the count the viewer limits check).");
+    m.sample("mediamesh_viewers", &[], watching as f64);
+    m.family("mediamesh_viewers_refused_total", "counter", "Viewers refused by a viewer limit, per reason.");
+    for (reason, n) in refused {
+        m.sample("mediamesh_viewers_refused_total", &[("reason", reason)], n as f64);
+    }
+
     m.family("mediamesh_nodes_connected", "gauge", "Edge nodes with a control channel to this hub.");
     m.sample("mediamesh_nodes_connected", &[], connected.len() as f64);
     let node_stats = registry.all_node_stats();

@@ -22,6 +22,7 @@ use crate::http::StreamSettings;
 use crate::listener::{Admission, Admissions, Gates};
 use crate::registry::NodeRegistry;
 use crate::server::{HubError, TlsConfigs};
+use crate::session::admission::ViewerLimits;
 use crate::session::lifecycle::LifecycleConfig;
 use crate::session::log::LogConfig;
 use crate::session::{BehindPolicy, SessionConfig, Sessions};
@@ -75,6 +76,12 @@ impl Derived {
                 hub_name: config.hub_name.clone(),
             },
             sessions: SessionConfig {
+                limits: ViewerLimits {
+                    per_stream: config.viewers_per_stream,
+                    total: config.viewers_max,
+                    per_address: config.viewers_per_ip,
+                    cold_starts_per_minute: config.cold_starts_per_minute,
+                },
                 lifecycle: LifecycleConfig {
                     linger: config.linger.get(),
                     start_timeout: config.start_timeout.get(),
@@ -103,6 +110,7 @@ impl Derived {
                 hub_name: config.hub_name.clone(),
                 viewer_write_timeout: config.viewer_write_timeout.get(),
                 metrics_max_viewer_series: config.metrics_max_viewer_series,
+                allowed_origins: config.allowed_origins.clone(),
             },
             stream: StreamSettings {
                 tls: tls.stream.map(TlsAcceptor::from),
@@ -146,6 +154,7 @@ impl Reloader {
         let tls = TlsConfigs::load(&new, running.enrollment.is_some())?;
         let reloaded = Reloaded::between(&*running, &new, &RESTART_KEYS);
         let mut derived = Derived::new(&new, tls)?;
+        derived.admission.fit_to_fd_limit();
         let auth = self
             .auth
             .prepare(new.auth.as_ref())

@@ -10,7 +10,7 @@ use mediamesh_tunnel::settings::Live;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{ApiState, router};
 use crate::auth::HubAuth;
@@ -64,6 +64,21 @@ impl TlsConfigs {
             key: config.tls_tunnel_private_key_file.clone(),
         };
         let tunnel = mediamesh_tls::tunnel_server_config(&files, enrollment)?;
+        if let Some(viewer_ca) = &config.tls_stream_ca_file {
+            let prints = |p: &std::path::Path| -> Result<Vec<String>, HubError> {
+                Ok(mediamesh_tls::load_certs(p)?.iter().map(|c| mediamesh_tls::enroll::fingerprint(c)).collect())
+            };
+            let edges = prints(&config.tls_tunnel_ca_file)?;
+            if prints(viewer_ca)?.iter().any(|f| edges.contains(f)) {
+                return Err(ConfigError {
+                    key: "tlsStreamCAFile".into(),
+                    reason: "holds the tunnel CA, so every edge's certificate would be taken as a viewer's \
+                             (one stolen edge key would show every camera); give viewers a CA of their own"
+                        .into(),
+                }
+                .into());
+            }
+        }
         let stream = match (&config.tls_stream_cert_file, &config.tls_stream_private_key_file) {
             (Some(cert), Some(key)) => {
                 Some(mediamesh_tls::stream_server_config(cert, key, config.tls_stream_ca_file.as_deref())?)
@@ -118,6 +133,18 @@ impl Hub {
         let (before, fds) = crate::listener::raise_fd_limit();
         if before != fds {
             info!(from = ?before, to = ?fds, "raised the open file limit");
+        }
+        let mut derived = derived;
+        if let Some([stream, rtsp, tunnel]) = derived.admission.fit_to_fd_limit() {
+            let a = &derived.admission;
+            warn!(
+                open_files = ?fds,
+                stream = a.stream.max_connections,
+                rtsp = a.rtsp.max_connections,
+                tunnel = a.tunnel.max_connections,
+                configured = %format!("{stream},{rtsp},{tunnel}"),
+                "the open file limit is below the ports' connection limits; lowered them so the API and edges keep room (raise LimitNOFILE)"
+            );
         }
         let bind = |port: &'static str, p: u16| {
             let addr = SocketAddr::new(config.listen_address, p);

@@ -129,7 +129,7 @@ pub fn tunnel_server_config(files: &TlsFiles, enrollment: bool) -> Result<Arc<Se
         builder = builder.allow_unauthenticated();
     }
     let verifier = builder.build().map_err(|e| TlsError::Verifier { path: files.ca.clone(), reason: e.to_string() })?;
-    let verifier = Arc::new(ExplainingVerifier { inner: verifier, ca: files.ca.clone() });
+    let verifier = Arc::new(ExplainingVerifier { inner: verifier, ca: files.ca.clone(), warned: Default::default() });
     let mut chain = load_certs(&files.cert)?;
     if enrollment {
         chain.extend(load_certs(&files.ca)?);
@@ -201,7 +201,13 @@ pub fn viewer_client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, T
 pub struct ExplainingVerifier {
     inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     ca: PathBuf,
+    /// When the last warning went out, and how many were held back since: a client in a loop
+    /// presenting a bad certificate must not fill the log.
+    warned: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
+
+/// At most one "refused an edge certificate" warning per this interval.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl rustls::server::danger::ClientCertVerifier for ExplainingVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -224,13 +230,28 @@ impl rustls::server::danger::ClientCertVerifier for ExplainingVerifier {
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
             let (subject, names) = describe_certificate(end_entity);
-            tracing::warn!(
-                %subject,
-                names = %names.join(", "),
-                ca = %self.ca.display(),
-                reason = %explain::error(e),
-                "refused an edge certificate"
-            );
+            let held_back = {
+                let mut w = self.warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = std::time::Instant::now();
+                if w.0.is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY) {
+                    w.1 += 1;
+                    None
+                } else {
+                    w.0 = Some(now);
+                    Some(std::mem::take(&mut w.1))
+                }
+            };
+            match held_back {
+                Some(suppressed) => tracing::warn!(
+                    %subject,
+                    names = %names.join(", "),
+                    ca = %self.ca.display(),
+                    reason = %explain::error(e),
+                    suppressed,
+                    "refused an edge certificate"
+                ),
+                None => tracing::debug!(%subject, reason = %explain::error(e), "refused an edge certificate"),
+            }
         })
     }
 

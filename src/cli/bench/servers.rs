@@ -197,7 +197,7 @@ pub async fn start_mediamesh(dir: &Path, clip: &Path, streams: usize) -> anyhow:
     let hub_yaml = format!(
         "cloudDataStream:\n  enable: true\n  streamPort: {stream_port}\n  tunnelPort: {tunnel_port}\n\
          \x20 listenAddress: \"127.0.0.1\"\n  tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n\
-         \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  streamMaxConnectionsPerIp: 100000\n  frameLog: {{maxFrames: 128}}\n\
+         \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  streamMaxConnectionsPerIp: 100000\n  viewersPerIp: 100000\n  frameLog: {{maxFrames: 128}}\n\
          \x20 rtsp: {{port: {rtsp_port}, udp: true, udpRtpPort: 0, udpRtcpPort: 0, maxConnectionsPerIp: 100000}}\n",
         ca = yaml_str(&pki.ca_cert),
         hc = yaml_str(&pki.hub.cert),

@@ -21,7 +21,7 @@ use super::ws_wire::{
     OP_PONG, close_frame, frame,
 };
 use crate::session::log::{HeaderEntry, LogEntry};
-use crate::session::{Sessions, StreamKey, ViewerEnd};
+use crate::session::{Sessions, Viewer, ViewerEnd};
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what
 /// a stalled viewer pins in memory.
@@ -34,11 +34,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves one viewer on an upgraded connection until it leaves, stalls for longer than
 /// `stall`, or the stream ends.
-pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, key: StreamKey, remote: String, stall: Duration)
+pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, mut viewer: Viewer, stall: Duration)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let mut viewer = sessions.join(&key, "ws", remote);
+    let key = viewer.session.key.clone();
     let (id, session) = (viewer.stats.id, viewer.session.clone());
     info!(stream = %key, viewer = id, remote = %viewer.stats.remote, "websocket viewer joined");
     let (rd, mut wr) = tokio::io::split(io);

@@ -5,6 +5,7 @@
 //! ([`driver`]). Viewers join with [`Sessions::join`] and get a [`Viewer`] whose drop leaves.
 //! A data tunnel attaches with [`Sessions::attach`] and pushes frames straight into the log.
 
+pub mod admission;
 pub(crate) mod driver;
 pub mod lifecycle;
 pub mod log;
@@ -21,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::admission::{Admission, Refusal, ViewerLimits};
 use self::lifecycle::{LifecycleConfig, Phase};
 use self::log::{Cursor, FrameLog, LogConfig};
 use self::stats::{SessionStats, ViewerStats};
@@ -76,6 +78,8 @@ const EVENT_QUEUE: usize = 16;
 pub struct SessionConfig {
     /// Linger and start timeout.
     pub lifecycle: LifecycleConfig,
+    /// Viewers per stream, hub and address, and cold starts per node.
+    pub limits: ViewerLimits,
     /// Frame log bounds.
     pub log: LogConfig,
     /// When a viewer that keeps falling behind is let go.
@@ -305,6 +309,21 @@ pub struct Viewer {
     resyncs: std::collections::VecDeque<Instant>,
     /// Why it is leaving, once known.
     end: Option<ViewerEnd>,
+    /// Its place in the viewer counts, given back when it goes.
+    _admitted: Admitted,
+}
+
+/// A viewer's place in the counts of [`Admission`]; dropping it gives the place back.
+#[derive(Debug)]
+struct Admitted {
+    admission: Arc<Mutex<Admission>>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        lock(&self.admission).left(self.address);
+    }
 }
 
 impl Viewer {
@@ -406,6 +425,7 @@ pub struct Sessions {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     counters: Arc<HubCounters>,
+    admission: Arc<Mutex<Admission>>,
 }
 
 impl Sessions {
@@ -428,7 +448,14 @@ impl Sessions {
             shutdown,
             tasks,
             counters: Arc::default(),
+            admission: Arc::new(Mutex::new(Admission::new(config.limits))),
         })
+    }
+
+    /// Viewers watching now, and refusals by reason since start.
+    pub fn admission_counts(&self) -> (usize, [(&'static str, u64); 4]) {
+        let a = lock(&self.admission);
+        (a.total(), a.refused())
     }
 
     /// Hub-wide counters.
@@ -440,12 +467,21 @@ impl Sessions {
         lock(&self.maps)
     }
 
-    /// Attaches a viewer to the stream's session, creating the session (and sending AddVideo)
-    /// if there is none. The caller checked the node offers the stream.
-    pub fn join(self: &Arc<Self>, key: &StreamKey, protocol: &'static str, remote: String) -> Viewer {
+    /// Attaches a viewer from `remote` to the stream's session, creating the session (and
+    /// sending AddVideo) if there is none, unless a viewer limit refuses it. The caller
+    /// checked the node offers the stream.
+    pub fn join(
+        self: &Arc<Self>,
+        key: &StreamKey,
+        protocol: &'static str,
+        remote: crate::listener::Remote,
+    ) -> Result<Viewer, Refusal> {
         let now = Instant::now();
         let mut maps = self.lock_maps();
         let existing = maps.by_key.get(key).filter(|s| s.phase() != Phase::Closed && !s.log.is_closed()).cloned();
+        let watching = existing.as_ref().map_or(0, |s| s.viewer_count());
+        let cold = existing.is_none().then_some(key.node.as_str());
+        lock(&self.admission).admit(remote.ip(), watching, cold, now)?;
         let (session, created) = match existing {
             Some(s) => (s, None),
             None => {
@@ -456,7 +492,7 @@ impl Sessions {
             }
         };
         let id = self.next_viewer.fetch_add(1, Ordering::Relaxed);
-        let stats = Arc::new(ViewerStats::new(id, protocol, remote, now));
+        let stats = Arc::new(ViewerStats::new(id, protocol, remote.to_string(), now));
         // The count changes under the map lock, so a driver deciding to close (which also holds
         // it) never misses a viewer that is joining.
         lock(&session.viewers).insert(id, stats.clone());
@@ -468,7 +504,15 @@ impl Sessions {
         }
         let cursor = session.log.subscribe();
         stats.position.store(cursor.position(), Ordering::Relaxed);
-        Viewer { session, cursor, stats, resyncs: std::collections::VecDeque::new(), end: None }
+        let admitted = Admitted { admission: self.admission.clone(), address: remote.ip() };
+        Ok(Viewer {
+            session,
+            cursor,
+            stats,
+            resyncs: std::collections::VecDeque::new(),
+            end: None,
+            _admitted: admitted,
+        })
     }
 
     fn new_session(&self, key: StreamKey, now: Instant) -> (Arc<Session>, mpsc::Receiver<SessionEvent>) {
@@ -581,6 +625,7 @@ impl Sessions {
     /// Replaces the settings of sessions created from now on (a reload); running sessions keep
     /// theirs.
     pub(crate) fn set_config(&self, config: SessionConfig) {
+        lock(&self.admission).set_limits(config.limits);
         self.config.set(config);
     }
 }

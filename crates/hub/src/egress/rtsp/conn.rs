@@ -250,7 +250,10 @@ impl Conn {
         }
         let mut viewer = match described {
             Some((v, _)) => v,
-            None => self.ctx.sessions.join(key, "rtsp", self.peer.to_string()),
+            None => self.ctx.sessions.join(key, "rtsp", self.peer).map_err(|r| match r.status() {
+                503 => not_enough(&r.to_string()),
+                _ => unavailable(&r.to_string()),
+            })?,
         };
         let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
         loop {
