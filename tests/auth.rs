@@ -469,12 +469,42 @@ async fn a_reload_changes_who_may_do_what_and_a_bad_block_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_token_stops_a_stream_and_others_may_not() {
+async fn an_admin_token_disconnects_a_viewer_and_stops_a_stream_and_others_may_not() {
     let s = Setup::start(100, true).await;
     let addr = s.stream();
     let mut v = s.ws("cam2", Some(&s.token(&["read"], 600))).await.expect("cam2 opens");
     read_frames(&mut v, 5).await;
+    // Disconnect one viewer: the newest of cam2's.
+    let mut second = s.ws("cam2", Some(&s.token(&["read"], 600))).await.expect("cam2 opens again");
+    read_frames(&mut second, 2).await;
+    let ops = format!("Bearer {}", s.token(&["api", "admin"], 600));
+    let streams = request(addr, "GET", "/api/v1/streams", &[("Authorization", &ops)]).await;
+    let streams: serde_json::Value = serde_json::from_str(&streams.body).unwrap();
+    let id = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|st| st["stream"] == "cam2")
+        .flat_map(|st| st["viewerDetails"].as_array().unwrap().iter().map(|v| v["id"].as_u64().unwrap()))
+        .max()
+        .expect("cam2's viewers are listed");
+    let path = format!("/api/v1/viewers/{id}");
     let reader = format!("Bearer {}", s.token(&["read", "api"], 600));
+    assert_eq!(request(addr, "DELETE", &path, &[("Authorization", &reader)]).await.status, 403);
+    let a = request(addr, "DELETE", &path, &[("Authorization", &ops)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Some(ViewerItem::End(r))) = second.next().await {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("the disconnected viewer is told within 2 s");
+    assert_eq!(end, "disconnected by an operator");
+    read_frames(&mut v, 5).await;
+    assert_eq!(request(addr, "DELETE", &path, &[("Authorization", &ops)]).await.status, 404);
     let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &reader)]).await;
     assert_eq!(a.status, 403, "{}", a.body);
     let admin = format!("Bearer {}", s.token(&["admin"], 600));

@@ -21,6 +21,7 @@
 
 pub mod credentials;
 pub mod digest;
+pub mod fuzz;
 pub mod hook;
 pub mod jwks;
 pub mod jwt;

@@ -8,6 +8,7 @@
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
 //! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
+//! | `DELETE /api/v1/viewers/{id}` | disconnects one viewer: a WebSocket viewer gets `end` ("disconnected by an operator"), an RTSP viewer's connection closes (admin) |
 //! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
@@ -86,6 +87,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/nodes/{node}/streams/{stream}", get(stream).delete(stop_stream))
         .route("/api/v1/nodes/{node}/revoke", post(revoke_node))
+        .route("/api/v1/viewers/{id}", axum::routing::delete(kick_viewer))
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
@@ -167,6 +169,22 @@ async fn stop_stream(
     session.try_report(crate::session::SessionEvent::UpstreamEnded("stopped by an operator".into()));
     tracing::info!(stream = %key, viewers, "stream stopped through the API");
     Ok(Json(serde_json::json!({ "stream": key.to_string(), "stopped": true, "viewers": viewers })))
+}
+
+/// `DELETE /api/v1/viewers/{id}`: disconnects one viewer (the ids are in `GET /api/v1/streams`).
+async fn kick_viewer(State(st): State<ApiState>, Path(id): Path<u64>) -> Result<Json<serde_json::Value>, ApiError> {
+    let found = st.sessions.snapshot().into_iter().find_map(|s| {
+        let v = s.viewers().into_iter().find(|v| v.id == id)?;
+        Some((s.key.clone(), v))
+    });
+    let (key, viewer) = found.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "viewer_not_found", format!("no viewer {id} is watching"))
+    })?;
+    viewer.kick.cancel();
+    tracing::info!(stream = %key, viewer = id, remote = %viewer.remote, "viewer disconnected through the API");
+    Ok(Json(
+        serde_json::json!({ "viewer": id, "stream": key.to_string(), "protocol": viewer.protocol, "disconnected": true }),
+    ))
 }
 
 /// `POST /api/v1/nodes/{node}/revoke`: closes the node's tunnels and refuses its certificates.

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod egress;
 pub mod enroll;
+pub mod fuzz;
 mod http;
 mod http_auth;
 pub mod listener;

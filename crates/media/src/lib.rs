@@ -23,6 +23,7 @@ pub mod annexb;
 mod codec;
 mod error;
 mod frame;
+pub mod fuzz;
 pub mod h264;
 pub mod h265;
 pub mod rtp;

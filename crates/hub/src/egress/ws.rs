@@ -47,7 +47,15 @@ where
     // queue just drops the pong.
     let (control_tx, mut control_rx) = mailbox::<Bytes>(4);
     let gone = CancellationToken::new();
-    let reader = tokio::spawn(read_client(rd, control_tx, gone.clone()));
+    let (kick, reader_gone) = (viewer.stats.kick.clone(), gone.clone());
+    let reader = tokio::spawn(async move {
+        // An operator's disconnect ends the reader like a client's close: the loop below sees
+        // the control channel close (no cost per frame).
+        tokio::select! {
+            () = read_client(rd, control_tx, reader_gone.clone()) => {}
+            () = kick.cancelled() => reader_gone.cancel(),
+        }
+    });
 
     let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
     let mut batch: Vec<Arc<LogEntry>> = Vec::new();
@@ -55,6 +63,9 @@ where
     let reason = loop {
         batch.clear();
         if control_rx.is_closed() {
+            if viewer.stats.kick.is_cancelled() {
+                break kicked(&mut wr, &mut viewer).await;
+            }
             // The reader ended (the client closed, or sent a bad frame): the goodbye below
             // writes what it queued (the close reply), and no more media goes out.
             break "viewer closed".to_owned();
@@ -87,7 +98,14 @@ where
                 // then never polled (registering it takes a lock).
                 biased;
                 r = write_all_vectored(&mut wr, &mut slices, stall) => r,
-                () = gone.cancelled() => break "viewer closed".to_owned(),
+                () = gone.cancelled() => {
+                    // Mid-write there is no clean place for an `end` event: just go.
+                    if viewer.stats.kick.is_cancelled() {
+                        viewer.set_end(ViewerEnd::Kicked);
+                        break KICKED.to_owned();
+                    }
+                    break "viewer closed".to_owned();
+                }
             };
             if let Err(e) = written {
                 viewer.set_end(ViewerEnd::of_write_error(&e));
@@ -111,6 +129,7 @@ where
                             break describe_write_error(&e);
                         }
                     }
+                    None if viewer.stats.kick.is_cancelled() => break kicked(&mut wr, &mut viewer).await,
                     None => break "viewer closed".to_owned(),
                 },
                 changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
@@ -135,6 +154,18 @@ where
 }
 
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
+/// Tells a viewer an operator disconnected it; the reason for the log.
+async fn kicked<W: AsyncWrite + Unpin>(wr: &mut W, viewer: &mut Viewer) -> String {
+    let bye = [event_frame(&ViewerEvent::End { reason: KICKED.into() }), close_frame(CLOSE_POLICY, KICKED)];
+    let mut slices: Vec<IoSlice<'_>> = bye.iter().map(|c| IoSlice::new(c)).collect();
+    let _ = write_all_vectored(wr, &mut slices, CLOSE_GRACE).await;
+    viewer.set_end(ViewerEnd::Kicked);
+    KICKED.to_owned()
+}
+
+/// What a viewer an operator disconnected is told.
+const KICKED: &str = "disconnected by an operator";
+
 async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: Sender<Bytes>, gone: CancellationToken) {
     let mut parser = ClientFrames::new(MAX_CLIENT_FRAME);
     // Viewers send only control frames (pings, close); the parser gathers a bigger frame across

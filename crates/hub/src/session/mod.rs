@@ -130,6 +130,8 @@ pub enum ViewerEnd {
     Ended,
     /// An RTSP client sent nothing for its session or request timeout.
     Timeout,
+    /// An operator disconnected it.
+    Kicked,
 }
 
 impl ViewerEnd {
@@ -141,6 +143,7 @@ impl ViewerEnd {
             ViewerEnd::Behind => "behind",
             ViewerEnd::Ended => "ended",
             ViewerEnd::Timeout => "timeout",
+            ViewerEnd::Kicked => "kicked",
         }
     }
 

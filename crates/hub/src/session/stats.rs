@@ -146,6 +146,8 @@ pub struct ViewerStats {
     pub position: AtomicU64,
     /// Payload bytes taken from the log and not yet written to its socket.
     pub pending_bytes: AtomicU64,
+    /// Cancelled when an operator disconnects it (`DELETE /api/v1/viewers/{id}`).
+    pub kick: tokio_util::sync::CancellationToken,
 }
 
 impl ViewerStats {
@@ -162,6 +164,7 @@ impl ViewerStats {
             resyncs: Counter::default(),
             position: AtomicU64::new(0),
             pending_bytes: AtomicU64::new(0),
+            kick: tokio_util::sync::CancellationToken::new(),
         }
     }
 }

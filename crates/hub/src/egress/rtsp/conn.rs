@@ -255,6 +255,14 @@ impl Conn {
                 _ => unavailable(&r.to_string()),
             })?,
         };
+        // An operator's disconnect of this viewer closes its connection.
+        let (kick, closed) = (viewer.stats.kick.clone(), self.closed.clone());
+        self.ctx.tasks.spawn(async move {
+            tokio::select! {
+                () = kick.cancelled() => closed.cancel(),
+                () = closed.cancelled() => {}
+            }
+        });
         let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
         loop {
             if viewer.session.log.header().is_some() {

@@ -1,0 +1,78 @@
+//! Fuzzing entry points, shared by `fuzz/fuzz_targets/` (cargo fuzz) and the property tests, so
+//! CI exercises the same code the fuzzer does.
+
+use bytes::BytesMut;
+
+use crate::egress::rtsp::request::{self, Incoming, MAX_BODY, MAX_HEAD, MAX_INTERLEAVED};
+use crate::state::JoinToken;
+
+/// The RTSP request and interleaved-frame reader on `data` (its first byte picks where the
+/// bytes split, as partial TCP reads arrive). Panics only on a real bug: a parse that takes
+/// nothing and yet returns something, or an item over the caps.
+pub fn rtsp_request(data: &[u8]) {
+    let Some((&first, data)) = data.split_first() else { return };
+    let cut = usize::from(first).min(data.len());
+    let mut buf = BytesMut::new();
+    for part in [&data[..cut], &data[cut..]] {
+        buf.extend_from_slice(part);
+        // Each item consumes bytes, so this ends; the bound is a guard against a bug.
+        for _ in 0..=data.len() {
+            let before = buf.len();
+            match request::parse(&mut buf) {
+                Ok(Some(item)) => {
+                    assert!(buf.len() < before, "an item was parsed from no bytes");
+                    match item {
+                        Incoming::Request(r) => {
+                            assert!(r.body.len() <= MAX_BODY, "a body over the cap");
+                            assert!(r.uri.len() <= MAX_HEAD, "a URI over the head cap");
+                        }
+                        Incoming::Interleaved { data, .. } => {
+                            assert!(data.len() <= MAX_INTERLEAVED, "a frame over the cap");
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The join token reader: whatever parses prints back to the same text.
+pub fn join_token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(t) = JoinToken::parse(&text) {
+        assert_eq!(JoinToken::parse(&t.to_string()), Ok(t.clone()), "a token must print back as itself");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_rtsp_reader_survives_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            super::rtsp_request(&data);
+        }
+
+        #[test]
+        fn the_rtsp_reader_survives_mutated_requests(
+            flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..8),
+            cut in any::<u8>(),
+        ) {
+            let mut req = b"DESCRIBE rtsp://h/edge-1/cam1 RTSP/1.0\r\nCSeq: 2\r\nContent-Length: 4\r\nAuthorization: Basic YTpi\r\n\r\nabcd$\x00\x00\x04rtcp".to_vec();
+            for (at, b) in flips {
+                let i = at % req.len();
+                req[i] = b;
+            }
+            req.insert(0, cut);
+            super::rtsp_request(&req);
+        }
+
+        #[test]
+        fn the_join_token_reader_survives_any_text(text in ".{0,200}") {
+            super::join_token(text.as_bytes());
+            super::join_token(format!("mmj1.{text}").as_bytes());
+        }
+    }
+}
