@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod credentials;
+mod denial;
 pub mod digest;
 pub mod fuzz;
 pub mod hook;

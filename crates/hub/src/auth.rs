@@ -13,6 +13,7 @@ use mediamesh_auth::jwks::{self, JwksCache};
 use mediamesh_auth::{AuthError, AuthSettings, Authenticator, Denial, DenialReason, Identity, Request};
 use mediamesh_tunnel::settings::Live;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::listener::Bounded;
@@ -90,8 +91,8 @@ struct JwksJob {
 
 #[derive(Debug, Default)]
 struct Background {
-    /// The hub's shutdown, once [`HubAuth::start`] ran.
-    shutdown: Option<CancellationToken>,
+    /// The hub's shutdown and task tracker, once [`HubAuth::start`] ran.
+    shutdown: Option<(CancellationToken, TaskTracker)>,
     /// What the policy in force needs, started or waiting for `start`.
     jwks: Option<JwksJob>,
     /// Stops the running fetcher.
@@ -155,10 +156,10 @@ impl HubAuth {
         Self::restart(&mut bg);
     }
 
-    /// Starts the background work (the JWKS fetcher); it ends with `shutdown`.
-    pub(crate) fn start(&self, shutdown: &CancellationToken) {
+    /// Starts the background work (the JWKS fetcher) in `tasks`; it ends with `shutdown`.
+    pub(crate) fn start(&self, shutdown: &CancellationToken, tasks: &TaskTracker) {
         let mut bg = self.background.lock().unwrap_or_else(PoisonError::into_inner);
-        bg.shutdown = Some(shutdown.clone());
+        bg.shutdown = Some((shutdown.clone(), tasks.clone()));
         Self::restart(&mut bg);
     }
 
@@ -166,10 +167,10 @@ impl HubAuth {
         if let Some(old) = bg.running.take() {
             old.cancel();
         }
-        let (Some(shutdown), Some(job)) = (&bg.shutdown, &bg.jwks) else { return };
+        let (Some((shutdown, tasks)), Some(job)) = (&bg.shutdown, &bg.jwks) else { return };
         let stop = shutdown.child_token();
         bg.running = Some(stop.clone());
-        tokio::spawn(fetch_keys(job.clone(), stop));
+        tasks.spawn(fetch_keys(job.clone(), stop));
     }
 
     /// The policy now (for challenges).

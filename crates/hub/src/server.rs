@@ -187,8 +187,8 @@ impl Hub {
         let rtsp_udp_ports = udp.as_ref().map(|u| u.ports);
 
         let shutdown = CancellationToken::new();
-        auth.start(&shutdown);
         let tasks = TaskTracker::new();
+        auth.start(&shutdown, &tasks);
         let gates = Gates::new(&derived.admission);
         let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));
         let sessions = Sessions::new(derived.sessions, registry.clone(), shutdown.clone(), tasks.clone());

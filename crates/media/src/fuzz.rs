@@ -13,11 +13,63 @@ pub fn codec_config(data: &[u8]) {
     let _ = crate::aac::parse_config(data);
 }
 
+/// The Annex-B access-unit splitter (H.264 or H.265, by the first byte, which also picks where
+/// the bytes split) and the SEI stamp reader. Panics only on a real bug: an access unit over
+/// the cap.
+pub fn split_any(data: &[u8]) {
+    use crate::annexb::{AccessUnitSplitter, VideoCodec};
+    let Some((&first, data)) = data.split_first() else { return };
+    let codec = if first & 1 == 0 { VideoCodec::H264 } else { VideoCodec::H265 };
+    let mut splitter = AccessUnitSplitter::new(codec, 4096);
+    let mut out = Vec::new();
+    let cut = usize::from(first >> 1).min(data.len());
+    let _ = splitter.push(&data[..cut], &mut out);
+    let _ = splitter.push(&data[cut..], &mut out);
+    let _ = splitter.flush(&mut out);
+    for au in &out {
+        assert!(au.data.len() <= 4096, "an access unit over the cap");
+        let _ = crate::h264::sei::read_stamp(&au.data);
+    }
+}
+
+/// The RTP depacketizers (the codec picked by the first byte) on a packet sequence: each
+/// packet is `[len][flags][payload]`, flags bit 0 the marker, bit 1 a lost packet before it.
+/// Panics only on a real bug: a frame over the cap.
+pub fn depacketize_any(data: &[u8]) {
+    use crate::Codec;
+    use crate::rtp::{Depacketizer, RtpPacketIn};
+    let Some((&sel, mut rest)) = data.split_first() else { return };
+    let codec = [Codec::H264, Codec::H265, Codec::Aac, Codec::Pcma, Codec::Opus][usize::from(sel) % 5];
+    let mut d = Depacketizer::new(codec, 8192);
+    let mut out = Vec::new();
+    let mut seq: u16 = 0;
+    while rest.len() >= 2 {
+        let (len, flags) = (usize::from(rest[0]), rest[1]);
+        let end = (2 + len).min(rest.len());
+        seq = seq.wrapping_add(1 + u16::from(flags >> 1 & 1));
+        let pkt = RtpPacketIn {
+            sequence: seq,
+            timestamp: i64::from(flags >> 2),
+            marker: flags & 1 == 1,
+            payload: rest[2..end].to_vec().into(),
+        };
+        let _ = d.push(pkt, &mut out);
+        rest = &rest[end..];
+    }
+    assert!(out.iter().all(|f| f.data.len() <= 8192), "a frame over the cap");
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn the_splitter_and_depacketizers_survive_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            super::split_any(&data);
+            super::depacketize_any(&data);
+        }
+
         #[test]
         fn the_codec_config_parsers_survive_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             super::codec_config(&data);

@@ -130,8 +130,8 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
         let right = r.read_ue("conf_win_right_offset").map_err(e)?;
         let top = r.read_ue("conf_win_top_offset").map_err(e)?;
         let bottom = r.read_ue("conf_win_bottom_offset").map_err(e)?;
-        crop_w = sub_w * left.saturating_add(right);
-        crop_h = sub_h * top.saturating_add(bottom);
+        crop_w = left.saturating_add(right).saturating_mul(sub_w);
+        crop_h = top.saturating_add(bottom).saturating_mul(sub_h);
     }
     if width == 0 || height == 0 || crop_w >= width || crop_h >= height || width > 16_384 || height > 16_384 {
         return Err(invalid(format!("implausible picture size {width}x{height}")));

@@ -79,6 +79,9 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     let rbsp = decode_nal(sps).map_err(|e| invalid(e.to_string()))?;
     let parsed = SeqParameterSet::from_bits(BitReader::new(&rbsp[..])).map_err(|e| invalid(sps_error(&e)))?;
     let (width, height) = parsed.pixel_dimensions().map_err(|e| invalid(sps_error(&e)))?;
+    if width == 0 || height == 0 {
+        return Err(invalid(format!("its cropping leaves a {width}x{height} picture")));
+    }
     // profile_idc, the constraint flags byte and level_idc follow the header byte verbatim.
     let codec_string = format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]);
     Ok(VideoParams { width, height, codec_string })
@@ -126,6 +129,13 @@ pub(crate) mod tests {
         let p = parse_sps(SPS_320X240).unwrap();
         assert_eq!((p.width, p.height), (320, 240));
         assert_eq!(p.codec_string, "avc1.42c00d");
+    }
+
+    #[test]
+    fn rejects_an_sps_whose_cropping_leaves_no_picture() {
+        // Found by the codec_config fuzz target: it parsed to a 0-pixel-high picture.
+        let e = parse_sps(b"\x67\x67\x00\xff\xff\x11\x32\xff\xff\xff\xf8\x0b\x00\x11\xff").unwrap_err();
+        assert!(e.to_string().contains("cropping leaves"), "{e}");
     }
 
     #[test]
