@@ -251,3 +251,44 @@ async fn rtsp_viewers_survive_a_camera_restart() {
     assert!(took < Duration::from_secs(3), "decoding resumed {took:?} after the camera came back");
     assert!(viewer.try_wait().unwrap().is_none(), "the RTSP viewer stayed connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_disconnects_an_rtsp_viewer_and_it_is_counted_as_kicked() {
+    use mediamesh_testkit::rtsp_player::{RtspEvent, RtspPlayer};
+    let fx = Fixture::builder().start().await;
+    let mut player = RtspPlayer::play(&fx.rtsp_url("edge-1", "cam1")).await.unwrap();
+    assert!(matches!(player.next(Duration::from_secs(10)).await, Some(RtspEvent::Rtp(_))), "the viewer plays");
+    let api = fx.hub.stream_addr;
+    let streams = mediamesh_testkit::http::request(api, "GET", "/api/v1/streams", &[]).await;
+    let streams: serde_json::Value = serde_json::from_str(&streams.body).unwrap();
+    let id = streams["streams"][0]["viewerDetails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["protocol"] == "rtsp")
+        .and_then(|v| v["id"].as_u64())
+        .expect("the RTSP viewer is listed");
+    let a = mediamesh_testkit::http::request(api, "DELETE", &format!("/api/v1/viewers/{id}"), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match player.next(Duration::from_secs(2)).await {
+                Some(RtspEvent::Rtp(_)) => {}
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the connection closes within 2 s");
+    assert!(matches!(closed, Some(RtspEvent::Closed | RtspEvent::Bye)), "{closed:?}");
+    let kicked = r#"mediamesh_viewer_disconnects_total{protocol="rtsp",reason="kicked"}"#;
+    let mut counted = 0.0;
+    for _ in 0..20 {
+        counted = mediamesh_testkit::observe::metrics(api).await.value(kicked).unwrap_or(0.0);
+        if counted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 1.0, "the disconnect is counted as kicked");
+}
