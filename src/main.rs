@@ -2,12 +2,12 @@
 //!
 //! Subcommands: `hub` (the cloud side), `edge` (the site agent), `demo` (both, with test
 //! cameras, in one process), `view` (a WebSocket viewer), `certs` (development PKI).
-//! Configuration loading and logging setup live here; everything else is in the crates.
+//! Logging setup lives here; configuration loading in `mediamesh-config`, everything else in
+//! the other crates.
 
 #![forbid(unsafe_code)]
 
 mod cli;
-mod config;
 mod logging;
 mod notify;
 

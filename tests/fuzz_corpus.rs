@@ -8,12 +8,14 @@ use std::path::Path;
 
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 7] = [
+const TARGETS: [(&str, Entry); 9] = [
     ("tunnel_decode", mediamesh_tunnel::fuzz::decode_any),
     ("rtsp_request", mediamesh_hub::fuzz::rtsp_request),
     ("join_token", mediamesh_hub::fuzz::join_token),
     ("auth_parse", mediamesh_auth::fuzz::auth_parse),
     ("codec_config", mediamesh_media::fuzz::codec_config),
+    ("config_load", mediamesh_config::fuzz::config_load),
+    ("camera_sdp", mediamesh_edge::fuzz::camera_sdp),
     ("h264_split", mediamesh_media::fuzz::split_any),
     ("rtp_depacketize", mediamesh_media::fuzz::depacketize_any),
 ];
@@ -23,7 +25,7 @@ fn every_committed_corpus_input_still_passes_its_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut replayed = 0;
     for (target, entry) in TARGETS {
-        let Ok(dir) = std::fs::read_dir(root.join(target)) else { continue };
+        let dir = std::fs::read_dir(root.join(target)).unwrap_or_else(|e| panic!("{target}: no corpus: {e}"));
         for file in dir {
             let path = file.unwrap().path();
             let data = std::fs::read(&path).unwrap();

@@ -126,6 +126,14 @@ async fn describe(addr: std::net::SocketAddr, url: &str) -> (u16, String) {
 
 /// A camera that answers every request 401 and counts the connections made to it.
 async fn camera_that_refuses() -> (u16, Arc<AtomicU64>) {
+    fake_camera(|cseq| {
+        format!("RTSP/1.0 401 Unauthorized\r\nCSeq: {cseq}\r\nWWW-Authenticate: Basic realm=\"camera\"\r\n\r\n")
+    })
+    .await
+}
+
+/// A camera that answers every request with `answer(cseq)` and counts the connections made to it.
+async fn fake_camera(answer: fn(&str) -> String) -> (u16, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicU64::new(0));
@@ -144,10 +152,7 @@ async fn camera_that_refuses() -> (u16, Arc<AtomicU64>) {
                     while let Some(end) = seen.find("\r\n\r\n") {
                         let head: String = seen.drain(..end + 4).collect();
                         let cseq = head.lines().find_map(|l| l.strip_prefix("CSeq: ")).unwrap_or("1").trim().to_owned();
-                        let answer = format!(
-                            "RTSP/1.0 401 Unauthorized\r\nCSeq: {cseq}\r\nWWW-Authenticate: Basic realm=\"camera\"\r\n\r\n"
-                        );
-                        if s.write_all(answer.as_bytes()).await.is_err() {
+                        if s.write_all(answer(&cseq).as_bytes()).await.is_err() {
                             return;
                         }
                     }
@@ -156,6 +161,38 @@ async fn camera_that_refuses() -> (u16, Arc<AtomicU64>) {
         }
     });
     (port, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_whose_sdp_panics_the_parser_fails_its_stream_and_nothing_else() {
+    // A media line indented by one space: sdp-types 0.1.8 asserts instead of refusing it (found
+    // by the camera_sdp fuzz target).
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\n m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+    let (port, _) = fake_camera(|cseq| {
+        let sdp = SDP;
+        format!(
+            "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    })
+    .await;
+    assert!(
+        mediamesh_edge::fuzz::sdp_parser_panics(SDP.as_bytes()),
+        "sdp-types no longer panics on an indented media line: this test's camera needs another answer"
+    );
+    let fx = Fixture::builder()
+        .edge(move |e| {
+            e.streams.insert("door".into(), camera(format!("rtsp://127.0.0.1:{port}/cam")));
+        })
+        .start()
+        .await;
+    let (reason, took) = end_reason(&fx, "door").await;
+    assert!(reason.contains("session description (SDP) cannot be parsed"), "{reason}");
+    assert!(took < Duration::from_secs(2), "told within 2 s: {took:?}");
+    let mut v = fx.viewer("edge-1", "cam1").await.unwrap();
+    mediamesh_testkit::read_frames(&mut v, 10).await;
+    let (reason, _) = end_reason(&fx, "door").await;
+    assert!(reason.contains("SDP"), "the edge still serves the stream's viewers: {reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

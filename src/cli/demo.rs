@@ -17,7 +17,7 @@ use mediamesh_hub::Hub;
 use mediamesh_auth::Permission;
 use mediamesh_auth::jwt::ed25519_pair;
 
-use crate::config;
+use mediamesh_config as config;
 
 /// The demo's node name.
 const NODE: &str = "demo-edge";

@@ -14,7 +14,7 @@ use mediamesh_hub::state::{JoinToken, StateStore};
 use mediamesh_tls::TlsFiles;
 use mediamesh_tls::enroll::{PinnedCaVerifier, join_client_config, renew_client_config};
 
-use crate::config;
+use mediamesh_config as config;
 
 /// Largest answer read from the hub.
 const MAX_ANSWER: usize = 64 * 1024;

@@ -9,8 +9,8 @@ use mediamesh_hub::{Hub, HubConfig};
 use tracing::{error, info, warn};
 
 use super::{Signal, Signals};
-use crate::config::{self, Block, Loaded};
 use crate::notify::notify;
+use mediamesh_config::{self as config, Block, Loaded};
 
 /// Loads block `T`, saying so in the log when it came from a KubeEdge file or was overridden.
 fn load<T: Block>(path: &Path) -> anyhow::Result<Option<T>> {

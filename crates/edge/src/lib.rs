@@ -13,6 +13,7 @@ pub mod config;
 pub mod congestion;
 mod control;
 pub mod dial;
+pub mod fuzz;
 mod health;
 pub mod outbox;
 pub mod redact;

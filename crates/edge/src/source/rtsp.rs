@@ -27,6 +27,7 @@ use retina::client::{
 };
 use retina::codec::{ParametersRef, VideoParametersCodec};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use super::{FrameSink, unix_micros};
@@ -172,10 +173,20 @@ async fn run_once(
         let opts = SessionOptions::default()
             .creds(creds)
             .user_agent(concat!("mediamesh-edge/", env!("CARGO_PKG_VERSION")).into());
-        let mut session = retina::client::Session::describe(url, opts).await.map_err(|e| match e.status_code() {
-            Some(401 | 403 | 404) => End::Refused(first_line(&e)),
-            _ => End::Failed(first_line(&e)),
-        })?;
+        // In a task of its own: the SDP parser retina uses (sdp-types 0.1.8) panics on some
+        // malformed answers (found by the camera_sdp fuzz target), and a camera's bytes must end
+        // this attempt, not the edge's source task. Dropping the handle (a timeout) aborts it.
+        let describe = AbortOnDropHandle::new(tokio::spawn(retina::client::Session::describe(url, opts)));
+        let mut session = match describe.await {
+            Ok(described) => described.map_err(|e| match e.status_code() {
+                Some(401 | 403 | 404) => End::Refused(first_line(&e)),
+                _ => End::Failed(first_line(&e)),
+            })?,
+            Err(e) if e.is_panic() => {
+                return Err(End::Failed("the camera's session description (SDP) cannot be parsed".into()));
+            }
+            Err(_) => return Err(End::Failed("the DESCRIBE request was cancelled".into())),
+        };
         let mut routes = pick_streams(session.streams()).map_err(End::Refused)?;
         let transport = match cfg.transport {
             RtspTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),

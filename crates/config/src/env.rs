@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Block, LoadError, keys};
+use super::{Block, LoadError, keys, one_line};
 
 const PREFIX: &str = "MEDIAMESH_";
 
@@ -58,7 +58,7 @@ pub fn apply<T: Block>(config: T, vars: &[(String, String)]) -> Result<(T, Vec<O
     let config = serde_json::from_value(value).map_err(|e| {
         // Only the variables can have made a file that parsed on its own fail: name them.
         let vars: Vec<&str> = overrides.iter().map(|o| o.var.as_str()).collect();
-        LoadError::Env { var: vars.join(", "), reason: mediamesh_edge::redact::text(&e.to_string()).into_owned() }
+        LoadError::Env { var: vars.join(", "), reason: one_line(&mediamesh_edge::redact::text(&e.to_string())) }
     })?;
     Ok((config, overrides))
 }

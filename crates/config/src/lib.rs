@@ -13,8 +13,11 @@
 //! Each error is one line. `mediamesh check` runs this without starting anything, and SIGHUP
 //! runs it again to reload.
 
+#![forbid(unsafe_code)]
+
 mod document;
 mod env;
+pub mod fuzz;
 mod keys;
 
 use std::path::{Path, PathBuf};
@@ -172,8 +175,24 @@ fn place(path: &Path, line: usize, var: Option<&str>) -> String {
 /// Reads and parses a file: the text and its blocks.
 pub fn read(path: &Path) -> Result<(String, ConfigFile), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|reason| LoadError::Read { path: path.into(), reason })?;
-    let file = ConfigFile::parse(&text).map_err(|e| parse_error(path, &text, &e))?;
+    let text = line_breaks(text);
+    let file = parse(path, &text)?;
     Ok((text, file))
+}
+
+/// `text` with each lone CR made a LF. YAML counts a lone CR as a line break and `str::lines`
+/// does not, so without this an error's line and the key found on it disagree (found by the
+/// config_load fuzz target).
+pub fn line_breaks(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Parses the text of the file at `path` (named in errors only).
+pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, LoadError> {
+    ConfigFile::parse(text).map_err(|e| parse_error(path, text, &e))
 }
 
 /// A parse error with its line, dotted key and, for a key that does not exist, a suggestion.
@@ -181,15 +200,27 @@ fn parse_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> LoadError {
     use serde_saphyr::MessageFormatter;
     let line = e.location().map_or(0, |l| l.line() as usize);
     let key = keys::key_at_line(text, line).unwrap_or_else(|| "(document)".into());
-    let hub = serde_json::to_value(HubConfig::schema()).unwrap_or_default();
-    let edge = serde_json::to_value(EdgeConfig::schema()).unwrap_or_default();
+    static SCHEMAS: std::sync::OnceLock<(serde_json::Value, serde_json::Value)> = std::sync::OnceLock::new();
+    let (hub, edge) = SCHEMAS.get_or_init(|| {
+        let hub = serde_json::to_value(HubConfig::schema()).unwrap_or_default();
+        (hub, serde_json::to_value(EdgeConfig::schema()).unwrap_or_default())
+    });
     let unknown =
-        keys::unknown_key(&hub, HubConfig::NAME, &key).or_else(|| keys::unknown_key(&edge, EdgeConfig::NAME, &key));
+        keys::unknown_key(hub, HubConfig::NAME, &key).or_else(|| keys::unknown_key(edge, EdgeConfig::NAME, &key));
     let message = unknown
         .unwrap_or_else(|| serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet()).into_owned());
     // serde quotes an unusable value in its message; a camera URL's password must not show.
-    let message = mediamesh_edge::redact::text(&message).into_owned();
-    LoadError::Parse { path: path.into(), line, key, message }
+    let message = one_line(&mediamesh_edge::redact::text(&message));
+    LoadError::Parse { path: path.into(), line, key: one_line(&key), message }
+}
+
+/// `text` with control characters escaped: an error is one log line, whatever a quoted key or
+/// value in the file holds (the config_load fuzz target found a key with a newline in it).
+fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Loads the block `T` from `path`, with overrides from `vars` (the process environment, or a
@@ -206,9 +237,33 @@ pub fn load_with<T: Block>(
     check_files: bool,
 ) -> Result<Option<Loaded<T>>, LoadError> {
     let (text, mut file) = read(path)?;
+    let Some(loaded) = from_file::<T>(path, &text, &mut file, vars)? else {
+        return Ok(None);
+    };
+    for (key, file) in loaded.config.files().into_iter().filter(|_| check_files) {
+        if let Err(e) = std::fs::File::open(&file) {
+            return Err(invalid::<T>(
+                path,
+                &text,
+                &loaded.overrides,
+                key,
+                format!("cannot read {}: {e}", file.display()),
+            ));
+        }
+    }
+    Ok(Some(loaded))
+}
+
+/// The block `T` of a parsed file (`text` is its source, for line numbers), without touching
+/// the files it names.
+fn from_file<T: Block>(
+    path: &Path,
+    text: &str,
+    file: &mut ConfigFile,
+    vars: &[(String, String)],
+) -> Result<Option<Loaded<T>>, LoadError> {
     let kubeedge = file.kubeedge.take();
-    let block =
-        T::take(&mut file).ok_or(LoadError::Missing { path: path.into(), block: T::NAME, command: T::COMMAND })?;
+    let block = T::take(file).ok_or(LoadError::Missing { path: path.into(), block: T::NAME, command: T::COMMAND })?;
     let base = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
     let mut config = block;
     config.resolve_paths(&base);
@@ -218,24 +273,21 @@ pub fn load_with<T: Block>(
         return Ok(None);
     }
     config.resolve_paths(&std::env::current_dir().unwrap_or_default());
-    let invalid = |key: String, reason: String| {
-        let dotted = format!("{}.{key}", T::NAME);
-        let var = overrides.iter().find(|o| dotted == o.dotted || dotted.starts_with(&format!("{}.", o.dotted)));
-        LoadError::Invalid {
-            path: path.into(),
-            line: keys::find_key_line(&text, &dotted).unwrap_or(0),
-            key: dotted,
-            reason,
-            var: var.map(|o| o.var.clone()),
-        }
-    };
-    config.check_values().map_err(|(key, reason)| invalid(key, reason))?;
-    for (key, file) in config.files().into_iter().filter(|_| check_files) {
-        if let Err(e) = std::fs::File::open(&file) {
-            return Err(invalid(key, format!("cannot read {}: {e}", file.display())));
-        }
-    }
+    config.check_values().map_err(|(key, reason)| invalid::<T>(path, text, &overrides, key, reason))?;
     Ok(Some(Loaded { config, overrides, kubeedge }))
+}
+
+/// An unusable value of `key` (below the block), with its line or the variable that set it.
+fn invalid<T: Block>(path: &Path, text: &str, overrides: &[Override], key: String, reason: String) -> LoadError {
+    let dotted = format!("{}.{key}", T::NAME);
+    let var = overrides.iter().find(|o| dotted == o.dotted || dotted.starts_with(&format!("{}.", o.dotted)));
+    LoadError::Invalid {
+        path: path.into(),
+        line: keys::find_key_line(text, &dotted).unwrap_or(0),
+        key: one_line(&dotted),
+        reason: one_line(&reason),
+        var: var.map(|o| one_line(&o.var)),
+    }
 }
 
 /// The process environment, for [`load`].
@@ -264,7 +316,7 @@ mod tests {
 
     #[test]
     fn example_files_load() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         // The examples name certificates the reader creates with `mediamesh certs`: check the
         // values, not the files.
         let (_, mut file) = read(&root.join("hub.yaml")).unwrap();
@@ -273,6 +325,25 @@ mod tests {
         let edge = file.edge.take().unwrap();
         edge.validate().unwrap();
         assert_eq!(edge.streams.len(), 4);
+    }
+
+    #[test]
+    fn a_key_with_a_newline_in_it_makes_a_one_line_error() {
+        let dir = temp("newline");
+        let p = write(&dir, "bad.yaml", "edgeDataStream:\n  \"server\\nfake: log line\": x\n");
+        let e = load::<EdgeConfig>(&p, &[]).unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("server\\nfake"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_ending_in_a_lone_cr_are_counted_as_yaml_counts_them() {
+        let dir = temp("cr");
+        let p = write(&dir, "mac.yaml", "cloudDataStream:\r  streamPort: 1\r  lingr: 3\r");
+        let e = load::<HubConfig>(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("mac.yaml:3: cloudDataStream.lingr: unknown key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
