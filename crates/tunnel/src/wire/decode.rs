@@ -30,6 +30,9 @@ pub struct StreamDecoder {
     limits: Limits,
 }
 
+/// How much of a declared body [`StreamDecoder::decode`] makes room for ahead of its bytes.
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
 impl StreamDecoder {
     /// A decoder enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
@@ -37,7 +40,9 @@ impl StreamDecoder {
     }
 
     /// The next whole message in `buf`, `Ok(None)` if more bytes are needed. The length is
-    /// checked against the limits as soon as its 4 bytes arrive, before any body is buffered.
+    /// checked against the limits as soon as its 4 bytes arrive, before any body is buffered,
+    /// and room is made for at most [`RESERVE_AHEAD`] bytes of it: a peer that sends a large
+    /// length and stalls holds no more memory than that.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
         if buf.len() < 4 {
             return Ok(None);
@@ -45,7 +50,7 @@ impl StreamDecoder {
         let declared = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         check_len(declared, &self.limits)?;
         if buf.len() < 4 + declared {
-            buf.reserve(4 + declared - buf.len());
+            buf.reserve((4 + declared - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         buf.advance(4);

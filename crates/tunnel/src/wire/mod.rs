@@ -11,7 +11,7 @@ mod encode;
 mod primitives;
 mod report;
 
-pub use decode::{StreamDecoder, decode_message};
+pub use decode::{RESERVE_AHEAD, StreamDecoder, decode_message};
 pub use encode::{encode, encode_frame_header, encoded};
 pub use report::{CongestionLevel, DropReason, UplinkReport};
 

@@ -146,6 +146,15 @@ fn declared_length_is_checked_before_buffering() {
 }
 
 #[test]
+fn a_large_declared_length_reserves_a_bounded_amount_ahead() {
+    let limits = Limits::default();
+    let declared = u32::try_from(MAX_CONTROL_MESSAGE).unwrap();
+    let mut buf = BytesMut::from(&declared.to_be_bytes()[..]);
+    assert!(StreamDecoder::new(limits).decode(&mut buf).unwrap().is_none(), "more bytes needed");
+    assert!(buf.capacity() <= 4 + RESERVE_AHEAD * 2, "{} bytes held for a header", buf.capacity());
+}
+
+#[test]
 fn unknown_type_is_an_error() {
     let err = decode_message(Bytes::from_static(&[0, 0, 0, 1, 0x7f]), &Limits::default()).unwrap_err();
     assert_eq!(err, DecodeError::UnknownType(0x7f));
