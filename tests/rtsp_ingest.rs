@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mediamesh_edge::StreamConfig;
 use mediamesh_edge::config::{RtspConfig, RtspTransport};
 use mediamesh_hub::client::{ViewerClient, ViewerItem};
-use mediamesh_hub::egress::ws_format::TrackJson;
+use mediamesh_hub::egress::ws::format::TrackJson;
 use mediamesh_testkit::camera::GstCamera;
 use mediamesh_testkit::{Fixture, wait_until};
 

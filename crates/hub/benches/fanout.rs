@@ -1,4 +1,5 @@
-//! The fan-out step: one frame pushed to a stream's log, then every viewer reads it and builds
+//! The fan-out step: one frame pushed to a stream's log (and packaged once by the WebSocket
+//! packager), then every viewer reads it and builds
 //! its vectored write (shared prefix and payload, no copy), written to a sink. The time per
 //! viewer is the hub's own per-viewer cost, without the kernel. `cargo bench -p mediamesh-hub`.
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
@@ -8,8 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use mediamesh_hub::egress::ws_format::frame_slices;
-use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, LogEntry, OutageTimeline};
+use mediamesh_hub::egress::ws::format::frame_slices;
+use mediamesh_hub::egress::ws::packager::{WsFormat, WsFrame};
+use mediamesh_hub::session::StreamKey;
+use mediamesh_hub::session::log::{FrameLog, HeaderEntry, LogConfig, OutageTimeline, Packaged, PerFrame};
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
 fn fanout(c: &mut Criterion) {
@@ -30,13 +33,13 @@ fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
 fn group(c: &mut Criterion, name: &str, recycled: bool) {
     let mut g = c.benchmark_group(name);
     for viewers in [10usize, 100, 1000] {
-        let log = FrameLog::new(LogConfig {
+        let log = Arc::new(FrameLog::new(LogConfig {
             max_frames: 256,
             max_bytes: 64 << 20,
             viewer_max_lag_bytes: 8 << 20,
             viewer_max_lag_us: 10_000_000,
             timeline: OutageTimeline::WallClock,
-        });
+        }));
         let sps = Bytes::from_static(
             b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8",
         );
@@ -44,9 +47,10 @@ fn group(c: &mut Criterion, name: &str, recycled: bool) {
         // The SPS is a real one (the frame log's own tests use it), so the header validates.
         log.set_header(header).expect("valid header");
         let payload = Bytes::from(vec![0x5au8; 10_000]);
+        let ws = log.attach(|| PerFrame::new(WsFormat::new(StreamKey::new("node", "cam"))));
         let mut cursors: Vec<_> = (0..viewers).map(|_| log.subscribe()).collect();
         let mut headers: Vec<Option<Arc<HeaderEntry>>> = vec![None; viewers];
-        let mut batch: Vec<Arc<LogEntry>> = Vec::new();
+        let mut batch: Vec<Arc<Packaged<WsFrame>>> = Vec::new();
         // Each viewer keeps its slice vector, as the hub's writers do.
         let mut stores: Vec<Vec<IoSlice<'static>>> = vec![Vec::new(); viewers];
         let mut seq = 0u64;
@@ -67,15 +71,15 @@ fn group(c: &mut Criterion, name: &str, recycled: bool) {
                 let mut sink = std::io::sink();
                 for ((cursor, header), store) in cursors.iter_mut().zip(&mut headers).zip(&mut stores) {
                     batch.clear();
-                    log.read(cursor, 1 << 20, &mut batch);
+                    log.read_packaged(&ws, cursor, 1 << 20, &mut batch);
                     if recycled {
                         let mut slices = recycle(std::mem::take(store));
-                        frame_slices("node", "cam", &batch, header, &mut slices);
+                        frame_slices(&batch, header, &mut slices);
                         let _ = sink.write_vectored(&slices);
                         *store = recycle(slices);
                     } else {
                         let mut slices = Vec::with_capacity(2 * batch.len() + 4);
-                        frame_slices("node", "cam", &batch, header, &mut slices);
+                        frame_slices(&batch, header, &mut slices);
                         let _ = sink.write_vectored(&slices);
                     }
                 }

@@ -433,7 +433,7 @@ async fn ws(
             "this page's origin may not open viewers; add it to allowedOrigins".into(),
         ));
     }
-    let accept = egress::ws_wire::accept_key(req.headers())
+    let accept = egress::ws::wire::accept_key(req.headers())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "websocket_required", e.to_string()))?;
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().ok_or_else(|| {
         ApiError::new(

@@ -11,7 +11,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::egress::ws_format::{TrackJson, ViewerEvent, ViewerFormatError, ViewerFrame, decode_frame};
+use crate::egress::ws::format::{TrackJson, ViewerEvent, ViewerFormatError, ViewerFrame, decode_frame};
 
 /// Byte streams the client runs over (TCP or TLS over TCP).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 pub use fixture::{Fixture, FixtureBuilder, test_pattern};
 use mediamesh_hub::client::{ViewerClient, ViewerItem};
-use mediamesh_hub::egress::ws_format::ViewerFrame;
+use mediamesh_hub::egress::ws::format::ViewerFrame;
 pub use pki::TestPki;
 
 /// Installs a log subscriber writing to the test's captured output (once per process), and

@@ -260,7 +260,7 @@ async fn ws(addr: &str, path: &str, phase: &Phase, t: &mut Tally) -> anyhow::Res
             if opcode == 8 {
                 bail!("the hub closed the WebSocket");
             }
-            let frame_hdr = mediamesh_hub::egress::ws_format::FRAME_HEADER_LEN;
+            let frame_hdr = mediamesh_hub::egress::ws::format::FRAME_HEADER_LEN;
             if opcode == 2 {
                 if inbox.end - pos < hdr + frame_hdr {
                     inbox.compact(&mut pos);

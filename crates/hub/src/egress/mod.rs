@@ -1,10 +1,9 @@
-//! Egress: how viewers receive streams. Each protocol reads the session's frame log through its
-//! own cursor; work that depends only on the frame (the message encoding) is done once per
-//! frame and shared by every viewer of that protocol.
+//! Egress: how viewers receive streams, one module per format with the same shape: the
+//! format's packager (attached to a stream's frame log while the format has viewers, it does
+//! the work that depends only on the frame once, for all of them), and the serving of one
+//! viewer, who reads the packager's output through its own cursor.
 
 pub(crate) mod io;
 pub(crate) mod mailbox;
 pub(crate) mod rtsp;
 pub mod ws;
-pub mod ws_format;
-pub mod ws_wire;

@@ -23,19 +23,24 @@
 //! advance by the real length of the break, measured on the capture clock, so a recording keeps
 //! wall-clock time; [`OutageTimeline::Squeezed`] leaves one frame interval instead. The first
 //! frame kept after a break carries the discontinuity flag.
+//!
+//! The log knows no viewer format. Work a format does per frame (RTP packets for RTSP, the
+//! WebSocket framing, fMP4 fragments) is a [`Packager`] attached to the log while that format
+//! has viewers ([`FrameLog::attach`]): it is fed each frame once, in order, as the frame is
+//! appended, keeps its own output, and is detached when the last [`Attached`] handle drops.
 
+use std::any::TypeId;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::{Bytes, BytesMut};
-use mediamesh_media::rtp::{DEFAULT_MAX_PAYLOAD, RtpPayload};
-use mediamesh_media::{Frame, MediaError, StreamHeader, TrackId, VideoParams};
+use mediamesh_media::{Frame, MediaError, StreamHeader, VideoParams};
 use tokio::sync::watch;
 
-use crate::payloads::PayloadChunks;
-
+mod packager;
 mod timeline;
 
+pub use packager::{Attached, FrameFormat, Packaged, Packager, PerFrame};
+use packager::Slot;
 pub use timeline::OutageTimeline;
 use timeline::Timelines;
 
@@ -55,27 +60,6 @@ pub struct LogConfig {
     pub timeline: OutageTimeline,
 }
 
-/// What a stream's RTP packets share, whichever viewer they go to: sending every viewer the
-/// same packets is what lets RTSP viewers share whole interleaved frames. Each RTSP viewer is
-/// told, in `RTP-Info`, the sequence number and timestamp it starts at (RFC 2326 §12.33).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpIdentity {
-    /// The SSRC of every track's packets (each track has its own RTP session).
-    pub ssrc: u32,
-    /// Added to a frame's pts for its RTP timestamp.
-    pub ts_offset: u32,
-    /// The sequence number of each track's first packet.
-    pub first_seq: u16,
-}
-
-impl RtpIdentity {
-    /// Random values (RFC 3550 §5.1: SSRC, initial sequence number and timestamp are random).
-    fn random() -> Self {
-        let (a, b) = (crate::random_u64(), crate::random_u64());
-        Self { ssrc: a as u32, ts_offset: (a >> 32) as u32, first_seq: b as u16 }
-    }
-}
-
 /// The codec parameters in effect for a run of frames, shared by reference.
 #[derive(Debug)]
 pub struct HeaderEntry {
@@ -83,8 +67,6 @@ pub struct HeaderEntry {
     pub header: StreamHeader,
     /// Derived video parameters of the first video track.
     pub video: Option<VideoParams>,
-    /// The WebSocket header event, built once and shared by every viewer.
-    pub ws: OnceLock<Bytes>,
 }
 
 /// One frame in the log.
@@ -100,21 +82,6 @@ pub struct LogEntry {
     pub hub_us: u64,
     /// Payload bytes pushed before this frame, for lag accounting.
     bytes_before: u64,
-    /// What precedes the payload in a WebSocket viewer's frame message, built by the first
-    /// viewer that needs it and shared by all the others.
-    pub ws_prefix: OnceLock<Bytes>,
-    /// The frame's RTP payloads, packetized once as the frame is appended and shared by every
-    /// RTSP viewer.
-    pub rtp: Vec<RtpPayload>,
-    /// The RTP payload bytes of the frame's packets (for RTCP sender reports' octet count).
-    pub rtp_bytes: u32,
-    /// The RTP sequence number of the frame's first packet, in its track's sequence space (one
-    /// per stream track, shared by every viewer: see [`RtpIdentity`]).
-    pub rtp_seq: u16,
-    /// The whole frame as RTP packets interleaved on an RTSP connection (RFC 2326 §10.12) on
-    /// its track's usual channel, built by the first viewer that needs it and written as one
-    /// slice by all of them.
-    pub interleaved: OnceLock<Bytes>,
 }
 
 impl LogEntry {
@@ -223,26 +190,11 @@ struct Ring {
     discontinuity: bool,
     /// Per track: the timestamp shift and the last decode time, for continuity across epochs.
     timelines: Timelines,
-    /// Per track: the RTP sequence number of the next packet.
-    rtp_seq: Vec<(TrackId, u16)>,
+    /// The attached packagers, one per format.
+    slots: Vec<Slot>,
 }
 
 impl Ring {
-    /// The sequence number of a frame's first packet; `packets` are taken after it.
-    fn take_rtp_seq(&mut self, track: TrackId, packets: usize, first: u16) -> u16 {
-        let i = match self.rtp_seq.iter().position(|(t, _)| *t == track) {
-            Some(i) => i,
-            None => {
-                self.rtp_seq.push((track, first));
-                self.rtp_seq.len() - 1
-            }
-        };
-        let seq = self.rtp_seq[i].1;
-        // Sequence numbers wrap at 16 bits (RFC 3550 §5.1).
-        self.rtp_seq[i].1 = seq.wrapping_add(packets as u16);
-        seq
-    }
-
     fn head(&self) -> u64 {
         self.base + self.entries.len() as u64
     }
@@ -267,42 +219,30 @@ impl Ring {
     fn too_late(&self, index: u64, max_lag_us: u64) -> bool {
         self.lag_us(index) > max_lag_us && self.last_keyframe.is_some_and(|k| k > index)
     }
+
+    /// Where a new viewer starts: the newest keyframe, unless it is already further back than
+    /// a viewer may lag (then `None`: it waits for the next one).
+    fn start(&self, max_lag_bytes: usize) -> Option<u64> {
+        self.last_keyframe.filter(|&k| self.lag_bytes(k) <= max_lag_bytes as u64)
+    }
+
+    fn slot(&self, kind: TypeId) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.kind == kind)
+    }
 }
 
 /// The frame log of one stream session.
 #[derive(Debug)]
 pub struct FrameLog {
     config: LogConfig,
-    rtp: RtpIdentity,
     ring: RwLock<Ring>,
-    /// Chunks for the frames' shared interleaved copies (built by the first RTSP viewer that
-    /// needs one), so that they, like the payloads, leave no holes in the allocator's arena.
-    copies: Mutex<PayloadChunks>,
     signal: watch::Sender<u64>,
 }
 
 impl FrameLog {
     /// An empty log.
     pub fn new(config: LogConfig) -> Self {
-        Self {
-            config,
-            rtp: RtpIdentity::random(),
-            ring: RwLock::new(Ring::default()),
-            copies: Mutex::new(PayloadChunks::new()),
-            signal: watch::Sender::new(0),
-        }
-    }
-
-    /// What `fill` writes (at most `n` bytes) in the log's chunks for shared frame copies.
-    pub(crate) fn shared_copy(&self, n: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
-        // A panic while filling leaves the chunks consistent (the next build starts the chunk
-        // being filled afresh), so a poisoned lock is still safe to use.
-        self.copies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).build(n, fill)
-    }
-
-    /// The stream's RTP SSRC, timestamp offset and first sequence number.
-    pub fn rtp(&self) -> RtpIdentity {
-        self.rtp
+        Self { config, ring: RwLock::new(Ring::default()), signal: watch::Sender::new(0) }
     }
 
     // A panic while holding the lock leaves the ring consistent (every mutation is a single
@@ -324,7 +264,7 @@ impl FrameLog {
         if ring.header.as_ref().is_some_and(|h| h.header == header) {
             return Ok(());
         }
-        ring.header = Some(Arc::new(HeaderEntry { header, video, ws: OnceLock::new() }));
+        ring.header = Some(Arc::new(HeaderEntry { header, video }));
         Ok(())
     }
 
@@ -371,26 +311,21 @@ impl FrameLog {
                 ring.last_keyframe = Some(index);
             }
             let bytes_before = ring.total_bytes;
-            let rtp = match header.header.track(frame.track) {
-                Some(t) => mediamesh_media::rtp::packetize(t, &frame, DEFAULT_MAX_PAYLOAD),
-                None => Vec::new(),
-            };
-            let rtp_seq = ring.take_rtp_seq(frame.track, rtp.len(), self.rtp.first_seq);
-            ring.entries.push_back(Arc::new(LogEntry {
-                index,
-                frame,
-                header,
-                hub_us,
-                bytes_before,
-                ws_prefix: OnceLock::new(),
-                rtp_bytes: rtp.iter().map(|p| p.len() as u32).fold(0, u32::wrapping_add),
-                rtp,
-                rtp_seq,
-                interleaved: OnceLock::new(),
-            }));
+            let entry = Arc::new(LogEntry { index, frame, header, hub_us, bytes_before });
+            for slot in &mut ring.slots {
+                slot.packager.push(&entry);
+            }
+            ring.entries.push_back(entry);
             ring.bytes += len;
             ring.total_bytes += len as u64;
+            let base = ring.base;
             self.evict(&mut ring);
+            if ring.base != base {
+                let base = ring.base;
+                for slot in &mut ring.slots {
+                    slot.packager.evicted(base);
+                }
+            }
             (ring.head(), sync_point)
         };
         self.signal.send_replace(head);
@@ -448,10 +383,7 @@ impl FrameLog {
     pub fn subscribe(&self) -> Cursor {
         let ring = self.read_ring();
         let signal = self.signal.subscribe();
-        // Start at the newest keyframe unless it is already further back than a viewer may
-        // lag; then wait for the next one.
-        let start = ring.last_keyframe.filter(|&k| ring.lag_bytes(k) <= self.config.viewer_max_lag_bytes as u64);
-        match start {
+        match ring.start(self.config.viewer_max_lag_bytes) {
             Some(k) => Cursor { next: k, need_keyframe: false, started: true, signal },
             None => Cursor { next: ring.head(), need_keyframe: true, started: false, signal },
         }
@@ -463,16 +395,47 @@ impl FrameLog {
         // still wakes the next `changed()`.
         cursor.signal.borrow_and_update();
         let ring = self.read_ring();
+        self.read_from(&ring, ring.base, cursor, max_bytes, |i| ring.get(i).map(|e| (e.clone(), e.frame.payload.len())), out)
+    }
+
+    /// Like [`FrameLog::read`], but each frame comes with the attached format's packaging.
+    pub fn read_packaged<F: FrameFormat>(
+        &self,
+        _attached: &Attached<PerFrame<F>>,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        out: &mut Vec<Arc<Packaged<F::Out>>>,
+    ) -> ReadStatus {
+        cursor.signal.borrow_and_update();
+        let ring = self.read_ring();
+        let Some(packaged) = ring.slot(TypeId::of::<PerFrame<F>>()).and_then(|s| s.get::<PerFrame<F>>()) else {
+            // Unreachable while `_attached` lives: it keeps the slot.
+            return ReadStatus { ended: Some("the format's packager is gone".into()), ..ReadStatus::default() };
+        };
+        // The packager holds frames from where it was attached on.
+        let floor = packaged.first().unwrap_or_else(|| ring.head()).max(ring.base);
+        self.read_from(&ring, floor, cursor, max_bytes, |i| packaged.get(i).map(|p| (p.clone(), p.entry.frame.payload.len())), out)
+    }
+
+    /// The read shared by every format: applies the overflow policy to the cursor (no frame
+    /// before `floor` can be read), then moves frames `get` finds into `out`.
+    fn read_from<T>(
+        &self,
+        ring: &Ring,
+        floor: u64,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        get: impl Fn(u64) -> Option<(T, usize)>,
+        out: &mut Vec<T>,
+    ) -> ReadStatus {
         let head = ring.head();
         let mut status = ReadStatus::default();
+        let max_lag = self.config.viewer_max_lag_bytes as u64;
 
         let late = ring.too_late(cursor.next, self.config.viewer_max_lag_us);
-        let behind =
-            cursor.next < ring.base || ring.lag_bytes(cursor.next) > self.config.viewer_max_lag_bytes as u64 || late;
+        let behind = cursor.next < floor || ring.lag_bytes(cursor.next) > max_lag || late;
         if behind {
-            let target = ring
-                .last_keyframe
-                .filter(|&k| k > cursor.next && ring.lag_bytes(k) <= self.config.viewer_max_lag_bytes as u64);
+            let target = ring.last_keyframe.filter(|&k| k > cursor.next && k >= floor && ring.lag_bytes(k) <= max_lag);
             let to = target.unwrap_or(head);
             if cursor.started {
                 status.skipped += to - cursor.next;
@@ -481,7 +444,7 @@ impl FrameLog {
             cursor.need_keyframe = target.is_none();
         }
         if cursor.need_keyframe {
-            let from = cursor.next.max(ring.base);
+            let from = cursor.next.max(floor);
             let key = (from..head).find(|&i| ring.get(i).is_some_and(|e| e.is_sync_point()));
             let to = key.unwrap_or(head);
             if cursor.started {
@@ -492,10 +455,11 @@ impl FrameLog {
             cursor.started |= key.is_some();
         }
         let mut bytes = 0;
-        while cursor.next < head && (bytes < max_bytes || out.is_empty()) {
-            let Some(e) = ring.get(cursor.next) else { break };
-            bytes += e.frame.payload.len();
-            out.push(e.clone());
+        let first = out.len();
+        while cursor.next < head && (bytes < max_bytes || out.len() == first) {
+            let Some((item, len)) = get(cursor.next) else { break };
+            bytes += len;
+            out.push(item);
             cursor.next += 1;
         }
         if cursor.next >= head {
@@ -505,16 +469,69 @@ impl FrameLog {
         status
     }
 
-    /// Where an RTSP viewer reading from `position` starts on `track`: the RTP sequence number
-    /// of its first packet, and the pts of its first frame if the log holds one yet.
-    pub fn first_rtp_from(&self, position: u64, track: TrackId) -> (u16, Option<i64>) {
+    /// Attaches a packager of type `P` (made by `make` if none is attached yet) and returns a
+    /// handle that keeps it attached. A new packager is fed the frames from where a new viewer
+    /// would start, so a viewer that subscribes after attaching finds them packaged.
+    pub fn attach<P: Packager>(self: &Arc<Self>, make: impl FnOnce() -> P) -> Attached<P> {
+        self.attach_with(make, |_| ()).0
+    }
+
+    /// [`FrameLog::attach`], and what `inspect` finds in the packager (under the log's lock).
+    pub fn attach_with<P: Packager, R>(
+        self: &Arc<Self>,
+        make: impl FnOnce() -> P,
+        inspect: impl FnOnce(&P) -> R,
+    ) -> (Attached<P>, R) {
+        let mut ring = self.write_ring();
+        let kind = TypeId::of::<P>();
+        if let Some(i) = ring.slots.iter().position(|s| s.kind == kind) {
+            if let Some(p) = ring.slots[i].get::<P>() {
+                let found = inspect(p);
+                ring.slots[i].handles += 1;
+                return (Attached::new(self.clone()), found);
+            }
+            // A slot of P's type id holds a P: this cannot be reached, but would be repaired.
+            ring.slots.swap_remove(i);
+        }
+        let mut packager = make();
+        let from = ring.start(self.config.viewer_max_lag_bytes).unwrap_or_else(|| ring.head());
+        for i in from..ring.head() {
+            if let Some(e) = ring.get(i) {
+                packager.push(e);
+            }
+        }
+        let found = inspect(&packager);
+        ring.slots.push(Slot::new(packager));
+        (Attached::new(self.clone()), found)
+    }
+
+    /// Counts one more handle on `P`'s packager.
+    fn retain(&self, kind: TypeId) {
+        if let Some(slot) = self.write_ring().slots.iter_mut().find(|s| s.kind == kind) {
+            slot.handles += 1;
+        }
+    }
+
+    /// Counts one handle less on a packager, and detaches it with the last.
+    fn release(&self, kind: TypeId) {
+        let mut ring = self.write_ring();
+        if let Some(i) = ring.slots.iter().position(|s| s.kind == kind) {
+            ring.slots[i].handles -= 1;
+            if ring.slots[i].handles == 0 {
+                ring.slots.swap_remove(i);
+            }
+        }
+    }
+
+    /// Runs `f` on the attached packager (under the log's read lock: keep it short).
+    pub fn with_packager<P: Packager, R>(&self, _attached: &Attached<P>, f: impl FnOnce(&P) -> R) -> Option<R> {
         let ring = self.read_ring();
-        let first = (position.max(ring.base)..ring.head())
-            .find_map(|i| ring.get(i).filter(|e| e.frame.track == track).map(|e| (e.rtp_seq, Some(e.frame.pts))));
-        first.unwrap_or_else(|| {
-            let next = ring.rtp_seq.iter().find(|(t, _)| *t == track).map_or(self.rtp.first_seq, |(_, s)| *s);
-            (next, None)
-        })
+        ring.slot(TypeId::of::<P>()).and_then(|s| s.get::<P>()).map(f)
+    }
+
+    /// The formats attached now, by their packagers' type names (for tests and diagnostics).
+    pub fn attached(&self) -> Vec<&'static str> {
+        self.read_ring().slots.iter().map(|s| s.name).collect()
     }
 
     /// Bytes the cursor trails the newest frame by. A position the log has already evicted

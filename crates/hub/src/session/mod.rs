@@ -117,7 +117,7 @@ pub struct Session {
     /// When the first viewer created it.
     pub created: Instant,
     /// Recent frames, shared by every viewer.
-    pub log: FrameLog,
+    pub log: Arc<FrameLog>,
     /// Counters.
     pub stats: SessionStats,
     counters: Arc<HubCounters>,
@@ -386,7 +386,7 @@ impl Sessions {
             key,
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             created: now,
-            log: FrameLog::new(self.config().log),
+            log: Arc::new(FrameLog::new(self.config().log)),
             stats: SessionStats::new(now),
             counters: self.counters.clone(),
             behind: self.config().behind,

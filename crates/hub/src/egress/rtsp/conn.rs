@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::media::{MediaOut, TrackOut};
+use super::media::{MediaOut, RtpOut, TrackOut};
+use super::packager::{RtpFormat, first_rtp_from};
 use super::request::{self, Incoming, Method, Request, Response};
 use super::request_clock::RequestClock;
 use super::send::{WriterCmd, udp_sender, writer_task};
@@ -353,16 +354,24 @@ impl Conn {
             self.park(existing.as_deref(), &key, viewer);
             return Response::new(461, "Unsupported Transport").body("text/plain", "UDP is disabled on this hub\n");
         }
-        let rtp = viewer.session.log.rtp();
-        let out = TrackOut::new(track_id, payload_type(info), dest, rtp);
-        let answer = transport::answer(&dest, rtp.ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         let id = existing.unwrap_or_else(|| format!("{:016X}", random_u64()));
         let session = self.sessions.get_or_insert_with(&id, || RtspSession {
             key: key.clone(),
             viewer: None,
             tracks: Vec::new(),
+            rtp: None,
             playing: Playing::No,
         });
+        let rtp = session
+            .rtp
+            .get_or_insert_with(|| {
+                let (attached, shared) = RtpFormat::attach(&viewer.session.log);
+                RtpOut { attached, shared }
+            })
+            .shared
+            .identity;
+        let out = TrackOut::new(track_id, payload_type(info), dest, rtp);
+        let answer = transport::answer(&dest, rtp.ssrc, self.ctx.udp.as_ref().map_or((0, 0), |u| u.ports));
         session.tracks.retain(|t| t.id != track_id);
         // Room for exactly this track (a vector's first growth makes room for 4, 416 bytes
         // a viewer would hold for as long as it watches).
@@ -426,7 +435,7 @@ impl Conn {
                 )
                 .await;
         }
-        let Some(mut viewer) = s.viewer.take() else { return Ok(()) };
+        let (Some(mut viewer), Some(rtp)) = (s.viewer.take(), s.rtp.take()) else { return Ok(()) };
         // Start from the newest keyframe, not wherever DESCRIBE left the cursor.
         viewer.cursor = viewer.session.log.subscribe();
         let from = viewer.cursor.position();
@@ -434,7 +443,8 @@ impl Conn {
             .tracks
             .iter()
             .map(|t| {
-                let (seq, pts) = viewer.session.log.first_rtp_from(from, t.id);
+                let first = viewer.session.log.with_packager(&rtp.attached, |p| first_rtp_from(p, from, t.id));
+                let (seq, pts) = first.unwrap_or((rtp.shared.identity.first_seq, None));
                 let mut info = format!("url={base}trackID={};seq={seq}", t.id);
                 if let Some(pts) = pts {
                     info.push_str(&format!(";rtptime={}", (pts as u32).wrapping_add(t.ts_offset)));
@@ -447,7 +457,7 @@ impl Conn {
             .header("Range", "npt=0.000-")
             .header("RTP-Info", rtp_info.join(","))
             .encode(Some(req.cseq));
-        let media = MediaOut { viewer, tracks: std::mem::take(&mut s.tracks) };
+        let media = MediaOut { viewer, tracks: std::mem::take(&mut s.tracks), rtp };
         info!(peer = %self.peer, stream = %s.key, session = %id, tcp = all_tcp, "rtsp viewer playing");
         if all_tcp {
             s.playing = Playing::Tcp;

@@ -1,6 +1,7 @@
 //! Sending a stream to one RTSP viewer. Every viewer of a stream is sent the same RTP packets
-//! (one SSRC, sequence space and timestamp offset per stream track, [`RtpIdentity`]; each
-//! viewer learns where it starts from `RTP-Info`). So a frame's packets, interleaved on its
+//! (one SSRC, sequence space and timestamp offset per stream track, [`RtpIdentity`], made by
+//! the stream's RTP packager; each viewer learns where it starts from `RTP-Info`). So a
+//! frame's packets, interleaved on its
 //! track's usual channel, are built once and written by every TCP viewer on that channel as
 //! one slice ([`interleaved`]). A viewer on another channel, or on UDP, writes its own 4-byte
 //! interleaved prefix and RTP header before each shared payload.
@@ -12,9 +13,13 @@ use bytes::{BufMut, Bytes};
 use mediamesh_media::StreamHeader;
 use mediamesh_media::rtp::{self, RtpPayload, rtcp};
 
+use super::packager::{RtpFrame, RtpIdentity, RtpPackager, RtpShared};
 use super::transport::Dest;
 use crate::session::Viewer;
-use crate::session::log::{FrameLog, LogEntry, RtpIdentity};
+use crate::session::log::{Attached, Packaged};
+
+/// A frame and its RTP packets, as a viewer's batch holds it.
+pub(crate) type RtpItem = Arc<Packaged<RtpFrame>>;
 
 /// How often a sender report goes out per track.
 const SR_INTERVAL_US: u64 = 5_000_000;
@@ -84,22 +89,23 @@ fn packet_head(
     Some((h, (16 + prefix.len()) as u8))
 }
 
-/// Frame `e`'s RTP packets, each with its 4-byte interleaved prefix on the track's usual
+/// Frame `f`'s RTP packets, each with its 4-byte interleaved prefix on the track's usual
 /// channel, in one buffer built by the first viewer that needs it (a copy of the frame, made
-/// once per stream, in the log's chunks).
-pub(crate) fn interleaved<'e>(e: &'e LogEntry, log: &FrameLog) -> &'e Bytes {
-    e.interleaved.get_or_init(|| {
+/// once per stream, in the packager's chunks).
+pub(crate) fn interleaved<'e>(f: &'e Packaged<RtpFrame>, shared: &RtpShared) -> &'e Bytes {
+    f.out.interleaved.get_or_init(|| {
+        let e = &f.entry;
         let header = &e.header.header;
         let (Some(channel), Some(track)) = (usual_channel(header, e.frame.track), header.track(e.frame.track)) else {
             return Bytes::new();
         };
-        let rtp = log.rtp();
+        let rtp = shared.identity;
         let payload_type = rtp::sdp::payload_type(track);
         let base = (e.frame.pts as u32).wrapping_add(rtp.ts_offset);
-        let len: usize = e.rtp.iter().map(|p| 16 + p.len()).sum();
-        log.shared_copy(len, |b| {
-            for (i, p) in e.rtp.iter().enumerate() {
-                let (seq, ts) = (e.rtp_seq.wrapping_add(i as u16), base.wrapping_add(p.timestamp_delta));
+        let len: usize = f.out.payloads.iter().map(|p| 16 + p.len()).sum();
+        shared.shared_copy(len, |b| {
+            for (i, p) in f.out.payloads.iter().enumerate() {
+                let (seq, ts) = (f.out.first_seq.wrapping_add(i as u16), base.wrapping_add(p.timestamp_delta));
                 let Some((head, n)) = packet_head(Some(channel), p, payload_type, seq, ts, rtp.ssrc) else { continue };
                 b.put_slice(&head[..usize::from(n)]);
                 b.put_slice(&p.body);
@@ -108,11 +114,19 @@ pub(crate) fn interleaved<'e>(e: &'e LogEntry, log: &FrameLog) -> &'e Bytes {
     })
 }
 
+/// A viewer's hold on the stream's RTP packager, from its first SETUP on.
+#[derive(Debug, Clone)]
+pub(crate) struct RtpOut {
+    pub attached: Attached<RtpPackager>,
+    pub shared: Arc<RtpShared>,
+}
+
 /// A playing viewer: its place in the stream and its tracks.
 #[derive(Debug)]
 pub(crate) struct MediaOut {
     pub viewer: Viewer,
     pub tracks: Vec<TrackOut>,
+    pub rtp: RtpOut,
 }
 
 /// What one batch sends to one viewer, in order.
@@ -194,12 +208,13 @@ impl MediaOut {
     /// plans its packets. `Err` is why the viewer must go (it keeps falling behind).
     pub(crate) fn next_batch(
         &mut self,
-        batch: &mut Vec<Arc<LogEntry>>,
+        batch: &mut Vec<RtpItem>,
         plan: &mut Plan,
     ) -> Result<crate::session::log::ReadStatus, String> {
         batch.clear();
-        let status = self.viewer.session.log.read(&mut self.viewer.cursor, BATCH_BYTES, batch);
-        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+        let status =
+            self.viewer.session.log.read_packaged(&self.rtp.attached, &mut self.viewer.cursor, BATCH_BYTES, batch);
+        let pending: u64 = batch.iter().map(|f| f.entry.frame.payload.len() as u64).sum();
         self.viewer.account_read(&status, pending)?;
         self.plan(batch, plan);
         Ok(status)
@@ -207,7 +222,7 @@ impl MediaOut {
 
     /// Plans the packets of `batch` for this viewer (frames of tracks it did not set up are
     /// skipped).
-    pub(crate) fn plan(&mut self, batch: &[Arc<LogEntry>], plan: &mut Plan) {
+    pub(crate) fn plan(&mut self, batch: &[RtpItem], plan: &mut Plan) {
         plan_tracks(&mut self.tracks, batch, plan);
     }
 
@@ -218,9 +233,10 @@ impl MediaOut {
 }
 
 /// Plans the packets of `batch` for a viewer of `tracks`.
-fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan) {
+fn plan_tracks(tracks: &mut [TrackOut], batch: &[RtpItem], plan: &mut Plan) {
     plan.clear();
-    for (ei, e) in batch.iter().enumerate() {
+    for (ei, f) in batch.iter().enumerate() {
+        let (e, rtp) = (&f.entry, &f.out);
         let Some(ti) = tracks.iter().position(|t| t.id == e.frame.track) else { continue };
         let t = &mut tracks[ti];
         let base = (e.frame.pts as u32).wrapping_add(t.ts_offset);
@@ -233,11 +249,11 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
         if channel.is_some() && channel == usual_channel(&e.header.header, t.id) {
             // On the track's usual channel (as the frame's header has it): the shared copy.
             plan.packets.push(Out::Frame { entry: ei as u32 });
-            t.packets = t.packets.wrapping_add(e.rtp.len() as u32);
-            t.octets = t.octets.wrapping_add(e.rtp_bytes);
+            t.packets = t.packets.wrapping_add(rtp.payloads.len() as u32);
+            t.octets = t.octets.wrapping_add(rtp.bytes);
         } else {
-            for (pi, p) in e.rtp.iter().enumerate() {
-                let (seq, ts) = (e.rtp_seq.wrapping_add(pi as u16), base.wrapping_add(p.timestamp_delta));
+            for (pi, p) in rtp.payloads.iter().enumerate() {
+                let (seq, ts) = (rtp.first_seq.wrapping_add(pi as u16), base.wrapping_add(p.timestamp_delta));
                 let Some((head, head_len)) = packet_head(channel, p, t.payload_type, seq, ts, t.ssrc) else { continue };
                 t.packets = t.packets.wrapping_add(1);
                 t.octets = t.octets.wrapping_add(p.len() as u32);
@@ -269,8 +285,8 @@ fn plan_tracks(tracks: &mut [TrackOut], batch: &[Arc<LogEntry>], plan: &mut Plan
 }
 
 /// The shared payload a packet carries.
-pub(crate) fn packet_payload<'a>(batch: &'a [Arc<LogEntry>], packet: &Packet) -> &'a RtpPayload {
-    &batch[packet.entry as usize].rtp[usize::from(packet.payload)]
+pub(crate) fn packet_payload<'a>(batch: &'a [RtpItem], packet: &Packet) -> &'a RtpPayload {
+    &batch[packet.entry as usize].out.payloads[usize::from(packet.payload)]
 }
 
 /// The slices of a planned batch on a TCP connection, in order: whole frames (the shared
@@ -278,10 +294,10 @@ pub(crate) fn packet_payload<'a>(batch: &'a [Arc<LogEntry>], packet: &Packet) ->
 /// The vector is allocated per write: glibc's thread cache hands every viewer the same hot
 /// block, which measured faster than a vector kept per viewer (docs/benchmarks.md).
 pub(crate) fn tcp_slices<'a>(
-    batch: &'a [Arc<LogEntry>],
+    batch: &'a [RtpItem],
     plan: &'a Plan,
     tracks: &[TrackOut],
-    log: &FrameLog,
+    shared: &RtpShared,
     rtcp_frames: &'a mut Vec<Vec<u8>>,
 ) -> Vec<IoSlice<'a>> {
     rtcp_frames.clear();
@@ -303,7 +319,7 @@ pub(crate) fn tcp_slices<'a>(
             next_rtcp += 1;
         }
         match out {
-            Out::Frame { entry } => slices.push(IoSlice::new(interleaved(&batch[*entry as usize], log))),
+            Out::Frame { entry } => slices.push(IoSlice::new(interleaved(&batch[*entry as usize], shared))),
             Out::Packet(packet) => {
                 slices.push(IoSlice::new(packet.tcp_head()));
                 slices.push(IoSlice::new(&packet_payload(batch, packet).body));

@@ -2,8 +2,8 @@
 //! VLC and NVRs.
 //!
 //! RTSP viewers attach to the same stream sessions as WebSocket viewers (one upstream per
-//! stream). Each frame is packetized into RTP once and shared; a viewer writes only its own RTP
-//! headers. RTP travels interleaved on the RTSP connection (TCP) or over UDP unicast from the
+//! stream). While a stream has RTSP viewers, its RTP packager ([`packager`]) packetizes each
+//! frame once for all of them; a viewer writes only its own RTP headers. RTP travels interleaved on the RTSP connection (TCP) or over UDP unicast from the
 //! hub's shared RTP/RTCP socket pair; RTCP sender reports map RTP time to the capture clock.
 //!
 //! Sessions are bound to the connection that created them (another connection naming one gets
@@ -15,6 +15,7 @@
 mod auth;
 mod conn;
 mod media;
+mod packager;
 pub mod request;
 mod request_clock;
 mod sdp;

@@ -12,13 +12,12 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::media::{MediaOut, Out, Plan, tcp_slices};
+use super::media::{MediaOut, Out, Plan, RtpItem, tcp_slices};
 use super::transport::Dest;
 use super::udp::{Liveness, MMSG_BATCH, send_datagrams};
 use crate::egress::io::{describe_write_error, write_all_vectored};
 use crate::egress::mailbox::Receiver;
 use crate::session::ViewerEnd;
-use crate::session::log::LogEntry;
 
 /// What the reader asks the writer to do.
 pub(crate) enum WriterCmd {
@@ -35,7 +34,7 @@ pub(crate) async fn writer_task(
     stall: Duration,
 ) -> String {
     let mut media: Option<(String, Box<MediaOut>)> = None;
-    let (mut batch, mut plan, mut rtcp_frames): (Vec<Arc<LogEntry>>, Plan, Vec<Vec<u8>>) = Default::default();
+    let (mut batch, mut plan, mut rtcp_frames): (Vec<RtpItem>, Plan, Vec<Vec<u8>>) = Default::default();
     let reason = 'outer: loop {
         // The reader drops its sender when the connection closes. (Checked on the channel, an
         // atomic load, rather than on `closed`, whose check takes a lock: this runs per frame.)
@@ -57,7 +56,7 @@ pub(crate) async fn writer_task(
                 Err(too_slow) => break too_slow,
             };
             if !batch.is_empty() {
-                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &m.viewer.session.log, &mut rtcp_frames);
+                let mut slices = tcp_slices(&batch, &plan, &m.tracks, &m.rtp.shared, &mut rtcp_frames);
                 if let Err(e) = write_all_vectored(&mut wr, &mut slices, stall).await {
                     m.viewer.set_end(ViewerEnd::of_write_error(&e));
                     break describe_write_error(&e);
@@ -169,7 +168,7 @@ pub(crate) async fn udp_sender(
     timeout: Duration,
     stall: Duration,
 ) {
-    let (mut batch, mut plan): (Vec<Arc<LogEntry>>, Plan) = Default::default();
+    let (mut batch, mut plan): (Vec<RtpItem>, Plan) = Default::default();
     let check = Duration::from_secs(1).min(timeout);
     let mut pace = Pacer::new(UDP_RATE_BYTES_PER_S, UDP_BURST_BYTES);
     let reason = loop {
@@ -230,8 +229,8 @@ pub(crate) async fn udp_sender(
             if let Some(ei) = stalled {
                 // Only the frames before the one that stalled went out.
                 let sent: Vec<_> =
-                    batch[..ei].iter().filter(|e| m.tracks.iter().any(|t| t.id == e.frame.track)).collect();
-                m.viewer.account_sent(sent.len() as u64, sent.iter().map(|e| e.frame.payload.len() as u64).sum());
+                    batch[..ei].iter().filter(|f| m.tracks.iter().any(|t| t.id == f.entry.frame.track)).collect();
+                m.viewer.account_sent(sent.len() as u64, sent.iter().map(|f| f.entry.frame.payload.len() as u64).sum());
                 m.viewer.set_end(ViewerEnd::Stalled);
                 conn_closed.cancel();
                 break format!("the shared UDP socket accepted nothing for {:.0} s", stall.as_secs_f64());

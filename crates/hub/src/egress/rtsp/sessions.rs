@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tokio_util::sync::CancellationToken;
 
-use super::media::TrackOut;
+use super::media::{RtpOut, TrackOut};
 use crate::session::{StreamKey, Viewer};
 
 /// Whether a session plays, and how its media goes.
@@ -20,6 +20,8 @@ pub(super) struct RtspSession {
     pub key: StreamKey,
     pub viewer: Option<Viewer>,
     pub tracks: Vec<TrackOut>,
+    /// The stream's RTP packager, attached at the first SETUP.
+    pub rtp: Option<RtpOut>,
     pub playing: Playing,
 }
 
@@ -85,7 +87,7 @@ mod tests {
     fn sessions_list_holds_room_for_what_it_holds() {
         let new = |stream: &str| {
             let key = StreamKey::new("edge", stream);
-            move || RtspSession { key, viewer: None, tracks: Vec::new(), playing: Playing::No }
+            move || RtspSession { key, viewer: None, tracks: Vec::new(), rtp: None, playing: Playing::No }
         };
         let mut list = RtspSessions::default();
         list.get_or_insert_with("A", new("one"));

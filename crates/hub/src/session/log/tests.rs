@@ -378,3 +378,80 @@ fn frames_older_than_a_viewer_may_lag_are_evicted_but_the_newest_gop_stays() {
     let mut c = l.subscribe();
     assert_eq!(read_all(&l, &mut c).0.len(), 125);
 }
+
+/// A format that records what it was fed: its item is the frame's sequence number.
+#[derive(Debug, Default)]
+struct Seqs {
+    fed: Vec<u64>,
+}
+
+impl FrameFormat for Seqs {
+    type Out = u64;
+
+    fn package(&mut self, e: &LogEntry) -> u64 {
+        self.fed.push(e.frame.seq);
+        e.frame.seq
+    }
+}
+
+fn fed(l: &FrameLog, a: &Attached<PerFrame<Seqs>>) -> Vec<u64> {
+    l.with_packager(a, |p| p.format.fed.clone()).unwrap()
+}
+
+#[test]
+fn a_packager_is_fed_each_frame_once_in_order_while_attached() {
+    let l = Arc::new(log(100, 1 << 20, 1 << 20));
+    fill(&l, 0, 3, 10, 10);
+    assert!(l.attached().is_empty(), "nothing is packaged for a format without viewers");
+    let a = l.attach(|| PerFrame::new(Seqs::default()));
+    assert_eq!(fed(&l, &a), vec![0, 1, 2], "a new packager starts at the newest keyframe");
+    let b = l.attach(|| -> PerFrame<Seqs> { unreachable!("one packager per format") });
+    let c = b.clone();
+    fill(&l, 3, 3, 10, 10);
+    assert_eq!(fed(&l, &a), vec![0, 1, 2, 3, 4, 5], "once per frame, whatever the handles");
+    drop((a, b));
+    assert_eq!(l.attached().len(), 1, "attached while a handle is left");
+    drop(c);
+    assert!(l.attached().is_empty(), "the last handle detaches it");
+
+    // Attached again later: a fresh packager, from the newest keyframe.
+    fill(&l, 6, 6, 10, 10);
+    let a = l.attach(|| PerFrame::new(Seqs::default()));
+    assert_eq!(fed(&l, &a), vec![10, 11]);
+}
+
+#[test]
+fn packaged_reads_follow_the_logs_overflow_policy_and_eviction() {
+    let l = Arc::new(log(10, 1 << 20, 250));
+    let a = l.attach(|| PerFrame::new(Seqs::default()));
+    let mut c = l.subscribe();
+    fill(&l, 0, 8, 5, 10);
+    let mut out = Vec::new();
+    let st = l.read_packaged(&a, &mut c, usize::MAX, &mut out);
+    assert_eq!(out.iter().map(|p| p.out).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(out.iter().all(|p| p.out == p.entry.frame.seq), "each item with its frame");
+    assert_eq!(st.skipped, 0);
+
+    // 30 frames of 10 bytes: the cursor is 300 bytes behind (more than 250), and the log kept
+    // only the last 10: it jumps to the newest keyframe (35).
+    fill(&l, 8, 30, 5, 10);
+    out.clear();
+    let st = l.read_packaged(&a, &mut c, usize::MAX, &mut out);
+    assert_eq!(out.first().map(|p| p.out), Some(35));
+    assert_eq!(st.skipped, 35 - 8);
+    let held = l.with_packager(&a, |p| p.first()).unwrap();
+    assert_eq!(held, Some(l.stats().head - l.stats().frames as u64), "items are evicted with their frames");
+}
+
+#[test]
+fn a_cursor_from_before_a_packager_was_attached_starts_at_its_first_keyframe() {
+    let l = Arc::new(log(100, 1 << 20, 1 << 20));
+    fill(&l, 0, 12, 5, 10);
+    // Subscribed at keyframe 10; a packager attached after keyframe 15 holds frames from 15.
+    let mut c = l.subscribe();
+    fill(&l, 12, 5, 5, 10);
+    let a = l.attach(|| PerFrame::new(Seqs::default()));
+    let mut out = Vec::new();
+    l.read_packaged(&a, &mut c, usize::MAX, &mut out);
+    assert_eq!(out.first().map(|p| p.out), Some(15), "never a frame the packager did not see");
+}

@@ -2,6 +2,7 @@ use bytes::Bytes;
 use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo};
 
 use super::*;
+use crate::egress::rtsp::packager::{RtpFormat, first_rtp_from};
 use crate::session::log::{FrameLog, LogConfig};
 
 const SPS: &[u8] = b"\x67\x42\xc0\x0d\xda\x05\x07\xec\x04\x40\x00\x00\x03\x00\x40\x00\x00\x0c\x83\xc5\x0a\xa8";
@@ -28,8 +29,9 @@ fn frame(seq: u64) -> Frame {
     }
 }
 
-/// A log of `n` frames and the batch a new viewer reads from it, with where it starts.
-fn batch(n: u64) -> (FrameLog, Vec<Arc<LogEntry>>, u64) {
+/// A log of `n` frames with the RTP packager attached, and the batch a new viewer reads from it,
+/// with where it starts.
+fn batch(n: u64) -> (RtpOut, Vec<RtpItem>, u64) {
     let config = LogConfig {
         max_frames: 100,
         max_bytes: 1 << 24,
@@ -37,29 +39,30 @@ fn batch(n: u64) -> (FrameLog, Vec<Arc<LogEntry>>, u64) {
         viewer_max_lag_us: u64::MAX,
         timeline: crate::session::log::OutageTimeline::WallClock,
     };
-    let log = FrameLog::new(config);
+    let log = Arc::new(FrameLog::new(config));
     log.set_header(header()).unwrap();
+    let (attached, shared) = RtpFormat::attach(&log);
     for s in 0..n {
         log.push(frame(s), 0).unwrap();
     }
     let mut cursor = log.subscribe();
     let from = cursor.position();
     let mut out = Vec::new();
-    log.read(&mut cursor, usize::MAX, &mut out);
-    (log, out, from)
+    log.read_packaged(&attached, &mut cursor, usize::MAX, &mut out);
+    (RtpOut { attached, shared }, out, from)
 }
 
-fn track(log: &FrameLog, rtp_channel: u8) -> TrackOut {
-    TrackOut::new(0, 96, Dest::Tcp { rtp: rtp_channel, rtcp: rtp_channel + 1 }, log.rtp())
+fn track(rtp: &RtpOut, rtp_channel: u8) -> TrackOut {
+    TrackOut::new(0, 96, Dest::Tcp { rtp: rtp_channel, rtcp: rtp_channel + 1 }, rtp.shared.identity)
 }
 
 /// What a viewer's connection carries for `batch`: (channel, data) of each interleaved frame.
-fn sent(log: &FrameLog, batch: &[Arc<LogEntry>], t: TrackOut) -> (Vec<(u8, Vec<u8>)>, usize) {
+fn sent(rtp: &RtpOut, batch: &[RtpItem], t: TrackOut) -> (Vec<(u8, Vec<u8>)>, usize) {
     let mut tracks = vec![t];
     let mut plan = Plan::default();
     plan_tracks(&mut tracks, batch, &mut plan);
     let mut rtcp = Vec::new();
-    let slices = tcp_slices(batch, &plan, &tracks, log, &mut rtcp);
+    let slices = tcp_slices(batch, &plan, &tracks, &rtp.shared, &mut rtcp);
     let n = slices.len();
     let wire: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
     let mut packets = Vec::new();
@@ -75,7 +78,7 @@ fn sent(log: &FrameLog, batch: &[Arc<LogEntry>], t: TrackOut) -> (Vec<(u8, Vec<u
 
 #[test]
 fn viewers_on_the_usual_channel_write_each_frame_as_one_shared_slice() {
-    let (log, batch, _) = batch(4);
+    let (rtp, batch, _) = batch(4);
     assert_eq!(batch.len(), 4);
     let plan_of = |t| {
         let mut tracks = vec![t];
@@ -83,11 +86,11 @@ fn viewers_on_the_usual_channel_write_each_frame_as_one_shared_slice() {
         plan_tracks(&mut tracks, &batch, &mut plan);
         (tracks, plan)
     };
-    let (ta, a) = plan_of(track(&log, 0));
-    let (tb, b) = plan_of(track(&log, 0));
+    let (ta, a) = plan_of(track(&rtp, 0));
+    let (tb, b) = plan_of(track(&rtp, 0));
     let (mut ra, mut rb) = (Vec::new(), Vec::new());
-    let sa = tcp_slices(&batch, &a, &ta, &log, &mut ra);
-    let sb = tcp_slices(&batch, &b, &tb, &log, &mut rb);
+    let sa = tcp_slices(&batch, &a, &ta, &rtp.shared, &mut ra);
+    let sb = tcp_slices(&batch, &b, &tb, &rtp.shared, &mut rb);
     // One slice per frame, and the first frame's sender report.
     assert_eq!(sa.len(), 4 + 1);
     let frames = |s: &[IoSlice<'_>]| s.iter().filter(|s| s[1] == 0).map(|s| s.as_ptr()).collect::<Vec<_>>();
@@ -97,9 +100,9 @@ fn viewers_on_the_usual_channel_write_each_frame_as_one_shared_slice() {
 
 #[test]
 fn a_viewer_on_another_channel_is_sent_the_same_packets() {
-    let (log, batch, _) = batch(3);
-    let (usual, usual_slices) = sent(&log, &batch, track(&log, 0));
-    let (other, other_slices) = sent(&log, &batch, track(&log, 4));
+    let (rtp, batch, _) = batch(3);
+    let (usual, usual_slices) = sent(&rtp, &batch, track(&rtp, 0));
+    let (other, other_slices) = sent(&rtp, &batch, track(&rtp, 4));
     assert_eq!(usual_slices, 3 + 1);
     assert!(other_slices > 2 * 7, "packet by packet: {other_slices} slices");
     let rtp =
@@ -112,15 +115,16 @@ fn a_viewer_on_another_channel_is_sent_the_same_packets() {
 
 #[test]
 fn sequence_numbers_run_on_from_the_one_rtp_info_names() {
-    let (log, batch, from) = batch(5);
-    let (first_seq, first_pts) = log.first_rtp_from(from, 0);
+    let (rtp, batch, from) = batch(5);
+    let log = rtp.attached.log().clone();
+    let (first_seq, first_pts) = log.with_packager(&rtp.attached, |p| first_rtp_from(p, from, 0)).unwrap();
     assert_eq!(first_pts, Some(1000));
-    let id = log.rtp();
-    let (packets, _) = sent(&log, &batch, track(&log, 0));
-    let rtp: Vec<&Vec<u8>> = packets.iter().filter(|(c, _)| *c == 0).map(|(_, d)| d).collect();
-    assert_eq!(rtp.len(), 3 + 4 * 2);
+    let id = rtp.shared.identity;
+    let (packets, _) = sent(&rtp, &batch, track(&rtp, 0));
+    let data: Vec<&Vec<u8>> = packets.iter().filter(|(c, _)| *c == 0).map(|(_, d)| d).collect();
+    assert_eq!(data.len(), 3 + 4 * 2);
     let mut frame = 0;
-    for (i, p) in rtp.iter().enumerate() {
+    for (i, p) in data.iter().enumerate() {
         let seq = u16::from_be_bytes([p[2], p[3]]);
         assert_eq!(seq, first_seq.wrapping_add(i as u16), "packet {i}");
         assert_eq!(u32::from_be_bytes([p[8], p[9], p[10], p[11]]), id.ssrc);
@@ -133,6 +137,6 @@ fn sequence_numbers_run_on_from_the_one_rtp_info_names() {
     }
     assert_eq!(frame, 5, "one marker per frame");
     // A viewer joining later starts where the log's next packet will be numbered.
-    let (next, pts) = log.first_rtp_from(u64::MAX, 0);
+    let (next, pts) = log.with_packager(&rtp.attached, |p| first_rtp_from(p, u64::MAX, 0)).unwrap();
     assert_eq!((next, pts), (first_seq.wrapping_add(11), None));
 }

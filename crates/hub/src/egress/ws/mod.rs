@@ -4,6 +4,10 @@
 //! frame, the shared prefix and the shared payload, so a burst costs one system call and no
 //! copy. A reader task parses the client's few frames (ping, close) with a size cap.
 
+pub mod format;
+pub mod packager;
+pub mod wire;
+
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +19,14 @@ use tracing::{debug, info};
 
 use super::io::{describe_write_error, write_all_vectored};
 use super::mailbox::{Sender, mailbox};
-use super::ws_format::{ViewerEvent, event_frame, frame_slices};
-use super::ws_wire::{
+use crate::session::log::{Packaged, PerFrame};
+use self::format::{ViewerEvent, event_frame, frame_slices};
+use self::packager::{WsFormat, WsFrame};
+use self::wire::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
     OP_PONG, close_frame, frame,
 };
-use crate::session::log::{HeaderEntry, LogEntry};
+use crate::session::log::HeaderEntry;
 use crate::session::{Sessions, Viewer, ViewerEnd};
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what
@@ -57,8 +63,12 @@ where
         }
     });
 
+    // The stream's WebSocket packager stays attached while this viewer watches; the cursor
+    // starts afresh at the newest keyframe it holds.
+    let ws = session.log.attach(|| PerFrame::new(WsFormat::new(key.clone())));
+    viewer.cursor = session.log.subscribe();
     let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
-    let mut batch: Vec<Arc<LogEntry>> = Vec::new();
+    let mut batch: Vec<Arc<Packaged<WsFrame>>> = Vec::new();
     let mut header: Option<Arc<HeaderEntry>> = None;
     let reason = loop {
         batch.clear();
@@ -71,8 +81,8 @@ where
             break "viewer closed".to_owned();
         }
         // Control frames (pongs) go out when the viewer is caught up, in the wait below.
-        let status = session.log.read(&mut viewer.cursor, batch_bytes, &mut batch);
-        let pending: u64 = batch.iter().map(|e| e.frame.payload.len() as u64).sum();
+        let status = session.log.read_packaged(&ws, &mut viewer.cursor, batch_bytes, &mut batch);
+        let pending: u64 = batch.iter().map(|p| p.entry.frame.payload.len() as u64).sum();
         if let Err(too_slow) = viewer.account_read(&status, pending) {
             // Say why, then go.
             let bye =
@@ -90,7 +100,7 @@ where
         // which measured faster than a vector kept per viewer (docs/benchmarks.md).
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len() + 4);
         slices.extend(skip.iter().map(|c| IoSlice::new(c)));
-        let bytes = frame_slices(&key.node, &key.stream, &batch, &mut header, &mut slices);
+        let bytes = frame_slices(&batch, &mut header, &mut slices);
         slices.extend(end.iter().flatten().map(|c| IoSlice::new(c)));
         if !slices.is_empty() {
             let written = tokio::select! {

@@ -16,8 +16,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mediamesh_media::{FrameFlags, TrackKind};
 use serde::{Deserialize, Serialize};
 
-use super::ws_wire::{OP_BINARY, OP_TEXT, frame, frame_header};
-use crate::session::log::{HeaderEntry, LogEntry};
+use super::packager::WsFrame;
+use super::wire::{OP_BINARY, OP_TEXT, frame, frame_header};
+use crate::session::log::{HeaderEntry, LogEntry, Packaged};
 
 /// First byte of a binary frame message.
 pub const FRAME_MESSAGE: u8 = 0x01;
@@ -30,19 +31,18 @@ pub const FRAME_HEADER_LEN: usize = 4 + 8 * 5;
 /// copy, and no reference count touched: those counts are shared by every viewer of the
 /// stream, so each touch would move a cache line between cores). Returns the payload bytes.
 pub fn frame_slices<'a>(
-    node: &str,
-    stream: &str,
-    batch: &'a [Arc<LogEntry>],
+    batch: &'a [Arc<Packaged<WsFrame>>],
     header: &mut Option<Arc<HeaderEntry>>,
     slices: &mut Vec<IoSlice<'a>>,
 ) -> u64 {
     let mut bytes = 0u64;
-    for e in batch {
+    for p in batch {
+        let e = &p.entry;
         if header.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &e.header)) {
-            slices.push(IoSlice::new(e.header.ws.get_or_init(|| header_frame(node, stream, &e.header))));
+            slices.push(IoSlice::new(&p.out.header));
             *header = Some(e.header.clone());
         }
-        slices.push(IoSlice::new(e.ws_prefix.get_or_init(|| encode_frame_prefix(e))));
+        slices.push(IoSlice::new(&p.out.prefix));
         slices.push(IoSlice::new(&e.frame.payload));
         bytes += e.frame.payload.len() as u64;
     }
