@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# GStreamer RTSP peer server for `mediamesh bench`.
+# GStreamer RTSP peer server for `mediamesh-bench`.
 #
 #   /usr/bin/python3 scripts/bench/gst-rtsp-server.py --port P [--path /cam] [--address 127.0.0.1]
 #
@@ -107,7 +107,7 @@ def reader(feeder, loop):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="GStreamer RTSP peer server for mediamesh bench "
+    ap = argparse.ArgumentParser(description="GStreamer RTSP peer server for mediamesh-bench "
                                  "(stdin: [u32 BE length][H.264 AU] records)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--path", default="/cam")

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Plot `mediamesh bench` results.
+"""Plot `mediamesh-bench` results.
 
     /usr/bin/python3 scripts/bench/plot.py results.json out.png
 
@@ -140,7 +140,7 @@ def main(argv):
                   title_fontsize=8, loc="best")
     ax_lat.legend(handles=style, fontsize=8, loc="upper left")
 
-    fig.suptitle("mediamesh bench: one stream, N viewers", fontsize=13, y=0.985)
+    fig.suptitle("mediamesh-bench: one stream, N viewers", fontsize=13, y=0.985)
     subtitle = data.get("title") if isinstance(data, dict) else None
     if subtitle:
         fig.text(0.5, 0.925, str(subtitle), ha="center", va="center", fontsize=9, color="#444")

@@ -1,7 +1,6 @@
 //! Command-line interface.
 
 mod auth;
-mod bench;
 mod certs;
 mod demo;
 mod enroll;
@@ -66,9 +65,6 @@ pub enum Command {
     Token(enroll::TokenArgs),
     /// Revoke a node (`mediamesh node revoke edge-7`).
     Node(enroll::NodeArgs),
-    /// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally
-    /// beside nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
-    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -79,7 +75,6 @@ impl Command {
             | Command::Auth(_)
             | Command::Token(_)
             | Command::Node(_)
-            | Command::Bench(_)
             | Command::Check { .. } => "warn",
             _ => "info",
         }
@@ -106,7 +101,6 @@ impl Command {
             Command::Auth(args) => auth::run(args),
             Command::Token(args) => enroll::token(args),
             Command::Node(args) => enroll::node(args),
-            Command::Bench(args) => bench::run(args).await,
         }
     }
 }
@@ -131,15 +125,7 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-/// `$XDG_STATE_HOME/mediamesh/<name>` (or `~/.local/state/...`, or the temp folder): where the
-/// demo and the bench keep what they generate.
-pub fn state_dir(name: &str) -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("mediamesh").join(name)
-}
+pub use mediamesh_config::state_dir;
 
 /// What a signal asks of a running hub, edge or demo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

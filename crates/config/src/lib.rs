@@ -295,6 +295,16 @@ pub fn process_env() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
+/// `$XDG_STATE_HOME/mediamesh/<name>` (or `~/.local/state/...`, or the temp folder): where the
+/// demo and the bench keep what they generate.
+pub fn state_dir(name: &str) -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mediamesh").join(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,8 @@ use tokio::sync::watch;
 mod packager;
 mod timeline;
 
-pub use packager::{Attached, FrameFormat, Packaged, Packager, PerFrame};
 use packager::Slot;
+pub use packager::{Attached, FrameFormat, Packaged, Packager, PerFrame};
 pub use timeline::OutageTimeline;
 use timeline::Timelines;
 
@@ -395,7 +395,14 @@ impl FrameLog {
         // still wakes the next `changed()`.
         cursor.signal.borrow_and_update();
         let ring = self.read_ring();
-        self.read_from(&ring, ring.base, cursor, max_bytes, |i| ring.get(i).map(|e| (e.clone(), e.frame.payload.len())), out)
+        self.read_from(
+            &ring,
+            ring.base,
+            cursor,
+            max_bytes,
+            |i| ring.get(i).map(|e| (e.clone(), e.frame.payload.len())),
+            out,
+        )
     }
 
     /// Like [`FrameLog::read`], but each frame comes with the attached format's packaging.
@@ -414,7 +421,14 @@ impl FrameLog {
         };
         // The packager holds frames from where it was attached on.
         let floor = packaged.first().unwrap_or_else(|| ring.head()).max(ring.base);
-        self.read_from(&ring, floor, cursor, max_bytes, |i| packaged.get(i).map(|p| (p.clone(), p.entry.frame.payload.len())), out)
+        self.read_from(
+            &ring,
+            floor,
+            cursor,
+            max_bytes,
+            |i| packaged.get(i).map(|p| (p.clone(), p.entry.frame.payload.len())),
+            out,
+        )
     }
 
     /// The read shared by every format: applies the overflow policy to the cursor (no frame

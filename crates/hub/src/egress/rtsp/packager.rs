@@ -80,7 +80,10 @@ pub(crate) struct RtpFrame {
 impl RtpFormat {
     fn new() -> Self {
         let identity = RtpIdentity::random();
-        Self { shared: Arc::new(RtpShared { identity, copies: Mutex::new(PayloadChunks::new()) }), next_seq: Vec::new() }
+        Self {
+            shared: Arc::new(RtpShared { identity, copies: Mutex::new(PayloadChunks::new()) }),
+            next_seq: Vec::new(),
+        }
     }
 
     /// Attaches the stream's RTP packager to `log` (making it if this is its first RTSP viewer).

@@ -17,16 +17,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::io::{describe_write_error, write_all_vectored};
-use super::mailbox::{Sender, mailbox};
-use crate::session::log::{Packaged, PerFrame};
 use self::format::{ViewerEvent, event_frame, frame_slices};
 use self::packager::{WsFormat, WsFrame};
 use self::wire::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
     OP_PONG, close_frame, frame,
 };
+use super::io::{describe_write_error, write_all_vectored};
+use super::mailbox::{Sender, mailbox};
 use crate::session::log::HeaderEntry;
+use crate::session::log::{Packaged, PerFrame};
 use crate::session::{Sessions, Viewer, ViewerEnd};
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what

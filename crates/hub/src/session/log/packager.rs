@@ -55,28 +55,31 @@ pub struct PerFrame<F: FrameFormat> {
     /// The format's state.
     pub format: F,
     items: VecDeque<Arc<Packaged<F::Out>>>,
+    /// The log index of `items[0]` (kept here: every viewer's read needs it, and reading it
+    /// through the item would cost two more dependent loads per viewer).
+    base: u64,
 }
 
 impl<F: FrameFormat> PerFrame<F> {
     /// A packager with no frames yet.
     pub fn new(format: F) -> Self {
-        Self { format, items: VecDeque::new() }
+        Self { format, items: VecDeque::new(), base: 0 }
     }
 
     /// The index of the oldest frame packaged.
     pub fn first(&self) -> Option<u64> {
-        self.items.front().map(|p| p.entry.index)
+        (!self.items.is_empty()).then_some(self.base)
     }
 
     /// The packaged frame at log index `index`.
     pub fn get(&self, index: u64) -> Option<&Arc<Packaged<F::Out>>> {
-        let i = index.checked_sub(self.first()?)?;
+        let i = index.checked_sub(self.base)?;
         self.items.get(usize::try_from(i).ok()?)
     }
 
     /// The packaged frames from log index `from` on.
     pub fn since(&self, from: u64) -> impl Iterator<Item = &Arc<Packaged<F::Out>>> {
-        let skip = self.first().map_or(0, |first| from.saturating_sub(first));
+        let skip = from.saturating_sub(self.base);
         self.items.iter().skip(usize::try_from(skip).unwrap_or(usize::MAX))
     }
 }
@@ -84,12 +87,15 @@ impl<F: FrameFormat> PerFrame<F> {
 impl<F: FrameFormat> Packager for PerFrame<F> {
     fn push(&mut self, entry: &Arc<LogEntry>) {
         let out = self.format.package(entry);
+        if self.items.is_empty() {
+            self.base = entry.index;
+        }
         self.items.push_back(Arc::new(Packaged { entry: entry.clone(), out }));
     }
 
     fn evicted(&mut self, base: u64) {
-        while self.items.front().is_some_and(|p| p.entry.index < base) {
-            self.items.pop_front();
+        while self.base < base && self.items.pop_front().is_some() {
+            self.base += 1;
         }
     }
 }

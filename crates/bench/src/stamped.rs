@@ -124,7 +124,7 @@ mod tests {
         }
         let (mut tx, rx) = pair(&l).await;
         let mut inbox = Inbox::new(b"ab", 8);
-        let before = super::super::viewers::now_us();
+        let before = crate::viewers::now_us();
         tx.write_all(b"0123456789").await.unwrap();
         let mut got = Vec::new();
         let mut at = None;
@@ -134,7 +134,7 @@ mod tests {
             got.extend_from_slice(&inbox.data[inbox.end - n..inbox.end]);
             at = at.or(a);
         }
-        let after = super::super::viewers::now_us();
+        let after = crate::viewers::now_us();
         assert_eq!(got, b"0123456789");
         assert_eq!(&inbox.data[..2], b"ab", "leftover bytes stay in front");
         let at = at.expect("a receive timestamp");

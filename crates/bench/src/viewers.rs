@@ -17,7 +17,7 @@ use mediamesh_media::h264::{NAL_SEI, unescape_rbsp};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::stamped::{self, Inbox};
+use crate::stamped::{self, Inbox};
 
 /// Where the viewers are in a run.
 #[derive(Debug, Default)]

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::viewers::{Client, now_us};
+use crate::viewers::{Client, now_us};
 
 /// The node name the bench's edge uses.
 pub const NODE: &str = "bench";
@@ -191,13 +191,13 @@ async fn wait_for(what: &str, log: &Path, mut ready: impl AsyncFnMut() -> bool) 
 
 /// Starts a hub and an edge with `streams` clip streams; viewers use plain TCP (no TLS on the
 /// stream port, like the peers), the tunnel is mutual TLS.
-pub async fn start_mediamesh(dir: &Path, clip: &Path, streams: usize) -> anyhow::Result<Running> {
+pub async fn start_mediamesh(exe: &Path, dir: &Path, clip: &Path, streams: usize) -> anyhow::Result<Running> {
     let pki = mediamesh_tls::dev::write_pki(&dir.join("pki"), &["127.0.0.1".to_owned()], &[NODE.to_owned()])?;
     let (stream_port, tunnel_port, rtsp_port) = (free_port()?, free_port()?, free_port()?);
     let hub_yaml = format!(
         "cloudDataStream:\n  enable: true\n  streamPort: {stream_port}\n  tunnelPort: {tunnel_port}\n\
          \x20 listenAddress: \"127.0.0.1\"\n  tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n\
-         \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  streamMaxConnectionsPerIp: 100000\n  viewersPerIp: 100000\n  frameLog: {{maxFrames: 128}}\n\
+         \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  streamMaxConnectionsPerIp: 100000\n  viewersPerIp: 100000\n  coldStartsPerMinute: 100000\n  frameLog: {{maxFrames: 128}}\n\
          \x20 rtsp: {{port: {rtsp_port}, udp: true, udpRtpPort: 0, udpRtcpPort: 0, maxConnectionsPerIp: 100000}}\n",
         ca = yaml_str(&pki.ca_cert),
         hc = yaml_str(&pki.hub.cert),
@@ -217,10 +217,9 @@ pub async fn start_mediamesh(dir: &Path, clip: &Path, streams: usize) -> anyhow:
     let (hub_cfg, edge_cfg) = (dir.join("hub.yaml"), dir.join("edge.yaml"));
     std::fs::write(&hub_cfg, hub_yaml)?;
     std::fs::write(&edge_cfg, edge_yaml)?;
-    let exe = std::env::current_exe()?;
     let hub_log = dir.join("hub.log");
-    let hub = spawn_logged(Command::new(&exe).arg("hub").arg("--config").arg(&hub_cfg), &hub_log)?;
-    let edge = spawn_logged(Command::new(&exe).arg("edge").arg("--config").arg(&edge_cfg), &dir.join("edge.log"))?;
+    let hub = spawn_logged(Command::new(exe).arg("hub").arg("--config").arg(&hub_cfg), &hub_log)?;
+    let edge = spawn_logged(Command::new(exe).arg("edge").arg("--config").arg(&edge_cfg), &dir.join("edge.log"))?;
     let (hub_pid, edge_pid) = (hub.id().context("hub exited")?, edge.id().context("edge exited")?);
     let running = Running {
         server: Server::Mediamesh,

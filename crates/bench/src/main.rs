@@ -1,4 +1,8 @@
-//! `mediamesh bench`: fan-out cost, measured.
+//! `mediamesh-bench`: fan-out cost, measured.
+//!
+//! A binary of its own, beside the product's: it starts the `mediamesh` binary it finds next to
+//! itself (or the one `--mediamesh` names) as a hub and an edge, so one bench build can measure
+//! two builds of the hub against each other.
 //!
 //! Every run starts its server fresh as separate processes (mediamesh: a hub and an edge looping
 //! a pre-encoded clip; or a peer: nginx-rtmp, GStreamer's RTSP server), connects viewers from
@@ -14,6 +18,8 @@
 //!
 //! The results print as a table and can be written as JSON (`scripts/bench` plots them).
 
+#![forbid(unsafe_code)]
+
 mod profile;
 mod servers;
 mod stamped;
@@ -24,13 +30,44 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Parser};
 use serde::Serialize;
 use servers::{Protocol, Running, Server};
 use viewers::{Phase, Tally};
 
+/// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally beside
+/// nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
+#[derive(Debug, Parser)]
+#[command(name = "mediamesh-bench", version)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Cli::parse().args;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+struct BenchArgs {
+    /// The `mediamesh` binary to run as hub and edge; default: the one beside this binary
+    /// (`cargo build --release` puts both in target/release).
+    #[arg(long, value_name = "PATH")]
+    mediamesh: Option<PathBuf>,
     /// Viewer counts of the ladder (one stream).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     viewers: Vec<usize>,
@@ -172,11 +209,27 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
     Ok(specs)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// The `mediamesh` binary the runs start.
+fn mediamesh_binary(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let path = match &args.mediamesh {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("mediamesh"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "no mediamesh binary at {}: build it (`cargo build --release`) or name one with --mediamesh",
+        path.display()
+    );
+    Ok(path)
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("note: this is a debug build; measure with `cargo run --release -- bench`");
+        eprintln!(
+            "note: this is a debug build; measure with `cargo build --release` and target/release/mediamesh-bench"
+        );
     }
-    let dir = args.dir.clone().unwrap_or_else(|| super::state_dir("bench"));
+    let dir = args.dir.clone().unwrap_or_else(|| mediamesh_config::state_dir("bench"));
     let clip = match args.target {
         Some(_) => PathBuf::new(),
         None => servers::ensure_clip(&dir)?,
@@ -233,9 +286,14 @@ fn failed(spec: Spec, error: String) -> Outcome {
     }
 }
 
-async fn start(spec: &Spec, dir: &std::path::Path, clip: &std::path::Path) -> anyhow::Result<Running> {
+async fn start(
+    spec: &Spec,
+    dir: &std::path::Path,
+    clip: &std::path::Path,
+    args: &BenchArgs,
+) -> anyhow::Result<Running> {
     match spec.server {
-        Server::Mediamesh => servers::start_mediamesh(dir, clip, spec.streams).await,
+        Server::Mediamesh => servers::start_mediamesh(&mediamesh_binary(args)?, dir, clip, spec.streams).await,
         Server::NginxRtmp => servers::start_nginx(dir, clip).await,
         Server::Gstreamer => servers::start_gstreamer(dir, clip).await,
     }
@@ -266,7 +324,7 @@ async fn measure(
             };
             servers::target(host, port, args.target_rtsp_port, args.target_streams.clone(), args.target_pid)
         }
-        None => start(spec, dir, clip).await?,
+        None => start(spec, dir, clip, args).await?,
     };
     let result = measure_running(spec, &server, args, dir).await;
     server.stop().await;

@@ -1,4 +1,4 @@
-//! `mediamesh bench --perf`: where the server's time goes during the measured window.
+//! `mediamesh-bench --perf`: where the server's time goes during the measured window.
 //!
 //! `perf record` (Debian's `linux-perf`) samples the server's processes while the viewers are
 //! measured; afterwards `perf report` writes the self-time profile next to the run's other files
