@@ -76,7 +76,13 @@ pub(super) async fn run(
     session.log.begin_epoch();
     info!(stream = %session.key, "data tunnel attached");
 
-    match receive(&settings, &mut link, &session, &cancel).await {
+    let end = match receive(&settings, &mut link, &session, &cancel).await {
+        // The hub stopped the stream (RemoveVideo) and the edge closed the tunnel before this
+        // task saw the cancellation: that close is the stop's answer, not a loss.
+        End::Lost(_) if cancel.is_cancelled() || session.log.is_closed() => End::Cancelled,
+        end => end,
+    };
+    match end {
         End::Cancelled => {
             guard.event = None;
             let why = if ctx.shutdown.is_cancelled() {
