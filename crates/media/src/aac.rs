@@ -41,6 +41,11 @@ pub fn lc_config(sample_rate: u32, channels: u8) -> Option<[u8; 2]> {
     Some(v.to_be_bytes())
 }
 
+/// The sampling frequency index of a rate (0x0f, "explicit", for a rate without one).
+pub fn frequency_index(sample_rate: u32) -> Option<u8> {
+    RATES.iter().position(|r| *r == sample_rate).map(|i| i as u8)
+}
+
 struct Bits<'a> {
     data: &'a [u8],
     pos: usize,

@@ -68,8 +68,41 @@ pub fn temporal_id(access_unit: &[u8]) -> Option<u8> {
     nals(access_unit).filter(|n| nal_type(n).is_some_and(is_vcl)).map(|n| (n[1] & 0x07).saturating_sub(1)).max()
 }
 
+/// What an `hvcC` box (ISO/IEC 14496-15 §8.3.3) repeats from an SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsProfile {
+    /// `general_profile_space`.
+    pub profile_space: u8,
+    /// `general_tier_flag`.
+    pub tier: bool,
+    /// `general_profile_idc`.
+    pub profile_idc: u8,
+    /// `general_profile_compatibility_flags`.
+    pub compatibility: u32,
+    /// `general_constraint_indicator_flags`.
+    pub constraint: [u8; 6],
+    /// `general_level_idc`.
+    pub level_idc: u8,
+    /// `chroma_format_idc`.
+    pub chroma_format_idc: u8,
+    /// `bit_depth_luma_minus8`.
+    pub bit_depth_luma_minus8: u8,
+    /// `bit_depth_chroma_minus8`.
+    pub bit_depth_chroma_minus8: u8,
+    /// `sps_max_sub_layers_minus1 + 1`.
+    pub temporal_layers: u8,
+    /// `sps_temporal_id_nesting_flag`.
+    pub temporal_id_nested: bool,
+}
+
 /// Parses an SPS NAL unit (without start code) into picture size and codec string.
 pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
+    parse_sps_profile(sps).map(|(params, _)| params)
+}
+
+/// Parses an SPS NAL unit (without start code) into picture size, codec string and the fields
+/// a decoder configuration record repeats.
+pub fn parse_sps_profile(sps: &[u8]) -> Result<(VideoParams, SpsProfile), MediaError> {
     let invalid = |reason: String| MediaError::InvalidSps { len: sps.len(), reason };
     if nal_type(sps) != Some(NAL_SPS) {
         return Err(invalid("not an H.265 SPS NAL unit".into()));
@@ -79,7 +112,7 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     let mut r = BitReader::new(&rbsp[..]);
     r.skip(4, "sps_video_parameter_set_id").map_err(e)?;
     let max_sub_layers_minus1: u8 = r.read::<3, u8>("sps_max_sub_layers_minus1").map_err(e)?;
-    r.skip(1, "sps_temporal_id_nesting_flag").map_err(e)?;
+    let temporal_id_nested = r.read_bit("sps_temporal_id_nesting_flag").map_err(e)?;
     // profile_tier_level(1, sps_max_sub_layers_minus1)
     let profile_space: u8 = r.read::<2, u8>("general_profile_space").map_err(e)?;
     let tier: bool = r.read_bit("general_tier_flag").map_err(e)?;
@@ -117,6 +150,7 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     if chroma_format_idc == 3 {
         r.skip(1, "separate_colour_plane_flag").map_err(e)?;
     }
+    let chroma_format_idc = chroma_format_idc as u8;
     let width = r.read_ue("pic_width_in_luma_samples").map_err(e)?;
     let height = r.read_ue("pic_height_in_luma_samples").map_err(e)?;
     let (mut crop_w, mut crop_h) = (0, 0);
@@ -136,11 +170,30 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     if width == 0 || height == 0 || crop_w >= width || crop_h >= height || width > 16_384 || height > 16_384 {
         return Err(invalid(format!("implausible picture size {width}x{height}")));
     }
-    Ok(VideoParams {
+    let bit_depth_luma_minus8 = r.read_ue("bit_depth_luma_minus8").map_err(e)?;
+    let bit_depth_chroma_minus8 = r.read_ue("bit_depth_chroma_minus8").map_err(e)?;
+    if bit_depth_luma_minus8 > 8 || bit_depth_chroma_minus8 > 8 {
+        return Err(invalid(format!("bit depth {} / {}", bit_depth_luma_minus8 + 8, bit_depth_chroma_minus8 + 8)));
+    }
+    let params = VideoParams {
         width: width - crop_w,
         height: height - crop_h,
         codec_string: codec_string(profile_space, tier, profile_idc, compat, &constraint, level_idc),
-    })
+    };
+    let profile = SpsProfile {
+        profile_space,
+        tier,
+        profile_idc,
+        compatibility: compat,
+        constraint,
+        level_idc,
+        chroma_format_idc,
+        bit_depth_luma_minus8: bit_depth_luma_minus8 as u8,
+        bit_depth_chroma_minus8: bit_depth_chroma_minus8 as u8,
+        temporal_layers: max_sub_layers_minus1 + 1,
+        temporal_id_nested,
+    };
+    Ok((params, profile))
 }
 
 /// The RFC 6381 codec string of an HEVC stream (ISO/IEC 14496-15 Annex E), e.g. `hvc1.1.6.L93.B0`.
@@ -169,6 +222,11 @@ pub(crate) mod tests {
         let p = parse_sps(SPS).unwrap();
         assert_eq!((p.width, p.height), (320, 240));
         assert_eq!(p.codec_string, "hvc1.1.6.L60.90");
+        let (_, profile) = parse_sps_profile(SPS).unwrap();
+        assert_eq!((profile.profile_idc, profile.level_idc, profile.chroma_format_idc), (1, 60, 1));
+        assert_eq!((profile.bit_depth_luma_minus8, profile.bit_depth_chroma_minus8), (0, 0));
+        assert_eq!((profile.temporal_layers, profile.temporal_id_nested), (1, true));
+        assert_eq!(profile.constraint, [0x90, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   byte streams (ffmpeg's stdout), keyframe detection, SPS parsing, and (H.264) the SEI message
 //!   our test pattern uses to carry its frame counter;
 //! - [`aac`]: the AudioSpecificConfig;
+//! - [`fmp4`]: fragmented MP4 (CMAF) init segments and fragments for MSE and LL-HLS;
 //! - [`rtp`]: RTP payload formats (packetizing once per frame for RTSP viewers, depacketizing
 //!   what cameras send), RTCP sender reports, SDP descriptions.
 //!
@@ -22,6 +23,7 @@ pub mod aac;
 pub mod annexb;
 mod codec;
 mod error;
+pub mod fmp4;
 mod frame;
 pub mod fuzz;
 pub mod h264;

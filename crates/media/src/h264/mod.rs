@@ -87,6 +87,47 @@ pub fn parse_sps(sps: &[u8]) -> Result<VideoParams, MediaError> {
     Ok(VideoParams { width, height, codec_string })
 }
 
+/// The chroma format and bit depths an `avcC` box repeats for the high profiles
+/// (ISO/IEC 14496-15 §5.3.3.1), or `None` when the SPS's profile carries none (then 4:2:0, 8 bit).
+pub fn sps_chroma(sps: &[u8]) -> Result<Option<SpsChroma>, MediaError> {
+    use h264_reader::nal::sps::{ChromaFormat, SeqParameterSet};
+    use h264_reader::rbsp::{BitReader, decode_nal};
+
+    let invalid = |reason: String| MediaError::InvalidSps { len: sps.len(), reason };
+    if sps.len() < 4 || nal_type(sps) != Some(NAL_SPS) {
+        return Err(invalid("not an SPS NAL unit".into()));
+    }
+    let rbsp = decode_nal(sps).map_err(|e| invalid(e.to_string()))?;
+    let parsed = SeqParameterSet::from_bits(BitReader::new(&rbsp[..])).map_err(|e| invalid(sps_error(&e)))?;
+    if !parsed.profile_idc.has_chroma_info() {
+        return Ok(None);
+    }
+    let c = &parsed.chroma_info;
+    let format = match c.chroma_format {
+        ChromaFormat::Monochrome => 0,
+        ChromaFormat::YUV420 => 1,
+        ChromaFormat::YUV422 => 2,
+        ChromaFormat::YUV444 => 3,
+        ChromaFormat::Invalid(v) => return Err(invalid(format!("chroma_format_idc {v}"))),
+    };
+    Ok(Some(SpsChroma {
+        format,
+        bit_depth_luma: c.bit_depth_luma_minus8 + 8,
+        bit_depth_chroma: c.bit_depth_chroma_minus8 + 8,
+    }))
+}
+
+/// See [`sps_chroma`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsChroma {
+    /// `chroma_format_idc`.
+    pub format: u8,
+    /// Luma bit depth.
+    pub bit_depth_luma: u8,
+    /// Chroma bit depth.
+    pub bit_depth_chroma: u8,
+}
+
 /// What is wrong with an SPS, in words (h264-reader's errors only have `Debug`).
 fn sps_error(e: &h264_reader::nal::sps::SpsError) -> String {
     use h264_reader::nal::sps::SpsError as E;
