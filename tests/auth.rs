@@ -32,6 +32,11 @@ async fn anonymous_requests_are_refused_on_every_protocol_and_credentials_open_t
         let err = ffprobe(&rtsp, transport).await.expect_err("anonymous RTSP played");
         assert!(err.contains("401"), "{transport}: {err}");
     }
+    // The MSE upgrade is a stream read too: refused before the upgrade is even looked at.
+    let mse = "/api/v1/nodes/edge-1/streams/cam1/mse";
+    let a = request(addr, "GET", mse, &[]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("no_credentials"), "{}", a.body);
     // Probes need nothing.
     assert_eq!(request(addr, "GET", "/healthz", &[]).await.status, 200);
 
@@ -45,6 +50,10 @@ async fn anonymous_requests_are_refused_on_every_protocol_and_credentials_open_t
     let mut v = ViewerClient::connect(&url, &ConnectOptions::default()).await.expect("?token= opens the WebSocket");
     read_frames(&mut v, 5).await;
     drop(v);
+    // The MSE route takes the token from the query as well; past authentication, a request
+    // that is no WebSocket upgrade gets the route's own answer.
+    let a = request(addr, "GET", &format!("{mse}?token={token}"), &[]).await;
+    assert_eq!((a.status, a.body.contains("websocket_required")), (400, true), "{}", a.body);
     let bearer = format!("Bearer {token}");
     let a = request(addr, "GET", "/api/v1/streams", &[("Authorization", &bearer)]).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -66,7 +75,7 @@ async fn anonymous_requests_are_refused_on_every_protocol_and_credentials_open_t
     }
 
     // Every refusal was counted by protocol and reason.
-    for protocol in ["ws", "http", "rtsp"] {
+    for protocol in ["ws", "mse", "http", "rtsp"] {
         let n = s
             .metric(&format!("mediamesh_auth_denials_total{{protocol=\"{protocol}\",reason=\"no_credentials\"}}"))
             .await;
@@ -308,7 +317,15 @@ async fn an_admin_token_disconnects_a_viewer_and_stops_a_stream_and_others_may_n
     .await
     .expect("the viewer is told within 2 s");
     assert!(end.contains("stopped by an operator"), "{end}");
-    let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &admin)]).await;
-    assert_eq!(a.status, 404, "no session left to stop: {}", a.body);
+    // The viewer hears `end` as the log closes; the session leaves the table just after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let a = request(addr, "DELETE", "/api/v1/nodes/edge-1/streams/cam2", &[("Authorization", &admin)]).await;
+        if a.status == 404 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a session left to stop after 2 s: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.finish().await;
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 9] = [
+const TARGETS: [(&str, Entry); 10] = [
     ("tunnel_decode", mediamesh_tunnel::fuzz::decode_any),
     ("rtsp_request", mediamesh_hub::fuzz::rtsp_request),
     ("join_token", mediamesh_hub::fuzz::join_token),
+    ("mse_client", mediamesh_hub::fuzz::mse_client),
     ("auth_parse", mediamesh_auth::fuzz::auth_parse),
     ("codec_config", mediamesh_media::fuzz::codec_config),
     ("config_load", mediamesh_config::fuzz::config_load),

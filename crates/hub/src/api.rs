@@ -7,6 +7,7 @@
 //! | `GET /api/v1/streams` | every stream session: state, viewers, rates, counters |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}/mse` | MSE viewer: fragmented MP4 over a WebSocket |
 //! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
 //! | `DELETE /api/v1/viewers/{id}` | disconnects one viewer: a WebSocket viewer gets `end` ("disconnected by an operator"), an RTSP viewer's connection closes (admin) |
 //! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
@@ -88,7 +89,8 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}", get(stream).delete(stop_stream))
         .route("/api/v1/nodes/{node}/revoke", post(revoke_node))
         .route("/api/v1/viewers/{id}", axum::routing::delete(kick_viewer))
-        .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(ws))
+        .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(upgrade::<egress::ws::packager::WsFormat>))
+        .route("/api/v1/nodes/{node}/streams/{stream}/mse", get(upgrade::<egress::mse::packager::MseFormat>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
         .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY))
@@ -415,9 +417,9 @@ async fn stream(
     })
 }
 
-/// The WebSocket upgrade, done by hand so the egress writer owns the raw connection (see
-/// `egress::ws`).
-async fn ws(
+/// The WebSocket upgrade of a viewer of format `F`, done by hand so the egress writer owns the
+/// raw connection (see `egress::ws`).
+async fn upgrade<F: egress::ws::Flavor>(
     State(st): State<ApiState>,
     Path((node, stream)): Path<(String, String)>,
     peer: Option<Extension<Peer>>,
@@ -445,7 +447,7 @@ async fn ws(
     let remote = peer.map_or(Remote::UNKNOWN, |Extension(Peer(a))| a);
     let key = StreamKey::new(node, stream);
     // Admitted before the upgrade, so a refusal is an HTTP answer the client can read.
-    let viewer = st.sessions.join(&key, "ws", remote).map_err(|r| {
+    let viewer = st.sessions.join(&key, F::PROTOCOL.name(), remote).map_err(|r| {
         let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         ApiError::new(status, r.name(), r.to_string())
     })?;
@@ -454,7 +456,7 @@ async fn ws(
     st.tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                egress::ws::serve(hyper_util::rt::TokioIo::new(upgraded), sessions, viewer, stall).await;
+                egress::ws::serve::<_, F>(hyper_util::rt::TokioIo::new(upgraded), sessions, viewer, stall).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }

@@ -26,17 +26,20 @@ pub(crate) enum Protocol {
     Http,
     /// WebSocket viewers.
     Ws,
+    /// MSE viewers (fragmented MP4 over a WebSocket).
+    Mse,
     /// RTSP viewers.
     Rtsp,
 }
 
 impl Protocol {
-    pub(crate) const ALL: [Protocol; 3] = [Protocol::Http, Protocol::Ws, Protocol::Rtsp];
+    pub(crate) const ALL: [Protocol; 4] = [Protocol::Http, Protocol::Ws, Protocol::Mse, Protocol::Rtsp];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Protocol::Http => "http",
             Protocol::Ws => "ws",
+            Protocol::Mse => "mse",
             Protocol::Rtsp => "rtsp",
         }
     }

@@ -37,6 +37,30 @@ pub fn rtsp_request(data: &[u8]) {
     }
 }
 
+/// What an MSE viewer sends, from its WebSocket frames to its messages: the frame reader on
+/// `data` (masked client frames, split where its first byte says), then each data frame's
+/// message. Panics only on a real bug: a message accepted that is not a whole, small text
+/// frame.
+pub fn mse_client(data: &[u8]) {
+    use crate::egress::mse::client::{self, MAX_MESSAGE};
+    use crate::egress::ws::wire::{ClientFrames, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+
+    let Some((&first, data)) = data.split_first() else { return };
+    let cut = usize::from(first).min(data.len());
+    let mut frames = ClientFrames::new(64 * 1024);
+    for part in [&data[..cut], &data[cut..]] {
+        frames.extend(part);
+        while let Ok(Some(f)) = frames.next_frame() {
+            if matches!(f.opcode, OP_PING | OP_PONG | OP_CLOSE) {
+                continue;
+            }
+            if client::parse(f.opcode, f.fin, &f.payload).is_ok() {
+                assert!(f.opcode == OP_TEXT && f.fin && f.payload.len() <= MAX_MESSAGE, "accepted {f:?}");
+            }
+        }
+    }
+}
+
 /// The join token reader: whatever parses prints back to the same text.
 pub fn join_token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -67,6 +91,27 @@ mod tests {
             }
             req.insert(0, cut);
             super::rtsp_request(&req);
+        }
+
+        #[test]
+        fn the_mse_client_reader_survives_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            super::mse_client(&data);
+        }
+
+        #[test]
+        fn the_mse_client_reader_survives_mutated_messages(
+            flips in proptest::collection::vec((0usize..40, any::<u8>()), 0..6),
+            cut in any::<u8>(),
+        ) {
+            // A masked text frame {"type":"resync"} (mask 0), then a masked ping.
+            let mut data = vec![cut, 0x81, 0x91, 0, 0, 0, 0];
+            data.extend_from_slice(br#"{"type":"resync"}"#);
+            data.extend_from_slice(&[0x89, 0x80, 0, 0, 0, 0]);
+            for (at, b) in flips {
+                let i = 1 + at % (data.len() - 1);
+                data[i] = b;
+            }
+            super::mse_client(&data);
         }
 
         #[test]

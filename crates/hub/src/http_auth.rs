@@ -6,11 +6,12 @@
 //! | `GET /healthz` | none: probes need no credentials |
 //! | `GET /metrics` | `metrics` |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | `read` on `node/stream` |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}/mse` | `read` on `node/stream` |
 //! | other `GET /api/v1/…` | `api` |
 //! | other methods on `/api/v1/…` | `admin` |
 //!
-//! Credentials: `Authorization: Bearer` or `Basic`; on the WebSocket route also a `token` query
-//! parameter, because a browser's WebSocket cannot set headers. A denial answers 401 with a
+//! Credentials: `Authorization: Bearer` or `Basic`; on the WebSocket routes (`ws`, `mse`) also a
+//! `token` query parameter, because a browser's WebSocket cannot set headers. A denial answers 401 with a
 //! `WWW-Authenticate` for each method the hub can check, 403, or 429 with `Retry-After`, and a
 //! JSON body `{"error": reason, "message": text}`.
 
@@ -36,8 +37,10 @@ fn classify<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
     }
     let rest = path.strip_prefix("/api/v1/")?;
     let segments: Vec<&str> = rest.split('/').collect();
-    if let ["nodes", node, "streams", stream, "ws"] = segments.as_slice() {
-        return Some((Action::Read, Some((node, stream)), Protocol::Ws));
+    match segments.as_slice() {
+        ["nodes", node, "streams", stream, "ws"] => return Some((Action::Read, Some((node, stream)), Protocol::Ws)),
+        ["nodes", node, "streams", stream, "mse"] => return Some((Action::Read, Some((node, stream)), Protocol::Mse)),
+        _ => {}
     }
     let action = if method == Method::GET || method == Method::HEAD { Action::Api } else { Action::Admin };
     Some((action, None, Protocol::Http))
@@ -56,7 +59,7 @@ pub(crate) async fn guard(State(auth): State<Arc<HubAuth>>, req: Request, next: 
                 return answer(&auth.policy(), StatusCode::UNAUTHORIZED, "bad_authorization", &e.to_string(), None);
             }
         },
-        None if protocol == Protocol::Ws => {
+        None if matches!(protocol, Protocol::Ws | Protocol::Mse) => {
             req.uri().query().and_then(Credentials::from_query).unwrap_or(Credentials::None)
         }
         None => Credentials::None,

@@ -5,5 +5,6 @@
 
 pub(crate) mod io;
 pub(crate) mod mailbox;
+pub mod mse;
 pub(crate) mod rtsp;
 pub mod ws;

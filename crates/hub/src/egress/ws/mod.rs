@@ -1,4 +1,5 @@
-//! WebSocket viewers: `GET /api/v1/nodes/{node}/streams/{stream}/ws`.
+//! WebSocket viewers: `GET /api/v1/nodes/{node}/streams/{stream}/ws`, and the WebSocket serving
+//! every format carried over one ([`Flavor`]: this viewer format, and MSE).
 //!
 //! The writer takes a batch of frames from the log and writes it with vectored writes: for each
 //! frame, the shared prefix and the shared payload, so a burst costs one system call and no
@@ -19,15 +20,84 @@ use tracing::{debug, info};
 
 use self::format::{ViewerEvent, event_frame, frame_slices};
 use self::packager::{WsFormat, WsFrame};
+use self::wire::ClientFrame;
 use self::wire::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
     OP_PONG, close_frame, frame,
 };
 use super::io::{describe_write_error, write_all_vectored};
 use super::mailbox::{Sender, mailbox};
-use crate::session::log::HeaderEntry;
-use crate::session::log::{Packaged, PerFrame};
-use crate::session::{Sessions, Viewer, ViewerEnd};
+use crate::session::log::{FrameFormat, HeaderEntry, Packaged, PerFrame};
+use crate::session::{Sessions, StreamKey, Viewer, ViewerEnd};
+
+/// A format sent to viewers over a WebSocket connection: what differs between them, the
+/// serving loop ([`serve`]) being the same.
+pub(crate) trait Flavor: FrameFormat {
+    /// What the viewers are counted and logged under.
+    const PROTOCOL: crate::auth::Protocol;
+
+    /// The format's packaging of stream `key`.
+    fn for_stream(key: StreamKey) -> Self;
+
+    /// Appends what a viewer is sent for `batch` to `slices`, borrowing from the batch: what
+    /// a change of codec parameters needs (when they differ from `header`, the last ones this
+    /// viewer was sent, updated), then each frame's message. Returns the media bytes.
+    fn slices<'a>(
+        batch: &'a [Arc<Packaged<Self::Out>>],
+        header: &mut Option<Arc<HeaderEntry>>,
+        slices: &mut Vec<IoSlice<'a>>,
+    ) -> u64;
+
+    /// What a data frame (text, binary, continuation) from the viewer asks for.
+    fn client_data(frame: &ClientFrame) -> DataAction;
+}
+
+/// What a viewer's data frame asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DataAction {
+    /// Nothing.
+    Ignore,
+    /// Start again at the newest keyframe, codec parameters first.
+    Resync,
+    /// Close the connection with this code and reason.
+    Refuse {
+        /// The WebSocket close code.
+        code: u16,
+        /// Why, for the viewer.
+        reason: String,
+    },
+}
+
+/// What the reader asks the writer for.
+#[derive(Debug)]
+enum Control {
+    /// Write a control frame (pong, close reply).
+    Write(Bytes),
+    /// See [`DataAction::Resync`].
+    Resync,
+}
+
+impl Flavor for WsFormat {
+    const PROTOCOL: crate::auth::Protocol = crate::auth::Protocol::Ws;
+
+    fn for_stream(key: StreamKey) -> Self {
+        WsFormat::new(key)
+    }
+
+    fn slices<'a>(
+        batch: &'a [Arc<Packaged<WsFrame>>],
+        header: &mut Option<Arc<HeaderEntry>>,
+        slices: &mut Vec<IoSlice<'a>>,
+    ) -> u64 {
+        frame_slices(batch, header, slices)
+    }
+
+    fn client_data(_: &ClientFrame) -> DataAction {
+        // This format's viewers have nothing to say; what they send anyway is ignored, as it
+        // always was.
+        DataAction::Ignore
+    }
+}
 
 /// Most payload bytes taken from the log per batch; with the log's lag bound, this bounds what
 /// a stalled viewer pins in memory.
@@ -38,37 +108,39 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 /// How long the goodbye (queued close reply, TLS shutdown) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves one viewer on an upgraded connection until it leaves, stalls for longer than
-/// `stall`, or the stream ends.
-pub(crate) async fn serve<S>(io: S, sessions: Arc<Sessions>, mut viewer: Viewer, stall: Duration)
+/// Serves one viewer of format `F` on an upgraded connection until it leaves, stalls for longer
+/// than `stall`, or the stream ends.
+pub(crate) async fn serve<S, F>(io: S, sessions: Arc<Sessions>, mut viewer: Viewer, stall: Duration)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: Flavor,
 {
     let key = viewer.session.key.clone();
     let (id, session) = (viewer.stats.id, viewer.session.clone());
-    info!(stream = %key, viewer = id, remote = %viewer.stats.remote, "websocket viewer joined");
+    let kind = F::PROTOCOL.name();
+    info!(stream = %key, viewer = id, remote = %viewer.stats.remote, kind, "websocket viewer joined");
     let (rd, mut wr) = tokio::io::split(io);
 
     // Control frames the reader wants written (pong, close reply); tiny and rare, so a full
     // queue just drops the pong.
-    let (control_tx, mut control_rx) = mailbox::<Bytes>(4);
+    let (control_tx, mut control_rx) = mailbox::<Control>(4);
     let gone = CancellationToken::new();
     let (kick, reader_gone) = (viewer.stats.kick.clone(), gone.clone());
     let reader = tokio::spawn(async move {
         // An operator's disconnect ends the reader like a client's close: the loop below sees
         // the control channel close (no cost per frame).
         tokio::select! {
-            () = read_client(rd, control_tx, reader_gone.clone()) => {}
+            () = read_client::<_, F>(rd, control_tx, reader_gone.clone()) => {}
             () = kick.cancelled() => reader_gone.cancel(),
         }
     });
 
-    // The stream's WebSocket packager stays attached while this viewer watches; the cursor
-    // starts afresh at the newest keyframe it holds.
-    let ws = session.log.attach(|| PerFrame::new(WsFormat::new(key.clone())));
+    // The stream's packager of this format stays attached while this viewer watches; the
+    // cursor starts afresh at the newest keyframe it holds.
+    let ws = session.log.attach(|| PerFrame::new(F::for_stream(key.clone())));
     viewer.cursor = session.log.subscribe();
     let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
-    let mut batch: Vec<Arc<Packaged<WsFrame>>> = Vec::new();
+    let mut batch: Vec<Arc<Packaged<F::Out>>> = Vec::new();
     let mut header: Option<Arc<HeaderEntry>> = None;
     let reason = loop {
         batch.clear();
@@ -100,7 +172,7 @@ where
         // which measured faster than a vector kept per viewer (docs/benchmarks.md).
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len() + 4);
         slices.extend(skip.iter().map(|c| IoSlice::new(c)));
-        let bytes = frame_slices(&batch, &mut header, &mut slices);
+        let bytes = F::slices(&batch, &mut header, &mut slices);
         slices.extend(end.iter().flatten().map(|c| IoSlice::new(c)));
         if !slices.is_empty() {
             let written = tokio::select! {
@@ -133,11 +205,16 @@ where
             tokio::select! {
                 biased;
                 c = control_rx.recv() => match c {
-                    Some(c) => {
+                    Some(Control::Write(c)) => {
                         if let Err(e) = write_all_vectored(&mut wr, &mut [IoSlice::new(&c)], stall).await {
                             viewer.set_end(ViewerEnd::of_write_error(&e));
                             break describe_write_error(&e);
                         }
+                    }
+                    Some(Control::Resync) => {
+                        debug!(stream = %key, viewer = id, "viewer asked to start again at a keyframe");
+                        viewer.cursor = session.log.subscribe();
+                        header = None;
                     }
                     None if viewer.stats.kick.is_cancelled() => break kicked(&mut wr, &mut viewer).await,
                     None => break "viewer closed".to_owned(),
@@ -152,7 +229,12 @@ where
     reader.abort();
     let goodbye = async {
         // The reader may have queued a close reply (RFC 6455 §5.5.1) or a protocol-error close.
-        let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv()).collect();
+        let queued: Vec<Bytes> = std::iter::from_fn(|| control_rx.try_recv())
+            .filter_map(|c| match c {
+                Control::Write(b) => Some(b),
+                Control::Resync => None,
+            })
+            .collect();
         if !queued.is_empty() {
             let mut slices: Vec<IoSlice<'_>> = queued.iter().map(|c| IoSlice::new(c)).collect();
             let _ = write_all_vectored(&mut wr, &mut slices, CLOSE_GRACE).await;
@@ -160,7 +242,7 @@ where
         let _ = wr.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-    info!(stream = %key, viewer = id, %reason, frames, skipped, "websocket viewer left");
+    info!(stream = %key, viewer = id, kind, %reason, frames, skipped, "websocket viewer left");
 }
 
 /// Reads the client's frames: answers pings, notices close, enforces the size cap.
@@ -176,7 +258,7 @@ async fn kicked<W: AsyncWrite + Unpin>(wr: &mut W, viewer: &mut Viewer) -> Strin
 /// What a viewer an operator disconnected is told.
 const KICKED: &str = "disconnected by an operator";
 
-async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: Sender<Bytes>, gone: CancellationToken) {
+async fn read_client<R: AsyncRead + Unpin, F: Flavor>(mut rd: R, control: Sender<Control>, gone: CancellationToken) {
     let mut parser = ClientFrames::new(MAX_CLIENT_FRAME);
     // Viewers send only control frames (pings, close); the parser gathers a bigger frame across
     // reads. Every viewer holds this buffer for as long as it watches.
@@ -191,19 +273,31 @@ async fn read_client<R: AsyncRead + Unpin>(mut rd: R, control: Sender<Bytes>, go
             match parser.next_frame() {
                 Ok(None) => break,
                 Ok(Some(f)) if f.opcode == OP_PING => {
-                    let _ = control.try_send(frame(OP_PONG, &f.payload));
+                    let _ = control.try_send(Control::Write(frame(OP_PONG, &f.payload)));
                 }
                 Ok(Some(f)) if f.opcode == OP_CLOSE => {
-                    let _ = control.try_send(close_frame(CLOSE_NORMAL, ""));
+                    let _ = control.try_send(Control::Write(close_frame(CLOSE_NORMAL, "")));
                     gone.cancel();
                     return;
                 }
-                Ok(Some(_)) => {} // pongs and data: nothing to do
+                Ok(Some(f)) if f.opcode == OP_PONG => {}
+                Ok(Some(f)) => match F::client_data(&f) {
+                    DataAction::Ignore => {}
+                    DataAction::Resync => {
+                        let _ = control.try_send(Control::Resync);
+                    }
+                    DataAction::Refuse { code, reason } => {
+                        debug!(%reason, "closing a viewer that sent a message it may not");
+                        let _ = control.try_send(Control::Write(close_frame(code, &reason)));
+                        gone.cancel();
+                        return;
+                    }
+                },
                 Err(e) => {
                     let code =
                         if matches!(e, ClientFrameError::TooBig { .. }) { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL };
                     debug!(error = %e, "closing a viewer that sent a bad frame");
-                    let _ = control.try_send(close_frame(code, &e.to_string()));
+                    let _ = control.try_send(Control::Write(close_frame(code, &e.to_string())));
                     gone.cancel();
                     return;
                 }
