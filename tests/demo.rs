@@ -24,10 +24,14 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut view_cmd = None;
     let mut rtsp_url = None;
+    let mut first_line = None;
     let started = Instant::now();
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if line.contains(" view wss://") {
+        if first_line.is_none() && !line.trim().is_empty() {
+            first_line = Some(line.clone());
+        }
+        if line.contains(" view ws://") {
             view_cmd = Some(line.trim().to_owned());
         }
         if let Some(url) = line.trim().strip_prefix("ffplay -rtsp_transport tcp ") {
@@ -39,6 +43,18 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(60), "demo did not get ready");
     }
     let view_cmd = view_cmd.expect("the demo prints a view command");
+
+    // The first thing it says is the page's address, on plain HTTP (no certificate warning on
+    // this machine), carrying the token in the fragment; the page is there.
+    let first_line = first_line.unwrap();
+    let page = first_line.strip_prefix("Open the page in a browser: ").expect(&first_line);
+    let (origin, fragment) = page.split_once("/#token=").expect(page);
+    assert!(origin.starts_with("http://127.0.0.1:") && fragment.starts_with("ey"), "{page}");
+    let addr: std::net::SocketAddr = origin.trim_start_matches("http://").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let index = rt.block_on(mediamesh_testkit::http::request(addr, "GET", "/", &[]));
+    assert_eq!(index.status, 200);
+    assert!(index.body.contains("<title>mediamesh</title>"), "{}", index.body);
 
     // Run exactly what was printed (it writes cam1.h264 into the working directory).
     let args: Vec<&str> = view_cmd.split_whitespace().collect();

@@ -1,9 +1,11 @@
 //! `mediamesh demo`: a hub and an edge with two test-pattern cameras in one process.
 //!
 //! It writes a development PKI and a `demo.yaml` (both blocks, a working example) into a state
-//! folder, loads that file like `hub` and `edge` do, runs both sides with TLS on (mutual TLS on
-//! the tunnel, HTTPS/WSS for viewers) and authentication on (a token signing key made for the
-//! run, a 24-hour viewer token), and prints what to run to watch, each command carrying the token.
+//! folder, loads that file like `hub` and `edge` do, runs both sides with mutual TLS on the
+//! tunnel and authentication on (a token signing key made for the run, a 24-hour viewer token),
+//! and prints first the web page's address, then what else to run to watch, each carrying the
+//! token. Viewers get plain HTTP on loopback (so a browser opens the page without a certificate
+//! warning) and HTTPS/WSS when `--listen` is wider.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -72,11 +74,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let token_path = dir.join("viewer.token");
     super::auth::write_private(&token_path, &format!("{token}\n"))?;
     let host = if args.listen.is_unspecified() { "127.0.0.1".to_owned() } else { args.listen.to_string() };
+    // Viewers on this machine get plain HTTP, so a browser opens the page without a certificate
+    // warning (TLS on loopback protects nothing); listening beyond it, the stream port keeps TLS.
+    // The tunnel is mutual TLS either way.
+    let viewer_tls = !args.listen.is_loopback();
+    let stream_tls = if viewer_tls {
+        format!(
+            "\x20 tlsStreamCertFile: {}\n  tlsStreamPrivateKeyFile: {}\n",
+            yaml_path(&pki.hub.cert),
+            yaml_path(&pki.hub.key)
+        )
+    } else {
+        String::new()
+    };
     let yaml = format!(
         "# Written by `mediamesh demo`: a hub and an edge in one file. Edit a copy and run\n\
          # `mediamesh hub -c FILE` and `mediamesh edge -c FILE` to run them apart.\n\
          cloudDataStream:\n  enable: true\n  streamPort: {sp}\n  tunnelPort: {tp}\n  listenAddress: \"{listen}\"\n\
-         \x20 tlsStreamCertFile: {hc}\n  tlsStreamPrivateKeyFile: {hk}\n\
+         {stream_tls}\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: {linger}\n\
          \x20 rtsp: {{port: {rp}, udpRtpPort: 0, udpRtcpPort: 0}}\n\
          \x20 auth:\n    jwt: {{keyFile: {jwt}, algorithms: [EdDSA]}}\n\
@@ -125,15 +140,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let exe = std::env::current_exe().map_or_else(|_| "mediamesh".to_owned(), |p| p.display().to_string());
-    let base = format!("wss://{host}:{}", hub.stream_addr.port());
+    let port = hub.stream_addr.port();
+    let (http, ws) = if viewer_tls { ("https", "wss") } else { ("http", "ws") };
+    let base = format!("{ws}://{host}:{port}");
     let ca = pki.ca_cert.display();
+    let (ca_arg, cacert_arg) =
+        if viewer_tls { (format!(" --ca {ca}"), format!(" --cacert {ca}")) } else { (String::new(), String::new()) };
+    // The token rides in the fragment, which the browser keeps to itself: the page reads it and
+    // no server log ever sees it.
+    println!("Open the page in a browser: {http}://{host}:{port}/#token={token}");
+    if viewer_tls {
+        println!("(It uses the demo's own certificate authority, {ca}: add it to the browser or accept the warning.)");
+    }
     println!();
     println!("mediamesh demo: a hub and edge node {NODE:?} with cameras cam1 (1280x720@25) and cam2 (640x360@15).");
     println!("The edge dialled the hub over mutual TLS; a camera starts when someone watches it.");
     println!();
     println!("Watch cam1 (in another terminal):");
     println!(
-        "  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --token {token} --ca {ca} --frames 100 --out cam1.h264"
+        "  {exe} view {base}/api/v1/nodes/{NODE}/streams/cam1/ws --token {token}{ca_arg} --frames 100 --out cam1.h264"
     );
     println!("  ffprobe cam1.h264");
     if let Some(rtsp) = hub.rtsp_url(NODE, "cam1") {
@@ -144,16 +169,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  ffprobe -rtsp_transport udp {}?token={token}", rtsp.replace("/cam1", "/cam2"));
     }
     println!("The REST API:");
-    println!(
-        "  curl --cacert {ca} -H 'Authorization: Bearer {token}' https://{host}:{}/api/v1/streams",
-        hub.stream_addr.port()
-    );
+    println!("  curl{cacert_arg} -H 'Authorization: Bearer {token}' {http}://{host}:{port}/api/v1/streams");
     println!("Without the token, each of these is refused. The token (read, API and metrics on every");
     println!("stream, valid 24 h) is in {}; mint others with", token_path.display());
     println!("  {exe} auth token --key {} --grant 'read:{NODE}/cam1' --ttl 1h", dir.join("jwt.pem").display());
     println!("Configuration used: {}", config_path.display());
     println!();
-    println!("mediamesh demo ready on https://{host}:{} (Ctrl-C to stop)", hub.stream_addr.port());
+    println!("mediamesh demo ready on {http}://{host}:{port} (Ctrl-C to stop)");
 
     let mut signals = super::Signals::new().context("installing signal handlers")?;
     while signals.next().await == super::Signal::Reload {

@@ -11,6 +11,7 @@
 //! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
 //! | `DELETE /api/v1/viewers/{id}` | disconnects one viewer: a WebSocket viewer gets `end` ("disconnected by an operator"), an RTSP viewer's connection closes (admin) |
 //! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
+//! | `GET /` | the web page ([`crate::web`]) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
@@ -91,6 +92,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/viewers/{id}", axum::routing::delete(kick_viewer))
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(upgrade::<egress::ws::packager::WsFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/mse", get(upgrade::<egress::mse::packager::MseFormat>))
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
         .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY))

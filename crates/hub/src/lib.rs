@@ -34,6 +34,7 @@ mod server;
 pub mod session;
 pub mod state;
 mod tunnel;
+mod web;
 
 pub use config::{ConfigError, HubConfig};
 pub use reload::Reloaded;

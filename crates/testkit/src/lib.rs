@@ -13,6 +13,7 @@
 // Test-only code: a failed fixture step should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod camera;
 mod fixture;
 pub mod http;

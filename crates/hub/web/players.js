@@ -1,0 +1,170 @@
+// Players: each plays one stream into a <video> and reports its state. The same shape for
+// every protocol: new Player(video, stream, auth, onState), start(), stop(), and `bytes` (media
+// bytes received, for the bitrate).
+"use strict";
+
+// How far behind the newest frame a player may fall before it jumps forward, and from where it
+// speeds up a little instead (seconds).
+const LIVE_JUMP = 1.0, LIVE_CATCH_UP = 0.3;
+// Most messages waiting for the SourceBuffer; beyond that the page cannot keep up (a hidden tab)
+// and the player asks the hub to start it again at a keyframe.
+const MAX_QUEUE = 150;
+
+function streamPath(stream, suffix) {
+  return `api/v1/nodes/${encodeURIComponent(stream.node)}/streams/${encodeURIComponent(stream.name)}/${suffix}`;
+}
+
+class MsePlayer {
+  constructor(video, stream, auth, onState) {
+    Object.assign(this, { video, stream, auth, onState });
+    this.bytes = 0;
+    this.retries = 0;
+    this.stopped = true;
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this.reset();
+  }
+
+  reset() {
+    this.queue = [];
+    this.sb = null;
+    this.mime = null;
+    if (this.ms && this.video.src) {
+      URL.revokeObjectURL(this.video.src);
+      this.video.removeAttribute("src");
+      this.video.load();
+    }
+    this.ms = null;
+  }
+
+  connect() {
+    const url = new URL(streamPath(this.stream, "mse"), location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    // A browser's WebSocket cannot set headers: the token goes in the query (never logged).
+    const token = this.auth.queryToken();
+    if (token) url.searchParams.set("token", token);
+    this.onState(this.retries ? "reconnecting" : "connecting");
+    this.endReason = null;
+    const ws = (this.ws = new WebSocket(url));
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (m) => (typeof m.data === "string" ? this.event(JSON.parse(m.data)) : this.media(m.data));
+    ws.onclose = () => {
+      if (this.stopped || ws !== this.ws) return;
+      this.reset();
+      const away = this.endReason && /edge|node/.test(this.endReason);
+      this.onState(away ? "edge away" : "reconnecting", this.endReason);
+      // Back off: 0.25 s, 0.5 s, 1 s ... 4 s.
+      const delay = Math.min(4000, 250 * 2 ** Math.min(this.retries, 4));
+      this.retries++;
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  event(ev) {
+    switch (ev.type) {
+      case "init":
+        this.init(ev.mime);
+        break;
+      case "skip":
+        this.jump = true;
+        break;
+      case "end":
+        this.endReason = ev.reason;
+        break;
+      case "error":
+        this.onState("error", ev.message);
+        break;
+    }
+  }
+
+  init(mime) {
+    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+      this.onState("error", `this browser cannot play ${mime}`);
+      this.stopped = true;
+      this.ws.close(1000);
+      return;
+    }
+    this.jump = true;
+    if (this.sb && this.mime !== mime && this.sb.changeType) {
+      this.sb.changeType(mime);
+      this.mime = mime;
+      return;
+    }
+    if (this.sb && this.mime === mime) return;
+    this.reset();
+    this.mime = mime;
+    const ms = (this.ms = new MediaSource());
+    this.video.src = URL.createObjectURL(ms);
+    ms.addEventListener("sourceopen", () => {
+      if (ms !== this.ms) return;
+      const sb = (this.sb = ms.addSourceBuffer(mime));
+      sb.mode = "segments";
+      sb.addEventListener("updateend", () => this.appended());
+      sb.addEventListener("error", () => this.resync());
+      this.pump();
+    }, { once: true });
+  }
+
+  media(data) {
+    this.bytes += data.byteLength;
+    this.queue.push(data);
+    if (this.queue.length > MAX_QUEUE) {
+      this.resync();
+      return;
+    }
+    this.pump();
+  }
+
+  pump() {
+    const sb = this.sb;
+    if (!sb || sb.updating || !this.queue.length || this.ms.readyState !== "open") return;
+    try {
+      sb.appendBuffer(this.queue.shift());
+    } catch (e) {
+      this.resync();
+    }
+  }
+
+  // Starts again at the newest keyframe: the hub sends a fresh init segment.
+  resync() {
+    this.queue = [];
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "resync" }));
+    const ms = this.ms;
+    if (ms && ms.readyState === "open" && this.sb && !this.sb.updating) {
+      const b = this.sb.buffered;
+      if (b.length) this.sb.remove(0, b.end(b.length - 1));
+    }
+    this.jump = true;
+  }
+
+  appended() {
+    const v = this.video, b = v.buffered;
+    if (b.length) {
+      const end = b.end(b.length - 1);
+      const behind = end - v.currentTime;
+      if (this.jump || behind > LIVE_JUMP || v.currentTime < b.start(b.length - 1)) {
+        v.currentTime = Math.max(b.start(b.length - 1), end - 0.05);
+        this.jump = false;
+      }
+      v.playbackRate = behind > LIVE_CATCH_UP ? 1.1 : 1.0;
+      // Keep about ten seconds behind the playhead.
+      if (v.currentTime - b.start(0) > 20 && !this.sb.updating) {
+        this.sb.remove(0, v.currentTime - 10);
+        return;
+      }
+      if (v.paused) v.play().catch(() => {});
+    }
+    this.pump();
+  }
+}
+
+const PLAYERS = { mse: MsePlayer };
