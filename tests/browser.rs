@@ -36,6 +36,68 @@ async fn the_page_lists_the_streams_and_plays_one_over_mse() {
         );
         assert!(q["frames"].as_i64().unwrap() >= 50, "{q}");
         assert!(q["error"].is_null(), "{q}");
+        // The capture stamp burned into the picture reads from a canvas, frame after frame, with
+        // counters that only go up, and gives the page its latency.
+        let stamps = b.eval_async(
+            r#"const v = document.querySelector('[data-stream="edge-1/cam1"] video');
+               const canvas = document.createElement('canvas');
+               const seen = [];
+               const onFrame = (now, meta) => {
+                 const l = MediameshStamp.latency(v, canvas, meta);
+                 seen.push(l && { counter: l.counter, ms: l.ms });
+                 if (seen.length < 25) v.requestVideoFrameCallback(onFrame); else done(seen);
+               };
+               v.requestVideoFrameCallback(onFrame);"#,
+            Duration::from_secs(10),
+        );
+        let stamps = stamps.as_array().unwrap();
+        assert!(stamps.iter().all(|s| !s.is_null()), "every frame has a readable stamp: {stamps:?}");
+        let counters: Vec<i64> = stamps.iter().map(|s| s["counter"].as_i64().unwrap()).collect();
+        assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
+        let latency = stamps[stamps.len() / 2]["ms"].as_f64().unwrap();
+        assert!((0.0..2000.0).contains(&latency), "glass-to-glass {latency} ms");
+        let shown = b.wait_for("the page shows the latency", Duration::from_secs(5), r#"return document.querySelector('[data-stream="edge-1/cam1"]').dataset.latencyMs"#);
+        assert!(shown.as_str().unwrap().parse::<u32>().is_ok(), "{shown}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Frames the page's player of `edge-1/cam1` has decoded so far (a JavaScript expression).
+const DECODED: &str =
+    r#"(document.querySelector('[data-stream="edge-1/cam1"] video')?.getVideoPlaybackQuality().totalVideoFrames ?? 0)"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mse_player_resumes_in_the_same_page_after_a_cut() {
+    let fx = Fixture::builder().through_proxy().start().await;
+    let url = format!("http://{}/", fx.hub.stream_addr);
+    let b = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || {
+            let b = Browser::start();
+            b.goto(&url);
+            b.eval("window.sameDocument = 'yes'; return true");
+            b.wait_for("cam1 plays", Duration::from_secs(15), &format!("return {DECODED} > 25"));
+            b
+        })
+        .await
+        .unwrap(),
+    );
+    let proxy = fx.proxy.as_ref().unwrap();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b2 = b.clone();
+    let during =
+        tokio::task::spawn_blocking(move || b2.eval(&format!("return {DECODED}")).as_i64().unwrap()).await.unwrap();
+    proxy.restore();
+    tokio::task::spawn_blocking(move || {
+        b.wait_for(
+            "50 new frames after the link returned",
+            Duration::from_secs(10),
+            &format!("return {DECODED} - {during} >= 50"),
+        );
+        assert_eq!(b.eval("return window.sameDocument"), "yes", "no reload");
+        let error = b.eval(r#"return document.querySelector('[data-stream="edge-1/cam1"] video').error"#);
+        assert!(error.is_null(), "{error}");
     })
     .await
     .unwrap();

@@ -7,7 +7,8 @@
 // a black box of 20 x 6 cells whose bottom-right corner is the picture's; inside it, one cell
 // in from its edges, 4 rows of 18 cells carrying 72 bits, row by row, most significant bit
 // first: 6 bytes of capture time, 2 bytes of frame counter (its low 16 bits), 1 byte of
-// CRC-8 (polynomial 0x07) over those 8. A white cell is 1.
+// CRC-8 (polynomial 0x07) over those 8 XORed with 0x55. A white cell is 1; the box's corner
+// cells must be black.
 "use strict";
 
 const MediameshStamp = (() => {
@@ -29,12 +30,11 @@ const MediameshStamp = (() => {
     return crc;
   }
 
-  // Reads the stamp from RGBA pixels of the stamp box (`layout`'s rectangle, `box` wide).
+  // Reads the stamp from RGBA pixels of the stamp box (`layout`'s rectangle, `boxWidth` wide).
   function decode(rgba, cell, boxWidth) {
-    const bytes = new Array(9).fill(0);
     const half = Math.max(1, cell >> 2);
-    for (let i = 0; i < COLS * ROWS; i++) {
-      const cx = (1 + (i % COLS)) * cell + (cell >> 1), cy = (1 + Math.floor(i / COLS)) * cell + (cell >> 1);
+    const light = (col, row) => {
+      const cx = col * cell + (cell >> 1), cy = row * cell + (cell >> 1);
       let sum = 0, n = 0;
       for (let y = cy - half; y < cy + half; y++) {
         for (let x = cx - half; x < cx + half; x++) {
@@ -43,9 +43,16 @@ const MediameshStamp = (() => {
           n += 3;
         }
       }
-      if (sum / n > 128) bytes[i >> 3] |= 0x80 >> (i & 7);
+      return sum / n > 128;
+    };
+    for (const [col, row] of [[0, 0], [COLS + 1, 0], [0, ROWS + 1], [COLS + 1, ROWS + 1]]) {
+      if (light(col, row)) return null;
     }
-    if (crc8(bytes.slice(0, 8)) !== bytes[8]) return null;
+    const bytes = new Array(9).fill(0);
+    for (let i = 0; i < COLS * ROWS; i++) {
+      if (light(1 + (i % COLS), 1 + Math.floor(i / COLS))) bytes[i >> 3] |= 0x80 >> (i & 7);
+    }
+    if ((crc8(bytes.slice(0, 8)) ^ 0x55) !== bytes[8]) return null;
     let captureMs = 0;
     for (let i = 0; i < 6; i++) captureMs = captureMs * 256 + bytes[i];
     return { captureMs, counter: bytes[6] * 256 + bytes[7] };

@@ -16,9 +16,10 @@ mod testpattern;
 
 pub use file::Clip;
 
-/// The test-pattern encoder, usable on its own (the bench encodes its clip with it).
+/// The test-pattern encoder, usable on its own (the bench encodes its clip with it), and its
+/// burned-in capture stamp.
 pub mod testpattern_encoder {
-    pub use super::testpattern::{EncodedPicture, Picture, TestPatternEncoder};
+    pub use super::testpattern::{EncodedPicture, Picture, TestPatternEncoder, blockcode};
 }
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,8 +1,11 @@
 //! The built-in test-pattern camera: a moving picture with its label, frame counter and clock,
 //! H.264-encoded in-process by OpenH264 (built from source, no system library), paced at the
-//! configured frame rate on its own thread. Every frame carries a test-pattern SEI stamp
-//! ([`mediamesh_media::h264::sei`]) with its counter and capture time.
+//! configured frame rate on its own thread. Every frame carries its counter and capture time
+//! twice: in a test-pattern SEI message ([`mediamesh_media::h264::sei`]) for viewers that read
+//! the bitstream, and burned into the picture as a block code ([`blockcode`]) for viewers that
+//! only see the decoded picture (a browser measuring glass-to-glass latency).
 
+pub mod blockcode;
 mod font;
 mod picture;
 
@@ -183,5 +186,28 @@ mod tests {
         let forced = enc.encode(12, 0, true).unwrap();
         assert!(forced.keyframe, "a requested keyframe comes at once");
         assert_eq!(enc.pts(25), 90_000);
+    }
+
+    /// The burned-in stamp survives the encoder at the demo's and the tests' bitrates: every
+    /// decoded picture reads back its own capture time and counter.
+    #[test]
+    fn the_block_code_survives_compression() {
+        use openh264::decoder::Decoder;
+        use openh264::formats::YUVSource;
+
+        for (width, height, kbps) in [(320, 240, 300), (1280, 720, 2000), (640, 360, 600)] {
+            let cfg = TestPatternConfig { width, height, fps: 25, bitrate_kbps: kbps, gop: 25, label: None };
+            let mut enc = TestPatternEncoder::new(&cfg, "cam1").unwrap();
+            let mut dec = Decoder::new().unwrap();
+            let start_us = 1_764_000_000_000_000u64;
+            for n in 0..40u64 {
+                let capture_us = start_us + n * 40_000 + 123;
+                let pic = enc.encode(n, capture_us, false).unwrap();
+                let yuv = dec.decode(&pic.data).unwrap().expect("a picture per access unit");
+                let (w, h) = yuv.dimensions();
+                let read = blockcode::read(yuv.y(), yuv.strides().0, w, h);
+                assert_eq!(read, Some((capture_us / 1000, n as u16)), "{width}x{height} at {kbps} kbit/s, frame {n}");
+            }
+        }
     }
 }

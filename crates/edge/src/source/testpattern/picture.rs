@@ -1,7 +1,8 @@
 //! Draws the test pattern into YUV 4:2:0 planes: colour bars, a box that moves one step per
 //! frame, a band of changing noise (like a real sensor's, so the encoder spends the configured
-//! bitrate), and a band with the stream label, the frame counter and the UTC capture time, so a
-//! person can see motion, order and delay.
+//! bitrate), a band with the stream label, the frame counter and the UTC capture time, so a
+//! person can see motion, order and delay, and the same for machines as a block code in the
+//! bottom-right corner.
 
 use super::font::glyph;
 
@@ -113,6 +114,7 @@ impl Picture {
             capture_us / 1000 % 1000
         );
         self.text(2 * scale, 2 * scale, scale, &text);
+        super::blockcode::draw(&mut self.y, &mut self.u, &mut self.v, w, h, capture_us, counter);
     }
 
     fn fill(&mut self, x: usize, y: usize, fw: usize, fh: usize, (yy, uu, vv): (u8, u8, u8)) {
