@@ -102,3 +102,85 @@ async fn the_mse_player_resumes_in_the_same_page_after_a_cut() {
     .await
     .unwrap();
 }
+
+/// A browser on `path` of the fixture's hub (blocking WebDriver calls run off the runtime).
+async fn open(fx: &Fixture, path: &str) -> std::sync::Arc<Browser> {
+    let url = format!("http://{}{path}", fx.hub.stream_addr);
+    std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || {
+            let b = Browser::start();
+            b.goto(&url);
+            b
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+/// Runs blocking browser checks.
+async fn run<R: Send + 'static>(b: &std::sync::Arc<Browser>, f: impl FnOnce(&Browser) -> R + Send + 'static) -> R {
+    let b = b.clone();
+    tokio::task::spawn_blocking(move || f(&b)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_a_stream_over_ll_hls() {
+    let fx = Fixture::builder().start().await;
+    let b = open(&fx, "/?protocol=hls").await;
+    run(&b, |b| {
+        let width = b.wait_for("cam1 plays over LL-HLS", Duration::from_secs(20), &format!("return {DECODED} > 0 && document.querySelector('[data-stream=\"edge-1/cam1\"] video').videoWidth"));
+        assert_eq!(width, 320);
+        assert_eq!(b.eval(r#"return document.querySelector('[data-stream="edge-1/cam1"]').dataset.protocol"#), "hls");
+        let q = b.eval_async(
+            &format!(
+                "const before = {DECODED}; const v = document.querySelector('[data-stream=\"edge-1/cam1\"] video');
+                 const c = document.createElement('canvas'); const first = MediameshStamp.read(v, c);
+                 setTimeout(() => done({{ frames: {DECODED} - before, first, last: MediameshStamp.read(v, c), error: v.error && v.error.message }}), 5000);"
+            ),
+            Duration::from_secs(10),
+        );
+        assert!(q["frames"].as_i64().unwrap() >= 50, "{q}");
+        assert!(q["error"].is_null(), "{q}");
+        let (first, last) = (q["first"]["captureMs"].as_f64().unwrap(), q["last"]["captureMs"].as_f64().unwrap());
+        assert!(last - first > 3000.0, "the stamp moves on: {q}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_browser_players_and_an_rtsp_viewer_share_one_upstream() {
+    use mediamesh_edge::stats::EdgeStats;
+    use mediamesh_testkit::rtsp_player::{RtspEvent, RtspPlayer};
+
+    let fx = Fixture::builder().start().await;
+    let b = open(&fx, "/").await;
+    let mut rtsp = RtspPlayer::play(&fx.rtsp_url("edge-1", "cam1")).await.unwrap();
+    run(&b, |b| {
+        b.wait_for("the page's own player", Duration::from_secs(15), &format!("return {DECODED} > 0"));
+        // Four more players of cam1 beside the page's own (MSE): two over MSE, two over LL-HLS.
+        b.eval(
+            r#"window.extra = [];
+               for (const kind of ['mse', 'hls', 'mse', 'hls']) {
+                 const v = document.createElement('video');
+                 v.muted = true; v.dataset.kind = kind; document.body.appendChild(v);
+                 const p = new PLAYERS[kind](v, { node: 'edge-1', name: 'cam1' }, auth, () => {});
+                 p.start(); window.extra.push(v);
+               }
+               return true"#,
+        );
+        b.wait_for(
+            "all five players decode",
+            Duration::from_secs(20),
+            "return window.extra.every(v => v.getVideoPlaybackQuality().totalVideoFrames > 10)",
+        );
+    })
+    .await;
+    for _ in 0..10 {
+        let event = rtsp.next(Duration::from_secs(5)).await;
+        assert!(matches!(event, Some(RtspEvent::Rtp(_))), "the RTSP viewer plays: {event:?}");
+    }
+    assert_eq!(EdgeStats::get(&fx.edge_stats().add_video), 1, "exactly one AddVideo at the edge");
+    let protocols: Vec<&str> = fx.hub.sessions().snapshot()[0].viewers().iter().map(|v| v.protocol).collect();
+    assert_eq!(protocols.iter().filter(|p| **p == "mse").count(), 3, "{protocols:?}");
+    assert!(protocols.contains(&"hls") && protocols.contains(&"rtsp"), "{protocols:?}");
+}

@@ -8,11 +8,12 @@ use std::path::Path;
 
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 10] = [
+const TARGETS: [(&str, Entry); 11] = [
     ("tunnel_decode", mediamesh_tunnel::fuzz::decode_any),
     ("rtsp_request", mediamesh_hub::fuzz::rtsp_request),
     ("join_token", mediamesh_hub::fuzz::join_token),
     ("mse_client", mediamesh_hub::fuzz::mse_client),
+    ("hls_request", mediamesh_hub::fuzz::hls_request),
     ("auth_parse", mediamesh_auth::fuzz::auth_parse),
     ("codec_config", mediamesh_media::fuzz::codec_config),
     ("config_load", mediamesh_config::fuzz::config_load),

@@ -8,6 +8,7 @@
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/mse` | MSE viewer: fragmented MP4 over a WebSocket |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}/hls/index.m3u8` | LL-HLS: the multivariant playlist, then the files it names ([`egress::hls`]) |
 //! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
 //! | `DELETE /api/v1/viewers/{id}` | disconnects one viewer: a WebSocket viewer gets `end` ("disconnected by an operator"), an RTSP viewer's connection closes (admin) |
 //! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
@@ -50,6 +51,8 @@ pub(crate) struct ApiState {
     pub auth: Arc<crate::auth::HubAuth>,
     /// Revoked nodes.
     pub revocations: Arc<crate::enroll::Revocations>,
+    /// LL-HLS packaging of the streams HLS clients poll.
+    pub hls: Arc<crate::egress::hls::HlsStreams>,
 }
 
 /// The API's reloadable settings.
@@ -92,6 +95,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/viewers/{id}", axum::routing::delete(kick_viewer))
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(upgrade::<egress::ws::packager::WsFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/mse", get(upgrade::<egress::mse::packager::MseFormat>))
+        .route("/api/v1/nodes/{node}/streams/{stream}/hls/{file}", get(hls))
         .merge(crate::web::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
@@ -391,13 +395,14 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         &st.sessions,
         &st.registry,
         &st.gates,
         &st.auth,
         st.live.get().metrics_max_viewer_series,
     );
+    body.push_str(&st.hls.metrics());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -417,6 +422,22 @@ async fn stream(
         None => Json(serde_json::json!({ "node": key.node, "stream": key.stream, "state": "idle", "viewers": 0 }))
             .into_response(),
     })
+}
+
+/// An LL-HLS request: a playlist, a part, a segment or an init segment.
+async fn hls(
+    State(st): State<ApiState>,
+    Path((node, stream, file)): Path<(String, String, String)>,
+    peer: Option<Extension<Peer>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let key = StreamKey::new(node, stream);
+    st.sessions.check_stream(&key)?;
+    let remote = peer.map_or(Remote::UNKNOWN, |Extension(Peer(a))| a);
+    st.hls
+        .serve(&st.sessions, key, &file, query.as_deref(), remote)
+        .await
+        .map_err(|e| ApiError::new(e.status, e.code, e.message))
 }
 
 /// The WebSocket upgrade of a viewer of format `F`, done by hand so the egress writer owns the

@@ -28,18 +28,21 @@ pub(crate) enum Protocol {
     Ws,
     /// MSE viewers (fragmented MP4 over a WebSocket).
     Mse,
+    /// LL-HLS clients (playlists, parts, segments).
+    Hls,
     /// RTSP viewers.
     Rtsp,
 }
 
 impl Protocol {
-    pub(crate) const ALL: [Protocol; 4] = [Protocol::Http, Protocol::Ws, Protocol::Mse, Protocol::Rtsp];
+    pub(crate) const ALL: [Protocol; 5] = [Protocol::Http, Protocol::Ws, Protocol::Mse, Protocol::Hls, Protocol::Rtsp];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Protocol::Http => "http",
             Protocol::Ws => "ws",
             Protocol::Mse => "mse",
+            Protocol::Hls => "hls",
             Protocol::Rtsp => "rtsp",
         }
     }

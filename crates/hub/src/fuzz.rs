@@ -61,6 +61,30 @@ pub fn mse_client(data: &[u8]) {
     }
 }
 
+/// The LL-HLS request reader on `data`: the bytes up to the first `?` as a file name, the rest
+/// as a query. Panics only on a real bug: a file name that parses but does not print back the
+/// same (leading zeros aside), a token carried with a character a URL cannot hold, or block
+/// parameters that `_HLS_part` alone could produce.
+pub fn hls_request(data: &[u8]) {
+    use crate::egress::hls::request::{HlsQuery, Resource};
+
+    let text = String::from_utf8_lossy(data);
+    let (name, query) = text.split_once('?').unwrap_or((&text, ""));
+    if let Ok(r) = Resource::parse(name) {
+        let printed = r.to_string();
+        assert_eq!(Resource::parse(&printed), Ok(r), "{name:?} printed as {printed:?}");
+        assert!(printed.len() <= name.len(), "{name:?} printed longer as {printed:?}");
+    }
+    if let Ok(q) = HlsQuery::parse(query) {
+        if let Some(t) = &q.token {
+            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%+".contains(&b)), "token {t:?}");
+        }
+        if q.block.is_none() {
+            assert!(!query.contains("_HLS_part=") || !query.split('&').any(|p| p.starts_with("_HLS_part=")));
+        }
+    }
+}
+
 /// The join token reader: whatever parses prints back to the same text.
 pub fn join_token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -91,6 +115,23 @@ mod tests {
             }
             req.insert(0, cut);
             super::rtsp_request(&req);
+        }
+
+        #[test]
+        fn the_hls_request_reader_survives_any_text(text in ".{0,120}") {
+            super::hls_request(text.as_bytes());
+        }
+
+        #[test]
+        fn the_hls_request_reader_survives_mutated_requests(
+            flips in proptest::collection::vec((0usize..60, any::<u8>()), 0..6),
+        ) {
+            let mut data = b"video-part-12.3.mp4?_HLS_msn=12&_HLS_part=4&token=ey.J_x".to_vec();
+            for (at, b) in flips {
+                let i = at % data.len();
+                data[i] = b;
+            }
+            super::hls_request(&data);
         }
 
         #[test]

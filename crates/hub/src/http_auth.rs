@@ -7,11 +7,13 @@
 //! | `GET /metrics` | `metrics` |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | `read` on `node/stream` |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/mse` | `read` on `node/stream` |
+//! | `GET /api/v1/nodes/{node}/streams/{stream}/hls/…` | `read` on `node/stream` |
 //! | other `GET /api/v1/…` | `api` |
 //! | other methods on `/api/v1/…` | `admin` |
 //!
-//! Credentials: `Authorization: Bearer` or `Basic`; on the WebSocket routes (`ws`, `mse`) also a
-//! `token` query parameter, because a browser's WebSocket cannot set headers. A denial answers 401 with a
+//! Credentials: `Authorization: Bearer` or `Basic`; on the WebSocket routes (`ws`, `mse`) and
+//! HLS also a `token` query parameter, because a browser's WebSocket (and Safari's native HLS
+//! player) cannot set headers. A denial answers 401 with a
 //! `WWW-Authenticate` for each method the hub can check, 403, or 429 with `Retry-After`, and a
 //! JSON body `{"error": reason, "message": text}`.
 
@@ -40,6 +42,9 @@ fn classify<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
     match segments.as_slice() {
         ["nodes", node, "streams", stream, "ws"] => return Some((Action::Read, Some((node, stream)), Protocol::Ws)),
         ["nodes", node, "streams", stream, "mse"] => return Some((Action::Read, Some((node, stream)), Protocol::Mse)),
+        ["nodes", node, "streams", stream, "hls", _] => {
+            return Some((Action::Read, Some((node, stream)), Protocol::Hls));
+        }
         _ => {}
     }
     let action = if method == Method::GET || method == Method::HEAD { Action::Api } else { Action::Admin };
@@ -59,7 +64,7 @@ pub(crate) async fn guard(State(auth): State<Arc<HubAuth>>, req: Request, next: 
                 return answer(&auth.policy(), StatusCode::UNAUTHORIZED, "bad_authorization", &e.to_string(), None);
             }
         },
-        None if matches!(protocol, Protocol::Ws | Protocol::Mse) => {
+        None if matches!(protocol, Protocol::Ws | Protocol::Mse | Protocol::Hls) => {
             req.uri().query().and_then(Credentials::from_query).unwrap_or(Credentials::None)
         }
         None => Credentials::None,

@@ -210,7 +210,14 @@ impl Hub {
         ));
         tasks.spawn(tunnel::serve(tunnel_listener, gates.tunnel.clone(), tunnel.clone()));
         let api = Arc::new(Live::new(derived.api));
+        let h = &config.hls;
+        let hls_cfg = crate::egress::hls::playlist::PlaylistConfig {
+            part_target: h.part_target.get(),
+            segment_min: h.segment_min.get(),
+            window: h.segments,
+        };
         let state = ApiState {
+            hls: crate::egress::hls::HlsStreams::new(hls_cfg, h.max_waiting_requests, tasks.clone(), shutdown.clone()),
             sessions: sessions.clone(),
             registry: registry.clone(),
             started: Instant::now(),

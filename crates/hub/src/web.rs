@@ -20,6 +20,9 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("players.js", "text/javascript; charset=utf-8", include_bytes!("../web/players.js")),
     ("stamp.js", "text/javascript; charset=utf-8", include_bytes!("../web/stamp.js")),
     ("style.css", "text/css; charset=utf-8", include_bytes!("../web/style.css")),
+    // hls.js (web/vendor/README.md: version, origin, licence).
+    ("vendor/hls.min.js", "text/javascript; charset=utf-8", include_bytes!("../web/vendor/hls.min.js")),
+    ("vendor/hls.js.LICENSE", "text/plain; charset=utf-8", include_bytes!("../web/vendor/hls.js.LICENSE")),
 ];
 
 /// The page may load only its own scripts and styles, and talk only to this hub (WebSocket
@@ -37,10 +40,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/", get(|headers: HeaderMap| async move { file("index.html", &headers) })).route(
-        "/assets/{name}",
-        get(|Path(name): Path<String>, headers: HeaderMap| async move { file(&name, &headers) }),
-    )
+    Router::new()
+        .route("/", get(|headers: HeaderMap| async move { file("index.html", &headers) }))
+        .route(
+            "/assets/{name}",
+            get(|Path(name): Path<String>, headers: HeaderMap| async move { file(&name, &headers) }),
+        )
+        .route(
+            "/assets/vendor/{name}",
+            get(
+                |Path(name): Path<String>, headers: HeaderMap| async move { file(&format!("vendor/{name}"), &headers) },
+            ),
+        )
 }
 
 fn file(name: &str, request: &HeaderMap) -> Response {

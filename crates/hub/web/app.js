@@ -205,7 +205,11 @@ $("signout").addEventListener("click", () => {
   for (const c of cards.values()) c.stop();
   location.reload();
 });
+// The protocol: `?protocol=hls` in the address, or the last one chosen.
+const chosen = new URLSearchParams(location.search).get("protocol") || localStorage.getItem("mediamesh.protocol");
+if (chosen && PLAYERS[chosen]) $("protocol").value = chosen;
 $("protocol").addEventListener("change", () => {
+  localStorage.setItem("mediamesh.protocol", $("protocol").value);
   for (const c of cards.values()) {
     if (c.player) {
       c.stop();

@@ -167,4 +167,84 @@ class MsePlayer {
   }
 }
 
-const PLAYERS = { mse: MsePlayer };
+// LL-HLS: hls.js where the browser has MSE (Chromium, Firefox), the browser's own player where
+// it plays HLS itself (Safari). hls.js sends the token as a header; the native player cannot,
+// so it gets `?token=`, which the hub carries into every URI of its playlists.
+class HlsPlayer {
+  constructor(video, stream, auth, onState) {
+    Object.assign(this, { video, stream, auth, onState });
+    this.bytes = 0;
+    this.retries = 0;
+  }
+
+  url(withToken) {
+    const url = new URL(streamPath(this.stream, "hls/index.m3u8"), location.href);
+    const token = this.auth.queryToken();
+    if (withToken && token) url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  start() {
+    this.stopped = false;
+    this.onState(this.retries ? "reconnecting" : "connecting");
+    const v = this.video;
+    if (window.Hls && Hls.isSupported()) {
+      const hls = (this.hls = new Hls({
+        lowLatencyMode: true,
+        backBufferLength: 10,
+        maxLiveSyncPlaybackRate: 1.2,
+        xhrSetup: (xhr) => {
+          for (const [k, val] of Object.entries(this.auth.headers())) xhr.setRequestHeader(k, val);
+        },
+      }));
+      hls.on(Hls.Events.FRAG_LOADED, (_, d) => {
+        const s = (d.part || d.frag).stats;
+        this.bytes += s.loaded || s.total || 0;
+      });
+      hls.on(Hls.Events.ERROR, (_, d) => {
+        if (!d.fatal || this.stopped) return;
+        if (d.type === Hls.ErrorTypes.MEDIA_ERROR) {
+          hls.recoverMediaError();
+          return;
+        }
+        // The hub or the edge went away: start again with backoff, in the same page.
+        this.onState("reconnecting", d.details);
+        this.restart();
+      });
+      hls.loadSource(this.url(false));
+      hls.attachMedia(v);
+    } else if (v.canPlayType("application/vnd.apple.mpegurl")) {
+      v.src = this.url(true);
+      v.onerror = () => this.restart();
+    } else {
+      this.onState("error", "this browser plays neither HLS nor MSE");
+      return;
+    }
+    v.play().catch(() => {});
+  }
+
+  restart() {
+    this.teardown();
+    const delay = Math.min(4000, 250 * 2 ** Math.min(this.retries, 4));
+    this.retries++;
+    this.timer = setTimeout(() => this.start(), delay);
+  }
+
+  teardown() {
+    if (this.hls) {
+      this.hls.destroy();
+      this.hls = null;
+    }
+    this.video.onerror = null;
+    this.video.removeAttribute("src");
+    this.video.load();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.teardown();
+  }
+}
+
+const PLAYERS = { mse: MsePlayer, hls: HlsPlayer };

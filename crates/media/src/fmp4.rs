@@ -170,6 +170,13 @@ impl Muxer {
         Ok(())
     }
 
+    /// Sets the time origin (the decode time `dts`, in `clock`, that maps to zero) unless the
+    /// muxer has one: muxers of one stream's tracks in separate renditions share it, so their
+    /// timelines line up.
+    pub fn set_origin(&mut self, dts: i64, clock: u32) {
+        self.origin.get_or_insert((dts, clock));
+    }
+
     /// The init segment (`ftyp` + `moov`).
     pub fn init_segment(&self) -> &Bytes {
         &self.init

@@ -82,6 +82,18 @@ pub(super) fn default_viewer_send_buffer() -> usize {
 pub(super) fn default_viewer_write_timeout() -> Seconds {
     Seconds::new(10)
 }
+pub(super) fn default_hls_part_target() -> Seconds {
+    Seconds::from_millis(200)
+}
+pub(super) fn default_hls_segment_min() -> Seconds {
+    Seconds::new(1)
+}
+pub(super) fn default_hls_segments() -> usize {
+    7
+}
+pub(super) fn default_hls_max_waiting() -> usize {
+    10_000
+}
 pub(super) fn default_rtsp_port() -> u16 {
     8554
 }

@@ -137,6 +137,9 @@ pub struct HubConfig {
     /// The RTSP server for ffmpeg, GStreamer, OpenCV, VLC and NVRs.
     #[serde(default)]
     pub rtsp: RtspSettings,
+    /// LL-HLS on the stream port: how parts and segments are cut.
+    #[serde(default)]
+    pub hls: HlsSettings,
     /// How timestamps continue across an edge outage: `wallClock` (default: they advance by the
     /// outage's real length, so recordings keep wall-clock time) or `squeezed` (the outage is
     /// cut out of the timeline).
@@ -184,6 +187,36 @@ pub struct EnrollmentSettings {
     /// Default 24 h.
     #[serde(default = "default_certificate_ttl")]
     pub certificate_ttl: Seconds,
+}
+
+/// The `hls` block.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HlsSettings {
+    /// Longest partial segment (`PART-TARGET`). Default 0.2 s.
+    #[serde(default = "default_hls_part_target")]
+    pub part_target: Seconds,
+    /// Shortest segment: a segment ends at the first keyframe after this. Default 1 s.
+    #[serde(default = "default_hls_segment_min")]
+    pub segment_min: Seconds,
+    /// Complete segments each playlist lists (and the hub keeps). Default 7.
+    #[serde(default = "default_hls_segments")]
+    pub segments: usize,
+    /// Requests the hub holds waiting for a part (blocking reloads, preload hints), all
+    /// streams together; more are answered 503. Default 10000.
+    #[serde(default = "default_hls_max_waiting")]
+    pub max_waiting_requests: usize,
+}
+
+impl Default for HlsSettings {
+    fn default() -> Self {
+        Self {
+            part_target: default_hls_part_target(),
+            segment_min: default_hls_segment_min(),
+            segments: default_hls_segments(),
+            max_waiting_requests: default_hls_max_waiting(),
+        }
+    }
 }
 
 /// The `rtsp` block.
@@ -291,6 +324,7 @@ impl HubConfig {
             viewer_write_timeout: default_viewer_write_timeout(),
             metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
+            hls: HlsSettings::default(),
             outage_timestamps: Default::default(),
             auth: None,
             allowed_origins: Vec::new(),

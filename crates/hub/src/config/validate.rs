@@ -108,6 +108,20 @@ impl HubConfig {
             }
             None => {}
         }
+        let h = &self.hls;
+        let part = h.part_target.get();
+        if part < std::time::Duration::from_millis(50) || part > std::time::Duration::from_secs(2) {
+            return err("hls.partTarget", format!("{} is outside 50ms..2s", h.part_target));
+        }
+        if h.segment_min.get() < part || h.segment_min.get() > std::time::Duration::from_secs(60) {
+            return err("hls.segmentMin", format!("{} must be between partTarget and 60s", h.segment_min));
+        }
+        if !(2..=100).contains(&h.segments) {
+            return err("hls.segments", format!("{} is outside 2..100", h.segments));
+        }
+        if h.max_waiting_requests == 0 {
+            return err("hls.maxWaitingRequests", "must be at least 1".into());
+        }
         let r = &self.rtsp;
         if r.enable {
             if r.port != 0 && (r.port == self.stream_port || r.port == self.tunnel_port) {

@@ -3,6 +3,7 @@
 //! the work that depends only on the frame once, for all of them), and the serving of one
 //! viewer, who reads the packager's output through its own cursor.
 
+pub mod hls;
 pub(crate) mod io;
 pub(crate) mod mailbox;
 pub mod mse;
