@@ -27,12 +27,10 @@ fn last_part(playlist: &str) -> (u64, u32) {
     (msn.parse().unwrap(), part.parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ffmpeg_copies_six_seconds_from_the_playlist() {
-    require::ffmpeg();
-    let fx = Fixture::builder().start().await;
-    let url = format!("http://{}{BASE}/index.m3u8", fx.hub.stream_addr);
-    let out = std::env::temp_dir().join(format!("mm-hls-{}.mp4", std::process::id()));
+/// ffmpeg's `-i URL -t 6 -c copy out.mp4`, then ffprobe's streams and packets of `out.mp4`.
+async fn copy_six_seconds(url: String) -> Value {
+    let out =
+        std::env::temp_dir().join(format!("mm-hls-{}-{}.mp4", std::process::id(), mediamesh_testkit::unix_micros()));
     let o = tokio::task::spawn_blocking({
         let out = out.clone();
         move || {
@@ -52,17 +50,80 @@ async fn ffmpeg_copies_six_seconds_from_the_playlist() {
         .output()
         .unwrap();
     std::fs::remove_file(&out).unwrap();
-    let p: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    serde_json::from_slice(&probe.stdout).unwrap()
+}
+
+/// The decode times (seconds) of stream `index`'s packets.
+fn decode_times(p: &Value, index: u64) -> Vec<f64> {
+    p["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["stream_index"] == index)
+        .map(|p| p["dts_time"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_copies_six_seconds_from_the_playlist() {
+    require::ffmpeg();
+    let fx = Fixture::builder().start().await;
+    let p = copy_six_seconds(format!("http://{}{BASE}/index.m3u8", fx.hub.stream_addr)).await;
     let v = &p["streams"][0];
     assert_eq!(
         (v["codec_name"].as_str(), v["width"].as_u64(), v["height"].as_u64()),
         (Some("h264"), Some(320), Some(240))
     );
-    let dts: Vec<f64> =
-        p["packets"].as_array().unwrap().iter().map(|p| p["dts_time"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(p["streams"].as_array().unwrap().len(), 1, "the test pattern has no audio");
+    let dts = decode_times(&p, 0);
     assert!(dts.len() >= 140, "six seconds at 25 fps: {} packets", dts.len());
     assert!(dts.windows(2).all(|w| w[1] > w[0]), "timestamps increase");
     assert_eq!(EdgeStats::get(&fx.edge_stats().add_video), 1);
+}
+
+/// A camera with AAC: the audio rendition comes along, on the same timeline as the video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_gets_the_audio_rendition_of_a_camera_with_aac() {
+    use mediamesh_edge::StreamConfig;
+    use mediamesh_edge::config::RtspConfig;
+    use mediamesh_testkit::camera::GstCamera;
+
+    require::ffmpeg();
+    let cam = GstCamera::start(&["--audio", "aac"]);
+    let url = cam.url(None);
+    let fx = Fixture::builder()
+        .edge(move |e| {
+            e.streams.insert(
+                "door".into(),
+                StreamConfig {
+                    description: None,
+                    test_pattern: None,
+                    ffmpeg: None,
+                    rtsp: Some(RtspConfig::new(url)),
+                    file: None,
+                },
+            );
+        })
+        .start()
+        .await;
+    let index = request(fx.hub.stream_addr, "GET", "/api/v1/nodes/edge-1/streams/door/hls/index.m3u8", &[]).await;
+    assert!(index.body.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\""), "{}", index.body);
+    assert!(index.body.contains(",mp4a.40.2\"") && index.body.contains("AUDIO=\"audio\""), "{}", index.body);
+    let p = copy_six_seconds(format!("http://{}/api/v1/nodes/edge-1/streams/door/hls/index.m3u8", fx.hub.stream_addr))
+        .await;
+    let streams = p["streams"].as_array().unwrap();
+    let codec = |s: &Value| s["codec_name"].as_str().unwrap().to_owned();
+    let video = streams.iter().position(|s| codec(s) == "h264").expect("a video stream");
+    let audio = streams.iter().position(|s| codec(s) == "aac").expect("an audio stream");
+    assert_eq!((streams[audio]["sample_rate"].as_str(), streams[audio]["channels"].as_u64()), (Some("48000"), Some(2)));
+    for index in [video, audio] {
+        let dts = decode_times(&p, index as u64);
+        assert!(dts.len() > 50, "stream {index}: {} packets", dts.len());
+        assert!(dts.windows(2).all(|w| w[1] > w[0]), "stream {index}: timestamps increase");
+    }
+    let (v0, a0) = (decode_times(&p, video as u64)[0], decode_times(&p, audio as u64)[0]);
+    assert!((v0 - a0).abs() < 0.5, "audio and video start together: {v0} / {a0}");
+    drop(cam);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
