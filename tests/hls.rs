@@ -253,3 +253,47 @@ async fn bad_requests_get_clear_answers_and_a_thousand_held_ones_disturb_nobody(
         assert_eq!(a.status, 200, "{}", a.body);
     }
 }
+
+/// With TLS on the stream port the hub speaks HTTP/2 to clients that offer it (curl here), and
+/// HTTP/1.1 to the rest; the WebSocket viewer, which offers only HTTP/1.1, still plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ll_hls_is_served_over_http2_with_tls() {
+    require::program("curl", "curl");
+    let ca = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let ca2 = ca.clone();
+    let fx = Fixture::builder()
+        .hub(move |h| {
+            h.tls_stream_cert_file = Some(h.tls_tunnel_cert_file.clone());
+            h.tls_stream_private_key_file = Some(h.tls_tunnel_private_key_file.clone());
+            *ca2.lock().unwrap() = Some(h.tls_tunnel_ca_file.clone());
+        })
+        .start()
+        .await;
+    let ca = ca.lock().unwrap().clone().unwrap();
+    let url = format!("https://localhost:{}{BASE}/video.m3u8", fx.hub.stream_addr.port());
+    let curl = |version: &'static str| {
+        let (url, ca) = (url.clone(), ca.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "--resolve",
+                    &format!("localhost:{}:127.0.0.1", url.split(':').nth(2).unwrap().split('/').next().unwrap()),
+                ])
+                .args([version, "--cacert"])
+                .arg(&ca)
+                .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}", &url])
+                .output()
+                .unwrap()
+        })
+    };
+    let h2 = curl("--http2").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 200", "{}", String::from_utf8_lossy(&h2.stderr));
+    let h1 = curl("--http1.1").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&h1.stdout), "1.1 200", "{}", String::from_utf8_lossy(&h1.stderr));
+    let roots = Some(mediamesh_tls::load_roots(&ca).unwrap());
+    let opts = mediamesh_hub::client::ConnectOptions { roots, ..Default::default() };
+    let wss = format!("wss://localhost:{}/api/v1/nodes/edge-1/streams/cam1/ws", fx.hub.stream_addr.port());
+    let mut v = mediamesh_hub::client::ViewerClient::connect(&wss, &opts).await.expect("a wss viewer");
+    mediamesh_testkit::assert_consecutive(&mediamesh_testkit::counters(&read_frames(&mut v, 10).await));
+}

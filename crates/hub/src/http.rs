@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +23,9 @@ pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_HEADERS: usize = 64;
 /// The largest request body on any route (the API's writes carry none or little).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Requests one HTTP/2 connection may have open at once (an LL-HLS client holds a few: a
+/// blocking playlist reload and preload-hinted parts per rendition).
+const MAX_H2_STREAMS: u32 = 100;
 
 /// The stream port's reloadable settings.
 #[derive(Clone)]
@@ -67,6 +70,13 @@ pub(crate) async fn serve(
                 .max_headers(MAX_HEADERS);
             let result = match settings.tls.clone() {
                 Some(acceptor) => match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(mediamesh_tls::ALPN_H2) => {
+                        let mut h2 = http2::Builder::new(TokioExecutor::new());
+                        h2.timer(hyper_util::rt::TokioTimer::new())
+                            .max_header_list_size(MAX_REQUEST_HEAD as u32)
+                            .max_concurrent_streams(MAX_H2_STREAMS);
+                        drive(h2.serve_connection(TokioIo::new(stream), service), &shutdown).await
+                    }
                     Ok(Ok(stream)) => {
                         drive(builder.serve_connection(TokioIo::new(stream), service).with_upgrades(), &shutdown).await
                     }
@@ -113,6 +123,20 @@ where
 /// Connections that can be asked to finish gracefully.
 trait GracefulConn {
     fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConn for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 impl<I, S> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>

@@ -27,6 +27,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// ALPN protocol id for HTTP/1.1, which carries the WebSocket upgrade.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN protocol id for HTTP/2: the stream port's REST API and LL-HLS (many parallel blocking
+/// requests over one connection).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// Errors building TLS configurations or reading identities.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +169,9 @@ pub fn stream_server_config(
     let mut cfg = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|source| TlsError::Rustls { context: "stream server certificate", source })?;
-    cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    // HTTP/2 first for the clients that speak it; a browser still opens its WebSockets over
+    // HTTP/1.1 (the hub does not offer RFC 8441's extended CONNECT).
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(Arc::new(cfg))
 }
 
