@@ -56,6 +56,25 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     assert_eq!(index.status, 200);
     assert!(index.body.contains("<title>mediamesh</title>"), "{}", index.body);
 
+    // Opened in Chromium as printed, the page lists the node and both cameras and plays them,
+    // cam1 at 1280x720, with the token it took from the address.
+    let browser = mediamesh_testkit::browser::Browser::start();
+    browser.goto(page);
+    let listed = browser.wait_for(
+        "the page to list both cameras",
+        Duration::from_secs(15),
+        "const s = [...document.querySelectorAll('[data-stream]')].map(e => e.dataset.stream).sort(); return s.length == 2 && s",
+    );
+    assert_eq!(listed, serde_json::json!(["demo-edge/cam1", "demo-edge/cam2"]));
+    let width = browser.wait_for(
+        "cam1 to play",
+        Duration::from_secs(20),
+        "const v = document.querySelector('[data-stream=\"demo-edge/cam1\"] video'); return v.getVideoPlaybackQuality().totalVideoFrames > 0 && v.videoWidth",
+    );
+    assert_eq!(width, 1280);
+    assert_eq!(browser.eval("return location.hash"), "", "the page took the token out of the address");
+    drop(browser);
+
     // Run exactly what was printed (it writes cam1.h264 into the working directory).
     let args: Vec<&str> = view_cmd.split_whitespace().collect();
     let out = Command::new(args[0]).args(&args[1..]).arg("--quiet").current_dir(&dir).output().unwrap();

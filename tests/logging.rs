@@ -31,7 +31,7 @@ fn demo(tag: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, String, std::
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if line.contains(" view wss://") {
+        if line.contains(" view ws://") {
             view = Some(line.trim().replace("--frames 100 --out cam1.h264", "--frames 20 --quiet"));
         }
         if line.starts_with("mediamesh demo ready") {

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod glass;
 mod profile;
 mod servers;
 mod stamped;
@@ -110,6 +111,11 @@ struct BenchArgs {
     /// The running hub's process id, for its CPU and memory (with --target, on this machine).
     #[arg(long)]
     target_pid: Option<u32>,
+    /// Measure glass-to-glass latency in headless Chromium instead of the ladder, for these
+    /// page protocols (`mse`, `hls`): `mediamesh demo`, its page, `--duration` seconds of cam1's
+    /// frames on screen each (docs/benchmarks.md, "Glass to glass").
+    #[arg(long, value_delimiter = ',')]
+    glass: Vec<String>,
     /// Sample the server with `perf record` during each measured window; the self-time profile
     /// goes to the run's folder (`perf.txt`) and its summary into the results. Sampling costs
     /// the server some CPU: use it to explain figures, not to produce them.
@@ -230,6 +236,27 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let dir = args.dir.clone().unwrap_or_else(|| mediamesh_config::state_dir("bench"));
+    if !args.glass.is_empty() {
+        let binary = mediamesh_binary(&args)?;
+        std::fs::create_dir_all(&dir)?;
+        let (protocols, seconds, warmup) = (args.glass.clone(), args.duration, args.warmup);
+        let results =
+            tokio::task::spawn_blocking(move || glass::measure(&binary, &dir, &protocols, seconds, warmup)).await??;
+        println!(
+            "{:<10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "protocol", "frames", "p50 ms", "p95 ms", "min ms", "max ms", "unreadable"
+        );
+        for g in &results {
+            println!(
+                "{:<10} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11}",
+                g.protocol, g.frames, g.p50_ms, g.p95_ms, g.min_ms, g.max_ms, g.unreadable
+            );
+        }
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "glass": results }))?)?;
+        }
+        return Ok(());
+    }
     let clip = match args.target {
         Some(_) => PathBuf::new(),
         None => servers::ensure_clip(&dir)?,
