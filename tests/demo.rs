@@ -73,6 +73,32 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     );
     assert_eq!(width, 1280);
     assert_eq!(browser.eval("return location.hash"), "", "the page took the token out of the address");
+    // For MSE and for LL-HLS in turn: cam1 at 1280 wide, at least 50 new frames decoded in 5 s,
+    // its stamp advancing, no media error.
+    let (origin, token) = page.split_once("/#").unwrap();
+    for protocol in ["mse", "hls"] {
+        browser.goto(&format!("{origin}/?protocol={protocol}#{token}"));
+        let cam1 = "document.querySelector('[data-stream=\"demo-edge/cam1\"] video')";
+        let width = browser.wait_for(
+            "cam1 to play",
+            Duration::from_secs(20),
+            &format!("const v = {cam1}; return v && v.getVideoPlaybackQuality().totalVideoFrames > 0 && v.videoWidth"),
+        );
+        assert_eq!(width, 1280, "{protocol}");
+        let q = browser.eval_async(
+            &format!(
+                "const v = {cam1}; const c = document.createElement('canvas');
+                 const before = v.getVideoPlaybackQuality().totalVideoFrames; const first = MediameshStamp.read(v, c);
+                 setTimeout(() => done({{ frames: v.getVideoPlaybackQuality().totalVideoFrames - before, first,
+                   last: MediameshStamp.read(v, c), error: v.error && v.error.message }}), 5000);"
+            ),
+            Duration::from_secs(10),
+        );
+        assert!(q["frames"].as_i64().unwrap() >= 50, "{protocol}: {q}");
+        assert!(q["error"].is_null(), "{protocol}: {q}");
+        let (a, b) = (q["first"]["counter"].as_i64(), q["last"]["counter"].as_i64());
+        assert!(a.is_some() && b.is_some() && b != a, "{protocol}: the stamp advances: {q}");
+    }
     drop(browser);
 
     // Run exactly what was printed (it writes cam1.h264 into the working directory).
