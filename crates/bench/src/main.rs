@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod glass;
+mod hls;
 mod profile;
 mod servers;
 mod stamped;
@@ -116,6 +117,11 @@ struct BenchArgs {
     /// frames on screen each (docs/benchmarks.md, "Glass to glass").
     #[arg(long, value_delimiter = ',')]
     glass: Vec<String>,
+    /// Measure LL-HLS serving instead of the ladder: this many clients of one stream doing
+    /// blocking playlist reloads and fetching each part, `--duration` seconds
+    /// (docs/benchmarks.md, "LL-HLS serving").
+    #[arg(long)]
+    hls_clients: Option<usize>,
     /// Sample the server with `perf record` during each measured window; the self-time profile
     /// goes to the run's folder (`perf.txt`) and its summary into the results. Sampling costs
     /// the server some CPU: use it to explain figures, not to produce them.
@@ -254,6 +260,25 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "glass": results }))?)?;
+        }
+        return Ok(());
+    }
+    if let Some(clients) = args.hls_clients {
+        let binary = mediamesh_binary(&args)?;
+        let clip = servers::ensure_clip(&dir)?;
+        let run_dir = dir.join("hls");
+        std::fs::create_dir_all(&run_dir)?;
+        let o = hls::measure(&binary, &run_dir, &clip, clients, args.duration).await?;
+        println!(
+            "{:>8} {:>9} {:>12} {:>8} {:>9} {:>9} {:>9} {:>7}",
+            "clients", "hub CPU %", "KiB/client", "parts", "p50 ms", "p99 ms", "max ms", "errors"
+        );
+        println!(
+            "{:>8} {:>9.1} {:>12.1} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            o.clients, o.hub_cpu_percent, o.rss_kib_per_client, o.parts, o.p50_ms, o.p99_ms, o.max_ms, o.errors
+        );
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "hls": o }))?)?;
         }
         return Ok(());
     }

@@ -111,6 +111,11 @@ pub fn target(host: &str, stream_port: u16, rtsp_port: u16, paths: Vec<String>, 
 }
 
 impl Running {
+    /// The stream port (plain HTTP).
+    pub fn stream_port(&self) -> u16 {
+        self.stream_port
+    }
+
     /// The `node/stream` path of mediamesh stream `i`.
     fn path(&self, i: usize) -> String {
         self.paths.get(i).cloned().unwrap_or_else(|| format!("{NODE}/s{i}"))

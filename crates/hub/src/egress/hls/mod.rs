@@ -215,7 +215,7 @@ impl HlsStreams {
                     },
                 })
                 .await?;
-                let text = with(&s, |p| -> Result<String, HlsError> {
+                let text = with(&s, |p| -> Result<Bytes, HlsError> {
                     let pl = p.playlist(r).ok_or_else(|| no_rendition(p, r))?;
                     if let Some(b) = block
                         && pl.progress().answer(b) == BlockAnswer::TooFar
@@ -226,7 +226,7 @@ impl HlsStreams {
                             format!("_HLS_msn={} is more than two segments past the playlist's last", b.msn),
                         ));
                     }
-                    Ok(pl.render(&format!("{}-", r.name()), &suffix))
+                    Ok(pl.render_shared(if r == Rendition::Video { "video-" } else { "audio-" }, &suffix))
                 })??;
                 Ok(playlist_response(text))
             }
@@ -382,7 +382,8 @@ fn multivariant(p: &HlsPackager, suffix: &str) -> Result<String, HlsError> {
     Ok(out)
 }
 
-fn playlist_response(text: String) -> Response {
+fn playlist_response(text: impl Into<Bytes>) -> Response {
+    let text: Bytes = text.into();
     let mut r = text.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.apple.mpegurl"));

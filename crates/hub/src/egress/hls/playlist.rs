@@ -157,6 +157,11 @@ pub struct TrackPlaylist {
     longest: f64,
     /// A segment must start at the next frame (a new header).
     restart: bool,
+    /// Bumped whenever the playlist's text changes (a part or a segment begins).
+    version: u64,
+    /// The last text rendered: its version, prefix and query, and the text. A part's
+    /// completion wakes every waiting client at once; they share one rendering.
+    rendered: std::sync::Mutex<Option<(u64, String, Bytes)>>,
 }
 
 impl TrackPlaylist {
@@ -180,6 +185,8 @@ impl TrackPlaylist {
             boundary: None,
             longest: 0.0,
             restart: false,
+            version: 0,
+            rendered: std::sync::Mutex::new(None),
         })
     }
 
@@ -292,6 +299,9 @@ impl TrackPlaylist {
             }
         }
         self.pending.push(Pending { frame: frame.clone(), duration: step.max(1) as u32 });
+        if close || new_segment {
+            self.version += 1;
+        }
         started
     }
 
@@ -342,6 +352,23 @@ impl TrackPlaylist {
     /// An init segment by number.
     pub fn init(&self, n: u32) -> Option<&Bytes> {
         self.inits.iter().find(|(i, _)| *i == n).map(|(_, b)| b)
+    }
+
+    /// [`TrackPlaylist::render`], rendered once per change of the playlist for every client
+    /// asking with the same `prefix` and `query`.
+    pub fn render_shared(&self, prefix: &str, query: &str) -> Bytes {
+        let mut cache = self.rendered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((version, key, text)) = cache.as_ref()
+            && *version == self.version
+            && key.len() == prefix.len() + query.len()
+            && key.starts_with(prefix)
+            && key.ends_with(query)
+        {
+            return text.clone();
+        }
+        let text = Bytes::from(self.render(prefix, query));
+        *cache = Some((self.version, format!("{prefix}{query}"), text.clone()));
+        text
     }
 
     /// The media playlist. `prefix` goes before every URI (the rendition's name and a dash);

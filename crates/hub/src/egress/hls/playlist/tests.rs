@@ -189,3 +189,27 @@ fn program_date_time_is_rfc3339() {
     assert_eq!(rfc3339(1_764_000_123_456_789), "2025-11-24T16:02:03.456Z");
     assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
 }
+
+#[test]
+fn one_rendering_is_shared_until_the_playlist_changes() {
+    let mut p = playlist(PlaylistConfig::default());
+    for n in 0..30 {
+        p.push(&video(n, 25));
+    }
+    let a = p.render_shared("video-", "");
+    let b = p.render_shared("video-", "");
+    assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes for every waiting client");
+    assert_eq!(&a[..], p.render("video-", "").as_bytes());
+    let with_token = p.render_shared("video-", "?token=x");
+    assert!(std::str::from_utf8(&with_token).unwrap().contains("?token=x"));
+    // The next part changes the text.
+    let before = p.progress();
+    let mut n = 30;
+    while p.progress() == before {
+        p.push(&video(n, 25));
+        n += 1;
+    }
+    let c = p.render_shared("video-", "");
+    assert_ne!(&a[..], &c[..]);
+    assert_eq!(&c[..], p.render("video-", "").as_bytes());
+}
