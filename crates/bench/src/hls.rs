@@ -153,20 +153,19 @@ pub async fn measure(exe: &Path, dir: &Path, clip: &Path, clients: usize, second
     let book = Arc::new(Mutex::new(Book::default()));
     let stop = CancellationToken::new();
     // One client first: the stream starts, and the hub's memory with it is the baseline.
-    let mut tasks = vec![tokio::spawn(client(addr.clone(), base.clone(), book.clone(), stop.clone()))];
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(client(addr.clone(), base.clone(), book.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(8)).await;
     let base_sample = ProcSample::take(&server.pids);
     for _ in 1..clients {
-        tasks.push(tokio::spawn(client(addr.clone(), base.clone(), book.clone(), stop.clone())));
+        tasks.spawn(client(addr.clone(), base.clone(), book.clone(), stop.clone()));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (t0, before) = (Instant::now(), ProcSample::take(&server.pids));
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let (t1, after) = (Instant::now(), ProcSample::take(&server.pids));
     stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    tasks.join_all().await;
     server.stop().await;
     let b = book.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let mut ms: Vec<f64> = b

@@ -306,8 +306,8 @@ fn rescale(value: i64, from: u32, to: u32) -> i64 {
     v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// Codecs a browser decodes from fMP4.
-fn packable(codec: Codec) -> bool {
+/// Whether fMP4 carries `codec` (a browser decodes it from MP4): not G.711.
+pub fn packable(codec: Codec) -> bool {
     matches!(codec, Codec::H264 | Codec::H265 | Codec::Aac | Codec::Opus)
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use mediamesh_media::TrackKind;
+use mediamesh_media::fmp4::packable;
 use tokio::sync::watch;
 
 use super::playlist::{Cut, PlaylistConfig, Progress, TrackPlaylist};
@@ -113,11 +114,6 @@ impl HlsPackager {
                 Some(format!("this stream cannot be played over HLS: no track HLS carries ({})", codecs.join(",")));
         }
     }
-}
-
-fn packable(codec: mediamesh_media::Codec) -> bool {
-    use mediamesh_media::Codec;
-    matches!(codec, Codec::H264 | Codec::H265 | Codec::Aac | Codec::Opus)
 }
 
 impl Packager for HlsPackager {
