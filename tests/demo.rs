@@ -73,6 +73,8 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
     );
     assert_eq!(width, 1280);
     assert_eq!(browser.eval("return location.hash"), "", "the page took the token out of the address");
+    let form = browser.eval("return getComputedStyle(document.getElementById('login')).display");
+    assert_eq!(form, "none", "signed in with the token, the page shows no sign-in form");
     // For MSE and for LL-HLS in turn: cam1 at 1280 wide, at least 50 new frames decoded in 5 s,
     // its stamp advancing, no media error.
     let (origin, token) = page.split_once("/#").unwrap();
