@@ -199,11 +199,6 @@ impl Muxer {
         self.tracks.iter().map(|t| t.source)
     }
 
-    /// Whether frames of `track` go into fragments.
-    pub fn has_track(&self, track: TrackId) -> bool {
-        self.tracks.iter().any(|t| t.source == track)
-    }
-
     /// One fragment holding one frame, for MSE: its duration is not known until the next frame
     /// of its track, so it is the step between that track's last two frames (a player uses the
     /// next fragment's decode time, so a wrong estimate costs nothing). `None` for a track the

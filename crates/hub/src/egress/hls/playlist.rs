@@ -203,11 +203,6 @@ impl TrackPlaylist {
         if secs > 0.0 { (bytes as f64 * 8.0 / secs) as u64 } else { 0 }
     }
 
-    /// The part configuration.
-    pub fn config(&self) -> PlaylistConfig {
-        self.cfg
-    }
-
     /// The muxer's `CODECS` string for this track.
     pub fn codecs(&self) -> &str {
         self.muxer.codecs()
