@@ -194,6 +194,70 @@ async fn tokens_that_should_not_pass_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signs_in_for_a_session_token_that_works_until_signed_out() {
+    let s = Setup::start(100, false).await;
+    let addr = s.stream();
+    let basic = |password: &str| format!("Basic {}", base64_encode(format!("alice:{password}").as_bytes()));
+    // A wrong password: refused without a challenge (a browser would open its own dialog), counted.
+    let a = request(addr, "POST", "/api/v1/session", &[("Authorization", &basic("guess"))]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("wrong_password"), "{}", a.body);
+    assert!(a.header("www-authenticate").is_empty(), "{:?}", a.header("www-authenticate"));
+    let a = request(addr, "POST", "/api/v1/session", &[]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    // A page's script says so, and gets no Basic challenge on the other routes either.
+    let a = request(addr, "GET", "/api/v1/nodes", &[("X-Requested-With", "XMLHttpRequest")]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let challenges = a.header("www-authenticate");
+    assert!(challenges.iter().all(|c| !c.starts_with("Basic")) && !challenges.is_empty(), "{challenges:?}");
+    let a =
+        request(addr, "POST", "/api/v1/session", &[("Authorization", &format!("Bearer {}", s.token(&["read"], 60)))])
+            .await;
+    assert_eq!(a.status, 401, "a token is not exchanged for a session: {}", a.body);
+    assert!(a.body.contains("unsupported_credentials"), "{}", a.body);
+
+    let a = request(addr, "POST", "/api/v1/session", &[("Authorization", &basic(ALICE_PASSWORD))]).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.header("cache-control"), vec!["no-store".to_owned()]);
+    let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["expiresInSecs"], 12 * 3600);
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("mms_") && !token.contains(ALICE_PASSWORD), "{token}");
+
+    // The session carries alice's permissions, as a header and, where headers cannot be set,
+    // in the query: the API and cam1, not cam2, not the admin API.
+    let bearer = format!("Bearer {token}");
+    assert_eq!(request(addr, "GET", "/api/v1/nodes", &[("Authorization", &bearer)]).await.status, 200);
+    assert_eq!(request(addr, "DELETE", "/api/v1/viewers/1", &[("Authorization", &bearer)]).await.status, 403);
+    let mut v = s.ws("cam1", Some(&token)).await.expect("the session opens cam1");
+    read_frames(&mut v, 5).await;
+    drop(v);
+    let url = format!("{}?token={token}", s.fx.ws_url("edge-1", "cam1"));
+    let mut v = ViewerClient::connect(&url, &ConnectOptions::default()).await.expect("?token= with a session");
+    read_frames(&mut v, 5).await;
+    drop(v);
+    let (status, message) = refused(s.ws("cam2", Some(&token)).await);
+    assert_eq!(status, 403, "{message}");
+    let playlist = format!("/api/v1/nodes/edge-1/streams/cam1/hls/index.m3u8?token={token}");
+    let a = request(addr, "GET", &playlist, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Signing out ends it everywhere; signing out again, or with a made-up token, tells nothing.
+    assert_eq!(request(addr, "DELETE", "/api/v1/session", &[("Authorization", &bearer)]).await.status, 204);
+    let a = request(addr, "GET", "/api/v1/nodes", &[("Authorization", &bearer)]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("invalid_token") && a.body.contains("sign-in session"), "{}", a.body);
+    let (status, _) = refused(s.ws("cam1", Some(&token)).await);
+    assert_eq!(status, 401);
+    assert_eq!(request(addr, "DELETE", "/api/v1/session", &[("Authorization", &bearer)]).await.status, 204);
+    assert_eq!(request(addr, "DELETE", "/api/v1/session", &[("Authorization", "Bearer mms_x")]).await.status, 204);
+    let wrong = s.metric("mediamesh_auth_denials_total{protocol=\"http\",reason=\"wrong_password\"}").await;
+    assert_eq!(wrong, 1.0);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_digest_plays_in_ffmpeg_and_gstreamer_and_wrong_passwords_hit_the_limit() {
     require::ffmpeg();
     require::program("gst-launch-1.0", "gstreamer1.0-tools");

@@ -5,12 +5,19 @@
 
 use std::time::Duration;
 
+#[path = "support/auth.rs"]
+mod support;
+
 use mediamesh_testkit::Fixture;
 use mediamesh_testkit::browser::Browser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_the_streams_and_plays_one_over_mse() {
     let fx = Fixture::builder().start().await;
+    // Without an auth block there is nothing to sign in to, and the page never shows its form.
+    let a = mediamesh_testkit::http::request(fx.hub.stream_addr, "POST", "/api/v1/session", &[]).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(a.body.contains("no_sign_in"), "{}", a.body);
     let url = format!("http://{}/", fx.hub.stream_addr);
     let browser = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
@@ -28,6 +35,7 @@ async fn the_page_lists_the_streams_and_plays_one_over_mse() {
         assert_eq!(supported, true, "this Chromium plays H.264 through MSE");
         let width = b.wait_for("cam1 plays", Duration::from_secs(15), r#"const v = document.querySelector('[data-stream="edge-1/cam1"] video'); return v.videoWidth"#);
         assert_eq!(width, 320);
+        assert_eq!(b.eval("return document.getElementById('login').hidden"), true);
         let q = b.eval_async(
             r#"const v = document.querySelector('[data-stream="edge-1/cam1"] video');
                const before = v.getVideoPlaybackQuality().totalVideoFrames;
@@ -183,4 +191,60 @@ async fn five_browser_players_and_an_rtsp_viewer_share_one_upstream() {
     let protocols: Vec<&str> = fx.hub.sessions().snapshot()[0].viewers().iter().map(|v| v.protocol).collect();
     assert_eq!(protocols.iter().filter(|p| **p == "mse").count(), 3, "{protocols:?}");
     assert!(protocols.contains(&"hls") && protocols.contains(&"rtsp"), "{protocols:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_signs_in_with_a_user_and_password_and_keeps_only_a_session_token() {
+    let s = support::Setup::start(100, false).await;
+    let b = open(&s.fx, "/").await;
+    run(&b, |b| {
+        b.wait_for("the sign-in form", Duration::from_secs(10), "return !document.getElementById('login').hidden");
+        let sign_in = |password: &str| {
+            b.eval(&format!(
+                "document.getElementById('user').value = 'alice';
+                 document.getElementById('password').value = {};
+                 document.getElementById('login').requestSubmit(); return true",
+                serde_json::Value::from(password)
+            ));
+        };
+        sign_in("guess");
+        let why = b.wait_for(
+            "the refusal",
+            Duration::from_secs(10),
+            "const t = document.getElementById('login-reason').textContent; return t.includes('refused') && t",
+        );
+        assert!(why.as_str().unwrap().contains("wrong user or password"), "{why}");
+        sign_in(support::ALICE_PASSWORD);
+        let width = b.wait_for(
+            "cam1 plays after signing in",
+            Duration::from_secs(20),
+            &format!(
+                "return {DECODED} > 10 && document.querySelector('[data-stream=\"edge-1/cam1\"] video').videoWidth"
+            ),
+        );
+        assert_eq!(width, 320);
+        assert_eq!(b.eval("return document.getElementById('login').hidden"), true);
+        // The tab keeps a session token, never the password.
+        let kept = b.eval("return JSON.stringify(Object.assign({}, sessionStorage))");
+        let kept = kept.as_str().unwrap();
+        assert!(kept.contains("mms_") && !kept.contains(support::ALICE_PASSWORD), "{kept}");
+        assert!(b.eval("return document.getElementById('password').value").as_str().unwrap().is_empty());
+        let token = b.eval("return sessionStorage.getItem('mediamesh.token')").as_str().unwrap().to_owned();
+        // Signing out ends the session at the hub, not only in the tab.
+        b.eval("document.getElementById('signout').click(); return true");
+        b.wait_for(
+            "the sign-in form again",
+            Duration::from_secs(10),
+            "return !document.getElementById('login').hidden",
+        );
+        let status = b.eval_async(
+            &format!(
+                "fetch('api/v1/nodes', {{ headers: {{ Authorization: 'Bearer {token}', 'X-Requested-With': 'XMLHttpRequest' }} }}).then(r => done(r.status))"
+            ),
+            Duration::from_secs(5),
+        );
+        assert_eq!(status, 401, "the signed-out session still works");
+    })
+    .await;
+    s.finish().await;
 }

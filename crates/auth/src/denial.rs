@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::hook::HookError;
 use crate::jwt::TokenError;
 use crate::permission::Action;
+use crate::session::SessionError;
 
 /// Why a request was refused. The text is safe to send to the client and to log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum Denial {
     /// A token that is not valid.
     #[error("invalid token: {0}")]
     Token(TokenError),
+    /// A sign-in session token that is not (or no longer) valid.
+    #[error("{0}")]
+    Session(SessionError),
     /// Known, but not allowed this.
     #[error("{who} may not {action}{}", stream.as_ref().map(|s| format!(" {s}")).unwrap_or_default())]
     Forbidden {
@@ -124,6 +128,9 @@ impl Denial {
             Denial::Token(TokenError::Expired) => DenialReason::ExpiredToken,
             Denial::Token(TokenError::KeysUnavailable(_)) | Denial::Hook(_) => DenialReason::Unavailable,
             Denial::Token(_) => DenialReason::InvalidToken,
+            Denial::Session(SessionError::Expired) => DenialReason::ExpiredToken,
+            Denial::Session(SessionError::Random) => DenialReason::Unavailable,
+            Denial::Session(_) => DenialReason::InvalidToken,
             Denial::Forbidden { .. } => DenialReason::Forbidden,
             Denial::RateLimited { .. } => DenialReason::RateLimited,
             Denial::HookRefused => DenialReason::HookRefused,
@@ -135,7 +142,9 @@ impl Denial {
         match self {
             Denial::Forbidden { .. } => 403,
             Denial::RateLimited { .. } => 429,
-            Denial::Hook(_) | Denial::Token(TokenError::KeysUnavailable(_)) => 503,
+            Denial::Hook(_) | Denial::Token(TokenError::KeysUnavailable(_)) | Denial::Session(SessionError::Random) => {
+                503
+            }
             _ => 401,
         }
     }
@@ -144,12 +153,13 @@ impl Denial {
     /// any, a stale nonce or a permission a known client lacks do not.
     pub fn is_failure(&self) -> bool {
         match self {
-            Denial::Token(TokenError::KeysUnavailable(_)) => false,
+            Denial::Token(TokenError::KeysUnavailable(_)) | Denial::Session(SessionError::Random) => false,
             d => matches!(
                 d,
                 Denial::UnknownUser
                     | Denial::WrongPassword
                     | Denial::Token(_)
+                    | Denial::Session(_)
                     | Denial::Unsupported(_)
                     | Denial::HookRefused
             ),

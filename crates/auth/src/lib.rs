@@ -10,7 +10,8 @@
 //! 3. a user and password: an internal user's argon2id hash ([`password`]); a password that is
 //!    a JWT (RTSP clients cannot send bearer tokens) goes to the JWT check;
 //! 4. an RTSP Digest response: an internal user's `digest` ([`digest`]);
-//! 5. a bearer token: the JWT check ([`jwt`]), with keys from a file or a JWKS URL ([`jwks`]);
+//! 5. a bearer token: a sign-in session's ([`session`], issued by [`Authenticator::sign_in`] for
+//!    an internal user), or the JWT check ([`jwt`]), with keys from a file or a JWKS URL ([`jwks`]);
 //! 6. what none of these decides (no credentials that `anonymous` does not cover, an unknown
 //!    user, a token that is not a JWT): the HTTP hook, if configured ([`hook`]).
 //!
@@ -31,6 +32,7 @@ pub mod password;
 pub mod permission;
 mod policy;
 mod secret;
+pub mod session;
 pub mod settings;
 
 pub use credentials::{Credentials, CredentialsError};

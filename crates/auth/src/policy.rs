@@ -15,6 +15,7 @@ use crate::jwt::{JwtVerifier, TokenError};
 use crate::limiter::{FailureLimiter, LimitConfig};
 use crate::password::{self, PasswordHashString};
 use crate::permission::{Action, Permission, allowed};
+use crate::session::Sessions;
 use crate::settings::{AuthError, AuthSettings};
 
 /// How long a checked user and password is remembered, so an RTSP client's several requests
@@ -87,6 +88,8 @@ pub struct Authenticator {
     decoy: PasswordHashString,
     hook: Option<Arc<dyn Hook>>,
     hook_answers: AnswerCache,
+    /// Sign-in sessions, shared with the authenticator a reload replaces.
+    sessions: Arc<Sessions>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -105,12 +108,19 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
         let limiter = Arc::new(Mutex::new(FailureLimiter::new(limit_config(settings))));
         let nonces = Arc::new(Nonces::new().ok_or_else(|| AuthError::new("", "no random bytes for Digest nonces"))?);
-        Self::build(settings, None, limiter, nonces, Arc::default())
+        Self::build(settings, None, limiter, nonces, Arc::default(), Arc::default())
     }
 
     /// The authenticator of a reloaded configuration, keeping this one's failure counts.
     pub fn reloaded(&self, settings: &AuthSettings) -> Result<Self, AuthError> {
-        let new = Self::build(settings, self.jwt.as_ref(), self.limiter.clone(), self.nonces.clone(), Arc::default())?;
+        let new = Self::build(
+            settings,
+            self.jwt.as_ref(),
+            self.limiter.clone(),
+            self.nonces.clone(),
+            Arc::default(),
+            self.sessions.clone(),
+        )?;
         new.limiter.lock().unwrap_or_else(PoisonError::into_inner).set_config(limit_config(settings));
         Ok(new)
     }
@@ -138,6 +148,7 @@ impl Authenticator {
         limiter: Arc<Mutex<FailureLimiter>>,
         nonces: Arc<Nonces>,
         verified: VerifiedCache,
+        sessions: Arc<Sessions>,
     ) -> Result<Self, AuthError> {
         settings.validate()?;
         let mut users = HashMap::new();
@@ -162,6 +173,7 @@ impl Authenticator {
             decoy,
             hook: None,
             hook_answers,
+            sessions,
         })
     }
 
@@ -173,7 +185,8 @@ impl Authenticator {
     /// `WWW-Authenticate` values for an HTTP 401: what this hub can check.
     pub fn http_challenges(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if self.jwt.is_some() || self.hook.is_some() {
+        // Session tokens are bearer tokens too.
+        if self.jwt.is_some() || self.hook.is_some() || !self.users.is_empty() {
             v.push(format!("Bearer realm=\"{}\"", digest::REALM));
         }
         if !self.users.is_empty() || self.hook.is_some() {
@@ -221,6 +234,48 @@ impl Authenticator {
         })
     }
 
+    /// Exchanges an internal user's name and password for a session token ([`crate::session`]),
+    /// under the same failure limit as every other check. Other credentials are refused: a
+    /// token holder already has a token, and the hook's users are not the hub's to keep.
+    pub async fn sign_in(&self, remote: IpAddr, credentials: &Credentials) -> Result<(String, Secret), Denial> {
+        let now = Instant::now();
+        if let Err(retry_after) = self.limiter().check(remote, now) {
+            return Err(Denial::RateLimited { retry_after });
+        }
+        let result = match credentials {
+            Credentials::None => Err(Denial::NoCredentials),
+            Credentials::Basic { user, password } => match self.users.get(user) {
+                Some(u) if self.password_ok(user, &u.hash, password).await => {
+                    self.sessions.issue(user, now).map(|t| (user.clone(), t)).map_err(Denial::Session)
+                }
+                Some(_) => Err(Denial::WrongPassword),
+                None => {
+                    let _ = self.password_ok(user, &self.decoy, password).await;
+                    Err(Denial::UnknownUser)
+                }
+            },
+            Credentials::Bearer(_) | Credentials::Digest(_) => {
+                Err(Denial::Unsupported("sign in with an internal user's name and password (HTTP Basic)"))
+            }
+        };
+        match &result {
+            Err(d) if d.is_failure() => self.limiter().failed(remote, Instant::now()),
+            Err(_) => {}
+            Ok(_) => self.limiter().succeeded(remote),
+        }
+        result
+    }
+
+    /// Ends the session of `token`; whether there was one.
+    pub fn sign_out(&self, token: &str) -> bool {
+        Sessions::looks_like(token) && self.sessions.end(token)
+    }
+
+    /// How long a session lasts.
+    pub fn session_ttl(&self) -> Duration {
+        self.sessions.ttl()
+    }
+
     fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
         self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -264,6 +319,12 @@ impl Authenticator {
                 } else {
                     Err(Denial::WrongPassword)
                 }
+            }
+            Credentials::Bearer(token) if Sessions::looks_like(token.expose()) => {
+                let user = self.sessions.user(token.expose(), Instant::now()).map_err(Denial::Session)?;
+                // A reload may have removed the user since it signed in.
+                let u = self.users.get(&user).ok_or(Denial::Session(crate::session::SessionError::Unknown))?;
+                Ok((Identity::User(user), Cow::Borrowed(&u.permissions)))
             }
             Credentials::Bearer(token)
                 if self.hook.is_some() && (self.jwt.is_none() || !JwtVerifier::looks_like_jwt(token.expose())) =>
@@ -417,6 +478,41 @@ mod tests {
         assert_eq!(a.check(&req(Action::Metrics, None, &none, 1)).await, Ok(Identity::Anonymous));
         let d = a.check(&req(Action::Read, Some(("edge-1", "cam1")), &none, 1)).await.unwrap_err();
         assert_eq!((d.status(), d.reason()), (401, DenialReason::NoCredentials), "anonymous: asked to log in");
+    }
+
+    #[tokio::test]
+    async fn a_signed_in_session_carries_the_users_permissions_until_it_ends() {
+        let a = Authenticator::new(&settings()).unwrap();
+        let (user, token) = a.sign_in(ip(5), &basic("alice", "s3cret")).await.unwrap();
+        assert_eq!(user, "alice");
+        let bearer = Credentials::Bearer(token.clone());
+        assert_eq!(
+            a.check(&req(Action::Read, Some(("edge-1", "cam1")), &bearer, 5)).await,
+            Ok(Identity::User("alice".into()))
+        );
+        let d = a.check(&req(Action::Read, Some(("edge-1", "cam2")), &bearer, 5)).await.unwrap_err();
+        assert_eq!(d.status(), 403, "a session grants the user's permissions and no more");
+
+        let reloaded = a.reloaded(&settings()).unwrap();
+        assert!(reloaded.check(&req(Action::Api, None, &bearer, 5)).await.is_ok(), "a reload keeps sessions");
+        let mut without_alice = settings();
+        without_alice.users.clear();
+        without_alice.anonymous = vec!["read".parse().unwrap()];
+        let d = a.reloaded(&without_alice).unwrap().check(&req(Action::Api, None, &bearer, 5)).await.unwrap_err();
+        assert_eq!(d.reason(), DenialReason::InvalidToken, "a removed user's session ends");
+
+        assert!(a.sign_out(token.expose()));
+        let d = a.check(&req(Action::Api, None, &bearer, 5)).await.unwrap_err();
+        assert_eq!((d.status(), d.reason()), (401, DenialReason::InvalidToken));
+
+        let d = a.sign_in(ip(5), &basic("alice", "guess")).await.unwrap_err();
+        assert_eq!(d.reason(), DenialReason::WrongPassword);
+        let d = a.sign_in(ip(5), &basic("nobody", "guess")).await.unwrap_err();
+        assert_eq!(d.reason(), DenialReason::UnknownUser);
+        let d = a.sign_in(ip(5), &Credentials::Bearer(Secret::new("eyJ.a.b"))).await.unwrap_err();
+        assert_eq!(d.reason(), DenialReason::Unsupported);
+        let d = a.sign_in(ip(5), &Credentials::None).await.unwrap_err();
+        assert_eq!(d.reason(), DenialReason::NoCredentials);
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@
 //! | `DELETE /api/v1/nodes/{node}/streams/{stream}` | stops a stream: its viewers get `end` ("stopped by an operator") and the edge RemoveVideo (admin) |
 //! | `DELETE /api/v1/viewers/{id}` | disconnects one viewer: a WebSocket viewer gets `end` ("disconnected by an operator"), an RTSP viewer's connection closes (admin) |
 //! | `POST /api/v1/nodes/{node}/revoke` | revokes a node: its tunnels close, its certificates are refused from now on (admin) |
+//! | `POST /api/v1/session` | signs in: an internal user's name and password (Basic) for a session token ([`crate::http_auth::sign_in`]) |
+//! | `DELETE /api/v1/session` | signs out: ends the bearer token's session |
 //! | `GET /` | the web page ([`crate::web`]) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
@@ -93,6 +95,10 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}", get(stream).delete(stop_stream))
         .route("/api/v1/nodes/{node}/revoke", post(revoke_node))
         .route("/api/v1/viewers/{id}", axum::routing::delete(kick_viewer))
+        .route(
+            "/api/v1/session",
+            post(crate::http_auth::sign_in).delete(crate::http_auth::sign_out).with_state(state.auth.clone()),
+        )
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(upgrade::<egress::ws::packager::WsFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/mse", get(upgrade::<egress::mse::packager::MseFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/hls/{file}", get(hls))

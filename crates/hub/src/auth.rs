@@ -200,22 +200,58 @@ impl HubAuth {
                 reason = d.reason().name(),
                 "denied: {d}"
             );
-            if d.is_failure() || matches!(d, Denial::RateLimited { .. }) {
-                let allowed = self.warnings.lock().unwrap_or_else(PoisonError::into_inner).allow(Instant::now());
-                if let Some(held_back) = allowed {
-                    warn!(
-                        protocol = protocol.name(),
-                        remote = %req.remote,
-                        user = ?req.credentials.user(),
-                        reason = d.reason().name(),
-                        more = held_back,
-                        "authentication failed: {d} (`more` failures since the last warning; \
-                         mediamesh_auth_denials_total counts them all)"
-                    );
-                }
-            }
+            self.warn_failure(protocol, req.remote, req.credentials.user(), d);
         }
         result
+    }
+
+    /// Warns about failed credentials, at most once per [`WARN_EVERY`].
+    fn warn_failure(&self, protocol: Protocol, remote: std::net::IpAddr, user: Option<&str>, d: &Denial) {
+        if !d.is_failure() && !matches!(d, Denial::RateLimited { .. }) {
+            return;
+        }
+        let allowed = self.warnings.lock().unwrap_or_else(PoisonError::into_inner).allow(Instant::now());
+        if let Some(held_back) = allowed {
+            warn!(
+                protocol = protocol.name(),
+                %remote,
+                user = ?user,
+                reason = d.reason().name(),
+                more = held_back,
+                "authentication failed: {d} (`more` failures since the last warning; \
+                 mediamesh_auth_denials_total counts them all)"
+            );
+        }
+    }
+
+    /// Exchanges an internal user's name and password for a session token, counting and
+    /// logging a denial like [`HubAuth::check`]. `None`: the hub has no `auth` block, so there
+    /// is nothing to sign in to.
+    pub(crate) async fn sign_in(
+        &self,
+        remote: std::net::IpAddr,
+        credentials: &mediamesh_auth::Credentials,
+    ) -> Option<Result<(String, mediamesh_auth::Secret, Duration), Denial>> {
+        let policy = self.policy.get();
+        let Policy::Checked(a) = &*policy else { return None };
+        let result = a.sign_in(remote, credentials).await.map(|(user, token)| (user, token, a.session_ttl()));
+        match &result {
+            Ok((user, _, _)) => info!(%remote, user = %user, "signed in: session token issued"),
+            Err(d) => {
+                self.counters.slot(Protocol::Http, d.reason()).fetch_add(1, Ordering::Relaxed);
+                debug!(%remote, user = ?credentials.user(), reason = d.reason().name(), "sign-in refused: {d}");
+                self.warn_failure(Protocol::Http, remote, credentials.user(), d);
+            }
+        }
+        Some(result)
+    }
+
+    /// Ends the session of a token; whether there was one.
+    pub(crate) fn sign_out(&self, token: &str) -> bool {
+        match &*self.policy.get() {
+            Policy::Checked(a) => a.sign_out(token),
+            Policy::Open => false,
+        }
     }
 
     /// Counts a request refused before the policy saw it (an unreadable `Authorization`).

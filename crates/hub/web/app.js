@@ -8,7 +8,8 @@ const NODES_EVERY_MS = 2000;
 const AUTOPLAY = 4;
 
 // The viewer's token: from the address's fragment (`#token=…`, which the browser never sends to
-// a server, so it reaches no log), or typed in; kept for this tab only.
+// a server, so it reaches no log), typed in, or a session token the hub issued for a user name
+// and password (the password itself is never kept); kept for this tab only.
 const auth = {
   token: null,
   load() {
@@ -24,8 +25,12 @@ const auth = {
     if (token) sessionStorage.setItem("mediamesh.token", token);
     else sessionStorage.removeItem("mediamesh.token");
   },
+  // `X-Requested-With` asks the hub to leave out its `Basic` challenge on a 401, which would
+  // make the browser open its own password dialog over the page's form.
   headers() {
-    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+    const h = { "X-Requested-With": "XMLHttpRequest" };
+    if (this.token) h.Authorization = `Bearer ${this.token}`;
+    return h;
   },
   queryToken() {
     return this.token;
@@ -42,6 +47,26 @@ function status(text) {
 function showLogin(reason) {
   $("login").hidden = false;
   $("login-reason").textContent = reason;
+}
+
+// `Basic` credentials from text in any script (btoa takes Latin-1 only).
+function basic(user, password) {
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return `Basic ${btoa(bin)}`;
+}
+
+// Exchanges a user name and password for a session token (`POST /api/v1/session`).
+async function signIn(user, password) {
+  const r = await fetch("api/v1/session", {
+    method: "POST",
+    headers: { Authorization: basic(user, password), "X-Requested-With": "XMLHttpRequest" },
+    cache: "no-store",
+  });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.message || `${r.status} ${r.statusText}`);
+  return body.token;
 }
 
 async function api(path) {
@@ -188,19 +213,35 @@ async function refresh() {
     status(nodes.nodes.length ? "" : "No edge node is connected yet.");
     render(nodes.nodes);
   } catch (e) {
-    if (e.status === 401) showLogin(auth.token ? "The token was refused: " + e.message : "This hub asks for a token.");
-    else if (e.status === 403) showLogin("This token may not list the hub's streams: " + e.message);
+    if (e.status === 401) showLogin(auth.token ? "Signed out: " + e.message : "This hub asks who you are.");
+    else if (e.status === 403) showLogin("You may not list the hub's streams: " + e.message);
     else status(`The hub does not answer (${e.message}); trying again.`);
   }
 }
 
-$("login").addEventListener("submit", (ev) => {
+$("login").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  auth.set($("token").value.trim());
+  const user = $("user").value.trim();
+  const password = $("password").value;
+  $("password").value = "";
+  if (user) {
+    try {
+      auth.set(await signIn(user, password));
+    } catch (e) {
+      showLogin(`Sign-in refused: ${e.message}`);
+      return;
+    }
+  } else {
+    auth.set($("token").value.trim());
+  }
   $("token").value = "";
   refresh();
 });
-$("signout").addEventListener("click", () => {
+$("signout").addEventListener("click", async () => {
+  // A session the hub issued is ended there too; a token from elsewhere is only forgotten.
+  if (auth.token && auth.token.startsWith("mms_")) {
+    await fetch("api/v1/session", { method: "DELETE", headers: auth.headers() }).catch(() => {});
+  }
   auth.set(null);
   for (const c of cards.values()) c.stop();
   location.reload();
