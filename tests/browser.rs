@@ -9,7 +9,7 @@ use std::time::Duration;
 mod support;
 
 use mediamesh_testkit::Fixture;
-use mediamesh_testkit::browser::Browser;
+use mediamesh_testkit::browser::{Browser, Kind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_the_streams_and_plays_one_over_mse() {
@@ -113,10 +113,15 @@ async fn the_mse_player_resumes_in_the_same_page_after_a_cut() {
 
 /// A browser on `path` of the fixture's hub (blocking WebDriver calls run off the runtime).
 async fn open(fx: &Fixture, path: &str) -> std::sync::Arc<Browser> {
+    open_in(Kind::Chromium, fx, path).await
+}
+
+/// A browser of `kind` on `path` of the fixture's hub.
+async fn open_in(kind: Kind, fx: &Fixture, path: &str) -> std::sync::Arc<Browser> {
     let url = format!("http://{}{path}", fx.hub.stream_addr);
     std::sync::Arc::new(
         tokio::task::spawn_blocking(move || {
-            let b = Browser::start();
+            let b = Browser::launch(kind);
             b.goto(&url);
             b
         })
@@ -247,4 +252,43 @@ async fn the_page_signs_in_with_a_user_and_password_and_keeps_only_a_session_tok
     })
     .await;
     s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_in_firefox_over_mse_and_ll_hls() {
+    let fx = Fixture::builder().start().await;
+    let b = open_in(Kind::Firefox, &fx, "/?protocol=mse").await;
+    run(&b, |b| {
+        b.wait_for("the page lists cam1", Duration::from_secs(15), r#"return document.querySelector('[data-stream="edge-1/cam1"]') !== null"#);
+        for protocol in ["mse", "hls"] {
+            if protocol == "hls" {
+                b.eval("const s = document.getElementById('protocol'); s.value = 'hls'; s.dispatchEvent(new Event('change')); return true");
+            }
+            let width = b.wait_for(
+                &format!("cam1 plays over {protocol} in Firefox"),
+                Duration::from_secs(20),
+                &format!("const c = document.querySelector('[data-stream=\"edge-1/cam1\"]'); return c.dataset.protocol === '{protocol}' && {DECODED} > 5 && c.querySelector('video').videoWidth"),
+            );
+            assert_eq!(width, 320, "{protocol}");
+            let q = b.eval_async(
+                &format!(
+                    "const before = {DECODED}; const v = document.querySelector('[data-stream=\"edge-1/cam1\"] video');
+                     const c = document.createElement('canvas'); const first = MediameshStamp.read(v, c);
+                     setTimeout(() => done({{ frames: {DECODED} - before, first, last: MediameshStamp.read(v, c), error: v.error && v.error.message }}), 5000);"
+                ),
+                Duration::from_secs(10),
+            );
+            assert!(q["frames"].as_i64().unwrap() >= 50, "{protocol}: {q}");
+            assert!(q["error"].is_null(), "{protocol}: {q}");
+            let (first, last) = (q["first"]["captureMs"].as_f64().unwrap(), q["last"]["captureMs"].as_f64().unwrap());
+            assert!(last - first > 3000.0, "{protocol}: the stamp moves on: {q}");
+            let shown = b.wait_for(
+                "the page shows the latency",
+                Duration::from_secs(5),
+                r#"return document.querySelector('[data-stream="edge-1/cam1"]').dataset.latencyMs"#,
+            );
+            assert!(shown.as_str().unwrap().parse::<u32>().is_ok(), "{protocol}: {shown}");
+        }
+    })
+    .await;
 }

@@ -11,7 +11,9 @@
 // cells must be black.
 "use strict";
 
-const MediameshStamp = (() => {
+// A property of the window rather than a `const`: Firefox's WebDriver (Marionette) runs test
+// scripts where only the window's properties are visible.
+globalThis.MediameshStamp = (() => {
   const COLS = 18, ROWS = 4;
 
   function layout(width, height) {

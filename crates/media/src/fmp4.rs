@@ -19,8 +19,8 @@
 use bytes::Bytes;
 use mp4_atom::{
     Audio, Avc1, Avcc, AvccExt, Codec as SampleEntry, Dinf, Dops, Dref, Encode, Esds, FourCC, Ftyp, Hdlr, Hvc1,
-    HvcCArray, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Opus, Smhd, Stbl, Stsd, Tfdt, Tfhd, Tkhd,
-    Traf, Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd, esds,
+    HvcCArray, Hvcc, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd,
+    Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd, esds,
 };
 
 use crate::{Codec, Frame, StreamHeader, TrackId, TrackInfo, TrackKind, aac, annexb, h264, h265};
@@ -421,7 +421,9 @@ fn trak(t: &TrackInfo, id: u32) -> Result<(Trak, String), Fmp4Error> {
                 vmhd: video.then(Vmhd::default),
                 smhd: (!video).then(Smhd::default),
                 dinf: Dinf { dref: Dref { entries: vec![Url::default().into()] } },
-                stbl: Stbl { stsd: Stsd { codecs: vec![entry] }, ..Default::default() },
+                // An empty sample table, `stco` included: ISO BMFF requires one, and Firefox
+                // refuses an init segment without it (Chromium does not mind).
+                stbl: Stbl { stsd: Stsd { codecs: vec![entry] }, stco: Some(Stco::default()), ..Default::default() },
                 ..Default::default()
             },
         },

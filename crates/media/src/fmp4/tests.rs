@@ -67,6 +67,10 @@ fn init_segment_describes_video_and_audio() {
     assert_eq!((dec.profile, dec.freq_index, dec.chan_conf), (2, 3, 2));
     assert_eq!(m.mime_type(), "video/mp4; codecs=\"avc1.42c00d,mp4a.40.2\"");
     assert_eq!(m.codecs(), "avc1.42c00d,mp4a.40.2");
+    for trak in &moov.trak {
+        let stco = trak.mdia.minf.stbl.stco.as_ref();
+        assert_eq!(stco.map(|s| s.entries.len()), Some(0), "an empty stco, which Firefox requires");
+    }
 }
 
 #[test]
