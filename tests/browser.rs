@@ -292,3 +292,42 @@ async fn the_page_plays_in_firefox_over_mse_and_ll_hls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_with_b_frames_plays_over_mse_and_ll_hls() {
+    mediamesh_testkit::require::ffmpeg();
+    let fx = Fixture::builder()
+        .edge(|e| {
+            e.streams.clear();
+            e.streams.insert("bframes".into(), mediamesh_testkit::b_frame_camera());
+        })
+        .start()
+        .await;
+    let b = open(&fx, "/?protocol=mse").await;
+    run(&b, |b| {
+        const VIDEO: &str = r#"document.querySelector('[data-stream="edge-1/bframes"] video')"#;
+        for protocol in ["mse", "hls"] {
+            if protocol == "hls" {
+                b.eval("const s = document.getElementById('protocol'); s.value = 'hls'; s.dispatchEvent(new Event('change')); return true");
+            }
+            b.wait_for(
+                &format!("the B-frame camera plays over {protocol}"),
+                Duration::from_secs(20),
+                &format!("const v = {VIDEO}; return v && v.parentElement.dataset.protocol === '{protocol}' && v.getVideoPlaybackQuality().totalVideoFrames > 5"),
+            );
+            let q = b.eval_async(
+                &format!(
+                    "const v = {VIDEO}; const q0 = v.getVideoPlaybackQuality();
+                     setTimeout(() => {{ const q = v.getVideoPlaybackQuality();
+                       done({{ frames: q.totalVideoFrames - q0.totalVideoFrames, dropped: q.droppedVideoFrames - q0.droppedVideoFrames,
+                              width: v.videoWidth, error: v.error && v.error.message }}); }}, 5000);"
+                ),
+                Duration::from_secs(10),
+            );
+            assert!(q["frames"].as_i64().unwrap() >= 100, "{protocol}: {q}");
+            assert!(q["dropped"].as_i64().unwrap() <= 5, "{protocol}: {q}");
+            assert_eq!((q["width"].as_i64(), q["error"].is_null()), (Some(320), true), "{protocol}: {q}");
+        }
+    })
+    .await;
+}

@@ -297,3 +297,37 @@ async fn ll_hls_is_served_over_http2_with_tls() {
     let mut v = mediamesh_hub::client::ViewerClient::connect(&wss, &opts).await.expect("a wss viewer");
     mediamesh_testkit::assert_consecutive(&mediamesh_testkit::counters(&read_frames(&mut v, 10).await));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_frames_keep_distinct_decode_and_presentation_times() {
+    require::ffmpeg();
+    let fx = Fixture::builder()
+        .edge(|e| {
+            e.streams.insert("bframes".into(), mediamesh_testkit::b_frame_camera());
+        })
+        .start()
+        .await;
+    let url = format!("http://{}/api/v1/nodes/edge-1/streams/bframes/hls/index.m3u8", fx.hub.stream_addr);
+    let p = copy_six_seconds(url).await;
+    assert_eq!(p["streams"][0]["has_b_frames"].as_u64().map(|b| b > 0), Some(true), "{}", p["streams"][0]);
+    let times: Vec<(f64, f64)> = p["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pts_time"].as_str().unwrap().parse().unwrap(), p["dts_time"].as_str().unwrap().parse().unwrap()))
+        .collect();
+    assert!(times.len() >= 140, "{} packets", times.len());
+    assert!(times.windows(2).all(|w| w[1].1 > w[0].1), "decode times increase");
+    assert!(times.iter().all(|(pts, dts)| pts >= dts), "no picture shown before it is decoded");
+    let reordered = times.iter().filter(|(pts, dts)| pts > dts).count();
+    assert!(reordered > times.len() / 2, "{reordered} of {} with pts after dts", times.len());
+    // In presentation order the pictures are one frame apart: every B-frame found its place.
+    let mut pts: Vec<f64> = times.iter().map(|t| t.0).collect();
+    pts.sort_by(f64::total_cmp);
+    // (Decode times are arrival stamps, so they carry the pipe's jitter; a misplaced B-frame
+    // would be a whole frame off. The copy's end cuts in decode order, which can leave out the
+    // B-frames shown before its last reference picture.)
+    let gaps: Vec<f64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    let gaps = &gaps[..gaps.len() - 3];
+    assert!(gaps.iter().all(|g| (0.025..0.055).contains(g)), "presentation gaps {gaps:?}");
+}

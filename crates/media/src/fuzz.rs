@@ -14,10 +14,12 @@ pub fn codec_config(data: &[u8]) {
 }
 
 /// The Annex-B access-unit splitter (H.264 or H.265, by the first byte, which also picks where
-/// the bytes split) and the SEI stamp reader. Panics only on a real bug: an access unit over
-/// the cap.
+/// the bytes split), the SEI stamp reader and the picture-order reader that derives B-frame
+/// times ([`crate::reorder`]). Panics only on a real bug: an access unit over the cap, or times
+/// that do not keep their known half.
 pub fn split_any(data: &[u8]) {
     use crate::annexb::{AccessUnitSplitter, VideoCodec};
+    use crate::reorder::{Known, Reorder};
     let Some((&first, data)) = data.split_first() else { return };
     let codec = if first & 1 == 0 { VideoCodec::H264 } else { VideoCodec::H265 };
     let mut splitter = AccessUnitSplitter::new(codec, 4096);
@@ -26,9 +28,14 @@ pub fn split_any(data: &[u8]) {
     let _ = splitter.push(&data[..cut], &mut out);
     let _ = splitter.push(&data[cut..], &mut out);
     let _ = splitter.flush(&mut out);
-    for au in &out {
+    let media_codec = if codec == VideoCodec::H264 { crate::Codec::H264 } else { crate::Codec::H265 };
+    let (mut from_dts, mut from_pts) = (Reorder::new(media_codec, 90_000), Reorder::new(media_codec, 90_000));
+    for (i, au) in out.iter().enumerate() {
         assert!(au.data.len() <= 4096, "an access unit over the cap");
         let _ = crate::h264::sei::read_stamp(&au.data);
+        let t = i as i64 * 3600;
+        assert_eq!(from_dts.times(&au.data, Known::Dts(t)).dts, t, "the known decode time is kept");
+        assert_eq!(from_pts.times(&au.data, Known::Pts(t)).pts, t, "the known presentation time is kept");
     }
 }
 

@@ -93,6 +93,15 @@ pub struct SpsProfile {
     pub temporal_layers: u8,
     /// `sps_temporal_id_nesting_flag`.
     pub temporal_id_nested: bool,
+    /// `sps_seq_parameter_set_id`.
+    pub sps_id: u8,
+    /// `separate_colour_plane_flag`.
+    pub separate_colour_plane: bool,
+    /// `log2_max_pic_order_cnt_lsb_minus4 + 4`: the width of a slice's POC field.
+    pub log2_max_poc_lsb: u8,
+    /// `sps_max_num_reorder_pics` of the highest sub-layer: how many pictures may precede one
+    /// in decode order and follow it in output order (0 without B-frames).
+    pub max_num_reorder: u32,
 }
 
 /// Parses an SPS NAL unit (without start code) into picture size and codec string.
@@ -142,14 +151,15 @@ pub fn parse_sps_profile(sps: &[u8]) -> Result<(VideoParams, SpsProfile), MediaE
             r.skip(8, "sub_layer_level_idc").map_err(e)?;
         }
     }
-    r.read_ue("sps_seq_parameter_set_id").map_err(e)?;
+    let sps_id = r.read_ue("sps_seq_parameter_set_id").map_err(e)?;
+    if sps_id > 15 {
+        return Err(invalid(format!("sps_seq_parameter_set_id {sps_id}")));
+    }
     let chroma_format_idc = r.read_ue("chroma_format_idc").map_err(e)?;
     if chroma_format_idc > 3 {
         return Err(invalid(format!("chroma_format_idc {chroma_format_idc}")));
     }
-    if chroma_format_idc == 3 {
-        r.skip(1, "separate_colour_plane_flag").map_err(e)?;
-    }
+    let separate_colour_plane = chroma_format_idc == 3 && r.read_bit("separate_colour_plane_flag").map_err(e)?;
     let chroma_format_idc = chroma_format_idc as u8;
     let width = r.read_ue("pic_width_in_luma_samples").map_err(e)?;
     let height = r.read_ue("pic_height_in_luma_samples").map_err(e)?;
@@ -175,6 +185,21 @@ pub fn parse_sps_profile(sps: &[u8]) -> Result<(VideoParams, SpsProfile), MediaE
     if bit_depth_luma_minus8 > 8 || bit_depth_chroma_minus8 > 8 {
         return Err(invalid(format!("bit depth {} / {}", bit_depth_luma_minus8 + 8, bit_depth_chroma_minus8 + 8)));
     }
+    let log2_max_poc_lsb_minus4 = r.read_ue("log2_max_pic_order_cnt_lsb_minus4").map_err(e)?;
+    if log2_max_poc_lsb_minus4 > 12 {
+        return Err(invalid(format!("log2_max_pic_order_cnt_lsb_minus4 {log2_max_poc_lsb_minus4}")));
+    }
+    let ordering_for_all = r.read_bit("sps_sub_layer_ordering_info_present_flag").map_err(e)?;
+    let first = if ordering_for_all { 0 } else { max_sub_layers_minus1 };
+    let mut max_num_reorder = 0;
+    for _ in first..=max_sub_layers_minus1 {
+        r.read_ue("sps_max_dec_pic_buffering_minus1").map_err(e)?;
+        max_num_reorder = r.read_ue("sps_max_num_reorder_pics").map_err(e)?;
+        r.read_ue("sps_max_latency_increase_plus1").map_err(e)?;
+    }
+    if max_num_reorder > 16 {
+        return Err(invalid(format!("sps_max_num_reorder_pics {max_num_reorder}")));
+    }
     let params = VideoParams {
         width: width - crop_w,
         height: height - crop_h,
@@ -192,9 +217,103 @@ pub fn parse_sps_profile(sps: &[u8]) -> Result<(VideoParams, SpsProfile), MediaE
         bit_depth_chroma_minus8: bit_depth_chroma_minus8 as u8,
         temporal_layers: max_sub_layers_minus1 + 1,
         temporal_id_nested,
+        sps_id: sps_id as u8,
+        separate_colour_plane,
+        log2_max_poc_lsb: log2_max_poc_lsb_minus4 as u8 + 4,
+        max_num_reorder,
     };
     Ok((params, profile))
 }
+
+/// What a slice header needs from a PPS (H.265 §7.3.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PpsOrder {
+    /// `pps_pic_parameter_set_id`.
+    pub pps_id: u8,
+    /// `pps_seq_parameter_set_id`.
+    pub sps_id: u8,
+    /// `output_flag_present_flag`.
+    pub output_flag_present: bool,
+    /// `num_extra_slice_header_bits`.
+    pub extra_slice_header_bits: u8,
+}
+
+/// Reads the start of a PPS NAL unit (without start code).
+pub fn parse_pps(pps: &[u8]) -> Result<PpsOrder, MediaError> {
+    let invalid = |reason: String| MediaError::InvalidSps { len: pps.len(), reason: format!("PPS: {reason}") };
+    if nal_type(pps) != Some(NAL_PPS) || pps.len() < 3 {
+        return Err(invalid("not an H.265 PPS NAL unit".into()));
+    }
+    let rbsp = unescape_rbsp(&pps[2..pps.len().min(2 + 64)]);
+    let e = |e: h264_reader::rbsp::BitReaderError| invalid(crate::h264::bit_error(&e));
+    let mut r = BitReader::new(&rbsp[..]);
+    let pps_id = r.read_ue("pps_pic_parameter_set_id").map_err(e)?;
+    let sps_id = r.read_ue("pps_seq_parameter_set_id").map_err(e)?;
+    if pps_id > 63 || sps_id > 15 {
+        return Err(invalid(format!("parameter set ids {pps_id} / {sps_id}")));
+    }
+    r.skip(1, "dependent_slice_segments_enabled_flag").map_err(e)?;
+    let output_flag_present = r.read_bit("output_flag_present_flag").map_err(e)?;
+    let extra_slice_header_bits = r.read::<3, u8>("num_extra_slice_header_bits").map_err(e)?;
+    Ok(PpsOrder { pps_id: pps_id as u8, sps_id: sps_id as u8, output_flag_present, extra_slice_header_bits })
+}
+
+/// The start of a picture's first slice segment: which PPS it uses and its POC field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceOrder {
+    /// `slice_pic_parameter_set_id`.
+    pub pps_id: u8,
+    /// `slice_pic_order_cnt_lsb` (0 for IDR pictures, which carry none).
+    pub poc_lsb: u32,
+}
+
+/// Reads the first slice segment header of a picture (`None` for a later segment of the same
+/// picture, which says nothing new). `pps` and `sps` look parameter sets up by id.
+pub fn parse_slice_order(
+    nal: &[u8],
+    pps: impl Fn(u8) -> Option<PpsOrder>,
+    sps: impl Fn(u8) -> Option<SpsProfile>,
+) -> Result<Option<SliceOrder>, MediaError> {
+    let invalid = |reason: String| MediaError::InvalidSps { len: nal.len(), reason: format!("slice: {reason}") };
+    let kind = nal_type(nal).ok_or_else(|| invalid("empty".into()))?;
+    if !is_vcl(kind) || nal.len() < 3 {
+        return Err(invalid(format!("NAL unit type {kind} is no slice")));
+    }
+    // The fields needed sit in the first bytes; the slice data after them is not read.
+    let rbsp = unescape_rbsp(&nal[2..nal.len().min(2 + 64)]);
+    let e = |e: h264_reader::rbsp::BitReaderError| invalid(crate::h264::bit_error(&e));
+    let mut r = BitReader::new(&rbsp[..]);
+    if !r.read_bit("first_slice_segment_in_pic_flag").map_err(e)? {
+        return Ok(None);
+    }
+    if is_irap(kind) {
+        r.skip(1, "no_output_of_prior_pics_flag").map_err(e)?;
+    }
+    let pps_id = r.read_ue("slice_pic_parameter_set_id").map_err(e)?;
+    let p = u8::try_from(pps_id).ok().and_then(&pps).ok_or_else(|| invalid(format!("unknown PPS {pps_id}")))?;
+    let s = sps(p.sps_id).ok_or_else(|| invalid(format!("unknown SPS {}", p.sps_id)))?;
+    r.skip(u32::from(p.extra_slice_header_bits), "slice_reserved_flag").map_err(e)?;
+    r.read_ue("slice_type").map_err(e)?;
+    if p.output_flag_present {
+        r.skip(1, "pic_output_flag").map_err(e)?;
+    }
+    if s.separate_colour_plane {
+        r.skip(2, "colour_plane_id").map_err(e)?;
+    }
+    let poc_lsb = if matches!(kind, NAL_IDR_W_RADL | NAL_IDR_N_LP) {
+        0
+    } else {
+        r.read_var::<u32>(u32::from(s.log2_max_poc_lsb), "slice_pic_order_cnt_lsb").map_err(e)?
+    };
+    Ok(Some(SliceOrder { pps_id: p.pps_id, poc_lsb }))
+}
+
+/// IDR picture that may have leading pictures.
+pub const NAL_IDR_W_RADL: u8 = 19;
+/// IDR picture without leading pictures.
+pub const NAL_IDR_N_LP: u8 = 20;
+/// Clean random access picture.
+pub const NAL_CRA: u8 = 21;
 
 /// The RFC 6381 codec string of an HEVC stream (ISO/IEC 14496-15 Annex E), e.g. `hvc1.1.6.L93.B0`.
 fn codec_string(space: u8, tier: bool, profile: u8, compat: u32, constraint: &[u8; 6], level: u8) -> String {
@@ -240,13 +359,18 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated_sps_is_an_error_or_the_same_answer() {
-        let full = parse_sps(SPS).unwrap();
+        let full = parse_sps_profile(SPS).unwrap();
+        let mut parsed = false;
         for n in 0..SPS.len() {
-            match parse_sps(&SPS[..n]) {
-                Ok(p) => assert_eq!(p, full, "cut at {n}: fields past the cut are not read"),
-                Err(_) => assert!(n < 24, "cut at {n} still holds every field read"),
+            match parse_sps_profile(&SPS[..n]) {
+                Ok(p) => {
+                    assert_eq!(p, full, "cut at {n}: fields past the cut are not read");
+                    parsed = true;
+                }
+                Err(_) => assert!(!parsed, "cut at {n} fails after a shorter cut parsed"),
             }
         }
+        assert_eq!((full.1.log2_max_poc_lsb, full.1.max_num_reorder), (8, 2), "the fields after the bit depths");
         assert!(parse_sps(&SPS[..18]).is_err());
     }
 }

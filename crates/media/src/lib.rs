@@ -28,6 +28,7 @@ mod frame;
 pub mod fuzz;
 pub mod h264;
 pub mod h265;
+pub mod reorder;
 pub mod rtp;
 
 pub use codec::{AudioParams, Codec, StreamHeader, TrackInfo, TrackKind, VideoParams};

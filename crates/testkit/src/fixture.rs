@@ -29,6 +29,24 @@ pub fn test_pattern() -> StreamConfig {
     }
 }
 
+/// A camera with B-frames: ffmpeg (lavfi testsrc, 320x240 at 25 fps) encoding with libx264,
+/// two B-frames between references and a keyframe every 25 frames.
+pub fn b_frame_camera() -> StreamConfig {
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    StreamConfig {
+        description: None,
+        test_pattern: None,
+        ffmpeg: Some(mediamesh_edge::config::FfmpegConfig {
+            input: args(&["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]),
+            encode: args(&["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "25", "-pix_fmt", "yuv420p"]),
+            binary: "ffmpeg".into(),
+            codec: mediamesh_edge::config::VideoCodecName::H264,
+        }),
+        rtsp: None,
+        file: None,
+    }
+}
+
 /// Builds a [`Fixture`].
 pub struct FixtureBuilder {
     hub: Box<dyn FnOnce(&mut HubConfig)>,

@@ -27,7 +27,7 @@ pub mod rtsp_player;
 
 use std::time::{Duration, Instant};
 
-pub use fixture::{Fixture, FixtureBuilder, test_pattern};
+pub use fixture::{Fixture, FixtureBuilder, b_frame_camera, test_pattern};
 use mediamesh_hub::client::{ViewerClient, ViewerItem};
 use mediamesh_hub::egress::ws::format::ViewerFrame;
 pub use pki::TestPki;

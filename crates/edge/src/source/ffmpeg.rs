@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mediamesh_media::annexb::{AccessUnit, AccessUnitSplitter, VideoCodec};
-use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
+use mediamesh_media::reorder::{Known, Reorder, Times};
+use mediamesh_media::{Codec, Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
 use mediamesh_tunnel::backoff::{Backoff, BackoffConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -272,6 +273,10 @@ async fn pump(
     let mut aus = Vec::new();
     let mut have_header = false;
     let mut pacer = Pacer::new();
+    // B-frames arrive in decode order: the stamps are decode times, and the presentation
+    // times come from the pictures' order in the bitstream.
+    let mut reorder =
+        Reorder::new(if syntax == VideoCodec::H265 { Codec::H265 } else { Codec::H264 }, VIDEO_CLOCK_RATE);
     loop {
         let n = tokio::select! {
             r = stdout.read(&mut buf) => match r {
@@ -300,13 +305,13 @@ async fn pump(
             }
             // Raw H.264/H.265 carries no timestamps: stamp arrival, spread within bursts.
             let arrival = (epoch.elapsed().as_micros() * u128::from(VIDEO_CLOCK_RATE) / 1_000_000) as i64;
-            let pts = pacer.stamp(arrival);
+            let Times { pts, dts } = reorder.times(&au.data, Known::Dts(pacer.stamp(arrival)));
             let frame = Frame {
                 track: 0,
                 flags: FrameFlags::keyframe(au.keyframe),
                 seq: *seq,
                 pts,
-                dts: pts,
+                dts,
                 capture_us: unix_micros(),
                 payload: au.data,
             };

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mediamesh_media::annexb::{AccessUnit, AccessUnitSplitter, VideoCodec};
 use mediamesh_media::h264::sei::{TestPatternStamp, restamp};
-use mediamesh_media::{Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
+use mediamesh_media::reorder::{Known, Reorder, Times};
+use mediamesh_media::{Codec, Frame, FrameFlags, StreamHeader, TrackInfo, VIDEO_CLOCK_RATE};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -101,6 +102,8 @@ async fn play(clip: &Clip, cfg: &FileConfig, sink: &mut FrameSink, cancel: &Canc
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let start = Instant::now();
     let mut seq: u64 = 0;
+    let codec = clip.header.video().map_or(Codec::H264, |t| t.codec);
+    let mut reorder = Reorder::new(codec, VIDEO_CLOCK_RATE);
     loop {
         tokio::select! {
             at = ticks.tick() => {
@@ -118,9 +121,10 @@ async fn play(clip: &Clip, cfg: &FileConfig, sink: &mut FrameSink, cancel: &Canc
         } else {
             au.data.clone()
         };
-        let pts = (seq * u64::from(VIDEO_CLOCK_RATE) / u64::from(cfg.fps.max(1))) as i64;
-        let frame =
-            Frame { track: 0, flags: FrameFlags::keyframe(au.keyframe), seq, pts, dts: pts, capture_us, payload };
+        // The clip is in decode order: its slots are decode times (see `reorder`).
+        let slot = (seq * u64::from(VIDEO_CLOCK_RATE) / u64::from(cfg.fps.max(1))) as i64;
+        let Times { pts, dts } = reorder.times(&au.data, Known::Dts(slot));
+        let frame = Frame { track: 0, flags: FrameFlags::keyframe(au.keyframe), seq, pts, dts, capture_us, payload };
         if sink.push(frame).is_err() {
             return seq;
         }

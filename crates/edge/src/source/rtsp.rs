@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use mediamesh_media::annexb::START_CODE;
+use mediamesh_media::reorder::{Known, Reorder, Times};
 use mediamesh_media::rtp::{DepacketizedFrame, Depacketizer, RtpPacketIn};
 use mediamesh_media::{Codec, Frame, FrameFlags, StreamHeader, TrackInfo, TrackKind, VIDEO_CLOCK_RATE};
 use mediamesh_tunnel::backoff::Backoff;
@@ -156,6 +157,8 @@ struct Route {
     track: TrackInfo,
     depacketizer: Depacketizer,
     warned: bool,
+    /// Decode times for the video: RTP carries presentation times only.
+    reorder: Reorder,
 }
 
 async fn run_once(
@@ -291,6 +294,7 @@ fn pick_streams(streams: &[retina::client::Stream]) -> Result<Vec<Route>, String
             track: TrackInfo { id, codec, clock_rate, channels, parameter_sets: vec![] },
             depacketizer: Depacketizer::new(codec, MAX_FRAME),
             warned: false,
+            reorder: Reorder::new(codec, clock_rate),
         });
     }
     if routes.is_empty() {
@@ -378,7 +382,12 @@ fn deliver(route: &mut Route, f: DepacketizedFrame, pts: i64, timeline: &mut Tim
     if f.discontinuity {
         flags = flags.with_discontinuity();
     }
-    let frame = Frame { track: track.id, flags, seq: timeline.seq, pts, dts: pts, capture_us: unix_micros(), payload };
+    let Times { pts, dts } = if track.codec.kind() == TrackKind::Video {
+        route.reorder.times(&payload, Known::Pts(pts))
+    } else {
+        Times { pts, dts: pts }
+    };
+    let frame = Frame { track: track.id, flags, seq: timeline.seq, pts, dts, capture_us: unix_micros(), payload };
     timeline.seq += 1;
     (Some(frame), changed)
 }
