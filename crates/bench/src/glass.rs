@@ -1,6 +1,6 @@
 //! Glass-to-glass latency in a real browser: `mediamesh demo` (a hub and an edge with the
 //! 1280x720, 25 fps test pattern, whose pictures carry their capture time as a block code), its
-//! web page in headless Chromium over WebDriver, and for every frame of `cam1` put on screen
+//! web page in headless Chromium or Firefox over WebDriver, and for every frame of `cam1` put on screen
 //! the moment it is shown (`requestVideoFrameCallback`'s expected display time) minus its
 //! capture time read from the picture (same machine, same clock): capture, encode, edge, hub,
 //! packaging, the browser's network stack, demux, decode and render, all included.
@@ -11,11 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use mediamesh_testkit::browser::Browser;
+use mediamesh_testkit::browser::{Browser, Kind};
 
 /// What one protocol's run measured.
 #[derive(Debug, serde::Serialize)]
 pub struct Glass {
+    /// `chromium` or `firefox`.
+    pub browser: &'static str,
     /// `mse` or `hls`.
     pub protocol: String,
     /// Frames with a readable stamp.
@@ -43,10 +45,12 @@ impl Drop for Demo {
     }
 }
 
-/// Runs the demo with `binary`, then measures each protocol for `seconds` after `warmup`.
+/// Runs the demo with `binary`, then measures each protocol in each browser for `seconds`
+/// after `warmup`.
 pub fn measure(
     binary: &Path,
     dir: &Path,
+    browsers: &[Kind],
     protocols: &[String],
     seconds: f64,
     warmup: f64,
@@ -72,9 +76,28 @@ pub fn measure(
     }
     let page = page.context("the demo printed no page address")?;
     let (origin, token) = page.split_once("/#").context("the page address has no fragment")?;
-    let browser = Browser::start();
     let mut out = Vec::new();
-    for protocol in protocols {
+    for &kind in browsers {
+        let browser = Browser::launch(kind);
+        for protocol in protocols {
+            out.push(one(&browser, kind, origin, token, protocol, seconds, warmup)?);
+        }
+    }
+    drop(demo);
+    Ok(out)
+}
+
+/// One protocol in one browser.
+fn one(
+    browser: &Browser,
+    kind: Kind,
+    origin: &str,
+    token: &str,
+    protocol: &str,
+    seconds: f64,
+    warmup: f64,
+) -> anyhow::Result<Glass> {
+    {
         browser.goto(&format!("{origin}/?protocol={protocol}#{token}"));
         browser.wait_for(
             "cam1 to play",
@@ -99,17 +122,18 @@ pub fn measure(
         anyhow::ensure!(!ms.is_empty(), "{protocol}: no frame with a readable stamp");
         ms.sort_by(f64::total_cmp);
         let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        out.push(Glass {
-            protocol: protocol.clone(),
+        Ok(Glass {
+            browser: match kind {
+                Kind::Chromium => "chromium",
+                Kind::Firefox => "firefox",
+            },
+            protocol: protocol.to_owned(),
             frames: ms.len(),
             p50_ms: pick(0.5),
             p95_ms: pick(0.95),
             min_ms: ms[0],
             max_ms: ms[ms.len() - 1],
             unreadable: v["unreadable"].as_u64().unwrap_or(0) as usize,
-        });
+        })
     }
-    drop(browser);
-    drop(demo);
-    Ok(out)
 }

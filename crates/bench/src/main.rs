@@ -39,6 +39,22 @@ use viewers::{Phase, Tally};
 
 /// Measure fan-out: hub CPU per delivered Gbit, memory per viewer, latency; optionally beside
 /// nginx-rtmp and GStreamer's RTSP server (see docs/benchmarks.md).
+/// A browser for `--glass`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BrowserName {
+    Chromium,
+    Firefox,
+}
+
+impl BrowserName {
+    fn kind(self) -> mediamesh_testkit::browser::Kind {
+        match self {
+            BrowserName::Chromium => mediamesh_testkit::browser::Kind::Chromium,
+            BrowserName::Firefox => mediamesh_testkit::browser::Kind::Firefox,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "mediamesh-bench", version)]
 struct Cli {
@@ -117,6 +133,9 @@ struct BenchArgs {
     /// frames on screen each (docs/benchmarks.md, "Glass to glass").
     #[arg(long, value_delimiter = ',')]
     glass: Vec<String>,
+    /// The browsers of `--glass`: `chromium`, `firefox` (Firefox ESR over Marionette).
+    #[arg(long, value_delimiter = ',', default_value = "chromium")]
+    browsers: Vec<BrowserName>,
     /// Measure LL-HLS serving instead of the ladder: this many clients of one stream doing
     /// blocking playlist reloads and fetching each part, `--duration` seconds
     /// (docs/benchmarks.md, "LL-HLS serving").
@@ -246,16 +265,18 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let binary = mediamesh_binary(&args)?;
         std::fs::create_dir_all(&dir)?;
         let (protocols, seconds, warmup) = (args.glass.clone(), args.duration, args.warmup);
+        let browsers: Vec<_> = args.browsers.iter().map(|b| b.kind()).collect();
         let results =
-            tokio::task::spawn_blocking(move || glass::measure(&binary, &dir, &protocols, seconds, warmup)).await??;
+            tokio::task::spawn_blocking(move || glass::measure(&binary, &dir, &browsers, &protocols, seconds, warmup))
+                .await??;
         println!(
-            "{:<10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11}",
-            "protocol", "frames", "p50 ms", "p95 ms", "min ms", "max ms", "unreadable"
+            "{:<9} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "browser", "protocol", "frames", "p50 ms", "p95 ms", "min ms", "max ms", "unreadable"
         );
         for g in &results {
             println!(
-                "{:<10} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11}",
-                g.protocol, g.frames, g.p50_ms, g.p95_ms, g.min_ms, g.max_ms, g.unreadable
+                "{:<9} {:<9} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11}",
+                g.browser, g.protocol, g.frames, g.p50_ms, g.p95_ms, g.min_ms, g.max_ms, g.unreadable
             );
         }
         if let Some(path) = &args.json {
