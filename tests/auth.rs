@@ -37,6 +37,10 @@ async fn anonymous_requests_are_refused_on_every_protocol_and_credentials_open_t
     let a = request(addr, "GET", mse, &[]).await;
     assert_eq!(a.status, 401, "{}", a.body);
     assert!(a.body.contains("no_credentials"), "{}", a.body);
+    // So is a WHEP offer.
+    let a = request(addr, "POST", "/api/v1/nodes/edge-1/streams/cam1/whep", &[]).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("no_credentials"), "{}", a.body);
     // Probes need nothing.
     assert_eq!(request(addr, "GET", "/healthz", &[]).await.status, 200);
 

@@ -55,6 +55,8 @@ pub(crate) struct ApiState {
     pub revocations: Arc<crate::enroll::Revocations>,
     /// LL-HLS packaging of the streams HLS clients poll.
     pub hls: Arc<crate::egress::hls::HlsStreams>,
+    /// WebRTC viewers, when configured.
+    pub webrtc: Option<Arc<crate::egress::webrtc::WebRtc>>,
 }
 
 /// The API's reloadable settings.
@@ -102,6 +104,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}/ws", get(upgrade::<egress::ws::packager::WsFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/mse", get(upgrade::<egress::mse::packager::MseFormat>))
         .route("/api/v1/nodes/{node}/streams/{stream}/hls/{file}", get(hls))
+        .route("/api/v1/nodes/{node}/streams/{stream}/whep", post(whep_offer).options(whep_options))
+        .route(
+            "/api/v1/nodes/{node}/streams/{stream}/whep/{session}",
+            axum::routing::delete(whep_end).options(whep_options),
+        )
         .merge(crate::web::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::http_auth::guard))
@@ -409,6 +416,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         st.live.get().metrics_max_viewer_series,
     );
     body.push_str(&st.hls.metrics());
+    body.push_str(&crate::egress::webrtc::metrics(st.webrtc.as_deref()));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -497,4 +505,71 @@ async fn upgrade<F: egress::ws::Flavor>(
         .header("sec-websocket-accept", accept)
         .body(axum::body::Body::empty())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// CORS for WHEP (RFC 9725 §4.1): a page on another origin may make offers and end sessions.
+fn whep_cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, axum::http::HeaderValue::from_static("*"));
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_METHODS,
+        axum::http::HeaderValue::from_static("POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+        axum::http::HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS, axum::http::HeaderValue::from_static("Location"));
+    r
+}
+
+async fn whep_options() -> Response {
+    whep_cors(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST …/whep`: an SDP offer in, `201` with the answer and the session's `Location`.
+async fn whep_offer(
+    State(st): State<ApiState>,
+    Path((node, stream)): Path<(String, String)>,
+    peer: Option<Extension<Peer>>,
+    body: String,
+) -> Response {
+    let result = async {
+        let Some(rtc) = st.webrtc.clone() else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "webrtc_off", "this hub has no webrtc block".into()));
+        };
+        let key = StreamKey::new(node.clone(), stream.clone());
+        st.sessions.check_stream(&key)?;
+        let remote = peer.map_or(Remote::UNKNOWN, |Extension(Peer(a))| a);
+        let viewer = st.sessions.join(&key, crate::auth::Protocol::Webrtc.name(), remote).map_err(|r| {
+            let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            ApiError::new(status, r.name(), r.to_string())
+        })?;
+        let (id, answer) = rtc.answer(&body, st.sessions.clone(), viewer, &st.tasks).map_err(|e| {
+            ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), e.code(), e.to_string())
+        })?;
+        Response::builder()
+            .status(StatusCode::CREATED)
+            .header(axum::http::header::CONTENT_TYPE, "application/sdp")
+            .header(axum::http::header::LOCATION, format!("/api/v1/nodes/{node}/streams/{stream}/whep/{id:x}"))
+            .body(axum::body::Body::from(answer))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    }
+    .await;
+    whep_cors(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// `DELETE …/whep/{session}`: ends the session.
+async fn whep_end(
+    State(st): State<ApiState>,
+    Path((_node, _stream, session)): Path<(String, String, String)>,
+) -> Response {
+    let ended = st.webrtc.as_ref().zip(u64::from_str_radix(&session, 16).ok()).is_some_and(|(w, id)| w.end(id));
+    let r = if ended {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::new(StatusCode::NOT_FOUND, "session_not_found", format!("no WebRTC session {session:?}"))
+            .into_response()
+    };
+    whep_cors(r)
 }

@@ -32,10 +32,13 @@ pub(crate) enum Protocol {
     Hls,
     /// RTSP viewers.
     Rtsp,
+    /// WebRTC viewers (WHEP).
+    Webrtc,
 }
 
 impl Protocol {
-    pub(crate) const ALL: [Protocol; 5] = [Protocol::Http, Protocol::Ws, Protocol::Mse, Protocol::Hls, Protocol::Rtsp];
+    pub(crate) const ALL: [Protocol; 6] =
+        [Protocol::Http, Protocol::Ws, Protocol::Mse, Protocol::Hls, Protocol::Rtsp, Protocol::Webrtc];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -44,6 +47,7 @@ impl Protocol {
             Protocol::Mse => "mse",
             Protocol::Hls => "hls",
             Protocol::Rtsp => "rtsp",
+            Protocol::Webrtc => "webrtc",
         }
     }
 }

@@ -49,6 +49,11 @@ fn classify<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
         ["nodes", node, "streams", stream, "hls", _] => {
             return Some((Action::Read, Some((node, stream)), Protocol::Hls));
         }
+        // A browser's CORS preflight carries no credentials (RFC 9725 §4.1).
+        ["nodes", _, "streams", _, "whep", ..] if method == Method::OPTIONS => return None,
+        ["nodes", node, "streams", stream, "whep"] | ["nodes", node, "streams", stream, "whep", _] => {
+            return Some((Action::Read, Some((node, stream)), Protocol::Webrtc));
+        }
         _ => {}
     }
     let action = if method == Method::GET || method == Method::HEAD { Action::Api } else { Action::Admin };

@@ -216,7 +216,26 @@ impl Hub {
             segment_min: h.segment_min.get(),
             window: h.segments,
         };
+        let webrtc = match &config.webrtc {
+            Some(w) => {
+                let settings = crate::egress::webrtc::WebRtcSettings {
+                    listen: SocketAddr::new(config.listen_address, w.port),
+                    hosts: w.hosts.clone(),
+                    max_sessions: w.max_sessions,
+                };
+                let addr = settings.listen;
+                let rtc = crate::egress::webrtc::WebRtc::bind(settings).await.map_err(|source| HubError::Bind {
+                    port: "webrtc.port",
+                    addr,
+                    source,
+                })?;
+                tasks.spawn(rtc.clone().run(shutdown.clone()));
+                Some(rtc)
+            }
+            None => None,
+        };
         let state = ApiState {
+            webrtc: webrtc.clone(),
             hls: crate::egress::hls::HlsStreams::new(hls_cfg, h.max_waiting_requests, tasks.clone(), shutdown.clone()),
             sessions: sessions.clone(),
             registry: registry.clone(),

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 GET over plain TCP, enough to check the API's status codes and JSON.
+//! A minimal HTTP/1.1 client over plain TCP, enough to check the API's status codes and JSON.
 
 use std::net::SocketAddr;
 
@@ -28,6 +28,17 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
     request_from(None, addr, method, path, headers).await
 }
 
+/// [`request`] with a body.
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    send(None, addr, method, path, headers, body).await
+}
+
 /// [`request`] from the local address `source` (e.g. 127.0.0.2, a second client on this machine).
 pub async fn request_from(
     source: Option<std::net::IpAddr>,
@@ -35,6 +46,17 @@ pub async fn request_from(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+) -> Answer {
+    send(source, addr, method, path, headers, b"").await
+}
+
+async fn send(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
 ) -> Answer {
     let mut s = match source {
         None => TcpStream::connect(addr).await.expect("connect"),
@@ -49,10 +71,11 @@ pub async fn request_from(
         req.push_str(&format!("{n}: {v}\r\n"));
     }
     if method != "GET" && method != "HEAD" {
-        req.push_str("Content-Length: 0\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.expect("write request");
+    s.write_all(body).await.expect("write body");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.expect("read response");
     let text = String::from_utf8_lossy(&raw).into_owned();

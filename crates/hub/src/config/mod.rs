@@ -140,6 +140,10 @@ pub struct HubConfig {
     /// LL-HLS on the stream port: how parts and segments are cut.
     #[serde(default)]
     pub hls: HlsSettings,
+    /// WebRTC viewers over WHEP: the shared UDP port and the addresses offered to browsers.
+    /// Unset: no WebRTC.
+    #[serde(default)]
+    pub webrtc: Option<WebRtcBlock>,
     /// How timestamps continue across an edge outage: `wallClock` (default: they advance by the
     /// outage's real length, so recordings keep wall-clock time) or `squeezed` (the outage is
     /// cut out of the timeline).
@@ -187,6 +191,31 @@ pub struct EnrollmentSettings {
     /// Default 24 h.
     #[serde(default = "default_certificate_ttl")]
     pub certificate_ttl: Seconds,
+}
+
+/// The `webrtc` block.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebRtcBlock {
+    /// The UDP port every WebRTC viewer shares. Default 8189.
+    #[serde(default = "default_webrtc_port")]
+    pub port: u16,
+    /// Addresses offered to browsers as host candidates (a NAT'd hub's public address, as
+    /// MediaMTX's `webrtcAdditionalHosts`). Default: the listen address if it is not a
+    /// wildcard, else loopback.
+    #[serde(default)]
+    pub hosts: Vec<std::net::IpAddr>,
+    /// Most WebRTC sessions at once; more are answered 503. Default 1000.
+    #[serde(default = "default_webrtc_sessions")]
+    pub max_sessions: usize,
+}
+
+fn default_webrtc_port() -> u16 {
+    8189
+}
+
+fn default_webrtc_sessions() -> usize {
+    1000
 }
 
 /// The `hls` block.
@@ -325,6 +354,7 @@ impl HubConfig {
             metrics_max_viewer_series: default_metrics_viewers(),
             rtsp: RtspSettings::default(),
             hls: HlsSettings::default(),
+            webrtc: None,
             outage_timestamps: Default::default(),
             auth: None,
             allowed_origins: Vec::new(),

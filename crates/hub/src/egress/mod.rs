@@ -8,4 +8,5 @@ pub(crate) mod io;
 pub(crate) mod mailbox;
 pub mod mse;
 pub(crate) mod rtsp;
+pub mod webrtc;
 pub mod ws;

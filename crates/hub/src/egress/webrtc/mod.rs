@@ -1,0 +1,490 @@
+//! WebRTC viewers over WHEP (RFC 9725): `POST /api/v1/nodes/{node}/streams/{stream}/whep`
+//! with an SDP offer answers `201 Created`, the SDP answer and a `Location`; `DELETE` on that
+//! location ends the session.
+//!
+//! Every WebRTC viewer shares one UDP socket ([`WebRtc`]). The hub is ICE-lite: it answers the
+//! browser's connectivity checks and never sends its own. A datagram goes to its session by the
+//! ICE user fragment in a STUN request (the hub picks each session's own), and after that by
+//! the address it came from. Each session is a str0m [`Rtc`] in RTP mode driven by its own
+//! task: str0m is sans-IO, the task only moves datagrams and timers. The stream's frames are
+//! packetized once for all WebRTC viewers ([`packager`]); a session writes the shared payloads
+//! with its own header fields, and str0m encrypts them.
+
+pub mod packager;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use self::packager::{RtcFrame, WebRtcFormat, WebRtcPackager};
+use crate::session::log::{Attached, Packaged, PerFrame};
+use crate::session::{Sessions, Viewer};
+
+/// Datagrams waiting for one session; more are dropped (the peer retransmits what matters).
+const SESSION_QUEUE: usize = 256;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 2048;
+/// Most payload bytes a session takes from the log per read.
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Why an offer gets no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WhepError {
+    /// The body is not an SDP offer.
+    #[error("the offer is not valid SDP: {0}")]
+    BadSdp(String),
+    /// str0m refused the offer (no ICE credentials, no fingerprint, …).
+    #[error("the offer cannot be answered: {0}")]
+    Refused(String),
+    /// The offer has no video this hub can send.
+    #[error("the offer has no video codec this stream can be sent in (offer H.264 with packetization-mode=1)")]
+    NoCodec,
+    /// Too many WebRTC sessions.
+    #[error("this hub already serves {0} WebRTC sessions")]
+    Full(usize),
+}
+
+impl WhepError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            WhepError::Full(_) => 503,
+            WhepError::NoCodec => 406,
+            _ => 400,
+        }
+    }
+
+    /// The JSON error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WhepError::BadSdp(_) => "bad_sdp",
+            WhepError::Refused(_) => "offer_refused",
+            WhepError::NoCodec => "no_common_codec",
+            WhepError::Full(_) => "too_many_sessions",
+        }
+    }
+}
+
+/// The WebRTC settings.
+#[derive(Debug, Clone)]
+pub struct WebRtcSettings {
+    /// Where the UDP socket binds (default `0.0.0.0:8189`).
+    pub listen: SocketAddr,
+    /// Addresses offered to browsers as host candidates (with the socket's port); when empty,
+    /// the socket's own address if it is not a wildcard, else loopback.
+    pub hosts: Vec<std::net::IpAddr>,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+}
+
+impl Default for WebRtcSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8189)), hosts: Vec::new(), max_sessions: 1000 }
+    }
+}
+
+/// A datagram for a session.
+struct Datagram {
+    source: SocketAddr,
+    at: Instant,
+    bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_ufrag: HashMap<String, (u64, mpsc::Sender<Datagram>)>,
+    by_addr: HashMap<SocketAddr, (u64, mpsc::Sender<Datagram>)>,
+    stops: HashMap<u64, CancellationToken>,
+}
+
+/// The WebRTC side of the hub: the shared UDP socket and its sessions.
+pub struct WebRtc {
+    socket: Arc<UdpSocket>,
+    candidates: Vec<SocketAddr>,
+    settings: WebRtcSettings,
+    routes: Mutex<Routes>,
+    next_id: std::sync::atomic::AtomicU64,
+    cert: str0m::config::DtlsCert,
+}
+
+impl std::fmt::Debug for WebRtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtc").field("candidates", &self.candidates).finish_non_exhaustive()
+    }
+}
+
+impl WebRtc {
+    /// Binds the socket.
+    pub async fn bind(settings: WebRtcSettings) -> std::io::Result<Arc<Self>> {
+        let socket = UdpSocket::bind(settings.listen).await?;
+        let local = socket.local_addr()?;
+        let hosts = if !settings.hosts.is_empty() {
+            settings.hosts.clone()
+        } else if !local.ip().is_unspecified() {
+            vec![local.ip()]
+        } else {
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
+        };
+        let candidates = hosts.into_iter().map(|ip| SocketAddr::new(ip, local.port())).collect();
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| std::io::Error::other("cannot make the DTLS certificate"))?;
+        Ok(Arc::new(Self {
+            socket: Arc::new(socket),
+            candidates,
+            settings,
+            routes: Mutex::default(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            cert,
+        }))
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sessions now.
+    pub fn sessions(&self) -> usize {
+        self.lock().stops.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the socket and hands each datagram to its session, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, source) = tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(error = %e, "webrtc socket read failed");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let bytes = &buf[..n];
+            let target = {
+                let routes = self.lock();
+                routes
+                    .by_addr
+                    .get(&source)
+                    .cloned()
+                    .or_else(|| stun_local_ufrag(bytes).and_then(|u| routes.by_ufrag.get(u).cloned()))
+            };
+            let Some((id, tx)) = target else { continue };
+            if tx.try_send(Datagram { source, at: Instant::now(), bytes: bytes.to_vec() }).is_err() {
+                debug!(session = id, "webrtc session queue full; datagram dropped");
+            } else {
+                self.lock().by_addr.entry(source).or_insert((id, tx));
+            }
+        }
+    }
+
+    /// Answers `offer` for `viewer`, and starts the session in `tasks`. Returns the session id
+    /// and the answer.
+    pub(crate) fn answer(
+        self: &Arc<Self>,
+        offer: &str,
+        sessions: Arc<Sessions>,
+        viewer: Viewer,
+        tasks: &TaskTracker,
+    ) -> Result<(u64, String), WhepError> {
+        if self.sessions() >= self.settings.max_sessions {
+            return Err(WhepError::Full(self.settings.max_sessions));
+        }
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
+        let ufrag = format!("mm{:016x}", crate::random_u64());
+        let pass = format!("{:016x}{:016x}", crate::random_u64(), crate::random_u64());
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass })
+            .clear_codecs();
+        {
+            let codecs = config.codec_config();
+            // Constrained Baseline, Main and High: the browser decodes the camera's stream
+            // whichever it offers; str0m needs the profile to match one of these exactly.
+            codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+            codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+            codecs.add_h264(123.into(), Some(119.into()), true, 0x4d001f);
+            codecs.add_h264(114.into(), Some(115.into()), true, 0x64001f);
+        }
+        let now = Instant::now();
+        let mut rtc = config.build(now);
+        for c in &self.candidates {
+            if let Ok(c) = Candidate::host(*c, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| WhepError::Refused(e.to_string()))?;
+        let sdp = answer.to_sdp_string();
+        // The video m-line (str0m announces it only once running) and the payload type the
+        // browser prefers among ours.
+        let video = video_mid(&sdp);
+        let (mid, pt) = video.and_then(|mid| h264_pt(&rtc, mid).map(|pt| (mid, pt))).ok_or(WhepError::NoCodec)?;
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let stop = CancellationToken::new();
+        {
+            let mut routes = self.lock();
+            routes.by_ufrag.insert(ufrag.clone(), (id, tx));
+            routes.stops.insert(id, stop.clone());
+        }
+        let me = self.clone();
+        let destination = self.candidates.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        tasks.spawn(async move {
+            let mut s = Peer { rtc, mid, pt, destination, socket: me.socket.clone(), seq: 0, started: false };
+            let reason = s.run(rx, sessions, viewer, stop).await;
+            let mut routes = me.lock();
+            routes.by_ufrag.remove(&ufrag);
+            routes.by_addr.retain(|_, (sid, _)| *sid != id);
+            routes.stops.remove(&id);
+            info!(session = id, %reason, "webrtc session ended");
+        });
+        Ok((id, sdp))
+    }
+
+    /// Ends session `id`; whether it existed.
+    pub fn end(&self, id: u64) -> bool {
+        self.lock().stops.get(&id).map(CancellationToken::cancel).is_some()
+    }
+}
+
+/// Its series in `/metrics`: sessions now, and frames packetized for WebRTC since start (once
+/// per frame whatever the number of viewers).
+pub(crate) fn metrics(rtc: Option<&WebRtc>) -> String {
+    format!(
+        "# HELP mediamesh_webrtc_sessions WebRTC (WHEP) sessions now.\n\
+         # TYPE mediamesh_webrtc_sessions gauge\nmediamesh_webrtc_sessions {}\n\
+         # HELP mediamesh_webrtc_frames_packetized_total Frames packetized into RTP for WebRTC viewers.\n\
+         # TYPE mediamesh_webrtc_frames_packetized_total counter\nmediamesh_webrtc_frames_packetized_total {}\n",
+        rtc.map_or(0, WebRtc::sessions),
+        packager::FRAMES_PACKETIZED.load(std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// The `a=mid` of the first video m-line of an SDP.
+fn video_mid(sdp: &str) -> Option<Mid> {
+    let mut in_video = false;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_video = m.starts_with("video ");
+        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(Mid::from(mid.trim()));
+        }
+    }
+    None
+}
+
+/// The payload type for H.264 on `mid`, in the browser's order of preference.
+fn h264_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    if media.disabled() {
+        return None;
+    }
+    let params = rtc.codec_config().params();
+    media
+        .remote_pts()
+        .iter()
+        .copied()
+        .find(|pt| params.iter().any(|p| p.pt() == *pt && p.spec().codec == RtcCodec::H264))
+}
+
+/// The local user fragment a STUN binding request names (`USERNAME` is `local:remote`).
+fn stun_local_ufrag(b: &[u8]) -> Option<&str> {
+    // A STUN message: type (first two bits zero), length, the magic cookie, a transaction id.
+    if b.len() < 20 || b[0] >> 6 != 0 || b[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut at = 20;
+    while at + 4 <= b.len() {
+        let kind = u16::from_be_bytes([b[at], b[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([b[at + 2], b[at + 3]]));
+        let value = b.get(at + 4..at + 4 + len)?;
+        if kind == 0x0006 {
+            let name = std::str::from_utf8(value).ok()?;
+            return name.split(':').next();
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
+/// One viewer's peer connection.
+struct Peer {
+    rtc: Rtc,
+    mid: Mid,
+    pt: Pt,
+    destination: SocketAddr,
+    socket: Arc<UdpSocket>,
+    seq: u64,
+    /// Sending began (at a keyframe, once connected).
+    started: bool,
+}
+
+impl Peer {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Datagram>,
+        sessions: Arc<Sessions>,
+        mut viewer: Viewer,
+        stop: CancellationToken,
+    ) -> String {
+        let session = viewer.session.clone();
+        let attached: Attached<WebRtcPackager> = session.log.attach(|| PerFrame::new(WebRtcFormat));
+        let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
+        let mut batch: Vec<Arc<Packaged<RtcFrame>>> = Vec::new();
+        let mut connected = false;
+        loop {
+            let wake = match self.drain() {
+                Ok((wake, events)) => {
+                    for e in events {
+                        match e {
+                            Event::Connected => {
+                                connected = true;
+                                viewer.cursor = session.log.subscribe();
+                            }
+                            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                                return "the browser stopped answering (ICE consent)".into();
+                            }
+                            _ => {}
+                        }
+                    }
+                    wake
+                }
+                Err(e) => return format!("webrtc error: {e}"),
+            };
+            if !self.rtc.is_alive() {
+                return "the peer connection closed".into();
+            }
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
+            tokio::select! {
+                d = rx.recv() => {
+                    let Some(d) = d else { return "hub shutting down".into() };
+                    let Ok(r) = Receive::new(Protocol::Udp, d.source, self.destination, &d.bytes) else { continue };
+                    if let Err(e) = self.rtc.handle_input(Input::Receive(d.at, r)) {
+                        debug!(error = %e, "webrtc input refused");
+                    }
+                }
+                () = sleep => {
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        return format!("webrtc error: {e}");
+                    }
+                }
+                changed = viewer.cursor.changed(), if connected => {
+                    if !changed {
+                        return "session gone".into();
+                    }
+                    batch.clear();
+                    let status = session.log.read_packaged(&attached, &mut viewer.cursor, batch_bytes, &mut batch);
+                    if let Some(reason) = status.ended {
+                        return format!("stream ended: {reason}");
+                    }
+                    let mut bytes = 0u64;
+                    for p in &batch {
+                        bytes += self.write(p);
+                    }
+                    viewer.account_sent(batch.len() as u64, bytes);
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        return format!("webrtc error: {e}");
+                    }
+                }
+                () = stop.cancelled() => {
+                    self.rtc.disconnect();
+                    return "ended by DELETE".into();
+                }
+                () = viewer.stats.kick.cancelled() => {
+                    self.rtc.disconnect();
+                    return "disconnected by an operator".into();
+                }
+            }
+        }
+    }
+
+    /// Polls str0m until it asks to be woken: transmits go out, events are returned.
+    fn drain(&mut self) -> Result<(Instant, Vec<Event>), str0m::RtcError> {
+        let mut events = Vec::new();
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok((t, events)),
+                Output::Transmit(t) => {
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        debug!(error = %e, "webrtc send dropped");
+                    }
+                }
+                Output::Event(e) => events.push(e),
+            }
+        }
+    }
+
+    /// Writes one frame's shared payloads with this viewer's header fields; its byte count.
+    fn write(&mut self, p: &Packaged<RtcFrame>) -> u64 {
+        let Some(track) = p.entry.header.header.track(p.entry.frame.track) else { return 0 };
+        if track.codec != mediamesh_media::Codec::H264 || p.out.packets.is_empty() {
+            return 0;
+        }
+        if !self.started {
+            if !p.entry.frame.is_keyframe() {
+                return 0;
+            }
+            self.started = true;
+        }
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(self.mid, None) else {
+            warn!("webrtc: no send stream for the video");
+            return 0;
+        };
+        let time = p.entry.frame.pts as u32;
+        let wallclock = Instant::now();
+        let mut bytes = 0;
+        for packet in &p.out.packets {
+            bytes += packet.payload.len() as u64;
+            tx.write_rtp(
+                RtpWrite::new(self.pt, SeqNo::from(self.seq), time, wallclock, packet.payload.clone())
+                    .marker(packet.marker)
+                    .nackable(true),
+            );
+            self.seq += 1;
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_ufrag_is_read_from_a_binding_request() {
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend_from_slice(&[7; 12]);
+        let name = b"mmabc:remote";
+        m.extend_from_slice(&[0x00, 0x06, 0, name.len() as u8]);
+        m.extend_from_slice(name);
+        m.extend_from_slice(&[0; 4]); // padding to 4
+        assert_eq!(stun_local_ufrag(&m), Some("mmabc"));
+        assert_eq!(stun_local_ufrag(&m[..24]), None);
+        assert_eq!(stun_local_ufrag(b"\x80\x60rtp"), None);
+    }
+}
