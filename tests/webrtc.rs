@@ -35,7 +35,8 @@ async fn chromium_plays_a_stream_over_whep() {
         })
         .start()
         .await;
-    let page = format!("http://{}/", fx.hub.stream_addr);
+    // The page plays over MSE here, so the only WebRTC session is this test's own.
+    let page = format!("http://{}/?protocol=mse", fx.hub.stream_addr);
     let whep = format!("http://{}/api/v1/nodes/edge-1/streams/cam1/whep", fx.hub.stream_addr);
     let location = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
@@ -106,4 +107,60 @@ async fn bad_offers_and_unknown_sessions_get_clear_answers() {
     assert!(a.body.contains("bad_sdp") || a.body.contains("offer_refused"), "{}", a.body);
     let a = request_with_body(addr, "POST", "/api/v1/nodes/edge-1/streams/nope/whep", &[], b"v=0").await;
     assert_eq!(a.status, 404, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+        })
+        .start()
+        .await;
+    let page = format!("http://{}/", fx.hub.stream_addr);
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start();
+        b.goto(&page);
+        let card = r#"document.querySelector('[data-stream="edge-1/cam1"]')"#;
+        b.wait_for(
+            "cam1 plays over WebRTC",
+            Duration::from_secs(15),
+            &format!(
+                "const c = {card}; return c && c.dataset.protocol === 'webrtc' && c.querySelector('video').videoWidth"
+            ),
+        );
+        assert_eq!(
+            b.eval("return document.getElementById('protocol').value"),
+            "webrtc",
+            "the default where the hub serves it"
+        );
+        let shown = b.wait_for("the latency", Duration::from_secs(5), &format!("return {card}.dataset.latencyMs"));
+        let ms: u32 = shown.as_str().unwrap().parse().unwrap();
+        assert!(ms < 2000, "glass-to-glass over WebRTC: {ms} ms");
+    })
+    .await
+    .unwrap();
+
+    // A hub whose WebRTC address cannot be reached (a documentation address, RFC 5737): the
+    // page gives up on WebRTC after a few seconds and plays the stream over MSE.
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec!["192.0.2.1".parse().unwrap()], max_sessions: 10 });
+        })
+        .start()
+        .await;
+    let page = format!("http://{}/", fx.hub.stream_addr);
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start();
+        b.goto(&page);
+        let card = r#"document.querySelector('[data-stream="edge-1/cam1"]')"#;
+        let why = b.wait_for(
+            "the fallback to MSE",
+            Duration::from_secs(15),
+            &format!("const c = {card}; return c && c.dataset.protocol === 'mse' && c.querySelector('video').videoWidth > 0 && c.dataset.fallback"),
+        );
+        assert!(why.as_str().unwrap().contains("no WebRTC connection"), "{why}");
+    })
+    .await
+    .unwrap();
 }

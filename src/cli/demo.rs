@@ -94,6 +94,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          {stream_tls}\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n  tlsTunnelPrivateKeyFile: {hk}\n  linger: {linger}\n\
          \x20 rtsp: {{port: {rp}, udpRtpPort: 0, udpRtcpPort: 0}}\n\
+         \x20 webrtc: {{port: 0}}\n\
          \x20 auth:\n    jwt: {{keyFile: {jwt}, algorithms: [EdDSA]}}\n\
          edgeDataStream:\n  enable: true\n  server: \"{host}:{tp}\"\n  nodeName: {NODE}\n\
          \x20 tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {ec}\n  tlsTunnelPrivateKeyFile: {ek}\n\

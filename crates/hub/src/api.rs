@@ -231,6 +231,7 @@ async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
         "uptimeSecs": st.started.elapsed().as_secs_f64(),
         "nodes": st.registry.snapshot().len(),
         "sessions": st.sessions.snapshot().len(),
+        "webrtc": st.webrtc.is_some(),
     }))
 }
 

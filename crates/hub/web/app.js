@@ -38,6 +38,8 @@ const auth = {
 };
 
 const $ = (id) => document.getElementById(id);
+// Whether the default protocol has been set from the hub's answer (once).
+let defaulted = false;
 const cards = new Map(); // "node/stream" -> card
 
 function status(text) {
@@ -103,10 +105,21 @@ class Card {
     this.state = state;
   }
 
-  play() {
-    const Player = PLAYERS[$("protocol").value];
+  // Plays over the chosen protocol, or `protocol`. WebRTC that cannot connect falls back to MSE
+  // for this stream, and the card says why.
+  play(protocol) {
+    const chosen = protocol || $("protocol").value;
+    const Player = PLAYERS[chosen];
     this.player = new Player(this.video, this.stream, auth, (state, detail) => this.setState(state, detail));
-    this.el.dataset.protocol = $("protocol").value;
+    if (chosen === "webrtc") {
+      this.player.onFallback = (why) => {
+        this.stop();
+        this.play("mse");
+        this.el.dataset.fallback = why;
+        this.el.querySelector(".state").title = `WebRTC: ${why}; playing over MSE`;
+      };
+    }
+    this.el.dataset.protocol = chosen;
     this.el.querySelector(".play").textContent = "Stop";
     this.player.start();
     this.lastBytes = 0;
@@ -208,6 +221,12 @@ async function refresh() {
   try {
     const [hub, nodes] = await Promise.all([api("api/v1/hub"), api("api/v1/nodes")]);
     $("hub").textContent = hub.name ? `hub ${hub.name}` : "";
+    // WebRTC is the default where the hub serves it, unless a protocol was chosen.
+    const webrtcOption = document.querySelector('#protocol option[value="webrtc"]');
+    webrtcOption.disabled = !hub.webrtc;
+    if (!hub.webrtc && $("protocol").value === "webrtc") $("protocol").value = "mse";
+    if (hub.webrtc && !chosen && !defaulted) $("protocol").value = "webrtc";
+    defaulted = true;
     $("login").hidden = true;
     $("signout").hidden = !auth.token;
     status(nodes.nodes.length ? "" : "No edge node is connected yet.");

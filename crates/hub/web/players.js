@@ -247,4 +247,103 @@ class HlsPlayer {
   }
 }
 
-const PLAYERS = { mse: MsePlayer, hls: HlsPlayer };
+// WebRTC over WHEP (RFC 9725): a receive-only offer POSTed with the token as a bearer header,
+// the answer applied, DELETE on the session's address when stopped. A connection that is not
+// up within WEBRTC_CONNECT_MS (UDP blocked on the way, say) calls `onFallback`, and the page
+// plays the stream over MSE instead.
+const WEBRTC_CONNECT_MS = 4000;
+
+class WebRtcPlayer {
+  constructor(video, stream, auth, onState) {
+    Object.assign(this, { video, stream, auth, onState });
+    this.bytes = 0;
+    this.retries = 0;
+    this.onFallback = null;
+  }
+
+  async start() {
+    this.stopped = false;
+    this.onState(this.retries ? "reconnecting" : "connecting");
+    const pc = (this.pc = new RTCPeerConnection());
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (e) => {
+      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      this.video.play().catch(() => {});
+    };
+    let connected = false;
+    pc.onconnectionstatechange = () => {
+      if (this.stopped || this.pc !== pc) return;
+      if (pc.connectionState === "connected") connected = true;
+      if (["failed", "disconnected", "closed"].includes(pc.connectionState)) {
+        if (!connected) return; // the connect timer decides
+        this.onState("reconnecting", `WebRTC ${pc.connectionState}`);
+        this.restart();
+      }
+    };
+    this.connectTimer = setTimeout(() => {
+      if (!this.stopped && this.pc === pc && !connected) this.fallback(`no WebRTC connection within ${WEBRTC_CONNECT_MS / 1000} s`);
+    }, WEBRTC_CONNECT_MS);
+    this.statsTimer = setInterval(async () => {
+      if (this.pc !== pc) return;
+      const stats = await pc.getStats().catch(() => null);
+      stats?.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") this.bytes = s.bytesReceived;
+      });
+    }, 1000);
+    try {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const r = await fetch(streamPath(this.stream, "whep"), {
+        method: "POST",
+        headers: { ...this.auth.headers(), "Content-Type": "application/sdp" },
+        body: offer.sdp,
+        cache: "no-store",
+      });
+      if (r.status !== 201) {
+        const body = await r.json().catch(() => ({}));
+        throw new Error(body.message || `${r.status} ${r.statusText}`);
+      }
+      this.location = r.headers.get("Location");
+      await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    } catch (e) {
+      if (!this.stopped && this.pc === pc) this.fallback(e.message);
+    }
+  }
+
+  fallback(why) {
+    if (this.onFallback) this.onFallback(why);
+    else {
+      this.onState("reconnecting", why);
+      this.restart();
+    }
+  }
+
+  restart() {
+    this.teardown();
+    const delay = Math.min(4000, 250 * 2 ** Math.min(this.retries, 4));
+    this.retries++;
+    this.timer = setTimeout(() => this.start(), delay);
+  }
+
+  teardown() {
+    clearTimeout(this.connectTimer);
+    clearInterval(this.statsTimer);
+    if (this.location) {
+      fetch(this.location, { method: "DELETE", headers: this.auth.headers() }).catch(() => {});
+      this.location = null;
+    }
+    if (this.pc) {
+      this.pc.close();
+      this.pc = null;
+    }
+    this.video.srcObject = null;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.teardown();
+  }
+}
+
+const PLAYERS = { webrtc: WebRtcPlayer, mse: MsePlayer, hls: HlsPlayer };
