@@ -21,13 +21,15 @@ use crate::require;
 pub struct Browser {
     process: Child,
     driver: Driver,
+    /// The browser's profile, removed on drop (left behind, each run's would pile up in /tmp).
+    profile: PathBuf,
 }
 
 enum Driver {
     /// chromedriver's HTTP endpoint and the session it made.
     Chromium { addr: SocketAddr, session: String },
-    /// Firefox's Marionette connection (one command at a time), and the profile to remove.
-    Firefox { conn: Mutex<Marionette>, profile: PathBuf },
+    /// Firefox's Marionette connection (one command at a time).
+    Firefox { conn: Mutex<Marionette> },
 }
 
 /// Which browser a test drives.
@@ -64,7 +66,8 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut b = Browser { process, driver: Driver::Chromium { addr, session: String::new() } };
+        let profile = profile_dir("chromium");
+        let mut b = Browser { process, driver: Driver::Chromium { addr, session: String::new() }, profile };
         let deadline = Instant::now() + Duration::from_secs(20);
         while call(addr, "GET", "/status", None).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not answer within 20 s");
@@ -74,7 +77,7 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
+                "args": [format!("--user-data-dir={}", b.profile.display()), "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
                          "--autoplay-policy=no-user-gesture-required", "--window-size=1400,1000",
                          "--disable-background-timer-throttling", "--disable-renderer-backgrounding"]
             }
@@ -89,8 +92,7 @@ impl Browser {
 
     fn firefox() -> Browser {
         require::program("firefox-esr", "firefox-esr");
-        let profile = std::env::temp_dir().join(format!("mm-firefox-{}-{}", std::process::id(), crate::unix_micros()));
-        std::fs::create_dir_all(&profile).expect("a profile folder");
+        let profile = profile_dir("firefox");
         // Port 0: Firefox picks one and writes it to `MarionetteActivePort` in the profile.
         let prefs = [
             ("marionette.port", "0"),
@@ -123,7 +125,7 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         };
         let conn = Marionette::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect to Marionette");
-        let b = Browser { process, driver: Driver::Firefox { conn: Mutex::new(conn), profile } };
+        let b = Browser { process, driver: Driver::Firefox { conn: Mutex::new(conn) }, profile };
         b.marionette("WebDriver:NewSession", json!({})).expect("a browser session");
         b
     }
@@ -196,6 +198,13 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A fresh folder for a browser profile.
+fn profile_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mm-{kind}-{}-{}", std::process::id(), crate::unix_micros()));
+    std::fs::create_dir_all(&dir).expect("a profile folder");
+    dir
 }
 
 /// A Marionette connection: `length:json` messages; a command is `[0, id, name, params]`, its
@@ -271,9 +280,7 @@ impl Drop for Browser {
         }
         let _ = self.process.kill();
         let _ = self.process.wait();
-        if let Driver::Firefox { profile, .. } = &self.driver {
-            let _ = std::fs::remove_dir_all(profile);
-        }
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
