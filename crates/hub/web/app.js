@@ -278,6 +278,10 @@ $("protocol").addEventListener("change", () => {
   }
 });
 
+// A closed or reloaded page ends its sessions at once (WebRTC's would otherwise hold a camera
+// until ICE consent runs out).
+window.addEventListener("pagehide", () => cards.forEach((c) => c.stop()));
+
 auth.load();
 refresh();
 setInterval(refresh, NODES_EVERY_MS);

@@ -329,7 +329,8 @@ class WebRtcPlayer {
     clearTimeout(this.connectTimer);
     clearInterval(this.statsTimer);
     if (this.location) {
-      fetch(this.location, { method: "DELETE", headers: this.auth.headers() }).catch(() => {});
+      // keepalive: the DELETE still goes out when the page is closing.
+      fetch(this.location, { method: "DELETE", headers: this.auth.headers(), keepalive: true }).catch(() => {});
       this.location = null;
     }
     if (this.pc) {

@@ -37,6 +37,8 @@ use crate::session::{Sessions, Viewer};
 const SESSION_QUEUE: usize = 256;
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 2048;
+/// The shortest sleep between two timer wake-ups of a session.
+const MIN_WAKE: std::time::Duration = std::time::Duration::from_millis(1);
 /// Most payload bytes a session takes from the log per read.
 const BATCH_BYTES: usize = 512 * 1024;
 
@@ -378,6 +380,9 @@ impl Peer {
             if !self.rtc.is_alive() {
                 return "the peer connection closed".into();
             }
+            // str0m asks to be woken "now" while it holds packets it cannot send yet (a peer
+            // that went away): a floor keeps that from spinning a core.
+            let wake = wake.max(Instant::now() + MIN_WAKE);
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
             tokio::select! {
                 d = rx.recv() => {
