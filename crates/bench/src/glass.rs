@@ -34,6 +34,20 @@ pub struct Glass {
     pub unreadable: usize,
 }
 
+/// Prints the results as a table.
+pub fn print(results: &[Glass]) {
+    println!(
+        "{:<9} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "browser", "protocol", "frames", "p50 ms", "p95 ms", "min ms", "max ms", "unreadable"
+    );
+    for g in results {
+        println!(
+            "{:<9} {:<9} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11}",
+            g.browser, g.protocol, g.frames, g.p50_ms, g.p95_ms, g.min_ms, g.max_ms, g.unreadable
+        );
+    }
+}
+
 /// Kills the demo when dropped.
 struct Demo(Child);
 

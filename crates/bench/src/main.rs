@@ -269,16 +269,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let results =
             tokio::task::spawn_blocking(move || glass::measure(&binary, &dir, &browsers, &protocols, seconds, warmup))
                 .await??;
-        println!(
-            "{:<9} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11}",
-            "browser", "protocol", "frames", "p50 ms", "p95 ms", "min ms", "max ms", "unreadable"
-        );
-        for g in &results {
-            println!(
-                "{:<9} {:<9} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11}",
-                g.browser, g.protocol, g.frames, g.p50_ms, g.p95_ms, g.min_ms, g.max_ms, g.unreadable
-            );
-        }
+        glass::print(&results);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "glass": results }))?)?;
         }
