@@ -183,7 +183,9 @@ pub fn parse_sps_profile(sps: &[u8]) -> Result<(VideoParams, SpsProfile), MediaE
     let bit_depth_luma_minus8 = r.read_ue("bit_depth_luma_minus8").map_err(e)?;
     let bit_depth_chroma_minus8 = r.read_ue("bit_depth_chroma_minus8").map_err(e)?;
     if bit_depth_luma_minus8 > 8 || bit_depth_chroma_minus8 > 8 {
-        return Err(invalid(format!("bit depth {} / {}", bit_depth_luma_minus8 + 8, bit_depth_chroma_minus8 + 8)));
+        // Either may be near u32::MAX (read from the stream): saturate rather than overflow.
+        let (luma, chroma) = (bit_depth_luma_minus8.saturating_add(8), bit_depth_chroma_minus8.saturating_add(8));
+        return Err(invalid(format!("bit depth {luma} / {chroma}")));
     }
     let log2_max_poc_lsb_minus4 = r.read_ue("log2_max_pic_order_cnt_lsb_minus4").map_err(e)?;
     if log2_max_poc_lsb_minus4 > 12 {
@@ -355,6 +357,19 @@ pub(crate) mod tests {
         assert!(is_irap(19) && is_irap(21) && !is_irap(1) && !is_irap(22));
         assert!(is_keyframe(b"\x00\x00\x00\x01\x26\x01\xaf"));
         assert!(!is_keyframe(b"\x00\x00\x00\x01\x02\x01\xd0"));
+    }
+
+    /// Found by the fuzzer in CI: a bit depth read as u32::MAX overflowed the error message.
+    #[test]
+    fn a_huge_bit_depth_is_an_error_not_an_overflow() {
+        let sps: &[u8] = &[
+            67, 1, 2, 128, 0, 0, 0, 0, 41, 0, 3, 0, 0, 3, 0, 0, 0, 103, 43, 43, 0, 0, 0, 0, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 255, 255, 255, 0, 0, 0, 0,
+        ];
+        assert!(parse_sps(sps).is_err());
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Reorder {
             self.gop_step = gcd(self.gop_step, rel.abs());
         }
         let rank = rel.div_euclid(self.step);
-        self.learned_depth = self.learned_depth.max(self.index - rank).min(16);
+        self.learned_depth = self.learned_depth.max(self.index.saturating_sub(rank)).min(16);
         let previous = self.last.replace(Last {
             known: match known {
                 Known::Pts(v) | Known::Dts(v) => v,
@@ -184,18 +184,19 @@ impl Reorder {
         });
         match (known, previous) {
             // Stamps of arrival jitter: follow the mean spacing, not the last one.
-            (Known::Dts(d), Some(l)) if d > l.known => {
-                self.duration = (self.duration * 7 + (d - l.known)) / 8;
+            (Known::Dts(d), Some(l)) if d > l.known && d.checked_sub(l.known).is_some() => {
+                self.duration = self.duration.saturating_mul(7).saturating_add(d - l.known) / 8;
             }
             (Known::Pts(p), Some(l)) if !reset && rank != l.rank => {
-                let d = (p - l.known) / (rank - l.rank);
+                let d = p.saturating_sub(l.known) / rank.saturating_sub(l.rank);
                 if d > 0 {
                     self.duration = d;
                 }
             }
             _ => {}
         }
-        let offset = (rank - self.index + self.depth()) * self.duration;
+        // Saturating: a hostile stream's POCs and times must not overflow the edge.
+        let offset = rank.saturating_sub(self.index).saturating_add(self.depth()).saturating_mul(self.duration);
         self.finish(known, offset)
     }
 
@@ -204,11 +205,16 @@ impl Reorder {
     /// discontinuity, and passes).
     fn finish(&mut self, known: Known, offset: i64) -> Times {
         let times = match known {
-            Known::Dts(dts) => Times { pts: dts + offset, dts },
+            Known::Dts(dts) => Times { pts: dts.saturating_add(offset), dts },
             Known::Pts(pts) => {
+                let derived = pts.saturating_sub(offset);
                 let dts = match self.last_dts {
-                    Some(prev) if pts - offset <= prev && prev - (pts - offset) < 16 * self.duration => prev + 1,
-                    _ => pts - offset,
+                    Some(prev)
+                        if derived <= prev && prev.saturating_sub(derived) < self.duration.saturating_mul(16) =>
+                    {
+                        prev.saturating_add(1)
+                    }
+                    _ => derived,
                 };
                 Times { pts, dts }
             }
