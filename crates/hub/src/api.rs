@@ -107,7 +107,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{node}/streams/{stream}/whep", post(whep_offer).options(whep_options))
         .route(
             "/api/v1/nodes/{node}/streams/{stream}/whep/{session}",
-            axum::routing::delete(whep_end).options(whep_options),
+            axum::routing::delete(whep_end).options(whep_options).patch(whep_renegotiate).post(whep_renegotiate),
         )
         .merge(crate::web::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
@@ -558,6 +558,19 @@ async fn whep_offer(
     }
     .await;
     whep_cors(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// `PATCH` (trickle ICE, ICE restart) or a second offer on a session: not supported, so the
+/// answer is `405` as RFC 9725 §4.3 allows; the client makes a new session instead.
+async fn whep_renegotiate() -> Response {
+    let mut r = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "renegotiation_unsupported",
+        "a session takes one offer (no trickle ICE or ICE restart): end it and POST a new offer".into(),
+    )
+    .into_response();
+    r.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("DELETE, OPTIONS"));
+    whep_cors(r)
 }
 
 /// `DELETE …/whep/{session}`: ends the session.

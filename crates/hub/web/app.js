@@ -144,7 +144,7 @@ class Card {
       if (this.player !== player) return;
       this.frames++;
       if (this.state !== "live") this.setState("live");
-      const l = MediameshStamp.latency(v, this.canvas, meta);
+      const l = MediameshStamp.latency(v, this.canvas, meta) || player.captureLatency?.(meta);
       if (l) {
         this.latencies.push(l.ms);
         this.lastStamp = l;

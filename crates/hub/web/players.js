@@ -253,6 +253,22 @@ class HlsPlayer {
 // plays the stream over MSE instead.
 const WEBRTC_CONNECT_MS = 4000;
 
+// Milliseconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET_MS = 2208988800000;
+
+// The hub stamps each frame's capture time in an RTP header extension (abs-capture-time),
+// which browsers leave out of their offers unless asked.
+function askForCaptureTimes(transceiver) {
+  if (!transceiver.getHeaderExtensionsToNegotiate) return;
+  const exts = transceiver.getHeaderExtensionsToNegotiate();
+  for (const e of exts) if (e.uri.endsWith("/abs-capture-time")) e.direction = "recvonly";
+  try {
+    transceiver.setHeaderExtensionsToNegotiate(exts);
+  } catch {
+    // An older browser: latency then comes from the sender reports alone.
+  }
+}
+
 class WebRtcPlayer {
   constructor(video, stream, auth, onState) {
     Object.assign(this, { video, stream, auth, onState });
@@ -265,7 +281,8 @@ class WebRtcPlayer {
     this.stopped = false;
     this.onState(this.retries ? "reconnecting" : "connecting");
     const pc = (this.pc = new RTCPeerConnection());
-    pc.addTransceiver("video", { direction: "recvonly" });
+    const video = pc.addTransceiver("video", { direction: "recvonly" });
+    askForCaptureTimes(video);
     pc.ontrack = (e) => {
       this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
       this.video.play().catch(() => {});
@@ -308,6 +325,16 @@ class WebRtcPlayer {
     } catch (e) {
       if (!this.stopped && this.pc === pc) this.fallback(e.message);
     }
+  }
+
+  // The glass-to-glass latency of the frame on screen from the capture time the hub sends with
+  // it (abs-capture-time, in NTP milliseconds), for cameras without a burned-in stamp; null
+  // where the browser does not expose it.
+  captureLatency(meta) {
+    const r = this.pc?.getReceivers().find((x) => x.track?.kind === "video");
+    const s = r?.getSynchronizationSources?.()[0];
+    if (!s?.captureTimestamp || s.rtpTimestamp !== meta.rtpTimestamp) return null;
+    return { ms: performance.timeOrigin + meta.expectedDisplayTime - (s.captureTimestamp - NTP_UNIX_OFFSET_MS) };
   }
 
   fallback(why) {

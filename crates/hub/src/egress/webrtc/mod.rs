@@ -11,9 +11,11 @@
 //! with its own header fields, and str0m encrypts them.
 
 pub mod packager;
+pub(crate) mod timeline;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -21,7 +23,7 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::rtp::{AbsCaptureTime, Extension, ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -30,17 +32,28 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use self::packager::{RtcFrame, WebRtcFormat, WebRtcPackager};
+use self::timeline::{KeyframeAnswer, Timeline};
 use crate::session::log::{Attached, Packaged, PerFrame};
 use crate::session::{Sessions, Viewer};
 
 /// Datagrams waiting for one session; more are dropped (the peer retransmits what matters).
 const SESSION_QUEUE: usize = 256;
+/// Most source addresses routed to one session (a browser uses one or two).
+const MAX_SOURCES: usize = 8;
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 2048;
 /// The shortest sleep between two timer wake-ups of a session.
 const MIN_WAKE: std::time::Duration = std::time::Duration::from_millis(1);
 /// Most payload bytes a session takes from the log per read.
 const BATCH_BYTES: usize = 512 * 1024;
+/// The id offered for the capture-time header extension (the browser's own id wins when it
+/// offers one).
+const ABS_CAPTURE_TIME_ID: u8 = 9;
+
+/// Keyframe requests (PLI, FIR) from browsers since start.
+static KEYFRAME_REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Keyframe requests answered by replaying from the log's cached keyframe to that viewer alone.
+static KEYFRAME_REPLAYS: AtomicU64 = AtomicU64::new(0);
 
 /// Why an offer gets no answer.
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +209,15 @@ impl WebRtc {
             let Some((id, tx)) = target else { continue };
             if tx.try_send(Datagram { source, at: Instant::now(), bytes: bytes.to_vec() }).is_err() {
                 debug!(session = id, "webrtc session queue full; datagram dropped");
-            } else {
-                self.lock().by_addr.entry(source).or_insert((id, tx));
             }
         }
+    }
+
+    /// Routes datagrams from `source` to session `id` from now on: its peer connection verified
+    /// a binding request from there (a forged one, without the session's password, teaches
+    /// the router nothing).
+    fn learn(&self, source: SocketAddr, id: u64, tx: &mpsc::Sender<Datagram>) {
+        self.lock().by_addr.entry(source).or_insert_with(|| (id, tx.clone()));
     }
 
     /// Answers `offer` for `viewer`, and starts the session in `tasks`. Returns the session id
@@ -222,6 +240,7 @@ impl WebRtc {
             .set_rtp_mode(true)
             .set_dtls_cert(self.cert.clone())
             .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass })
+            .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
             .clear_codecs();
         {
             let codecs = config.codec_config();
@@ -250,13 +269,23 @@ impl WebRtc {
         let stop = CancellationToken::new();
         {
             let mut routes = self.lock();
-            routes.by_ufrag.insert(ufrag.clone(), (id, tx));
+            routes.by_ufrag.insert(ufrag.clone(), (id, tx.clone()));
             routes.stops.insert(id, stop.clone());
         }
         let me = self.clone();
         let destination = self.candidates.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         tasks.spawn(async move {
-            let mut s = Peer { rtc, mid, pt, destination, socket: me.socket.clone(), seq: 0, started: false };
+            let mut s = Peer {
+                rtc,
+                mid,
+                pt,
+                destination,
+                socket: me.socket.clone(),
+                // H.264 over RTP keeps a 90 kHz clock (RFC 6184 §5.1).
+                timeline: Timeline::new(90_000),
+                route: (me.clone(), id, tx),
+                sources: Vec::new(),
+            };
             let reason = s.run(rx, sessions, viewer, stop).await;
             let mut routes = me.lock();
             routes.by_ufrag.remove(&ufrag);
@@ -273,16 +302,22 @@ impl WebRtc {
     }
 }
 
-/// Its series in `/metrics`: sessions now, and frames packetized for WebRTC since start (once
-/// per frame whatever the number of viewers).
+/// Its series in `/metrics`: sessions now, frames packetized for WebRTC since start (once per
+/// frame whatever the number of viewers), and keyframe requests with how many were answered.
 pub(crate) fn metrics(rtc: Option<&WebRtc>) -> String {
     format!(
         "# HELP mediamesh_webrtc_sessions WebRTC (WHEP) sessions now.\n\
          # TYPE mediamesh_webrtc_sessions gauge\nmediamesh_webrtc_sessions {}\n\
          # HELP mediamesh_webrtc_frames_packetized_total Frames packetized into RTP for WebRTC viewers.\n\
-         # TYPE mediamesh_webrtc_frames_packetized_total counter\nmediamesh_webrtc_frames_packetized_total {}\n",
+         # TYPE mediamesh_webrtc_frames_packetized_total counter\nmediamesh_webrtc_frames_packetized_total {}\n\
+         # HELP mediamesh_webrtc_keyframe_requests_total Keyframe requests (PLI, FIR) from WebRTC viewers.\n\
+         # TYPE mediamesh_webrtc_keyframe_requests_total counter\nmediamesh_webrtc_keyframe_requests_total {}\n\
+         # HELP mediamesh_webrtc_keyframe_replays_total Keyframe requests answered from the cached keyframe, for that viewer alone.\n\
+         # TYPE mediamesh_webrtc_keyframe_replays_total counter\nmediamesh_webrtc_keyframe_replays_total {}\n",
         rtc.map_or(0, WebRtc::sessions),
-        packager::FRAMES_PACKETIZED.load(std::sync::atomic::Ordering::Relaxed)
+        packager::FRAMES_PACKETIZED.load(Ordering::Relaxed),
+        KEYFRAME_REQUESTS.load(Ordering::Relaxed),
+        KEYFRAME_REPLAYS.load(Ordering::Relaxed),
     )
 }
 
@@ -340,9 +375,11 @@ struct Peer {
     pt: Pt,
     destination: SocketAddr,
     socket: Arc<UdpSocket>,
-    seq: u64,
-    /// Sending began (at a keyframe, once connected).
-    started: bool,
+    timeline: Timeline,
+    /// The router, this session's id and queue: to route a verified source here.
+    route: (Arc<WebRtc>, u64, mpsc::Sender<Datagram>),
+    /// Sources already routed here (the browser's few candidates).
+    sources: Vec<SocketAddr>,
 }
 
 impl Peer {
@@ -358,6 +395,8 @@ impl Peer {
         let batch_bytes = BATCH_BYTES.min(sessions.config().log.viewer_max_lag_bytes);
         let mut batch: Vec<Arc<Packaged<RtcFrame>>> = Vec::new();
         let mut connected = false;
+        // A replay was asked for: read at once rather than at the next frame.
+        let mut replay_pending = false;
         loop {
             let wake = match self.drain() {
                 Ok((wake, events)) => {
@@ -370,6 +409,16 @@ impl Peer {
                             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                                 return "the browser stopped answering (ICE consent)".into();
                             }
+                            Event::KeyframeRequest(_) => {
+                                KEYFRAME_REQUESTS.fetch_add(1, Ordering::Relaxed);
+                                let answer = self.timeline.keyframe_request(Instant::now(), viewer.cursor.position());
+                                debug!(?answer, "webrtc keyframe request");
+                                if answer == KeyframeAnswer::Replay {
+                                    KEYFRAME_REPLAYS.fetch_add(1, Ordering::Relaxed);
+                                    viewer.cursor = session.log.subscribe();
+                                    replay_pending = true;
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -377,6 +426,13 @@ impl Peer {
                 }
                 Err(e) => return format!("webrtc error: {e}"),
             };
+            if replay_pending {
+                replay_pending = false;
+                if let Err(reason) = self.send_new(&session, &attached, &mut viewer, batch_bytes, &mut batch) {
+                    return reason;
+                }
+                continue;
+            }
             if !self.rtc.is_alive() {
                 return "the peer connection closed".into();
             }
@@ -388,7 +444,16 @@ impl Peer {
                 d = rx.recv() => {
                     let Some(d) = d else { return "hub shutting down".into() };
                     let Ok(r) = Receive::new(Protocol::Udp, d.source, self.destination, &d.bytes) else { continue };
-                    if let Err(e) = self.rtc.handle_input(Input::Receive(d.at, r)) {
+                    let input = Input::Receive(d.at, r);
+                    if !self.rtc.accepts(&input) {
+                        continue;
+                    }
+                    if !self.sources.contains(&d.source) && self.sources.len() < MAX_SOURCES {
+                        self.sources.push(d.source);
+                        let (router, id, tx) = &self.route;
+                        router.learn(d.source, *id, tx);
+                    }
+                    if let Err(e) = self.rtc.handle_input(input) {
                         debug!(error = %e, "webrtc input refused");
                     }
                 }
@@ -401,18 +466,8 @@ impl Peer {
                     if !changed {
                         return "session gone".into();
                     }
-                    batch.clear();
-                    let status = session.log.read_packaged(&attached, &mut viewer.cursor, batch_bytes, &mut batch);
-                    if let Some(reason) = status.ended {
-                        return format!("stream ended: {reason}");
-                    }
-                    let mut bytes = 0u64;
-                    for p in &batch {
-                        bytes += self.write(p);
-                    }
-                    viewer.account_sent(batch.len() as u64, bytes);
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                        return format!("webrtc error: {e}");
+                    if let Err(reason) = self.send_new(&session, &attached, &mut viewer, batch_bytes, &mut batch) {
+                        return reason;
                     }
                 }
                 () = stop.cancelled() => {
@@ -424,6 +479,37 @@ impl Peer {
                     return "disconnected by an operator".into();
                 }
             }
+        }
+    }
+
+    /// Sends what the log holds past the viewer's cursor, batch by batch (each batch goes out
+    /// before the next is read, so str0m's queue never holds more than one). The log applies
+    /// the viewers' overflow policy: a viewer too far behind resumes at a newer keyframe.
+    fn send_new(
+        &mut self,
+        session: &crate::session::Session,
+        attached: &Attached<WebRtcPackager>,
+        viewer: &mut Viewer,
+        batch_bytes: usize,
+        batch: &mut Vec<Arc<Packaged<RtcFrame>>>,
+    ) -> Result<(), String> {
+        loop {
+            batch.clear();
+            let status = session.log.read_packaged(attached, &mut viewer.cursor, batch_bytes, batch);
+            if let Some(reason) = status.ended {
+                return Err(format!("stream ended: {reason}"));
+            }
+            viewer.account_read(&status, 0)?;
+            let mut bytes = 0u64;
+            for p in batch.iter() {
+                bytes += self.write(p);
+            }
+            viewer.account_sent(batch.len() as u64, bytes);
+            self.rtc.handle_input(Input::Timeout(Instant::now())).map_err(|e| format!("webrtc error: {e}"))?;
+            if !status.more {
+                return Ok(());
+            }
+            self.drain().map_err(|e| format!("webrtc error: {e}"))?;
         }
     }
 
@@ -449,28 +535,33 @@ impl Peer {
         if track.codec != mediamesh_media::Codec::H264 || p.out.packets.is_empty() {
             return 0;
         }
-        if !self.started {
-            if !p.entry.frame.is_keyframe() {
-                return 0;
-            }
-            self.started = true;
-        }
+        let f = &p.entry.frame;
+        let now = Instant::now();
+        let Some(time) = self.timeline.frame(now, p.entry.index, f.is_keyframe(), f.pts, f.dts) else { return 0 };
+        // The capture time, as the edge stamped it: in the header extension for the receiver's
+        // latency, and as the wall clock of the RTP time for the sender reports.
+        let capture = std::time::UNIX_EPOCH + std::time::Duration::from_micros(f.capture_us);
+        let age = std::time::SystemTime::now().duration_since(capture).unwrap_or_default();
+        let wallclock = now.checked_sub(age).unwrap_or(now);
+        let ext = ExtensionValues {
+            abs_capture_time: Some(AbsCaptureTime { capture_time: capture, clock_offset: None }),
+            ..ExtensionValues::default()
+        };
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(self.mid, None) else {
             warn!("webrtc: no send stream for the video");
             return 0;
         };
-        let time = p.entry.frame.pts as u32;
-        let wallclock = Instant::now();
         let mut bytes = 0;
         for packet in &p.out.packets {
             bytes += packet.payload.len() as u64;
+            let seq = SeqNo::from(self.timeline.next_seq());
             tx.write_rtp(
-                RtpWrite::new(self.pt, SeqNo::from(self.seq), time, wallclock, packet.payload.clone())
+                RtpWrite::new(self.pt, seq, time, wallclock, packet.payload.clone())
                     .marker(packet.marker)
-                    .nackable(true),
+                    .nackable(true)
+                    .ext_vals(ext.clone()),
             );
-            self.seq += 1;
         }
         bytes
     }
