@@ -7,11 +7,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use mediamesh_testkit::browser::Browser;
 use mediamesh_testkit::netlab::NetLab;
 use mediamesh_testkit::observe::{connect_viewer, percentile, watch, watch_rtp};
 use mediamesh_testkit::process::{MeshProcess, edge_yaml, hub_yaml};
 use mediamesh_testkit::rtsp_player::RtspPlayer;
 use mediamesh_testkit::{TestPki, read_frames};
+
+#[path = "support/whep.rs"]
+mod whep;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 const NETLAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netlab");
@@ -29,6 +33,12 @@ struct Lab {
 /// A lab with a hub, an edge (`edge-1`, test pattern `cam1`, plus `edge_extra` config lines)
 /// and the viewer URLs; `None` (after saying SKIPPED) where namespaces are not available.
 async fn start(edge_extra: &str) -> Option<Lab> {
+    start_with("", edge_extra).await
+}
+
+/// [`start`] with `hub_extra` YAML lines in the hub's block too (`VIEW_IP` stands for the hub's
+/// address on the viewer link).
+async fn start_with(hub_extra: &str, edge_extra: &str) -> Option<Lab> {
     if let Some(why) = NetLab::unavailable() {
         eprintln!("SKIPPED: {why}; the netns tests need root");
         return None;
@@ -37,7 +47,8 @@ async fn start(edge_extra: &str) -> Option<Lab> {
     let net = NetLab::up(Path::new(NETLAB));
     let pki = TestPki::new();
     let hub_file = pki.dir().join("hub.yaml");
-    std::fs::write(&hub_file, hub_yaml(&pki, "0.0.0.0", 10006, 10005, "")).unwrap();
+    let hub_extra = hub_extra.replace("VIEW_IP", &net.hub_view_ip());
+    std::fs::write(&hub_file, hub_yaml(&pki, "0.0.0.0", 10006, 10005, &hub_extra)).unwrap();
     let edge_file = pki.dir().join("edge.yaml");
     let server = format!("{}:10006", net.hub_ip());
     std::fs::write(&edge_file, edge_yaml(&pki, "edge-1", &server, edge_extra)).unwrap();
@@ -198,4 +209,104 @@ async fn cut_recovery_distribution() {
             "RESULT {name}: {cuts} cuts of 5 s, link restored -> first keyframe: median {p50} ms, p95 {p95} ms, max {max} ms"
         );
     }
+}
+
+/// The hub's WebRTC block in the lab: its viewer-link address as the one candidate.
+const WEBRTC: &str = "  webrtc: {port: 10007, hosts: [VIEW_IP]}\n";
+
+/// A browser in the test's namespace playing `cam1` from the lab's hub over WHEP.
+async fn whep_viewer(lab: &Lab) -> std::sync::Arc<Browser> {
+    let ip = lab.net.hub_view_ip();
+    let b = std::sync::Arc::new(tokio::task::spawn_blocking(Browser::start).await.unwrap());
+    let b2 = b.clone();
+    tokio::task::spawn_blocking(move || {
+        // A page of the hub's own origin without players: its REST document.
+        b2.goto(&format!("http://{ip}:10005/api/v1/hub"));
+        whep::play(&b2, &format!("http://{ip}:10005/api/v1/nodes/edge-1/streams/cam1/whep"));
+        b2.wait_for("video over WebRTC", Duration::from_secs(15), "return window.whepVideo.videoWidth");
+        // Each frame put on screen: when, and the capture time burned into it.
+        b2.eval_async(
+            "const s = document.createElement('script'); s.src = '/assets/stamp.js'; s.onload = () => done(true); document.head.appendChild(s);",
+            Duration::from_secs(5),
+        );
+        b2.eval(
+            "window.iceStates = []; window.whepPc.oniceconnectionstatechange = () => iceStates.push(whepPc.iceConnectionState);
+             window.shown = []; const v = window.whepVideo; const c = document.createElement('canvas');
+             const onFrame = () => { const s = MediameshStamp.read(v, c); shown.push([Date.now(), s && s.captureMs]); v.requestVideoFrameCallback(onFrame); };
+             v.requestVideoFrameCallback(onFrame); return true",
+        );
+    })
+    .await
+    .unwrap();
+    b
+}
+
+/// The inbound video's counters from `getStats` (for `eval_async`).
+const INBOUND: &str = "window.whepPc.getStats().then(r => { let s = null;
+    r.forEach(x => { if (x.type === 'inbound-rtp' && x.kind === 'video') s = x; });
+    done({ decoded: s.framesDecoded, nacks: s.nackCount, plis: s.pliCount, lost: s.packetsLost, received: s.packetsReceived }); });";
+
+/// Frames the hub received from the edge so far.
+async fn frames_in(lab: &Lab) -> f64 {
+    let addr = format!("{}:10005", lab.net.hub_view_ip()).parse().unwrap();
+    let m = mediamesh_testkit::observe::metrics(addr).await;
+    m.0.iter().filter(|(s, _)| s.starts_with("mediamesh_stream_frames_in_total")).map(|(_, v)| v).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_recovers_5_percent_loss_on_the_viewer_path_with_nacks() {
+    let Some(lab) = start_with(WEBRTC, "").await else { return };
+    let b = whep_viewer(&lab).await;
+    let stats = |b: &std::sync::Arc<Browser>| {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || b.eval_async(INBOUND, Duration::from_secs(5)))
+    };
+    let (s0, in0) = (stats(&b).await.unwrap(), frames_in(&lab).await);
+    lab.net.viewer_loss(5);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (s1, in1) = (stats(&b).await.unwrap(), frames_in(&lab).await);
+    lab.net.viewer_loss(0);
+    let decoded = s1["decoded"].as_f64().unwrap() - s0["decoded"].as_f64().unwrap();
+    let source = in1 - in0;
+    let nacks = s1["nacks"].as_f64().unwrap() - s0["nacks"].as_f64().unwrap();
+    eprintln!(
+        "5 % UDP loss to and from the viewer for 20 s: {decoded} frames decoded of {source} sent, {nacks} NACKs, {s1}"
+    );
+    assert!(nacks > 0.0, "the loss was real and NACKed: {s1}\n{}", lab.logs());
+    assert!(decoded > 0.9 * source, "decoded {decoded} of {source}: {s1}\n{}", lab.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_viewer_sees_video_within_1_s_of_a_3_s_edge_cut_ending() {
+    let Some(lab) = start_with(WEBRTC, "").await else { return };
+    let b = whep_viewer(&lab).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.net.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restored = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    lab.net.restore();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = tokio::task::spawn_blocking(move || {
+        b.eval("return { shown, iceStates, state: whepPc.connectionState, frames: whepVideo.getVideoPlaybackQuality().totalVideoFrames }")
+    })
+    .await
+    .unwrap();
+    // Frames captured after the link returned, by when they were on screen.
+    let after: Vec<f64> = seen["shown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f[1].as_f64().is_some_and(|captured| captured > restored))
+        .map(|f| f[0].as_f64().unwrap())
+        .collect();
+    let first =
+        after.first().map(|t| t - restored).unwrap_or_else(|| panic!("no new frame after the cut\n{}", lab.logs()));
+    eprintln!(
+        "3 s edge cut: first new frame on screen {first:.0} ms after the link returned, {} in the next 5 s",
+        after.len()
+    );
+    assert_eq!(seen["state"], "connected", "the same peer connection: {seen}");
+    assert!(seen["iceStates"].as_array().unwrap().is_empty(), "ICE never changed state: {seen}");
+    assert!(first < 1000.0, "video again {first:.0} ms after the link returned\n{}", lab.logs());
+    assert!(after.len() >= 75, "and it plays on: {} frames", after.len());
 }

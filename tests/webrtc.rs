@@ -9,23 +9,56 @@ use mediamesh_hub::config::WebRtcBlock;
 use mediamesh_testkit::Fixture;
 use mediamesh_testkit::browser::Browser;
 
-/// A WHEP client of a few lines: a receive-only video transceiver, the offer POSTed, the answer
-/// applied; the video element plays what arrives.
-const WHEP_PLAY: &str = r#"
-const [url] = arguments;
-const pc = new RTCPeerConnection();
-pc.addTransceiver('video', { direction: 'recvonly' });
-const v = document.createElement('video');
-v.muted = true; v.autoplay = true; v.playsInline = true; document.body.appendChild(v);
-window.whepVideo = v; window.whepPc = pc;
-pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); v.play().catch(() => {}); };
-const offer = await pc.createOffer();
-await pc.setLocalDescription(offer);
-const r = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer.sdp });
-if (r.status !== 201) return { status: r.status, body: await r.text() };
-await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
-return { status: r.status, location: r.headers.get('Location') };
-"#;
+#[path = "support/whep.rs"]
+mod whep;
+use whep::{FIVE_SECONDS, play};
+
+/// The UDP address of the answer's host candidate.
+fn candidate(sdp: &str) -> std::net::SocketAddr {
+    let c = sdp.lines().find_map(|l| l.strip_prefix("a=candidate:")).expect("a candidate");
+    let f: Vec<&str> = c.split_whitespace().collect();
+    format!("{}:{}", f[4], f[5]).parse().unwrap()
+}
+
+/// Sends what a hostile or broken peer might to the WebRTC port: binding requests for unknown
+/// sessions, binding requests naming `ufrag` without its password, and random datagrams.
+fn flood(to: std::net::SocketAddr, ufrag: &str) -> usize {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let stun = |user: &str, txid: u64| {
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend_from_slice(&txid.to_be_bytes());
+        m.extend_from_slice(&[0; 4]);
+        let name = user.as_bytes();
+        m.extend_from_slice(&[0x00, 0x06, 0, name.len() as u8]);
+        m.extend_from_slice(name);
+        m.resize(m.len().div_ceil(4) * 4, 0);
+        // A MESSAGE-INTEGRITY that cannot be right.
+        m.extend_from_slice(&[0x00, 0x08, 0, 20]);
+        m.extend_from_slice(&[0xab; 20]);
+        let len = (m.len() - 20) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        m
+    };
+    let mut sent = 0;
+    for i in 0..30_000u64 {
+        let d = match i % 3 {
+            0 => stun(&format!("mm{:016x}:x", next()), next()),
+            1 => stun(&format!("{ufrag}:x"), next()),
+            _ => (0..(next() % 1400 + 1)).map(|_| next() as u8).collect(),
+        };
+        if s.send_to(&d, to).is_ok() {
+            sent += 1;
+        }
+    }
+    sent
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_a_stream_over_whep() {
@@ -38,28 +71,51 @@ async fn chromium_plays_a_stream_over_whep() {
     // The page plays over MSE here, so the only WebRTC session is this test's own.
     let page = format!("http://{}/?protocol=mse", fx.hub.stream_addr);
     let whep = format!("http://{}/api/v1/nodes/edge-1/streams/cam1/whep", fx.hub.stream_addr);
-    let location = tokio::task::spawn_blocking(move || {
+    let (location, sdp) = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
         b.goto(&page);
-        let answer = b.eval_async(
-            &format!("const f = async (arguments) => {{ {WHEP_PLAY} }}; f(['{whep}']).then(done, e => done({{ error: String(e) }}));"),
-            Duration::from_secs(10),
-        );
-        assert_eq!(answer["status"], 201, "{answer}");
+        let answer = play(&b, &whep);
         assert!(answer["location"].as_str().unwrap().contains("/whep/"), "{answer}");
         let width = b.wait_for("video over WebRTC", Duration::from_secs(15), "return window.whepVideo.videoWidth");
         assert_eq!(width, 320);
-        let q = b.eval_async(
-            "const v = window.whepVideo; const q0 = v.getVideoPlaybackQuality().totalVideoFrames;
-             setTimeout(() => done({ frames: v.getVideoPlaybackQuality().totalVideoFrames - q0, state: window.whepPc.iceConnectionState }), 5000);",
-            Duration::from_secs(10),
-        );
+        let q = b.eval_async(FIVE_SECONDS, Duration::from_secs(10));
         assert!(q["frames"].as_i64().unwrap() >= 100, "{q}");
         assert_eq!(q["state"], "connected", "{q}");
-        answer["location"].as_str().unwrap().to_owned()
+        let sdp = answer["sdp"].as_str().unwrap();
+        let location = answer["location"].as_str().unwrap();
+        let ufrag = sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).unwrap();
+        // The capture time travels in abs-capture-time (NTP milliseconds): the newest packet's
+        // is a little before it arrived, on this one machine's clock.
+        let s = b.eval("return window.whepPc.getReceivers()[0].getSynchronizationSources()[0]");
+        let captured = s["captureTimestamp"].as_f64().expect("abs-capture-time negotiated") - 2_208_988_800_000.0;
+        let age = s["timestamp"].as_f64().unwrap() - captured;
+        assert!((0.0..2000.0).contains(&age), "capture {captured} ms, received {s}");
+        // A flood of forged binding requests and random datagrams on the shared port: the
+        // session plays on as before.
+        let sent = flood(candidate(sdp), ufrag);
+        let q = b.eval_async(FIVE_SECONDS, Duration::from_secs(10));
+        assert!(q["frames"].as_i64().unwrap() >= 100, "after {sent} hostile datagrams: {q}");
+        assert!(q["dropped"].as_i64().unwrap() <= 5, "{q}");
+        assert_eq!(q["state"], "connected", "{q}");
+        (location.to_owned(), sdp.to_owned())
     })
     .await
     .unwrap();
+    // A second offer on the session, or a PATCH (trickle ICE, ICE restart): 405, the session
+    // untouched.
+    for method in ["POST", "PATCH"] {
+        let a = mediamesh_testkit::http::request_with_body(
+            fx.hub.stream_addr,
+            method,
+            &location,
+            &[("Content-Type", "application/sdp")],
+            sdp.as_bytes(),
+        )
+        .await;
+        assert_eq!(a.status, 405, "{method}: {}", a.body);
+        assert!(a.body.contains("renegotiation_unsupported"), "{}", a.body);
+        assert_eq!(a.header("allow"), vec!["DELETE, OPTIONS".to_owned()]);
+    }
     let metrics = mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await;
     assert_eq!(metrics.value("mediamesh_webrtc_sessions"), Some(1.0));
     assert!(metrics.value("mediamesh_webrtc_frames_packetized_total").unwrap() >= 100.0);
@@ -115,6 +171,11 @@ async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
         .hub(|h| {
             h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
         })
+        .edge(|e| {
+            // The demo camera's size: 720p at 25 fps, 2 Mbit/s.
+            let p = e.streams.get_mut("cam1").and_then(|s| s.test_pattern.as_mut()).unwrap();
+            (p.width, p.height, p.bitrate_kbps) = (1280, 720, 2000);
+        })
         .start()
         .await;
     let page = format!("http://{}/", fx.hub.stream_addr);
@@ -134,6 +195,23 @@ async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
             "webrtc",
             "the default where the hub serves it"
         );
+        assert_eq!(b.eval(&format!("return {card}.querySelector('video').videoWidth")), 1280);
+        let q = b.eval_async(
+            &format!(
+                "const c = {card}; const v = c.querySelector('video'); const q0 = v.getVideoPlaybackQuality();
+                 const canvas = document.createElement('canvas'); const first = MediameshStamp.read(v, canvas);
+                 setTimeout(() => {{ const q = v.getVideoPlaybackQuality();
+                   done({{ frames: q.totalVideoFrames - q0.totalVideoFrames, dropped: q.droppedVideoFrames - q0.droppedVideoFrames,
+                          first, last: MediameshStamp.read(v, canvas), protocol: c.dataset.protocol, state: c.dataset.state,
+                          fallback: c.dataset.fallback || null }}); }}, 5000);"
+            ),
+            Duration::from_secs(10),
+        );
+        assert!(q["frames"].as_i64().unwrap() >= 100, "{q}");
+        assert!(q["dropped"].as_i64().unwrap() <= 10, "{q}");
+        let (first, last) = (q["first"]["counter"].as_i64().unwrap(), q["last"]["counter"].as_i64().unwrap());
+        assert!(last > first, "the burned-in stamp moves on: {q}");
+        assert_eq!((q["protocol"].as_str(), q["fallback"].as_str()), (Some("webrtc"), None), "no ICE failure: {q}");
         let shown = b.wait_for("the latency", Duration::from_secs(5), &format!("return {card}.dataset.latencyMs"));
         let ms: u32 = shown.as_str().unwrap().parse().unwrap();
         assert!(ms < 2000, "glass-to-glass over WebRTC: {ms} ms");
@@ -163,4 +241,95 @@ async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
     })
     .await
     .unwrap();
+}
+
+/// Ten WHEP clients in one page: each plays `index` of them (for `eval_async`).
+const TEN_PLAYERS: &str = r#"
+const [url] = arguments;
+window.players = [];
+for (let i = 0; i < 10; i++) {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  const v = document.createElement('video');
+  v.muted = true; v.autoplay = true; v.playsInline = true; v.width = 64; document.body.appendChild(v);
+  pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); v.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  if (r.status !== 201) return { status: r.status, body: await r.text() };
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  window.players.push({ pc, v });
+}
+return { status: 201 };
+"#;
+
+/// The sum of a counter over all its label sets.
+fn total(m: &mediamesh_testkit::observe::Metrics, name: &str) -> f64 {
+    m.0.iter().filter(|(s, _)| s == name || s.starts_with(&format!("{name}{{"))).map(|(_, v)| v).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_whep_sessions_and_an_rtsp_viewer_share_one_upstream_and_one_packetizer() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 20 });
+        })
+        .start()
+        .await;
+    let mut rtsp = mediamesh_testkit::rtsp_player::RtspPlayer::play(&fx.rtsp_url("edge-1", "cam1")).await.unwrap();
+    let page = format!("http://{}/?protocol=mse", fx.hub.stream_addr);
+    let whep = format!("http://{}/api/v1/nodes/edge-1/streams/cam1/whep", fx.hub.stream_addr);
+    let b = std::sync::Arc::new(tokio::task::spawn_blocking(Browser::start).await.unwrap());
+    let b2 = b.clone();
+    tokio::task::spawn_blocking(move || {
+        b2.goto(&page);
+        let r = b2.eval_async(
+            &format!("const f = async (arguments) => {{ {TEN_PLAYERS} }}; f(['{whep}']).then(done, e => done({{ error: String(e) }}));"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(r["status"], 201, "{r}");
+        b2.wait_for(
+            "ten players",
+            Duration::from_secs(20),
+            "return window.players.every(p => p.v.videoWidth === 320)",
+        );
+    })
+    .await
+    .unwrap();
+    let before = mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await;
+    assert_eq!(before.value("mediamesh_webrtc_sessions"), Some(10.0));
+    let b2 = b.clone();
+    let (q, rtp) = tokio::join!(
+        tokio::task::spawn_blocking(move || {
+            b2.eval_async(
+                "const f0 = window.players.map(p => p.v.getVideoPlaybackQuality().totalVideoFrames);
+                 setTimeout(() => done({ frames: window.players.map((p, i) => p.v.getVideoPlaybackQuality().totalVideoFrames - f0[i]),
+                   states: window.players.map(p => p.pc.iceConnectionState) }), 4000);",
+                Duration::from_secs(10),
+            )
+        }),
+        async {
+            let mut packets = 0;
+            let until = tokio::time::Instant::now() + Duration::from_secs(4);
+            while let Ok(Some(e)) = tokio::time::timeout_at(until, rtsp.next(Duration::from_secs(5))).await {
+                if matches!(e, mediamesh_testkit::rtsp_player::RtspEvent::Rtp(_)) {
+                    packets += 1;
+                }
+            }
+            packets
+        }
+    );
+    let q = q.unwrap();
+    let after = mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await;
+    for (i, f) in q["frames"].as_array().unwrap().iter().enumerate() {
+        assert!(f.as_i64().unwrap() >= 60, "player {i}: {q}");
+        assert_eq!(q["states"][i], "connected", "{q}");
+    }
+    assert!(rtp >= 60, "the RTSP viewer plays too: {rtp} packets");
+    assert_eq!(mediamesh_edge::stats::EdgeStats::get(&fx.edge_stats().add_video), 1, "one upstream for all eleven");
+    // The WebRTC packetizer ran once per frame the edge sent, not once per viewer.
+    let frames = total(&after, "mediamesh_stream_frames_in_total") - total(&before, "mediamesh_stream_frames_in_total");
+    let packetized = after.value("mediamesh_webrtc_frames_packetized_total").unwrap()
+        - before.value("mediamesh_webrtc_frames_packetized_total").unwrap();
+    assert!(frames >= 90.0, "{frames} frames in");
+    assert!((packetized - frames).abs() <= 2.0, "{packetized} packetized for {frames} frames in");
 }

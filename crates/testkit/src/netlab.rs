@@ -87,6 +87,11 @@ impl NetLab {
     pub fn loss(&self, percent: u32) {
         self.run(&["loss", &percent.to_string()]);
     }
+
+    /// Drops `percent` % of the UDP datagrams on the viewer link both ways (0 clears).
+    pub fn viewer_loss(&self, percent: u32) {
+        self.run(&["viewloss", &percent.to_string()]);
+    }
 }
 
 impl Drop for NetLab {
