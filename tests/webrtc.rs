@@ -333,3 +333,68 @@ async fn ten_whep_sessions_and_an_rtsp_viewer_share_one_upstream_and_one_packeti
     assert!(frames >= 90.0, "{frames} frames in");
     assert!((packetized - frames).abs() <= 2.0, "{packetized} packetized for {frames} frames in");
 }
+
+/// The Python interpreter with aiortc: `scripts/test` makes a virtualenv for it under `target/`.
+const AIORTC_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-venv/bin/python");
+
+/// Runs the aiortc WHEP client on `cam1` until it has decoded 100 frames; what it printed.
+async fn aiortc(fx: &Fixture, extra: &[&str]) -> serde_json::Value {
+    assert!(
+        std::process::Command::new(AIORTC_PYTHON)
+            .args(["-c", "import aiortc"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "aiortc missing: scripts/test installs it ({AIORTC_PYTHON} -m pip install aiortc)"
+    );
+    let whep = format!("http://{}/api/v1/nodes/edge-1/streams/cam1/whep", fx.hub.stream_addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/aiortc_whep.py");
+    let mut args = vec![script, &whep, "100"];
+    args.extend_from_slice(extra);
+    let out = tokio::process::Command::new(AIORTC_PYTHON).args(&args).kill_on_drop(true).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_receives_and_decodes_frames_over_whep() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+        })
+        .start()
+        .await;
+    let got = aiortc(&fx, &[]).await;
+    eprintln!("aiortc: {got}");
+    assert_eq!(got["status"], 201, "{got}");
+    assert!(got["frames"].as_u64().unwrap() >= 100, "{got}");
+    assert_eq!(got["sizes"], serde_json::json!([[320, 240]]), "every frame the camera's size");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_vanishes_without_delete_is_ended_by_ice_consent() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+        })
+        .start()
+        .await;
+    // The client takes its frames and exits without a DELETE, a BYE or a DTLS close.
+    let got = aiortc(&fx, &["--vanish"]).await;
+    assert!(got["frames"].as_u64().unwrap() >= 100, "{got}");
+    let gone = std::time::Instant::now();
+    let sessions =
+        || async { mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await.value("mediamesh_webrtc_sessions") };
+    assert_eq!(sessions().await, Some(1.0), "still there right after");
+    while sessions().await != Some(0.0) {
+        assert!(gone.elapsed() < Duration::from_secs(30), "the session outlived its client by 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("a vanished WebRTC viewer was ended {:?} after its last packet", gone.elapsed());
+    // Its place is given back: the stream has no viewer left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fx.hub.sessions().snapshot().iter().any(|s| !s.viewers().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the viewer outlived its session");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
