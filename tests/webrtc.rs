@@ -398,3 +398,98 @@ async fn a_viewer_that_vanishes_without_delete_is_ended_by_ice_consent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An offer whose audio and video use one payload type (111) for different codecs.
+const CLASHING_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 111 112\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:111 H264/90000\r\na=fmtp:111 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:112 rtx/90000\r\na=fmtp:112 apt=111\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
+    use mediamesh_edge::StreamConfig;
+    use mediamesh_edge::config::RtspConfig;
+    use mediamesh_testkit::camera::GstCamera;
+
+    let cameras: Vec<(&str, GstCamera)> =
+        ["opus", "pcmu", "aac"].into_iter().map(|a| (a, GstCamera::start(&["--audio", a]))).collect();
+    let urls: Vec<(String, String)> = cameras.iter().map(|(a, c)| (format!("door-{a}"), c.url(None))).collect();
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+        })
+        .edge(move |e| {
+            for (name, url) in &urls {
+                let rtsp = Some(RtspConfig::new(url.clone()));
+                e.streams.insert(
+                    name.clone(),
+                    StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp, file: None },
+                );
+            }
+        })
+        .start()
+        .await;
+    let base = format!("http://{}", fx.hub.stream_addr);
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start();
+        b.goto(&format!("{base}/api/v1/hub"));
+        for (audio, mime) in [("opus", "audio/opus"), ("pcmu", "audio/PCMU"), ("aac", "")] {
+            let answer = whep::play_with(&b, &format!("{base}/api/v1/nodes/edge-1/streams/door-{audio}/whep"), true);
+            let sdp = answer["sdp"].as_str().unwrap();
+            b.wait_for(&format!("{audio}: video"), Duration::from_secs(15), "return window.whepVideo.videoWidth");
+            std::thread::sleep(Duration::from_secs(2));
+            let stats = b.eval_async(
+                "window.whepPc.getStats().then(r => { const s = {}; const codecs = {};
+                   r.forEach(x => { if (x.type === 'codec') codecs[x.id] = x.mimeType; });
+                   r.forEach(x => { if (x.type === 'inbound-rtp') s[x.kind] = { packets: x.packetsReceived, codec: codecs[x.codecId] || null,
+                     samples: x.totalSamplesReceived || 0, frames: x.framesDecoded || 0 }; });
+                   done(s); });",
+                Duration::from_secs(5),
+            );
+            eprintln!("{audio}: {stats}");
+            assert!(stats["video"]["frames"].as_u64().unwrap() > 10, "{audio}: {stats}");
+            if mime.is_empty() {
+                // AAC: the answer turns audio down (port 0) and says why in a header.
+                assert_eq!(answer["omitted"], "aac", "{answer}");
+                assert!(sdp.contains("m=audio 0 "), "{sdp}");
+                assert!(stats["audio"]["packets"].as_u64().unwrap_or(0) == 0, "{stats}");
+            } else {
+                assert!(answer["omitted"].is_null(), "{answer}");
+                assert_eq!(stats["audio"]["codec"], mime, "{stats}");
+                // More than a second of sound decoded in the two seconds (in the browser's
+                // output rate, at least 8 kHz).
+                assert!(stats["audio"]["packets"].as_u64().unwrap() > 10, "{audio}: {stats}");
+                assert!(stats["audio"]["samples"].as_u64().unwrap() > 8000, "{audio} decodes: {stats}");
+            }
+            b.eval("window.whepPc.close(); window.whepVideo.remove(); return true");
+        }
+        // The page plays the AAC camera over WebRTC without sound, and says why under it.
+        b.goto(&format!("{base}/"));
+        let note = b.wait_for(
+            "the page's note on AAC",
+            Duration::from_secs(15),
+            r#"const c = document.querySelector('[data-stream="edge-1/door-aac"]'); return c && c.dataset.protocol === 'webrtc' && c.querySelector('video').videoWidth > 0 && c.dataset.note"#,
+        );
+        assert!(note.as_str().unwrap().contains("AAC"), "{note}");
+    })
+    .await
+    .unwrap();
+    // One payload type for Opus and H.264 at once: str0m asserts against it (a panic), which
+    // must cost the offer its answer and nothing else.
+    let a = mediamesh_testkit::http::request_with_body(
+        fx.hub.stream_addr,
+        "POST",
+        "/api/v1/nodes/edge-1/streams/door-opus/whep",
+        &[("Content-Type", "application/sdp")],
+        CLASHING_OFFER.as_bytes(),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    let r = mediamesh_testkit::http::request(fx.hub.stream_addr, "GET", "/api/v1/hub", &[]).await;
+    assert_eq!(r.status, 200, "the hub answers on");
+    drop(cameras);
+}

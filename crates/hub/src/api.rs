@@ -520,7 +520,10 @@ fn whep_cors(mut r: Response) -> Response {
         axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS,
         axum::http::HeaderValue::from_static("Authorization, Content-Type"),
     );
-    h.insert(axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS, axum::http::HeaderValue::from_static("Location"));
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        axum::http::HeaderValue::from_static("Location, X-Mediamesh-Audio-Omitted"),
+    );
     r
 }
 
@@ -542,18 +545,38 @@ async fn whep_offer(
         let key = StreamKey::new(node.clone(), stream.clone());
         st.sessions.check_stream(&key)?;
         let remote = peer.map_or(Remote::UNKNOWN, |Extension(Peer(a))| a);
-        let viewer = st.sessions.join(&key, crate::auth::Protocol::Webrtc.name(), remote).map_err(|r| {
+        let mut viewer = st.sessions.join(&key, crate::auth::Protocol::Webrtc.name(), remote).map_err(|r| {
             let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             ApiError::new(status, r.name(), r.to_string())
         })?;
-        let (id, answer) = rtc.answer(&body, st.sessions.clone(), viewer, &st.tasks).map_err(|e| {
+        // The answer names the camera's codecs, so a stream that is just starting is given
+        // until its header arrives (as long as a first viewer waits for its keyframe).
+        let deadline = tokio::time::Instant::now() + st.sessions.config().lifecycle.start_timeout;
+        while viewer.session.log.header().is_none() {
+            if let Some(reason) = viewer.session.log.end_reason() {
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "stream_ended", reason.to_string()));
+            }
+            let wake = (tokio::time::Instant::now() + std::time::Duration::from_millis(50)).min(deadline);
+            match tokio::time::timeout_at(wake, viewer.cursor.changed()).await {
+                Ok(false) => break, // the log is gone: the answer says what it can
+                Err(_) if wake == deadline => break,
+                _ => {}
+            }
+        }
+        let answer = rtc.answer(&body, st.sessions.clone(), viewer, &st.tasks).map_err(|e| {
             ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), e.code(), e.to_string())
         })?;
-        Response::builder()
+        let mut r = Response::builder()
             .status(StatusCode::CREATED)
             .header(axum::http::header::CONTENT_TYPE, "application/sdp")
-            .header(axum::http::header::LOCATION, format!("/api/v1/nodes/{node}/streams/{stream}/whep/{id:x}"))
-            .body(axum::body::Body::from(answer))
+            .header(
+                axum::http::header::LOCATION,
+                format!("/api/v1/nodes/{node}/streams/{stream}/whep/{:x}", answer.id),
+            );
+        if let Some(codec) = answer.audio_left_out {
+            r = r.header("X-Mediamesh-Audio-Omitted", codec.name());
+        }
+        r.body(axum::body::Body::from(answer.sdp))
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
     }
     .await;

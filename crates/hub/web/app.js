@@ -97,6 +97,15 @@ class Card {
     this.latencies = [];
   }
 
+  // A line under the picture about what this player leaves out (e.g. audio it cannot carry).
+  note(text) {
+    const n = this.el.querySelector(".note");
+    n.textContent = text;
+    n.hidden = !text;
+    if (text) this.el.dataset.note = text;
+    else delete this.el.dataset.note;
+  }
+
   setState(state, detail) {
     const s = this.el.querySelector(".state");
     s.textContent = state;
@@ -111,6 +120,8 @@ class Card {
     const chosen = protocol || $("protocol").value;
     const Player = PLAYERS[chosen];
     this.player = new Player(this.video, this.stream, auth, (state, detail) => this.setState(state, detail));
+    this.note("");
+    this.player.onNote = (text) => this.note(text);
     if (chosen === "webrtc") {
       this.player.onFallback = (why) => {
         this.stop();

@@ -283,8 +283,12 @@ class WebRtcPlayer {
     const pc = (this.pc = new RTCPeerConnection());
     const video = pc.addTransceiver("video", { direction: "recvonly" });
     askForCaptureTimes(video);
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    // Video and audio (when the stream's passes through) play from one element.
+    const media = new MediaStream();
     pc.ontrack = (e) => {
-      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      media.addTrack(e.track);
+      if (this.video.srcObject !== media) this.video.srcObject = media;
       this.video.play().catch(() => {});
     };
     let connected = false;
@@ -297,9 +301,6 @@ class WebRtcPlayer {
         this.restart();
       }
     };
-    this.connectTimer = setTimeout(() => {
-      if (!this.stopped && this.pc === pc && !connected) this.fallback(`no WebRTC connection within ${WEBRTC_CONNECT_MS / 1000} s`);
-    }, WEBRTC_CONNECT_MS);
     this.statsTimer = setInterval(async () => {
       if (this.pc !== pc) return;
       const stats = await pc.getStats().catch(() => null);
@@ -321,7 +322,14 @@ class WebRtcPlayer {
         throw new Error(body.message || `${r.status} ${r.statusText}`);
       }
       this.location = r.headers.get("Location");
+      const omitted = r.headers.get("X-Mediamesh-Audio-Omitted");
+      if (omitted && this.onNote)
+        this.onNote(`No sound over WebRTC: browsers cannot play ${omitted.toUpperCase()} there; MSE and LL-HLS carry it.`);
       await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+      // Counted from the answer: a camera that is just starting delays the answer, not ICE.
+      this.connectTimer = setTimeout(() => {
+        if (!this.stopped && this.pc === pc && !connected) this.fallback(`no WebRTC connection within ${WEBRTC_CONNECT_MS / 1000} s`);
+      }, WEBRTC_CONNECT_MS);
     } catch (e) {
       if (!this.stopped && this.pc === pc) this.fallback(e.message);
     }

@@ -31,9 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use mediamesh_media::{Codec, TrackId};
+
 use self::packager::{RtcFrame, WebRtcFormat, WebRtcPackager};
 use self::timeline::{KeyframeAnswer, Timeline};
-use crate::session::log::{Attached, Packaged, PerFrame};
+use crate::session::log::{Attached, HeaderEntry, Packaged, PerFrame};
 use crate::session::{Sessions, Viewer};
 
 /// Datagrams waiting for one session; more are dropped (the peer retransmits what matters).
@@ -91,6 +93,57 @@ impl WhepError {
             WhepError::Full(_) => "too_many_sessions",
         }
     }
+}
+
+/// A session's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The session id.
+    pub id: u64,
+    /// The SDP answer.
+    pub sdp: String,
+    /// The stream's audio codec when WebRTC cannot carry it (AAC): the answer leaves audio out.
+    pub audio_left_out: Option<Codec>,
+}
+
+/// What of a stream a WebRTC viewer can get, from its header (unknown before the edge sent it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    /// The camera's H.264 `profile-level-id`.
+    profile: Option<u32>,
+    /// The audio track that passes through, and its codec.
+    audio: Option<(TrackId, Codec)>,
+    /// An audio codec WebRTC cannot carry.
+    left_out: Option<Codec>,
+}
+
+impl Plan {
+    fn new(header: Option<&HeaderEntry>) -> Self {
+        let Some(h) = header else { return Self::default() };
+        let profile = h
+            .header
+            .video()
+            .filter(|v| v.codec == Codec::H264)
+            .and(h.video.as_ref())
+            .and_then(|v| v.codec_string.strip_prefix("avc1."))
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        let audio = h.header.tracks.iter().find(|t| t.codec.kind() == mediamesh_media::TrackKind::Audio);
+        match audio.map(|t| (t.id, t.codec)) {
+            Some((id, c @ (Codec::Opus | Codec::Pcmu | Codec::Pcma))) => {
+                Self { profile, audio: Some((id, c)), left_out: None }
+            }
+            Some((_, c)) => Self { profile, audio: None, left_out: Some(c) },
+            None => Self { profile, ..Self::default() },
+        }
+    }
+}
+
+/// Where a viewer's audio goes.
+#[derive(Debug, Clone, Copy)]
+struct AudioOut {
+    track: TrackId,
+    mid: Mid,
+    pt: Pt,
 }
 
 /// The WebRTC settings.
@@ -228,42 +281,32 @@ impl WebRtc {
         sessions: Arc<Sessions>,
         viewer: Viewer,
         tasks: &TaskTracker,
-    ) -> Result<(u64, String), WhepError> {
+    ) -> Result<Answer, WhepError> {
+        let header = viewer.session.log.header();
+        let plan = Plan::new(header.as_deref());
         if self.sessions() >= self.settings.max_sessions {
             return Err(WhepError::Full(self.settings.max_sessions));
         }
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
+        SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
         let ufrag = format!("mm{:016x}", crate::random_u64());
         let pass = format!("{:016x}{:016x}", crate::random_u64(), crate::random_u64());
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_dtls_cert(self.cert.clone())
-            .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass })
-            .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
-            .clear_codecs();
-        {
-            let codecs = config.codec_config();
-            // Constrained Baseline, Main and High: the browser decodes the camera's stream
-            // whichever it offers; str0m needs the profile to match one of these exactly.
-            codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
-            codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
-            codecs.add_h264(123.into(), Some(119.into()), true, 0x4d001f);
-            codecs.add_h264(114.into(), Some(115.into()), true, 0x64001f);
-        }
-        let now = Instant::now();
-        let mut rtc = config.build(now);
-        for c in &self.candidates {
-            if let Ok(c) = Candidate::host(*c, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| WhepError::Refused(e.to_string()))?;
-        let sdp = answer.to_sdp_string();
-        // The video m-line (str0m announces it only once running) and the payload type the
-        // browser prefers among ours.
-        let video = video_mid(&sdp);
-        let (mid, pt) = video.and_then(|mid| h264_pt(&rtc, mid).map(|pt| (mid, pt))).ok_or(WhepError::NoCodec)?;
+        // The camera's own H.264 profile alone first; where the browser does not offer it,
+        // Constrained Baseline, Main or High, whichever it offers (browsers decode any of
+        // them). str0m matches profiles, not levels, and one of ours per profile of the
+        // browser's: two would claim its payload type twice.
+        const PROFILES: [u32; 4] = [0x42e01f, 0x42001f, 0x4d001f, 0x64001f];
+        let camera = plan.profile.map(|p| self.negotiate(offer, &ufrag, &pass, &plan, &[p]));
+        let (rtc, sdp, mid, pt) = match camera {
+            Some(Ok(found)) => found,
+            _ => self.negotiate(offer, &ufrag, &pass, &plan, &PROFILES)?,
+        };
+        let audio = plan.audio.and_then(|(track, codec)| {
+            let mid = mid_of(&sdp, "audio")?;
+            let pt = payload_type(&rtc, mid, |c| c == rtc_codec(codec))?;
+            Some(AudioOut { track, mid, pt })
+        });
+        let audio_clock =
+            plan.audio.and_then(|(t, _)| header.as_ref()?.header.track(t)).map_or(48_000, |t| t.clock_rate);
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let stop = CancellationToken::new();
@@ -275,6 +318,8 @@ impl WebRtc {
         let me = self.clone();
         let destination = self.candidates.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         tasks.spawn(async move {
+            // The routes go with the task, however it ends.
+            let _routes = RouteGuard { router: me.clone(), id, ufrag };
             let mut s = Peer {
                 rtc,
                 mid,
@@ -283,22 +328,83 @@ impl WebRtc {
                 socket: me.socket.clone(),
                 // H.264 over RTP keeps a 90 kHz clock (RFC 6184 §5.1).
                 timeline: Timeline::new(90_000),
+                audio,
+                audio_timeline: Timeline::new(audio_clock),
                 route: (me.clone(), id, tx),
                 sources: Vec::new(),
             };
             let reason = s.run(rx, sessions, viewer, stop).await;
-            let mut routes = me.lock();
-            routes.by_ufrag.remove(&ufrag);
-            routes.by_addr.retain(|_, (sid, _)| *sid != id);
-            routes.stops.remove(&id);
             info!(session = id, %reason, "webrtc session ended");
         });
-        Ok((id, sdp))
+        Ok(Answer { id, sdp, audio_left_out: plan.left_out })
+    }
+
+    /// Answers `offer` with H.264 in `profiles` (`profile-level-id`s) and the plan's audio:
+    /// the peer connection, the answer, the video's mid and payload type.
+    fn negotiate(
+        &self,
+        offer: &str,
+        ufrag: &str,
+        pass: &str,
+        plan: &Plan,
+        profiles: &[u32],
+    ) -> Result<(Rtc, String, Mid, Pt), WhepError> {
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.to_owned(), pass: pass.to_owned() })
+            .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
+            .clear_codecs();
+        config = match plan.audio {
+            Some((_, Codec::Opus)) => config.enable_opus(true, false),
+            Some((_, Codec::Pcmu)) => config.enable_pcmu(true, false),
+            Some((_, Codec::Pcma)) => config.enable_pcma(true, false),
+            _ => config,
+        };
+        for (i, id) in profiles.iter().enumerate() {
+            // Dynamic payload types 96.., each with its retransmission type after it.
+            let pt = 96 + 2 * i as u8;
+            config.codec_config().add_h264(pt.into(), Some((pt + 1).into()), true, *id);
+        }
+        let mut rtc = config.build(Instant::now());
+        for c in &self.candidates {
+            if let Ok(c) = Candidate::host(*c, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        // str0m asserts things about offers it parsed (a payload type claimed twice panics), so
+        // a hostile offer must not take the handler down with it.
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| WhepError::Refused("str0m could not negotiate this offer".into()))?;
+        let sdp = accepted.map_err(|e| WhepError::Refused(e.to_string()))?.to_sdp_string();
+        // The video m-line (str0m announces it only once running) and the payload type the
+        // browser prefers among ours.
+        let mid = mid_of(&sdp, "video").ok_or(WhepError::NoCodec)?;
+        let pt = payload_type(&rtc, mid, |c| c == RtcCodec::H264).ok_or(WhepError::NoCodec)?;
+        Ok((rtc, sdp, mid, pt))
     }
 
     /// Ends session `id`; whether it existed.
     pub fn end(&self, id: u64) -> bool {
         self.lock().stops.get(&id).map(CancellationToken::cancel).is_some()
+    }
+}
+
+/// Removes a session's routes when dropped.
+struct RouteGuard {
+    router: Arc<WebRtc>,
+    id: u64,
+    ufrag: String,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        let mut routes = self.router.lock();
+        routes.by_ufrag.remove(&self.ufrag);
+        routes.by_addr.retain(|_, (sid, _)| *sid != self.id);
+        routes.stops.remove(&self.id);
     }
 }
 
@@ -321,31 +427,36 @@ pub(crate) fn metrics(rtc: Option<&WebRtc>) -> String {
     )
 }
 
-/// The `a=mid` of the first video m-line of an SDP.
-fn video_mid(sdp: &str) -> Option<Mid> {
-    let mut in_video = false;
+/// The `a=mid` of the first m-line of `kind` (`video`, `audio`) of an SDP.
+fn mid_of(sdp: &str, kind: &str) -> Option<Mid> {
+    let mut in_kind = false;
     for line in sdp.lines() {
         if let Some(m) = line.strip_prefix("m=") {
-            in_video = m.starts_with("video ");
-        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            in_kind = m.strip_prefix(kind).is_some_and(|rest| rest.starts_with(' '));
+        } else if in_kind && let Some(mid) = line.strip_prefix("a=mid:") {
             return Some(Mid::from(mid.trim()));
         }
     }
     None
 }
 
-/// The payload type for H.264 on `mid`, in the browser's order of preference.
-fn h264_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
+/// The first payload type on `mid`, in the browser's order of preference, whose codec `wants`.
+fn payload_type(rtc: &Rtc, mid: Mid, wants: impl Fn(RtcCodec) -> bool) -> Option<Pt> {
     let media = rtc.media(mid)?;
     if media.disabled() {
         return None;
     }
     let params = rtc.codec_config().params();
-    media
-        .remote_pts()
-        .iter()
-        .copied()
-        .find(|pt| params.iter().any(|p| p.pt() == *pt && p.spec().codec == RtcCodec::H264))
+    media.remote_pts().iter().copied().find(|pt| params.iter().any(|p| p.pt() == *pt && wants(p.spec().codec)))
+}
+
+/// str0m's name for an audio codec that passes through.
+fn rtc_codec(c: Codec) -> RtcCodec {
+    match c {
+        Codec::Pcmu => RtcCodec::PCMU,
+        Codec::Pcma => RtcCodec::PCMA,
+        _ => RtcCodec::Opus,
+    }
 }
 
 /// The local user fragment a STUN binding request names (`USERNAME` is `local:remote`).
@@ -376,6 +487,9 @@ struct Peer {
     destination: SocketAddr,
     socket: Arc<UdpSocket>,
     timeline: Timeline,
+    /// Where the audio goes, if the stream's passes through and the browser takes it.
+    audio: Option<AudioOut>,
+    audio_timeline: Timeline,
     /// The router, this session's id and queue: to route a verified source here.
     route: (Arc<WebRtc>, u64, mpsc::Sender<Datagram>),
     /// Sources already routed here (the browser's few candidates).
@@ -532,12 +646,28 @@ impl Peer {
     /// Writes one frame's shared payloads with this viewer's header fields; its byte count.
     fn write(&mut self, p: &Packaged<RtcFrame>) -> u64 {
         let Some(track) = p.entry.header.header.track(p.entry.frame.track) else { return 0 };
-        if track.codec != mediamesh_media::Codec::H264 || p.out.packets.is_empty() {
+        if p.out.packets.is_empty() {
             return 0;
         }
         let f = &p.entry.frame;
         let now = Instant::now();
-        let Some(time) = self.timeline.frame(now, p.entry.index, f.is_keyframe(), f.pts, f.dts) else { return 0 };
+        let (mid, pt, time, video) = match self.audio {
+            _ if track.codec == Codec::H264 => {
+                let Some(time) = self.timeline.frame(now, p.entry.index, f.is_keyframe(), f.pts, f.dts) else {
+                    return 0;
+                };
+                (self.mid, self.pt, time, true)
+            }
+            // Audio begins with the video and is not replayed with it.
+            Some(a) if a.track == f.track => {
+                if !self.timeline.started() || self.timeline.is_replay(p.entry.index) {
+                    return 0;
+                }
+                let Some(time) = self.audio_timeline.frame(now, p.entry.index, true, f.pts, f.dts) else { return 0 };
+                (a.mid, a.pt, time, false)
+            }
+            _ => return 0,
+        };
         // The capture time, as the edge stamped it: in the header extension for the receiver's
         // latency, and as the wall clock of the RTP time for the sender reports.
         let capture = std::time::UNIX_EPOCH + std::time::Duration::from_micros(f.capture_us);
@@ -548,18 +678,18 @@ impl Peer {
             ..ExtensionValues::default()
         };
         let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(self.mid, None) else {
-            warn!("webrtc: no send stream for the video");
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            warn!(%mid, "webrtc: no send stream");
             return 0;
         };
         let mut bytes = 0;
         for packet in &p.out.packets {
             bytes += packet.payload.len() as u64;
-            let seq = SeqNo::from(self.timeline.next_seq());
+            let seq = SeqNo::from(if video { self.timeline.next_seq() } else { self.audio_timeline.next_seq() });
             tx.write_rtp(
-                RtpWrite::new(self.pt, seq, time, wallclock, packet.payload.clone())
-                    .marker(packet.marker)
-                    .nackable(true)
+                RtpWrite::new(pt, seq, time, wallclock, packet.payload.clone())
+                    .marker(packet.marker && video)
+                    .nackable(video)
                     .ext_vals(ext.clone()),
             );
         }

@@ -89,6 +89,16 @@ impl Timeline {
         Some(mapped.saturating_add(pts.saturating_sub(dts)) as u32)
     }
 
+    /// Whether the first frame has been sent.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the frame at log index `index` comes again in a replay.
+    pub(crate) fn is_replay(&self, index: u64) -> bool {
+        self.replay_until.is_some_and(|until| index < until)
+    }
+
     /// The next RTP sequence number (extended: str0m takes the roll-over count with it).
     pub(crate) fn next_seq(&mut self) -> u64 {
         let s = self.seq;
