@@ -493,3 +493,38 @@ async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
     assert_eq!(r.status, 200, "the hub answers on");
     drop(cameras);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mediamesh_view_watches_over_whep() {
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+        })
+        .start()
+        .await;
+    let whep = format!("http://{}/api/v1/nodes/edge-1/streams/cam1/whep", fx.hub.stream_addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mediamesh"))
+        .args(["view", &whep, "--frames", "100", "--json", "--timeout", "10"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    eprintln!("mediamesh view over WHEP: {s}");
+    assert_eq!(s["frames"], 100, "{s}");
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(320), Some(240)), "{s}");
+    assert_eq!(s["firstIsKeyframe"], true, "{s}");
+    assert_eq!((s["counterFrames"].as_u64(), s["counterGaps"].as_u64()), (Some(100), Some(0)), "{s}");
+    let p50 = s["latencyMsP50"].as_f64().expect("capture times arrive in abs-capture-time");
+    assert!((0.0..1000.0).contains(&p50), "{s}");
+    assert_eq!(s["brokenFrames"], 0, "{s}");
+    // It ends its session with a DELETE.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mediamesh_testkit::observe::metrics(fx.hub.stream_addr).await.value("mediamesh_webrtc_sessions") != Some(0.0)
+    {
+        assert!(std::time::Instant::now() < deadline, "the session outlived the viewer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

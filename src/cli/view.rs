@@ -1,4 +1,4 @@
-//! `mediamesh view`: a WebSocket viewer for people and scripts.
+//! `mediamesh view`: a viewer for people and scripts, over the WebSocket format or WebRTC (WHEP).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use mediamesh_media::h264::sei::read_stamp;
 
 #[derive(Debug, Args)]
 pub struct ViewArgs {
-    /// The stream's WebSocket URL, e.g. wss://127.0.0.1:10005/api/v1/nodes/NODE/streams/STREAM/ws
+    /// The stream's WebSocket URL, e.g. wss://127.0.0.1:10005/api/v1/nodes/NODE/streams/STREAM/ws,
+    /// or its WHEP URL (…/whep) to watch over WebRTC.
     url: String,
     /// Stop after this many video frames.
     #[arg(long)]
@@ -61,6 +62,17 @@ struct Summary {
     counter_out_of_order: u64,
     pts_backwards: u64,
     end_reason: Option<String>,
+    /// WebRTC only: video frames with packets missing before them (not recovered in time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken_frames: Option<u64>,
+    /// WebRTC only: the video's packet loss over the last second the stack reported, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_percent: Option<f64>,
+    /// WebRTC only: NACKs and keyframe requests (PLI) the client sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nacks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plis: Option<u64>,
 }
 
 pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
@@ -68,6 +80,9 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
         Some(p) => Some(mediamesh_tls::load_roots(p)?),
         None => None,
     };
+    if args.url.split(['?', '#']).next().is_some_and(|path| path.ends_with("/whep")) {
+        return run_whep(args, roots).await;
+    }
     let started = Instant::now();
     let mut client =
         ViewerClient::connect(&args.url, &ConnectOptions { roots, recv_buffer: None, token: args.token.clone() })
@@ -206,6 +221,111 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// WHEP mode: a str0m peer connection receives the stream over WebRTC.
+async fn run_whep(args: ViewArgs, roots: Option<rustls::RootCertStore>) -> anyhow::Result<()> {
+    use mediamesh_hub::client::whep::{WhepClient, WhepItem};
+
+    let started = Instant::now();
+    let opts = ConnectOptions { roots, recv_buffer: None, token: args.token.clone() };
+    let mut client =
+        WhepClient::connect(&args.url, &opts).await.with_context(|| format!("offering to {}", args.url))?;
+    let mut s =
+        Summary { connect_ms: started.elapsed().as_secs_f64() * 1000.0, broken_frames: Some(0), ..Summary::default() };
+    let mut out = match &args.out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut last_counter: Option<u64> = None;
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
+    let interrupted = super::stop_signal();
+    tokio::pin!(interrupted);
+    loop {
+        if args.frames.is_some_and(|n| s.frames >= n) {
+            break;
+        }
+        let item = tokio::select! {
+            r = tokio::time::timeout(timeout, client.next()) => r,
+            () = &mut interrupted => break,
+        };
+        let item = match item {
+            Err(_) => anyhow::bail!("nothing received for {:.1} s (after {} frames)", timeout.as_secs_f64(), s.frames),
+            Ok(r) => r.context("receiving")?,
+        };
+        match item {
+            None => {
+                s.end_reason = Some("the peer connection ended".into());
+                break;
+            }
+            Some(WhepItem::Audio(_)) => s.audio_frames += 1,
+            Some(WhepItem::Stats(st)) => {
+                s.loss_percent = st.loss.map(|l| f64::from(l) * 100.0);
+                (s.nacks, s.plis) = (Some(st.nacks), Some(st.plis));
+            }
+            Some(WhepItem::Video(f)) => {
+                let latency_ms = f
+                    .capture
+                    .and_then(|c| std::time::SystemTime::now().duration_since(c).ok())
+                    .map(|d| d.as_secs_f64() * 1000.0);
+                if s.frames == 0 {
+                    s.first_frame_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    s.first_is_keyframe = Some(f.keyframe);
+                }
+                s.frames += 1;
+                s.keyframes += u64::from(f.keyframe);
+                s.bytes += f.data.len() as u64;
+                if !f.contiguous {
+                    s.broken_frames = s.broken_frames.map(|n| n + 1);
+                }
+                latencies.extend(latency_ms);
+                if f.keyframe && s.width.is_none() {
+                    let sps = mediamesh_media::annexb::nals(&f.data).find(|n| n.first().is_some_and(|h| h & 0x1f == 7));
+                    if let Some(p) = sps.and_then(|sps| mediamesh_media::h264::parse_sps(sps).ok()) {
+                        (s.width, s.height, s.codec) = (Some(p.width), Some(p.height), Some(p.codec_string));
+                    }
+                }
+                if let Some(stamp) = read_stamp(&f.data) {
+                    s.counter_frames += 1;
+                    match last_counter {
+                        Some(c) if stamp.counter <= c => s.counter_out_of_order += 1,
+                        Some(c) => s.counter_gaps += stamp.counter - c - 1,
+                        None => {}
+                    }
+                    last_counter = Some(stamp.counter);
+                }
+                if let Some(w) = out.as_mut() {
+                    w.write_all(&f.data)?;
+                }
+                if !args.quiet && !args.json {
+                    let latency = latency_ms.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.1}ms"));
+                    println!(
+                        "frame {} rtp={} bytes={} latency={latency}{}",
+                        if f.keyframe { "key" } else { "   " },
+                        f.rtp_time,
+                        f.data.len(),
+                        if f.contiguous { "" } else { " (after lost packets)" }
+                    );
+                }
+            }
+        }
+    }
+    s.duration_secs = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
+    (s.latency_ms_p50, s.latency_ms_p99, s.latency_ms_max) = (pct(0.5), pct(0.99), latencies.last().copied());
+    if let Some(mut w) = out {
+        w.flush()?;
+    }
+    client.close().await;
+    print_summary(&s, &args)?;
+    if s.frames == 0 {
+        anyhow::bail!("no frames received{}", s.end_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
 fn print_summary(s: &Summary, args: &ViewArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(s)?);
@@ -243,6 +363,14 @@ fn print_summary(s: &Summary, args: &ViewArgs) -> anyhow::Result<()> {
     }
     if s.skipped > 0 {
         println!("skipped {} frames to stay live", s.skipped);
+    }
+    if let (Some(broken), Some(nacks), Some(plis)) = (s.broken_frames, s.nacks, s.plis) {
+        let loss = s.loss_percent.map_or_else(|| "–".to_owned(), |l| format!("{l:.1} %"));
+        println!(
+            "webrtc: loss {loss} in the last second, {nacks} NACKs, {plis} keyframe requests, {broken} frames after lost packets"
+        );
+    } else if let Some(broken) = s.broken_frames {
+        println!("webrtc: {broken} frames after lost packets");
     }
     if let Some(r) = &s.end_reason {
         println!("stream ended: {r}");

@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::egress::ws::format::{TrackJson, ViewerEvent, ViewerFormatError, ViewerFrame, decode_frame};
 
+pub mod whep;
+
 /// Byte streams the client runs over (TCP or TLS over TCP).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -67,6 +69,79 @@ pub enum ClientError {
     /// A binary message did not parse.
     #[error(transparent)]
     BadFrame(#[from] ViewerFormatError),
+    /// An HTTP exchange (WHEP) failed.
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    /// The WebRTC stack refused something.
+    #[error("webrtc: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    /// The hub's SDP answer did not parse.
+    #[error("the hub's SDP answer: {0}")]
+    Sdp(#[from] str0m::error::SdpError),
+    /// The UDP socket failed.
+    #[error("udp: {0}")]
+    Udp(std::io::Error),
+}
+
+/// Where a URL points: TLS or not, `host:port`, the host, and the rest after `scheme://`.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    tls: bool,
+    addr: String,
+    host: String,
+    rest: String,
+}
+
+impl Target {
+    /// Reads `ws://`, `wss://`, `http://` or `https://` URLs.
+    pub(crate) fn parse(url: &str) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::Url { url: url.into(), reason: reason.into() };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://").or_else(|| url.strip_prefix("https://")) {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")) {
+            (false, r)
+        } else {
+            return Err(bad("expected ws://, wss://, http:// or https://"));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        let addr =
+            if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+                authority.to_owned()
+            } else {
+                format!("{authority}:{}", if tls { 443 } else { 80 })
+            };
+        let host =
+            addr.rsplit_once(':').map_or("", |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(Self { tls, addr, host, rest: rest.to_owned() })
+    }
+
+    /// The path and query.
+    pub(crate) fn path(&self) -> &str {
+        self.rest.find('/').map_or("/", |i| &self.rest[i..])
+    }
+
+    /// A TCP connection, with TLS for `wss://` and `https://`.
+    pub(crate) async fn dial(&self, opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientError> {
+        let tcp = connect_tcp(&self.addr, opts.recv_buffer).await?;
+        if !self.tls {
+            return Ok(Box::new(tcp));
+        }
+        let roots = match &opts.roots {
+            Some(r) => r.clone(),
+            None => system_roots()?,
+        };
+        let cfg = mediamesh_tls::viewer_client_config(roots)?;
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|_| ClientError::Url { url: self.rest.clone(), reason: "bad host name".into() })?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ClientError::Connect { addr: self.addr.clone(), source })?;
+        Ok(Box::new(stream))
+    }
 }
 
 /// Something the hub sent.
@@ -97,42 +172,9 @@ impl ViewerClient {
     /// Connects to a viewer URL (`ws://`, `wss://`; `http(s)://` are accepted as aliases).
     pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, ClientError> {
         let bad = |reason: &str| ClientError::Url { url: url.into(), reason: reason.into() };
-        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://").or_else(|| url.strip_prefix("https://")) {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")) {
-            (false, r)
-        } else {
-            return Err(bad("expected ws://, wss://, http:// or https://"));
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.is_empty() {
-            return Err(bad("no host"));
-        }
-        let addr =
-            if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
-                authority.to_owned()
-            } else {
-                format!("{authority}:{}", if tls { 443 } else { 80 })
-            };
-        let host =
-            addr.rsplit_once(':').map_or("", |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_owned();
-        let tcp = connect_tcp(&addr, opts.recv_buffer).await?;
-        let io: Box<dyn Io> = if tls {
-            let roots = match &opts.roots {
-                Some(r) => r.clone(),
-                None => system_roots()?,
-            };
-            let cfg = mediamesh_tls::viewer_client_config(roots)?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| bad("bad host name"))?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&cfg))
-                .connect(name, tcp)
-                .await
-                .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
-            Box::new(stream)
-        } else {
-            Box::new(tcp)
-        };
-        let ws_url = format!("{}://{rest}", if tls { "wss" } else { "ws" });
+        let target = Target::parse(url)?;
+        let io = target.dial(opts).await?;
+        let ws_url = format!("{}://{}", if target.tls { "wss" } else { "ws" }, target.rest);
         let mut req = ws_url.into_client_request().map_err(|e| bad(&e.to_string()))?;
         if let Some(token) = &opts.token {
             let value = format!("Bearer {}", token.expose())
