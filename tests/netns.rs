@@ -310,3 +310,30 @@ async fn a_webrtc_viewer_sees_video_within_1_s_of_a_3_s_edge_cut_ending() {
     assert!(first < 1000.0, "video again {first:.0} ms after the link returned\n{}", lab.logs());
     assert!(after.len() >= 75, "and it plays on: {} frames", after.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_falls_back_to_ice_tcp_when_udp_is_blocked() {
+    let Some(lab) = start_with(WEBRTC, "").await else { return };
+    // Every UDP datagram between the viewer and the hub is dropped.
+    lab.net.viewer_loss(100);
+    let b = whep_viewer(&lab).await;
+    let seen = tokio::task::spawn_blocking(move || {
+        let q = b.eval_async(whep::FIVE_SECONDS, Duration::from_secs(10));
+        let pair = b.eval_async(
+            "whepPc.getStats().then(r => { let pair = null; const c = {};
+               r.forEach(x => { if (x.type === 'local-candidate' || x.type === 'remote-candidate') c[x.id] = x; });
+               r.forEach(x => { if (x.type === 'candidate-pair' && x.nominated && x.state === 'succeeded') pair = x; });
+               done(pair && { local: c[pair.localCandidateId].protocol, remote: c[pair.remoteCandidateId].protocol,
+                              remoteType: c[pair.remoteCandidateId].tcpType || null }); });",
+            Duration::from_secs(5),
+        );
+        (q, pair)
+    })
+    .await
+    .unwrap();
+    lab.net.viewer_loss(0);
+    let (q, pair) = seen;
+    eprintln!("UDP blocked: {q}, over {pair}");
+    assert_eq!(pair["remote"], "tcp", "the pair is ICE-TCP: {pair}\n{}", lab.logs());
+    assert!(q["frames"].as_i64().unwrap() >= 100, "{q}");
+}

@@ -20,6 +20,19 @@ fn candidate(sdp: &str) -> std::net::SocketAddr {
     format!("{}:{}", f[4], f[5]).parse().unwrap()
 }
 
+/// Opens ICE-TCP connections to `to` that send a packet naming no session and a length beyond
+/// any datagram; the hub closes each (a read sees the end).
+fn tcp_garbage(to: std::net::SocketAddr) {
+    use std::io::{Read, Write};
+    for packet in [[&[0x00, 0x10][..], &[7u8; 16]].concat(), [&[0xff, 0xff][..], &[7u8; 64]].concat()] {
+        let mut s = std::net::TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&packet).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "closed by the hub: {packet:?}");
+    }
+}
+
 /// Sends what a hostile or broken peer might to the WebRTC port: binding requests for unknown
 /// sessions, binding requests naming `ufrag` without its password, and random datagrams.
 fn flood(to: std::net::SocketAddr, ufrag: &str) -> usize {
@@ -64,7 +77,7 @@ fn flood(to: std::net::SocketAddr, ufrag: &str) -> usize {
 async fn chromium_plays_a_stream_over_whep() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .start()
         .await;
@@ -90,9 +103,10 @@ async fn chromium_plays_a_stream_over_whep() {
         let captured = s["captureTimestamp"].as_f64().expect("abs-capture-time negotiated") - 2_208_988_800_000.0;
         let age = s["timestamp"].as_f64().unwrap() - captured;
         assert!((0.0..2000.0).contains(&age), "capture {captured} ms, received {s}");
-        // A flood of forged binding requests and random datagrams on the shared port: the
-        // session plays on as before.
+        // A flood of forged binding requests and random datagrams on the shared port, and
+        // garbage on its ICE-TCP twin: the session plays on as before.
         let sent = flood(candidate(sdp), ufrag);
+        tcp_garbage(candidate(sdp));
         let q = b.eval_async(FIVE_SECONDS, Duration::from_secs(10));
         assert!(q["frames"].as_i64().unwrap() >= 100, "after {sent} hostile datagrams: {q}");
         assert!(q["dropped"].as_i64().unwrap() <= 5, "{q}");
@@ -135,7 +149,7 @@ async fn bad_offers_and_unknown_sessions_get_clear_answers() {
     use mediamesh_testkit::http::request_with_body;
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 0 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 0 });
         })
         .start()
         .await;
@@ -153,7 +167,7 @@ async fn bad_offers_and_unknown_sessions_get_clear_answers() {
 
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .start()
         .await;
@@ -169,7 +183,7 @@ async fn bad_offers_and_unknown_sessions_get_clear_answers() {
 async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .edge(|e| {
             // The demo camera's size: 720p at 25 fps, 2 Mbit/s.
@@ -223,7 +237,12 @@ async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
     // page gives up on WebRTC after a few seconds and plays the stream over MSE.
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec!["192.0.2.1".parse().unwrap()], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock {
+                port: 0,
+                hosts: vec!["192.0.2.1".parse().unwrap()],
+                interfaces: false,
+                max_sessions: 10,
+            });
         })
         .start()
         .await;
@@ -271,7 +290,7 @@ fn total(m: &mediamesh_testkit::observe::Metrics, name: &str) -> f64 {
 async fn ten_whep_sessions_and_an_rtsp_viewer_share_one_upstream_and_one_packetizer() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 20 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 20 });
         })
         .start()
         .await;
@@ -360,7 +379,7 @@ async fn aiortc(fx: &Fixture, extra: &[&str]) -> serde_json::Value {
 async fn aiortc_receives_and_decodes_frames_over_whep() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .start()
         .await;
@@ -375,7 +394,7 @@ async fn aiortc_receives_and_decodes_frames_over_whep() {
 async fn a_viewer_that_vanishes_without_delete_is_ended_by_ice_consent() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .start()
         .await;
@@ -420,7 +439,7 @@ async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
     let urls: Vec<(String, String)> = cameras.iter().map(|(a, c)| (format!("door-{a}"), c.url(None))).collect();
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .edge(move |e| {
             for (name, url) in &urls {
@@ -498,7 +517,7 @@ async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
 async fn mediamesh_view_watches_over_whep() {
     let fx = Fixture::builder()
         .hub(|h| {
-            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], max_sessions: 10 });
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .start()
         .await;

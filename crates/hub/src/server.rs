@@ -221,6 +221,7 @@ impl Hub {
                 let settings = crate::egress::webrtc::WebRtcSettings {
                     listen: SocketAddr::new(config.listen_address, w.port),
                     hosts: w.hosts.clone(),
+                    interfaces: w.interfaces,
                     max_sessions: w.max_sessions,
                 };
                 let addr = settings.listen;

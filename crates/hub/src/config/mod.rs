@@ -200,14 +200,21 @@ pub struct WebRtcBlock {
     /// The UDP port every WebRTC viewer shares. Default 8189.
     #[serde(default = "default_webrtc_port")]
     pub port: u16,
-    /// Addresses offered to browsers as host candidates (a NAT'd hub's public address, as
-    /// MediaMTX's `webrtcAdditionalHosts`). Default: the listen address if it is not a
-    /// wildcard, else loopback.
+    /// Addresses offered to browsers as host candidates besides the host's own (a NAT'd hub's
+    /// public address, as MediaMTX's `webrtcAdditionalHosts`).
     #[serde(default)]
     pub hosts: Vec<std::net::IpAddr>,
+    /// Whether the host's own addresses are offered too: the listen address if it is not a
+    /// wildcard, else every interface's (loopback last). Default true.
+    #[serde(default = "default_true")]
+    pub interfaces: bool,
     /// Most WebRTC sessions at once; more are answered 503. Default 1000.
     #[serde(default = "default_webrtc_sessions")]
     pub max_sessions: usize,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_webrtc_port() -> u16 {

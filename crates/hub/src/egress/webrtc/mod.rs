@@ -11,6 +11,7 @@
 //! with its own header fields, and str0m encrypts them.
 
 pub mod packager;
+mod tcp;
 pub(crate) mod timeline;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use std::time::Instant;
 use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{AbsCaptureTime, Extension, ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -40,6 +41,8 @@ use crate::session::{Sessions, Viewer};
 
 /// Datagrams waiting for one session; more are dropped (the peer retransmits what matters).
 const SESSION_QUEUE: usize = 256;
+/// Most host candidates offered (each costs a line in every answer and a pair to check).
+const MAX_CANDIDATES: usize = 8;
 /// Most source addresses routed to one session (a browser uses one or two).
 const MAX_SOURCES: usize = 8;
 /// Largest datagram read.
@@ -151,24 +154,29 @@ struct AudioOut {
 pub struct WebRtcSettings {
     /// Where the UDP socket binds (default `0.0.0.0:8189`).
     pub listen: SocketAddr,
-    /// Addresses offered to browsers as host candidates (with the socket's port); when empty,
-    /// the socket's own address if it is not a wildcard, else loopback.
+    /// Addresses offered to browsers as host candidates (with the socket's port), before the
+    /// host's own.
     pub hosts: Vec<std::net::IpAddr>,
+    /// Whether the host's own addresses are offered too: the socket's if it is not a wildcard,
+    /// else every interface's (loopback last).
+    pub interfaces: bool,
     /// Most sessions at once.
     pub max_sessions: usize,
 }
 
 impl Default for WebRtcSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8189)), hosts: Vec::new(), max_sessions: 1000 }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8189)), hosts: Vec::new(), interfaces: true, max_sessions: 1000 }
     }
 }
 
-/// A datagram for a session.
+/// A datagram (or a packet of an ICE-TCP connection) for a session.
 struct Datagram {
     source: SocketAddr,
     at: Instant,
     bytes: Vec<u8>,
+    /// The connection's writer, when it came over TCP.
+    tcp: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -181,6 +189,10 @@ struct Routes {
 /// The WebRTC side of the hub: the shared UDP socket and its sessions.
 pub struct WebRtc {
     socket: Arc<UdpSocket>,
+    /// ICE-TCP's listener on the same port number, until [`WebRtc::run`] takes it; whether
+    /// there is one.
+    tcp: Mutex<Option<tokio::net::TcpListener>>,
+    has_tcp: bool,
     candidates: Vec<SocketAddr>,
     settings: WebRtcSettings,
     routes: Mutex<Routes>,
@@ -199,14 +211,26 @@ impl WebRtc {
     pub async fn bind(settings: WebRtcSettings) -> std::io::Result<Arc<Self>> {
         let socket = UdpSocket::bind(settings.listen).await?;
         let local = socket.local_addr()?;
-        let hosts = if !settings.hosts.is_empty() {
-            settings.hosts.clone()
-        } else if !local.ip().is_unspecified() {
-            vec![local.ip()]
-        } else {
-            vec![std::net::IpAddr::from([127, 0, 0, 1])]
-        };
+        let mut hosts = settings.hosts.clone();
+        if settings.interfaces {
+            if local.ip().is_unspecified() { hosts.extend(interface_addresses()) } else { hosts.push(local.ip()) }
+        }
+        if hosts.is_empty() {
+            hosts.push(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|ip| seen.insert(*ip));
+        hosts.truncate(MAX_CANDIDATES);
         let candidates = hosts.into_iter().map(|ip| SocketAddr::new(ip, local.port())).collect();
+        // ICE-TCP on the same port number: a port some other program holds for TCP costs only
+        // the fallback.
+        let tcp = match tokio::net::TcpListener::bind(SocketAddr::new(settings.listen.ip(), local.port())).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(port = local.port(), error = %e, "webrtc: no ICE-TCP fallback (the TCP port is taken)");
+                None
+            }
+        };
         let provider = str0m::crypto::from_feature_flags();
         let cert = provider
             .dtls_provider
@@ -214,6 +238,8 @@ impl WebRtc {
             .ok_or_else(|| std::io::Error::other("cannot make the DTLS certificate"))?;
         Ok(Arc::new(Self {
             socket: Arc::new(socket),
+            has_tcp: tcp.is_some(),
+            tcp: Mutex::new(tcp),
             candidates,
             settings,
             routes: Mutex::default(),
@@ -236,8 +262,19 @@ impl WebRtc {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reads the socket and hands each datagram to its session, until `shutdown`.
+    /// Serves the UDP socket and ICE-TCP's listener until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let listener = self.tcp.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let tcp = async {
+            if let Some(l) = listener {
+                tcp::serve(self.clone(), l, shutdown.clone()).await;
+            }
+        };
+        tokio::join!(self.clone().serve_udp(shutdown.clone()), tcp);
+    }
+
+    /// Reads the socket and hands each datagram to its session, until `shutdown`.
+    async fn serve_udp(self: Arc<Self>, shutdown: CancellationToken) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, source) = tokio::select! {
@@ -260,7 +297,7 @@ impl WebRtc {
                     .or_else(|| stun_local_ufrag(bytes).and_then(|u| routes.by_ufrag.get(u).cloned()))
             };
             let Some((id, tx)) = target else { continue };
-            if tx.try_send(Datagram { source, at: Instant::now(), bytes: bytes.to_vec() }).is_err() {
+            if tx.try_send(Datagram { source, at: Instant::now(), bytes: bytes.to_vec(), tcp: None }).is_err() {
                 debug!(session = id, "webrtc session queue full; datagram dropped");
             }
         }
@@ -332,6 +369,7 @@ impl WebRtc {
                 audio_timeline: Timeline::new(audio_clock),
                 route: (me.clone(), id, tx),
                 sources: Vec::new(),
+                tcp: tcp::Links::default(),
             };
             let reason = s.run(rx, sessions, viewer, stop).await;
             info!(session = id, %reason, "webrtc session ended");
@@ -372,6 +410,12 @@ impl WebRtc {
             if let Ok(c) = Candidate::host(*c, "udp") {
                 rtc.add_local_candidate(c);
             }
+            // Passive: the browser connects to it (its priority is below UDP's).
+            if self.has_tcp
+                && let Ok(c) = Candidate::builder().tcp().host(*c).tcptype(TcpType::Passive).build()
+            {
+                rtc.add_local_candidate(c);
+            }
         }
         // str0m asserts things about offers it parsed (a payload type claimed twice panics), so
         // a hostile offer must not take the handler down with it.
@@ -390,6 +434,25 @@ impl WebRtc {
     pub fn end(&self, id: u64) -> bool {
         self.lock().stops.get(&id).map(CancellationToken::cancel).is_some()
     }
+}
+
+/// The addresses of the host's interfaces that are up, loopback last (none if they cannot be
+/// listed).
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut ips: Vec<std::net::IpAddr> = addrs
+        .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            s.as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+        })
+        // Link-local IPv6 needs a scope a candidate cannot carry.
+        .filter(|ip| !ip.is_unspecified() && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .collect();
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    ips
 }
 
 /// Removes a session's routes when dropped.
@@ -494,6 +557,8 @@ struct Peer {
     route: (Arc<WebRtc>, u64, mpsc::Sender<Datagram>),
     /// Sources already routed here (the browser's few candidates).
     sources: Vec<SocketAddr>,
+    /// The browser's ICE-TCP connections.
+    tcp: tcp::Links,
 }
 
 impl Peer {
@@ -557,12 +622,15 @@ impl Peer {
             tokio::select! {
                 d = rx.recv() => {
                     let Some(d) = d else { return "hub shutting down".into() };
-                    let Ok(r) = Receive::new(Protocol::Udp, d.source, self.destination, &d.bytes) else { continue };
+                    let proto = if d.tcp.is_some() { Protocol::Tcp } else { Protocol::Udp };
+                    let Ok(r) = Receive::new(proto, d.source, self.destination, &d.bytes) else { continue };
                     let input = Input::Receive(d.at, r);
                     if !self.rtc.accepts(&input) {
                         continue;
                     }
-                    if !self.sources.contains(&d.source) && self.sources.len() < MAX_SOURCES {
+                    if let Some(out) = &d.tcp {
+                        self.tcp.learn(d.source, out, MAX_SOURCES);
+                    } else if !self.sources.contains(&d.source) && self.sources.len() < MAX_SOURCES {
                         self.sources.push(d.source);
                         let (router, id, tx) = &self.route;
                         router.learn(d.source, *id, tx);
@@ -633,6 +701,11 @@ impl Peer {
         loop {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok((t, events)),
+                Output::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if !self.tcp.send(t.destination, &t.contents) {
+                        debug!(destination = %t.destination, "webrtc tcp send dropped");
+                    }
+                }
                 Output::Transmit(t) => {
                     if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
                         debug!(error = %e, "webrtc send dropped");
