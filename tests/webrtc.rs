@@ -547,3 +547,58 @@ async fn mediamesh_view_watches_over_whep() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h265_camera_goes_to_clients_that_offer_h265_and_is_refused_clearly_to_others() {
+    use mediamesh_edge::StreamConfig;
+    use mediamesh_edge::config::RtspConfig;
+    use mediamesh_testkit::camera::GstCamera;
+
+    let cam = GstCamera::start(&["--video", "h265", "--audio", "none"]);
+    let url = cam.url(None);
+    let fx = Fixture::builder()
+        .hub(|h| {
+            h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
+        })
+        .edge(move |e| {
+            let rtsp = Some(RtspConfig::new(url));
+            e.streams.insert(
+                "hevc".into(),
+                StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp, file: None },
+            );
+        })
+        .start()
+        .await;
+    let whep = format!("http://{}/api/v1/nodes/edge-1/streams/hevc/whep", fx.hub.stream_addr);
+    // str0m's client offers H.265: mediamesh view gets the camera's frames.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mediamesh"))
+        .args(["view", &whep, "--frames", "50", "--json", "--timeout", "15"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    eprintln!("H.265 over WHEP: {s}");
+    assert_eq!(s["frames"], 50, "{s}");
+    assert!(s["codec"].as_str().unwrap().starts_with("hvc1."), "{s}");
+    assert!(s["width"].as_u64().unwrap() > 0, "{s}");
+    // This Chromium offers no H.265: a 406 that says what the camera sends.
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start();
+        b.goto(&whep.replace("/api/v1/nodes/edge-1/streams/hevc/whep", "/api/v1/hub"));
+        let r = b.eval_async(
+            &format!(
+                "const f = async (arguments) => {{ {} }}; f(['{whep}']).then(done, e => done({{ error: String(e) }}));",
+                whep::WHEP_PLAY
+            ),
+            Duration::from_secs(20),
+        );
+        assert_eq!(r["status"], 406, "{r}");
+        assert!(r["body"].as_str().unwrap().contains("H.265"), "{r}");
+    })
+    .await
+    .unwrap();
+    drop(cam);
+}

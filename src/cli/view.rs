@@ -281,8 +281,13 @@ async fn run_whep(args: ViewArgs, roots: Option<rustls::RootCertStore>) -> anyho
                 }
                 latencies.extend(latency_ms);
                 if f.keyframe && s.width.is_none() {
-                    let sps = mediamesh_media::annexb::nals(&f.data).find(|n| n.first().is_some_and(|h| h & 0x1f == 7));
-                    if let Some(p) = sps.and_then(|sps| mediamesh_media::h264::parse_sps(sps).ok()) {
+                    // An H.264 SPS (type 7) or an H.265 one (type 33).
+                    let params = mediamesh_media::annexb::nals(&f.data).find_map(|n| match n.first() {
+                        Some(h) if h & 0x1f == 7 => mediamesh_media::h264::parse_sps(n).ok(),
+                        Some(h) if (h >> 1) & 0x3f == 33 => mediamesh_media::h265::parse_sps(n).ok(),
+                        _ => None,
+                    });
+                    if let Some(p) = params {
                         (s.width, s.height, s.codec) = (Some(p.width), Some(p.height), Some(p.codec_string));
                     }
                 }

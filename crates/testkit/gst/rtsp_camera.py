@@ -23,7 +23,8 @@ from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 VIDEO = {
     "h264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
     "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval={ci}",
-    "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
+    # 4:2:0, as cameras send (Main profile); left to negotiate, x265 takes 4:4:4 (RExt).
+    "h265": "videoconvert ! video/x-raw,format=I420 ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
     "! rtph265pay name=pay0 pt=96 config-interval={ci}",
 }
 AUDIO = {
@@ -36,6 +37,7 @@ AUDIO = {
 # The Debian package of every element the pipelines above use.
 PACKAGES = {
     "videotestsrc": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base",
     "audiotestsrc": "gstreamer1.0-plugins-base",
     "audioconvert": "gstreamer1.0-plugins-base",
     "audioresample": "gstreamer1.0-plugins-base",

@@ -1,5 +1,5 @@
 //! A WHEP client on str0m (RFC 9725): what `mediamesh view` and the bench use to watch a stream
-//! over WebRTC. It offers to receive video (H.264) and audio (Opus, G.711), sends the offer to
+//! over WebRTC. It offers to receive video (H.264, H.265) and audio (Opus, G.711), sends the offer to
 //! the hub's `…/whep`, and yields each depacketized frame with its capture time (the hub sends
 //! it in `abs-capture-time`) and, once a second, the receive statistics.
 //!
@@ -105,6 +105,7 @@ impl WhepClient {
             .set_stats_interval(Some(Duration::from_secs(1)))
             .clear_codecs()
             .enable_h264(true)
+            .enable_h265(true)
             .enable_opus(true, false)
             .enable_pcmu(true, false)
             .enable_pcma(true, false)

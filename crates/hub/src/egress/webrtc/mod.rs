@@ -70,8 +70,8 @@ pub enum WhepError {
     #[error("the offer cannot be answered: {0}")]
     Refused(String),
     /// The offer has no video this hub can send.
-    #[error("the offer has no video codec this stream can be sent in (offer H.264 with packetization-mode=1)")]
-    NoCodec,
+    #[error("the offer has no video codec this stream can be sent in: the camera sends {0}")]
+    NoCodec(&'static str),
     /// Too many WebRTC sessions.
     #[error("this hub already serves {0} WebRTC sessions")]
     Full(usize),
@@ -82,7 +82,7 @@ impl WhepError {
     pub fn status(&self) -> u16 {
         match self {
             WhepError::Full(_) => 503,
-            WhepError::NoCodec => 406,
+            WhepError::NoCodec(_) => 406,
             _ => 400,
         }
     }
@@ -92,7 +92,7 @@ impl WhepError {
         match self {
             WhepError::BadSdp(_) => "bad_sdp",
             WhepError::Refused(_) => "offer_refused",
-            WhepError::NoCodec => "no_common_codec",
+            WhepError::NoCodec(_) => "no_common_codec",
             WhepError::Full(_) => "too_many_sessions",
         }
     }
@@ -112,8 +112,12 @@ pub struct Answer {
 /// What of a stream a WebRTC viewer can get, from its header (unknown before the edge sent it).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Plan {
+    /// The camera's video codec (H.264 when not known yet).
+    video: Option<Codec>,
     /// The camera's H.264 `profile-level-id`.
     profile: Option<u32>,
+    /// The camera's H.265 profile, tier and level.
+    h265: Option<(u8, u8, u8)>,
     /// The audio track that passes through, and its codec.
     audio: Option<(TrackId, Codec)>,
     /// An audio codec WebRTC cannot carry.
@@ -123,22 +127,69 @@ struct Plan {
 impl Plan {
     fn new(header: Option<&HeaderEntry>) -> Self {
         let Some(h) = header else { return Self::default() };
-        let profile = h
-            .header
-            .video()
-            .filter(|v| v.codec == Codec::H264)
-            .and(h.video.as_ref())
-            .and_then(|v| v.codec_string.strip_prefix("avc1."))
+        let video = h.header.video().map(|v| v.codec);
+        let codec_string = h.video.as_ref().map(|v| v.codec_string.as_str());
+        let profile = codec_string
+            .filter(|_| video == Some(Codec::H264))
+            .and_then(|s| s.strip_prefix("avc1."))
             .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        let h265 = codec_string.filter(|_| video == Some(Codec::H265)).and_then(h265_profile_tier_level);
         let audio = h.header.tracks.iter().find(|t| t.codec.kind() == mediamesh_media::TrackKind::Audio);
-        match audio.map(|t| (t.id, t.codec)) {
-            Some((id, c @ (Codec::Opus | Codec::Pcmu | Codec::Pcma))) => {
-                Self { profile, audio: Some((id, c)), left_out: None }
-            }
-            Some((_, c)) => Self { profile, audio: None, left_out: Some(c) },
-            None => Self { profile, ..Self::default() },
+        let (audio, left_out) = match audio.map(|t| (t.id, t.codec)) {
+            Some((id, c @ (Codec::Opus | Codec::Pcmu | Codec::Pcma))) => (Some((id, c)), None),
+            Some((_, c)) => (None, Some(c)),
+            None => (None, None),
+        };
+        Self { video, profile, h265, audio, left_out }
+    }
+
+    #[cfg(test)]
+    fn for_video(video: Codec) -> Self {
+        Self { video: Some(video), ..Self::default() }
+    }
+
+    /// The video codec, as an error names it.
+    fn video_name(&self) -> &'static str {
+        if self.video == Some(Codec::H265) { "H.265" } else { "H.264 (packetization-mode=1)" }
+    }
+
+    /// What to offer for the video, in turn: the camera's profile alone, then (H.264 only) the
+    /// profiles browsers decode anyway.
+    fn video_offers(&self) -> Vec<VideoOffer> {
+        // Constrained Baseline, Main and High.
+        const PROFILES: [u32; 4] = [0x42e01f, 0x42001f, 0x4d001f, 0x64001f];
+        match self.video {
+            Some(Codec::H265) => vec![VideoOffer::H265(self.h265.unwrap_or((1, 0, 93)))],
+            _ => self
+                .profile
+                .map(|p| VideoOffer::H264(vec![p]))
+                .into_iter()
+                .chain([VideoOffer::H264(PROFILES.to_vec())])
+                .collect(),
         }
     }
+}
+
+/// Profile, tier and level from an RFC 6381 HEVC codec string (`hvc1.1.6.L93.B0`).
+fn h265_profile_tier_level(s: &str) -> Option<(u8, u8, u8)> {
+    let mut parts = s.strip_prefix("hvc1.").or_else(|| s.strip_prefix("hev1."))?.split('.');
+    let profile = parts.next()?.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse().ok()?;
+    let tier_level = parts.nth(1)?;
+    let tier = match tier_level.chars().next()? {
+        'L' => 0,
+        'H' => 1,
+        _ => return None,
+    };
+    Some((profile, tier, tier_level.get(1..)?.parse().ok()?))
+}
+
+/// One way of offering the video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum VideoOffer {
+    /// H.264 with these `profile-level-id`s (packetization-mode 1).
+    H264(Vec<u32>),
+    /// H.265 with this profile, tier and level.
+    H265((u8, u8, u8)),
 }
 
 /// Where a viewer's audio goes.
@@ -327,16 +378,18 @@ impl WebRtc {
         SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
         let ufrag = format!("mm{:016x}", crate::random_u64());
         let pass = format!("{:016x}{:016x}", crate::random_u64(), crate::random_u64());
-        // The camera's own H.264 profile alone first; where the browser does not offer it,
-        // Constrained Baseline, Main or High, whichever it offers (browsers decode any of
+        // The camera's own profile alone first; for H.264 where the browser does not offer
+        // it, Constrained Baseline, Main or High, whichever it offers (browsers decode any of
         // them). str0m matches profiles, not levels, and one of ours per profile of the
         // browser's: two would claim its payload type twice.
-        const PROFILES: [u32; 4] = [0x42e01f, 0x42001f, 0x4d001f, 0x64001f];
-        let camera = plan.profile.map(|p| self.negotiate(offer, &ufrag, &pass, &plan, &[p]));
-        let (rtc, sdp, mid, pt) = match camera {
-            Some(Ok(found)) => found,
-            _ => self.negotiate(offer, &ufrag, &pass, &plan, &PROFILES)?,
-        };
+        let mut negotiated = Err(WhepError::NoCodec(plan.video_name()));
+        for video in plan.video_offers() {
+            negotiated = self.negotiate(offer, &ufrag, &pass, &plan, &video);
+            if negotiated.is_ok() {
+                break;
+            }
+        }
+        let (rtc, sdp, mid, pt) = negotiated?;
         let audio = plan.audio.and_then(|(track, codec)| {
             let mid = mid_of(&sdp, "audio")?;
             let pt = payload_type(&rtc, mid, |c| c == rtc_codec(codec))?;
@@ -363,8 +416,9 @@ impl WebRtc {
                 pt,
                 destination,
                 socket: me.socket.clone(),
-                // H.264 over RTP keeps a 90 kHz clock (RFC 6184 §5.1).
+                // H.264 and H.265 over RTP keep a 90 kHz clock (RFC 6184 §5.1, RFC 7798 §4.1).
                 timeline: Timeline::new(90_000),
+                video_codec: plan.video.unwrap_or(Codec::H264),
                 audio,
                 audio_timeline: Timeline::new(audio_clock),
                 route: (me.clone(), id, tx),
@@ -385,7 +439,7 @@ impl WebRtc {
         ufrag: &str,
         pass: &str,
         plan: &Plan,
-        profiles: &[u32],
+        video: &VideoOffer,
     ) -> Result<(Rtc, String, Mid, Pt), WhepError> {
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
@@ -400,11 +454,20 @@ impl WebRtc {
             Some((_, Codec::Pcma)) => config.enable_pcma(true, false),
             _ => config,
         };
-        for (i, id) in profiles.iter().enumerate() {
-            // Dynamic payload types 96.., each with its retransmission type after it.
-            let pt = 96 + 2 * i as u8;
-            config.codec_config().add_h264(pt.into(), Some((pt + 1).into()), true, *id);
-        }
+        let codec = match video {
+            VideoOffer::H264(profiles) => {
+                for (i, id) in profiles.iter().enumerate() {
+                    // Dynamic payload types 96.., each with its retransmission type after it.
+                    let pt = 96 + 2 * i as u8;
+                    config.codec_config().add_h264(pt.into(), Some((pt + 1).into()), true, *id);
+                }
+                RtcCodec::H264
+            }
+            VideoOffer::H265((profile, tier, level)) => {
+                config.codec_config().add_h265(96.into(), Some(97.into()), *profile, *tier, *level);
+                RtcCodec::H265
+            }
+        };
         let mut rtc = config.build(Instant::now());
         for c in &self.candidates {
             if let Ok(c) = Candidate::host(*c, "udp") {
@@ -425,8 +488,8 @@ impl WebRtc {
         let sdp = accepted.map_err(|e| WhepError::Refused(e.to_string()))?.to_sdp_string();
         // The video m-line (str0m announces it only once running) and the payload type the
         // browser prefers among ours.
-        let mid = mid_of(&sdp, "video").ok_or(WhepError::NoCodec)?;
-        let pt = payload_type(&rtc, mid, |c| c == RtcCodec::H264).ok_or(WhepError::NoCodec)?;
+        let mid = mid_of(&sdp, "video").ok_or(WhepError::NoCodec(plan.video_name()))?;
+        let pt = payload_type(&rtc, mid, |c| c == codec).ok_or(WhepError::NoCodec(plan.video_name()))?;
         Ok((rtc, sdp, mid, pt))
     }
 
@@ -550,6 +613,8 @@ struct Peer {
     destination: SocketAddr,
     socket: Arc<UdpSocket>,
     timeline: Timeline,
+    /// The video codec negotiated (the camera's).
+    video_codec: Codec,
     /// Where the audio goes, if the stream's passes through and the browser takes it.
     audio: Option<AudioOut>,
     audio_timeline: Timeline,
@@ -725,7 +790,7 @@ impl Peer {
         let f = &p.entry.frame;
         let now = Instant::now();
         let (mid, pt, time, video) = match self.audio {
-            _ if track.codec == Codec::H264 => {
+            _ if track.codec == self.video_codec => {
                 let Some(time) = self.timeline.frame(now, p.entry.index, f.is_keyframe(), f.pts, f.dts) else {
                     return 0;
                 };
@@ -773,6 +838,27 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hevc_codec_strings_give_profile_tier_and_level() {
+        assert_eq!(h265_profile_tier_level("hvc1.1.6.L93.B0"), Some((1, 0, 93)));
+        assert_eq!(h265_profile_tier_level("hvc1.2.4.H120.90"), Some((2, 1, 120)));
+        assert_eq!(h265_profile_tier_level("hev1.A1.6.L60"), Some((1, 0, 60)));
+        assert_eq!(h265_profile_tier_level("avc1.42e01f"), None);
+        assert_eq!(h265_profile_tier_level("hvc1.1.6.X93"), None);
+        assert_eq!(h265_profile_tier_level("hvc1.1"), None);
+    }
+
+    #[test]
+    fn an_h265_camera_is_offered_in_its_own_profile_and_h264_falls_back() {
+        let p = Plan { h265: Some((2, 0, 120)), ..Plan::for_video(Codec::H265) };
+        assert_eq!(p.video_offers(), vec![VideoOffer::H265((2, 0, 120))]);
+        let p = Plan { profile: Some(0x640028), ..Plan::for_video(Codec::H264) };
+        let offers = p.video_offers();
+        assert_eq!(offers[0], VideoOffer::H264(vec![0x640028]), "the camera's profile first");
+        assert!(matches!(&offers[1], VideoOffer::H264(all) if all.len() == 4));
+        assert_eq!(Plan::default().video_offers().len(), 1, "before the header: the common profiles");
+    }
 
     #[test]
     fn the_local_ufrag_is_read_from_a_binding_request() {

@@ -45,7 +45,7 @@ impl FrameFormat for WebRtcFormat {
 
     fn package(&mut self, e: &LogEntry) -> RtcFrame {
         let Some(track) = e.header.header.track(e.frame.track) else { return RtcFrame { packets: Vec::new() } };
-        if !matches!(track.codec, Codec::H264 | Codec::Opus | Codec::Pcma | Codec::Pcmu) {
+        if !matches!(track.codec, Codec::H264 | Codec::H265 | Codec::Opus | Codec::Pcma | Codec::Pcmu) {
             return RtcFrame { packets: Vec::new() };
         }
         FRAMES_PACKETIZED.fetch_add(1, Ordering::Relaxed);
