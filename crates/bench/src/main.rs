@@ -99,6 +99,11 @@ struct BenchArgs {
     /// `ffmpeg -c copy` readers at these counts.
     #[arg(long)]
     peers: bool,
+    /// Also measure Janus's streaming plugin with the same WebRTC viewers at the ladder's
+    /// counts (Debian's `janus`, fed the clip over RTP); `--peers` does too when `--protocols`
+    /// has `webrtc`.
+    #[arg(long)]
+    janus: bool,
     /// Viewer counts for the `ffmpeg` reader comparison (with --peers).
     #[arg(long, value_delimiter = ',', default_value = "10,100")]
     ffmpeg_viewers: Vec<usize>,
@@ -212,10 +217,15 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Spec>> {
     let mut specs = Vec::new();
     for &p in &args.protocols {
         if p == Protocol::Rtmp {
-            anyhow::bail!("mediamesh does not serve RTMP; --protocols takes ws, rtsp-tcp and rtsp-udp");
+            anyhow::bail!("mediamesh does not serve RTMP; --protocols takes ws, rtsp-tcp, rtsp-udp and webrtc");
         }
         for &n in &args.viewers {
             specs.push(spec(Server::Mediamesh, p, "builtin", 1, n));
+        }
+    }
+    if args.janus || (args.peers && args.protocols.contains(&Protocol::Webrtc)) {
+        for &n in &args.viewers {
+            specs.push(spec(Server::Janus, Protocol::Webrtc, "builtin", 1, n));
         }
     }
     if args.peers {
@@ -360,6 +370,7 @@ async fn start(
         Server::Mediamesh => servers::start_mediamesh(&mediamesh_binary(args)?, dir, clip, spec.streams).await,
         Server::NginxRtmp => servers::start_nginx(dir, clip).await,
         Server::Gstreamer => servers::start_gstreamer(dir, clip).await,
+        Server::Janus => servers::start_janus(dir, clip).await,
     }
 }
 
@@ -553,12 +564,14 @@ fn print_row(o: &Outcome) {
         Server::Mediamesh => "mediamesh",
         Server::NginxRtmp => "nginx-rtmp",
         Server::Gstreamer => "gstreamer",
+        Server::Janus => "janus",
     };
     let proto = match o.spec.protocol {
         Protocol::Ws => "ws",
         Protocol::RtspTcp => "rtsp-tcp",
         Protocol::RtspUdp => "rtsp-udp",
         Protocol::Rtmp => "rtmp",
+        Protocol::Webrtc => "webrtc",
     };
     let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
     println!(

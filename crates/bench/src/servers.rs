@@ -27,6 +27,8 @@ pub enum Server {
     Mediamesh,
     NginxRtmp,
     Gstreamer,
+    /// Janus's streaming plugin, fed the clip over RTP by ffmpeg (WebRTC only).
+    Janus,
 }
 
 /// How viewers connect.
@@ -38,6 +40,8 @@ pub enum Protocol {
     RtspTcp,
     RtspUdp,
     Rtmp,
+    /// WHEP: WebRTC viewers (str0m peer connections in this process).
+    Webrtc,
 }
 
 /// Makes the clip on first use: 10 s of the test pattern, 1280x720, 25 fps, 2 Mbit/s, GOP 50.
@@ -135,11 +139,24 @@ impl Running {
                     path: format!("/api/v1/nodes/{node}/streams/{name}/ws"),
                 });
             }
+            (Server::Mediamesh, Protocol::Webrtc) => {
+                if ffmpeg {
+                    bail!("ffmpeg does not play WebRTC");
+                }
+                let path = self.path(stream);
+                let (node, name) = path.split_once('/').context("a stream is NODE/STREAM")?;
+                return Ok(Client::Whep {
+                    url: format!("http://{}:{}/api/v1/nodes/{node}/streams/{name}/whep", self.host, self.stream_port),
+                });
+            }
             (Server::Mediamesh, Protocol::RtspTcp | Protocol::RtspUdp) => {
                 format!("rtsp://{}:{}/{}", self.host, self.rtsp_port, self.path(stream))
             }
             (Server::Gstreamer, Protocol::RtspTcp | Protocol::RtspUdp) => {
                 format!("rtsp://127.0.0.1:{}/s{stream}", self.rtsp_port)
+            }
+            (Server::Janus, Protocol::Webrtc) if !ffmpeg => {
+                return Ok(Client::Janus { addr: format!("127.0.0.1:{}", self.stream_port), mountpoint: 1 });
             }
             (Server::NginxRtmp, Protocol::Rtmp) => format!("rtmp://127.0.0.1:{}/live/s{stream}", self.rtmp_port),
             (s, p) => bail!("{s:?} does not serve {p:?}"),
@@ -151,6 +168,7 @@ impl Running {
             // Only ffmpeg reads RTMP here; WebSocket viewers were returned above.
             Protocol::Rtmp => Client::Ffmpeg { url },
             Protocol::Ws => bail!("{:?} does not serve WebSocket viewers", self.server),
+            Protocol::Webrtc => bail!("{:?} does not serve WHEP viewers", self.server),
         })
     }
 
@@ -203,7 +221,8 @@ pub async fn start_mediamesh(exe: &Path, dir: &Path, clip: &Path, streams: usize
         "cloudDataStream:\n  enable: true\n  streamPort: {stream_port}\n  tunnelPort: {tunnel_port}\n\
          \x20 listenAddress: \"127.0.0.1\"\n  tlsTunnelCAFile: {ca}\n  tlsTunnelCertFile: {hc}\n\
          \x20 tlsTunnelPrivateKeyFile: {hk}\n  linger: 600\n  streamMaxConnectionsPerIp: 100000\n  viewersPerIp: 100000\n  coldStartsPerMinute: 100000\n  frameLog: {{maxFrames: 128}}\n\
-         \x20 rtsp: {{port: {rtsp_port}, udp: true, udpRtpPort: 0, udpRtcpPort: 0, maxConnectionsPerIp: 100000}}\n",
+         \x20 rtsp: {{port: {rtsp_port}, udp: true, udpRtpPort: 0, udpRtcpPort: 0, maxConnectionsPerIp: 100000}}\n\
+         \x20 webrtc: {{port: 0, maxSessions: 100000}}\n",
         ca = yaml_str(&pki.ca_cert),
         hc = yaml_str(&pki.hub.cert),
         hk = yaml_str(&pki.hub.key),
@@ -367,6 +386,94 @@ pub async fn start_gstreamer(dir: &Path, clip: &Path) -> anyhow::Result<Running>
         feeder: Some(feeder),
         stream_port: 0,
         rtsp_port: port,
+        rtmp_port: 0,
+        host: "127.0.0.1".into(),
+        paths: Vec::new(),
+    })
+}
+
+/// Janus (Debian's `janus`) with only its HTTP transport and streaming plugin, on loopback:
+/// mountpoint 1 takes H.264 over RTP, which ffmpeg sends it from the stamped clip.
+pub async fn start_janus(dir: &Path, clip: &Path) -> anyhow::Result<Running> {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/janus";
+    let (http_port, rtp_port) = (free_port()?, free_port()?);
+    let conf = dir.join("janus");
+    std::fs::create_dir_all(&conf)?;
+    let others = |kind: &str, keep: &str| -> anyhow::Result<String> {
+        let mut names: Vec<String> = std::fs::read_dir(format!("{LIB}/{kind}"))
+            .with_context(|| format!("{LIB}/{kind}: apt-get install janus"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".so") && n != keep)
+            .collect();
+        names.sort();
+        Ok(names.join(","))
+    };
+    std::fs::write(
+        conf.join("janus.jcfg"),
+        format!(
+            "general: {{\n  configs_folder = \"{c}\"\n  plugins_folder = \"{LIB}/plugins\"\n  transports_folder = \"{LIB}/transports\"\n  \
+             events_folder = \"{LIB}/events\"\n  loggers_folder = \"{LIB}/loggers\"\n  debug_level = 3\n  session_timeout = 0\n}}\n\
+             plugins: {{\n  disable = \"{p}\"\n}}\ntransports: {{\n  disable = \"{t}\"\n}}\n\
+             events: {{\n  broadcast = false\n}}\n",
+            c = conf.display(),
+            p = others("plugins", "libjanus_streaming.so")?,
+            t = others("transports", "libjanus_http.so")?,
+        ),
+    )?;
+    std::fs::write(
+        conf.join("janus.transport.http.jcfg"),
+        format!(
+            "general: {{\n  json = \"compact\"\n  base_path = \"/janus\"\n  http = true\n  port = {http_port}\n  ip = \"127.0.0.1\"\n  https = false\n}}\n\
+             admin: {{\n  admin_http = false\n}}\n"
+        ),
+    )?;
+    std::fs::write(
+        conf.join("janus.plugin.streaming.jcfg"),
+        format!(
+            "general: {{\n}}\nbench: {{\n  type = \"rtp\"\n  id = 1\n  description = \"bench\"\n  audio = false\n  video = true\n  \
+             videoport = {rtp_port}\n  videopt = 96\n  videocodec = \"h264\"\n  \
+             videofmtp = \"profile-level-id=42e01f;packetization-mode=1\"\n}}\n"
+        ),
+    )?;
+    let log = dir.join("janus.log");
+    let janus = spawn_logged(Command::new("janus").arg("-C").arg(conf.join("janus.jcfg")).arg("-F").arg(&conf), &log)
+        .context("starting janus (apt-get install janus)")?;
+    let pid = janus.id().context("janus exited")?;
+    let addr = format!("127.0.0.1:{http_port}");
+    wait_for("janus", &log, async || tokio::net::TcpStream::connect(&addr).await.is_ok()).await?;
+    let mut children = vec![janus];
+    let mut sender = Command::new("ffmpeg");
+    sender
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-fflags",
+            "nobuffer",
+            "-probesize",
+            "32",
+            "-analyzeduration",
+            "0",
+        ])
+        .args(["-f", "h264", "-framerate", "25", "-i", "pipe:0", "-c", "copy", "-f", "rtp", "-payload_type", "96"])
+        .arg(format!("rtp://127.0.0.1:{rtp_port}?pkt_size=1200"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = sender.spawn().context("starting the ffmpeg RTP sender")?;
+    let input = child.stdin.take().context("sender stdin")?;
+    let edge_pid = child.id();
+    children.push(child);
+    let feeder = feed(clip, vec![input], Framing::AnnexBWithDelimiter)?;
+    Ok(Running {
+        server: Server::Janus,
+        pids: vec![pid],
+        edge_pid,
+        children,
+        feeder: Some(feeder),
+        stream_port: http_port,
+        rtsp_port: 0,
         rtmp_port: 0,
         host: "127.0.0.1".into(),
         paths: Vec::new(),

@@ -82,11 +82,28 @@ async fn send(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Answer { status, headers, body: body.to_owned() }
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Answer { status, headers, body }
+}
+
+/// The body of a chunked response (`SIZE\r\nDATA\r\n` … `0\r\n\r\n`).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = size.split(';').next().and_then(|s| usize::from_str_radix(s.trim(), 16).ok()).unwrap_or(0);
+        let (Some(chunk), Some(tail)) = (after.get(..size), after.get(size..)) else { break };
+        if size == 0 {
+            break;
+        }
+        body.push_str(chunk);
+        rest = tail.strip_prefix("\r\n").unwrap_or(tail);
+    }
+    body
 }
 
 /// `GET path` on `addr`; returns the status code and the body.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::BodyExt;
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -70,34 +71,27 @@ pub enum WhepItem {
     Stats(WhepStats),
 }
 
-/// A WHEP session.
-pub struct WhepClient {
+/// A receive-only peer connection and its UDP socket: what a WHEP session (or any client that
+/// exchanges SDP its own way, as the bench's Janus viewers) runs on.
+pub struct Receiver {
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
-    target: Target,
-    opts: ConnectOptions,
-    location: Option<String>,
-    video: Mid,
     buf: Vec<u8>,
     items: VecDeque<WhepItem>,
 }
 
-impl std::fmt::Debug for WhepClient {
+impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WhepClient")
-            .field("local", &self.local)
-            .field("location", &self.location)
-            .finish_non_exhaustive()
+        f.debug_struct("Receiver").field("local", &self.local).finish_non_exhaustive()
     }
 }
 
-impl WhepClient {
-    /// Offers to receive the stream at `url` (`http(s)://…/whep`) and applies the answer. ICE
-    /// and DTLS then run as [`WhepClient::next`] is called.
-    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let target = Target::parse(url)?;
-        let ip = local_ip_towards(&target.addr).await?;
+impl Receiver {
+    /// A peer connection on a UDP socket of the address packets to `remote` (`host:port`) leave
+    /// from, receiving H.264, H.265, Opus and G.711.
+    async fn new(remote: &str) -> Result<Self, ClientError> {
+        let ip = local_ip_towards(remote).await?;
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(ClientError::Udp)?;
         let local = socket.local_addr().map_err(ClientError::Udp)?;
         let mut rtc = Rtc::builder()
@@ -113,36 +107,26 @@ impl WhepClient {
         let candidate =
             Candidate::host(local, "udp").map_err(|e| ClientError::Udp(std::io::Error::other(e.to_string())))?;
         rtc.add_local_candidate(candidate);
-        let mut api = rtc.sdp_api();
-        let video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        let (offer, pending): (_, SdpPendingOffer) =
-            api.apply().ok_or_else(|| ClientError::Url { url: url.into(), reason: "nothing to offer".into() })?;
-        let (status, location, body) =
-            request(&target, opts, "POST", target.path(), Some(offer.to_sdp_string())).await?;
-        if status != 201 {
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or(body);
-            return Err(ClientError::Refused { status, message });
-        }
-        rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&body)?)?;
-        Ok(Self {
-            rtc,
-            socket,
-            local,
-            target,
-            opts: opts.clone(),
-            location,
-            video,
-            buf: vec![0; MAX_DATAGRAM],
-            items: VecDeque::new(),
-        })
+        Ok(Self { rtc, socket, local, buf: vec![0; MAX_DATAGRAM], items: VecDeque::new() })
     }
 
-    /// The next thing received; `Ok(None)` once the peer connection is over (the hub ended it,
-    /// or stopped answering).
+    /// Answers a server's offer: the receiver and the SDP answer. The local address is the one
+    /// packets to the offer's first IPv4 candidate leave from (else to `remote`, the server's
+    /// `host:port`): ICE agents such as libnice pair a loopback address with no other.
+    pub async fn answer(offer: &str, remote: &str) -> Result<(Self, String), ClientError> {
+        let candidate = offer.lines().filter_map(|l| l.strip_prefix("a=candidate:")).find_map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            let ip: std::net::Ipv4Addr = f.get(4)?.parse().ok()?;
+            Some(format!("{ip}:{}", f.get(5)?))
+        });
+        let mut r = Self::new(candidate.as_deref().unwrap_or(remote)).await?;
+        let offer = SdpOffer::from_sdp_string(offer)?;
+        let answer = r.rtc.sdp_api().accept_offer(offer)?;
+        Ok((r, answer.to_sdp_string()))
+    }
+
+    /// The next thing received; `Ok(None)` once the peer connection is over (the server ended
+    /// it, or stopped answering).
     pub async fn next(&mut self) -> Result<Option<WhepItem>, ClientError> {
         loop {
             if let Some(item) = self.items.pop_front() {
@@ -154,19 +138,23 @@ impl WhepClient {
             match self.rtc.poll_output()? {
                 Output::Transmit(t) => {
                     if let Err(e) = self.socket.send_to(&t.contents, t.destination).await {
-                        debug!(error = %e, "whep client: send failed");
+                        debug!(error = %e, "webrtc receiver: send failed");
                     }
                 }
                 Output::Event(e) => match e {
-                    Event::MediaData(d) if d.mid == self.video => self.items.push_back(WhepItem::Video(WhepFrame {
-                        keyframe: d.is_keyframe(),
-                        contiguous: d.contiguous,
-                        rtp_time: d.time.numer(),
-                        capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
-                        data: d.data,
-                    })),
+                    Event::MediaData(d) if is_video(d.params.spec().codec) => {
+                        self.items.push_back(WhepItem::Video(WhepFrame {
+                            keyframe: d.is_keyframe(),
+                            contiguous: d.contiguous,
+                            rtp_time: d.time.numer(),
+                            capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
+                            data: d.data,
+                        }))
+                    }
                     Event::MediaData(d) => self.items.push_back(WhepItem::Audio(d.data.len())),
-                    Event::MediaIngressStats(s) if s.mid == self.video => {
+                    Event::MediaIngressStats(s)
+                        if self.rtc.media(s.mid).is_some_and(|m| m.kind() == MediaKind::Video) =>
+                    {
                         self.items.push_back(WhepItem::Stats(WhepStats {
                             packets: s.packets,
                             bytes: s.bytes,
@@ -188,7 +176,7 @@ impl WhepClient {
                             let (n, source) = r.map_err(ClientError::Udp)?;
                             let Ok(r) = Receive::new(Protocol::Udp, source, self.local, &self.buf[..n]) else { continue };
                             if let Err(e) = self.rtc.handle_input(Input::Receive(Instant::now(), r)) {
-                                debug!(error = %e, "whep client: datagram refused");
+                                debug!(error = %e, "webrtc receiver: datagram refused");
                             }
                         }
                         () = tokio::time::sleep_until(at.into()) => self.rtc.handle_input(Input::Timeout(Instant::now()))?,
@@ -196,6 +184,56 @@ impl WhepClient {
                 }
             }
         }
+    }
+}
+
+/// Whether str0m's codec is a video codec.
+fn is_video(c: RtcCodec) -> bool {
+    matches!(c, RtcCodec::H264 | RtcCodec::H265 | RtcCodec::Vp8 | RtcCodec::Vp9 | RtcCodec::Av1)
+}
+
+/// A WHEP session.
+pub struct WhepClient {
+    receiver: Receiver,
+    target: Target,
+    opts: ConnectOptions,
+    location: Option<String>,
+}
+
+impl std::fmt::Debug for WhepClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhepClient").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl WhepClient {
+    /// Offers to receive the stream at `url` (`http(s)://…/whep`) and applies the answer. ICE
+    /// and DTLS then run as [`WhepClient::next`] is called.
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let target = Target::parse(url)?;
+        let mut receiver = Receiver::new(&target.addr).await?;
+        let mut api = receiver.rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending): (_, SdpPendingOffer) =
+            api.apply().ok_or_else(|| ClientError::Url { url: url.into(), reason: "nothing to offer".into() })?;
+        let (status, location, body) =
+            request(&target, opts, "POST", target.path(), Some(offer.to_sdp_string())).await?;
+        if status != 201 {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or(body);
+            return Err(ClientError::Refused { status, message });
+        }
+        receiver.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&body)?)?;
+        Ok(Self { receiver, target, opts: opts.clone(), location })
+    }
+
+    /// The next thing received; `Ok(None)` once the peer connection is over (the hub ended it,
+    /// or stopped answering).
+    pub async fn next(&mut self) -> Result<Option<WhepItem>, ClientError> {
+        self.receiver.next().await
     }
 
     /// Ends the session: `DELETE` on its location, then the peer connection.
@@ -205,7 +243,7 @@ impl WhepClient {
         {
             debug!(error = %e, "whep client: DELETE failed");
         }
-        self.rtc.disconnect();
+        self.receiver.rtc.disconnect();
     }
 }
 

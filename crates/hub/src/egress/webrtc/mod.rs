@@ -41,6 +41,10 @@ use crate::session::{Sessions, Viewer};
 
 /// Datagrams waiting for one session; more are dropped (the peer retransmits what matters).
 const SESSION_QUEUE: usize = 256;
+/// Packets each viewer keeps for retransmission (str0m's default is 1,000): a second and a
+/// half of a 2 Mbit/s stream, several round trips, since each cached packet costs some 500
+/// bytes of header beside its shared payload, per viewer.
+const RTX_PACKETS: usize = 300;
 /// Most host candidates offered (each costs a line in every answer and a pair to check).
 const MAX_CANDIDATES: usize = 8;
 /// Most source addresses routed to one session (a browser uses one or two).
@@ -447,6 +451,7 @@ impl WebRtc {
             .set_dtls_cert(self.cert.clone())
             .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.to_owned(), pass: pass.to_owned() })
             .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
+            .set_send_buffer_video(RTX_PACKETS)
             .clear_codecs();
         config = match plan.audio {
             Some((_, Codec::Opus)) => config.enable_opus(true, false),
