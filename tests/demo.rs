@@ -72,6 +72,13 @@ fn demo_serves_the_printed_view_command_and_stops_cleanly() {
         "const v = document.querySelector('[data-stream=\"demo-edge/cam1\"] video'); return v.getVideoPlaybackQuality().totalVideoFrames > 0 && v.videoWidth",
     );
     assert_eq!(width, 1280);
+    // As a new user sees it: over WebRTC, the page's default, with the latency under the picture.
+    let card = "document.querySelector('[data-stream=\"demo-edge/cam1\"]')";
+    assert_eq!(browser.eval(&format!("return {card}.dataset.protocol")), "webrtc");
+    let shown = browser.wait_for("the latency", Duration::from_secs(10), &format!("return {card}.dataset.latencyMs"));
+    let ms: u32 = shown.as_str().unwrap().parse().unwrap();
+    assert!(ms < 1000, "glass-to-glass over WebRTC: {ms} ms");
+    assert!(browser.eval(&format!("return {card}.dataset.fallback || null")).is_null(), "no fallback to MSE");
     assert_eq!(browser.eval("return location.hash"), "", "the page took the token out of the address");
     let form = browser.eval("return getComputedStyle(document.getElementById('login')).display");
     assert_eq!(form, "none", "signed in with the token, the page shows no sign-in form");

@@ -177,6 +177,16 @@ async fn bad_offers_and_unknown_sessions_get_clear_answers() {
     assert!(a.body.contains("bad_sdp") || a.body.contains("offer_refused"), "{}", a.body);
     let a = request_with_body(addr, "POST", "/api/v1/nodes/edge-1/streams/nope/whep", &[], b"v=0").await;
     assert_eq!(a.status, 404, "{}", a.body);
+    // A well-formed offer of VP8 alone: nothing this H.264 camera can be sent in.
+    let vp8 = CLASHING_OFFER.split("m=audio").next().unwrap().replace(
+        "a=rtpmap:111 H264/90000\r\na=fmtp:111 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        "a=rtpmap:111 VP8/90000",
+    );
+    let vp8 = vp8.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0");
+    let a = request_with_body(addr, "POST", whep, &[("Content-Type", "application/sdp")], vp8.as_bytes()).await;
+    assert_eq!(a.status, 406, "{}", a.body);
+    assert!(a.body.contains("no_common_codec") && a.body.contains("H.264"), "{}", a.body);
+    assert_eq!(mediamesh_testkit::observe::metrics(addr).await.value("mediamesh_webrtc_sessions"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
