@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::ProcSample;
+use crate::report::ProcSample;
 use crate::servers::{self, NODE};
 
 /// What the run measured.

@@ -23,9 +23,11 @@
 mod glass;
 mod hls;
 mod profile;
+mod report;
 mod servers;
 mod stamped;
 mod viewers;
+mod webrtc_viewers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -310,7 +312,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let specs = plan(&args)?;
     let mut outcomes = Vec::new();
-    print_head();
+    report::print_head();
     for (i, spec) in specs.into_iter().enumerate() {
         let run_dir = dir.join(format!("run-{i:02}"));
         std::fs::create_dir_all(&run_dir)?;
@@ -318,7 +320,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(o) => o,
             Err(e) => failed(spec, format!("{e:#}")),
         };
-        print_row(&outcome);
+        report::print_row(&outcome);
         outcomes.push(outcome);
     }
     if let Some(path) = &args.json {
@@ -435,7 +437,7 @@ async fn measure_running(
     // The hub's frame log fills up to its cap (128 frames in the bench, 5.1 s) after a stream
     // starts: the baseline is taken once it is full, so that growth does not count as viewers'.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let base = ProcSample::take(&server.pids);
+    let base = report::ProcSample::take(&server.pids);
     for i in spec.streams..spec.viewers {
         let client = server.client(spec.protocol, i % spec.streams, ffmpeg)?;
         viewers.push(client.spawn(phase.clone()));
@@ -447,23 +449,23 @@ async fn measure_running(
     let started = wait_started(&phase, spec.viewers, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
 
-    let edge = server.edge_pid.map(|p| ProcSample::take(&[p]));
-    let t0 = ProcSample::take(&server.pids);
+    let edge = server.edge_pid.map(|p| report::ProcSample::take(&[p]));
+    let t0 = report::ProcSample::take(&server.pids);
     let me = [std::process::id()];
-    let v0 = ProcSample::take(&me);
+    let v0 = report::ProcSample::take(&me);
     let at = Instant::now();
     phase.measure();
     let recording = args.perf.then(|| profile::start(&server.pids, dir, args.duration)).transpose()?;
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     phase.finish();
     let elapsed = at.elapsed().as_secs_f64();
-    let t1 = ProcSample::take(&server.pids);
-    let v1 = ProcSample::take(&me);
+    let t1 = report::ProcSample::take(&server.pids);
+    let v1 = report::ProcSample::take(&me);
     let profile = match recording {
         Some(r) => Some(r.finish().await?),
         None => None,
     };
-    let edge_cpu = edge.zip(server.edge_pid.map(|p| ProcSample::take(&[p])));
+    let edge_cpu = edge.zip(server.edge_pid.map(|p| report::ProcSample::take(&[p])));
 
     let mut tallies: Vec<Tally> = Vec::with_capacity(viewers.len());
     for v in viewers {
@@ -502,112 +504,4 @@ async fn measure_running(
         profile,
         error: first_error.map(|e| format!("{lost} viewers failed, e.g.: {e}")),
     })
-}
-
-/// CPU time and memory of a set of processes, from `/proc`.
-#[derive(Debug, Default, Clone, Copy)]
-struct ProcSample {
-    cpu_s: f64,
-    rss_kib: u64,
-}
-
-impl ProcSample {
-    fn take(pids: &[u32]) -> Self {
-        let mut s = Self::default();
-        for pid in pids {
-            // Fields after the command name: utime and stime are the 12th and 13th, in clock
-            // ticks (100 per second on Linux).
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                && let Some((_, rest)) = stat.rsplit_once(')')
-            {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: u64 = f.get(11..13).into_iter().flatten().filter_map(|v| v.parse::<u64>().ok()).sum();
-                s.cpu_s += ticks as f64 / 100.0;
-            }
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                s.rss_kib += status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0);
-            }
-        }
-        s
-    }
-}
-
-fn print_head() {
-    println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6} {:>5}",
-        "server",
-        "proto",
-        "client",
-        "streams",
-        "viewers",
-        "cpu%",
-        "view%",
-        "cpu-s/Gb",
-        "rss-MiB",
-        "KiB/view",
-        "Mbit/s",
-        "p50-ms",
-        "p99-ms",
-        "max-ms",
-        "sock-p99",
-        "missed",
-        "lost"
-    );
-}
-
-fn print_row(o: &Outcome) {
-    let name = match o.spec.server {
-        Server::Mediamesh => "mediamesh",
-        Server::NginxRtmp => "nginx-rtmp",
-        Server::Gstreamer => "gstreamer",
-        Server::Janus => "janus",
-    };
-    let proto = match o.spec.protocol {
-        Protocol::Ws => "ws",
-        Protocol::RtspTcp => "rtsp-tcp",
-        Protocol::RtspUdp => "rtsp-udp",
-        Protocol::Rtmp => "rtmp",
-        Protocol::Webrtc => "webrtc",
-    };
-    let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
-    println!(
-        "{:<10} {:<8} {:<7} {:>7} {:>7} {:>6.1} {:>6} {:>8} {:>7.1} {:>8} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>8} {:>6} {:>5}",
-        name,
-        proto,
-        o.spec.client,
-        o.spec.streams,
-        o.spec.viewers,
-        o.cpu_percent,
-        opt(o.viewers_cpu_percent, 1),
-        opt(o.cpu_s_per_gbit, 3),
-        o.rss_mib,
-        opt(o.rss_per_viewer_kib, 1),
-        o.delivered_mbit_s,
-        o.latency_ms.p50,
-        o.latency_ms.p99,
-        o.latency_ms.max,
-        opt(o.socket_latency_ms.as_ref().map(|l| l.p99), 2),
-        o.frames_missed,
-        o.viewers_lost
-    );
-    if let Some(p) = &o.profile {
-        println!(
-            "  perf: {:.1} % of samples in the kernel, {:.1} % in loopback's receive path (the viewers' half); report {}",
-            p.kernel_percent,
-            p.receive_percent,
-            p.report.display()
-        );
-        for (pct, dso, sym) in p.top.iter().take(8) {
-            println!("    {pct:>5.1} %  {dso:<18} {sym}");
-        }
-    }
-    if let Some(e) = &o.error {
-        // A peer's bytes can end up in an error (a reply that was not one): print text only.
-        let e: String = e.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' }).collect();
-        println!("  ! {e}");
-    }
 }

@@ -30,6 +30,8 @@ pub(crate) enum Port {
     Rtsp,
     /// `tunnelPort`: edges.
     Tunnel,
+    /// `webrtc.port` over TCP: ICE-TCP, for viewers whose network blocks UDP.
+    WebrtcTcp,
 }
 
 impl Port {
@@ -38,6 +40,7 @@ impl Port {
             Port::Stream => "stream",
             Port::Rtsp => "rtsp",
             Port::Tunnel => "tunnel",
+            Port::WebrtcTcp => "webrtc-tcp",
         }
     }
 }

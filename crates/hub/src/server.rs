@@ -230,7 +230,7 @@ impl Hub {
                     addr,
                     source,
                 })?;
-                tasks.spawn(rtc.clone().run(shutdown.clone()));
+                tasks.spawn(rtc.clone().run(shutdown.clone(), tasks.clone()));
                 Some(rtc)
             }
             None => None,
@@ -242,7 +242,11 @@ impl Hub {
             registry: registry.clone(),
             started: Instant::now(),
             live: api.clone(),
-            gates: gates.serving(rtsp_listener.is_some()),
+            gates: {
+                let mut all = gates.serving(rtsp_listener.is_some()).to_vec();
+                all.extend(webrtc.as_ref().map(|w| w.tcp_gate.clone()));
+                all.into()
+            },
             tasks: tasks.clone(),
             auth: auth.clone(),
             revocations: revocations.clone(),

@@ -272,11 +272,6 @@ async fn request(
 ) -> Result<(u16, Option<String>, String), ClientError> {
     let io = target.dial(opts).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "whep client: http connection");
-        }
-    });
     let bad = |reason: String| ClientError::Url { url: path.to_owned(), reason };
     let mut req = http::Request::builder().method(method).uri(path).header(http::header::HOST, &target.addr);
     if sdp.is_some() {
@@ -288,9 +283,20 @@ async fn request(
     let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from(sdp.unwrap_or_default())))
         .map_err(|e| bad(e.to_string()))?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, location, String::from_utf8_lossy(&body).into_owned()))
+    let exchange = async {
+        let resp = send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, ClientError>((status, location, String::from_utf8_lossy(&body).into_owned()))
+    };
+    // The connection is driven beside the exchange, in this task; it ends with the request.
+    let (mut exchange, mut conn) = (std::pin::pin!(exchange), std::pin::pin!(conn));
+    tokio::select! {
+        r = &mut exchange => r,
+        c = &mut conn => {
+            c?;
+            exchange.await
+        }
+    }
 }

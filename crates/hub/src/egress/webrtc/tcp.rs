@@ -6,6 +6,7 @@
 //! request; everything it carries after that goes to that session's queue like a datagram,
 //! with the connection's writer to answer on. A connection that names no session, sends a
 //! packet larger than a datagram, or says nothing for [`FIRST_PACKET`] is closed.
+//! Connections come through the hub's one accept path ([`crate::listener::serve`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{Datagram, MAX_DATAGRAM, WebRtc, stun_local_ufrag};
+use crate::listener::{Accepted, Admission, Gate, Port};
 
 /// Packets waiting to be written to one connection; more are dropped (as UDP would).
 const WRITE_QUEUE: usize = 256;
@@ -26,37 +29,30 @@ const FIRST_PACKET: Duration = Duration::from_secs(10);
 /// Connections at once, per session allowed (a browser opens one or two).
 const CONNECTIONS_PER_SESSION: usize = 2;
 
-/// Accepts connections until `shutdown`.
-pub(super) async fn serve(rtc: Arc<WebRtc>, listener: TcpListener, shutdown: CancellationToken) {
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    debug!(error = %e, "webrtc tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let limit = rtc.settings.max_sessions.saturating_mul(CONNECTIONS_PER_SESSION).max(1);
-        if open.load(std::sync::atomic::Ordering::Relaxed) >= limit {
-            debug!(%peer, "webrtc tcp: too many connections; closed");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let (rtc, open, shutdown) = (rtc.clone(), open.clone(), shutdown.clone());
-        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(async move {
+/// Serves ICE-TCP on `listener` until `shutdown`, through the hub's one accept path: its gate
+/// admits at most two connections per allowed session, and each connection is a task of
+/// `tasks`.
+pub(super) async fn serve(rtc: Arc<WebRtc>, listener: TcpListener, shutdown: CancellationToken, tasks: TaskTracker) {
+    let gate = rtc.tcp_gate.clone();
+    let stop = shutdown.clone();
+    crate::listener::serve(listener, gate, shutdown, tasks, move |Accepted { tcp, remote, .. }| {
+        let (rtc, stop) = (rtc.clone(), stop.clone());
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let peer = remote.addr();
             tokio::select! {
-                reason = connection(&rtc, stream, peer) => debug!(%peer, reason, "webrtc tcp connection closed"),
-                () = shutdown.cancelled() => {}
+                reason = connection(&rtc, tcp, peer) => debug!(%peer, reason, "webrtc tcp connection closed"),
+                () = stop.cancelled() => {}
             }
-            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
+        }
+    })
+    .await;
+}
+
+/// The gate of ICE-TCP's port for a hub allowing `max_sessions` WebRTC sessions.
+pub(super) fn gate(max_sessions: usize) -> Arc<Gate> {
+    let most = max_sessions.saturating_mul(CONNECTIONS_PER_SESSION).max(1);
+    Gate::new(Port::WebrtcTcp, Admission { max_connections: most, max_per_ip: most })
 }
 
 /// Carries one connection's packets to and from its session; why it ended.
