@@ -10,19 +10,16 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod congestion;
 mod control;
 pub mod dial;
 pub mod fuzz;
 mod health;
-pub mod outbox;
 pub mod redact;
 mod reload;
 pub mod source;
 pub mod starts;
 pub mod stats;
 pub mod uplink;
-pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +30,8 @@ use mediamesh_tls::TlsFiles;
 use mediamesh_tunnel::backoff::BackoffConfig;
 use mediamesh_tunnel::liveness::HeartbeatConfig;
 use mediamesh_tunnel::settings::Live;
+use mediamesh_tunnel::uplink::UplinkConfig;
+use mediamesh_tunnel::uplink::outbox::OutboxConfig;
 pub use reload::Reloaded;
 use rustls_pki_types::ServerName;
 pub use source::testpattern_encoder::{EncodedPicture, TestPatternEncoder};
@@ -129,8 +128,8 @@ pub(crate) struct EdgeCtx {
     pub heartbeat: HeartbeatConfig,
     pub backoff: BackoffConfig,
     pub uplink_queue_frames: usize,
-    pub outbox: outbox::OutboxConfig,
-    pub congestion: congestion::CongestionConfig,
+    /// Queue bounds, shedding and heartbeat of every uplink.
+    pub uplink: UplinkConfig,
     pub stats: Arc<EdgeStats>,
     /// Bumped whenever a connection to the hub succeeds: redialling connections try at once.
     pub link_up: tokio::sync::watch::Sender<u64>,
@@ -195,11 +194,12 @@ impl Edge {
             heartbeat,
             backoff,
             uplink_queue_frames: config.uplink_queue_frames,
-            outbox: outbox::OutboxConfig {
-                max_frames: config.uplink_queue_frames,
-                max_bytes: config.uplink_queue_bytes,
+            uplink: UplinkConfig {
+                outbox: OutboxConfig { max_frames: config.uplink_queue_frames, max_bytes: config.uplink_queue_bytes },
+                congestion: config.congestion.to_config()?,
+                heartbeat,
+                report_interval: uplink::REPORT_INTERVAL,
             },
-            congestion: config.congestion.to_config()?,
             stats: stats.clone(),
             link_up: tokio::sync::watch::Sender::new(0),
             instance: random_u64(),

@@ -1,11 +1,12 @@
 //! An uplink: one stream session's source and its data tunnel to the hub.
 //!
 //! Started on AddVideo, stopped on RemoveVideo. While the stream is wanted the source keeps
-//! running and the tunnel is redialled whenever it breaks ([`crate::dial::connect`]); frames
-//! wait in the [`Outbox`], which keeps only the newest group of pictures while the tunnel is
-//! down and sheds load codec-aware when it is congested ([`crate::congestion`]). Sending runs
-//! in its own task, so a slow link never stops the uplink from reading the hub's Pings and
-//! Feedback or from dropping what has become stale.
+//! running and the tunnel is redialled whenever it breaks ([`crate::dial::connect`]). What to
+//! send, drop and report is decided by the sans-IO [`mediamesh_tunnel::uplink::Uplink`] (the
+//! queue keeps only the newest group of pictures while the tunnel is down and sheds load
+//! codec-aware when it is congested); this task only moves frames, messages and timers. Sending
+//! runs in its own task, so a slow link never stops the uplink from reading the hub's Pings
+//! and Feedback or from dropping what has become stale.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,35 +14,34 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mediamesh_tunnel::backoff::Backoff;
-use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatAction};
 use mediamesh_tunnel::transport::LinkSender;
-use mediamesh_tunnel::wire::{
-    Channel, DropReason, ErrorCode, Limits, Message, SessionId, UplinkReport, Welcome, encoded,
-};
+use mediamesh_tunnel::uplink::outbox::Outgoing;
+use mediamesh_tunnel::uplink::{Input, Output, TunnelEnd, Uplink};
+use mediamesh_tunnel::wire::{Channel, DropReason, ErrorCode, Message, SessionId, encoded};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::EdgeCtx;
 use crate::config::StreamConfig;
-use crate::congestion::{Congestion, PathEstimator};
 use crate::dial::{DialError, EdgeLink, connect};
-use crate::outbox::{Outbox, Outgoing};
 use crate::source::{self, SourceItem, SourceOutput};
 use crate::stats::{SourceState, StreamStats};
-use crate::window::SendWindow;
 
 /// How an uplink ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum UplinkEnd {
     /// RemoveVideo or shutdown.
     Stopped,
     /// The source failed; the hub should hear why.
     Failed(String),
-    /// The hub ended it (it no longer has the session, or closed the tunnel on purpose).
-    ClosedByHub(String),
+    /// The hub ended the tunnel on purpose (GoAway, an Error, or a message out of place).
+    Closed(TunnelEnd),
+    /// The hub refused a new data tunnel: it no longer has the session, or the identity
+    /// does not allow it.
+    Refused(DialError),
 }
 
 impl std::fmt::Display for UplinkEnd {
@@ -49,15 +49,14 @@ impl std::fmt::Display for UplinkEnd {
         match self {
             UplinkEnd::Stopped => f.write_str("stopped"),
             UplinkEnd::Failed(reason) => write!(f, "the source failed: {reason}"),
-            UplinkEnd::ClosedByHub(reason) => write!(f, "closed by the hub: {reason}"),
+            UplinkEnd::Closed(end) => write!(f, "closed by the hub: {end}"),
+            UplinkEnd::Refused(e) => write!(f, "the hub refused the data tunnel: {e}"),
         }
     }
 }
 
 /// How often the uplink reports to the hub.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a send held back by path delay is reconsidered (Feedback usually comes first).
-const GATE_CHECK: Duration = Duration::from_millis(20);
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     ctx: Arc<EdgeCtx>,
@@ -75,7 +74,7 @@ pub(crate) async fn run(
     let end = match source::start(&stream, &cfg, sink, stats.clone()) {
         Err(e) => UplinkEnd::Failed(e.to_string()),
         Ok(handle) => {
-            let mut up = Uplink::new(&ctx, session, &stream);
+            let mut up = Driver::new(&ctx, session, &stream);
             let end = up.run(&mut output, &cancel).await;
             drop(output);
             handle.stop().await;
@@ -96,44 +95,36 @@ pub(crate) async fn run(
 }
 
 /// Why a connected tunnel ended.
-enum TunnelEnd {
+enum Pumped {
     /// The link broke; redial.
     Lost(String),
     /// The uplink is over.
     Done(UplinkEnd),
 }
 
-struct Uplink<'a> {
+/// Moves one uplink's frames, messages and timers between its source, its tunnel and the
+/// sans-IO [`Uplink`].
+struct Driver<'a> {
     ctx: &'a EdgeCtx,
     stats: Arc<StreamStats>,
     session: SessionId,
     stream: &'a str,
-    outbox: Outbox,
-    congestion: Congestion,
-    path: PathEstimator,
-    window: SendWindow,
+    up: Uplink,
     /// Drops already added to the edge-wide counters.
     counted: [u64; DropReason::ALL.len()],
-    connects: u32,
-    srtt: Option<Duration>,
     /// Whether the source has produced a frame.
     delivered: bool,
 }
 
-impl<'a> Uplink<'a> {
+impl<'a> Driver<'a> {
     fn new(ctx: &'a EdgeCtx, session: SessionId, stream: &'a str) -> Self {
         Self {
             ctx,
             stats: ctx.stats.stream(stream),
             session,
             stream,
-            outbox: Outbox::new(ctx.outbox),
-            congestion: Congestion::new(ctx.congestion),
-            path: PathEstimator::default(),
-            window: SendWindow::default(),
+            up: Uplink::new(ctx.uplink),
             counted: [0; DropReason::ALL.len()],
-            connects: 0,
-            srtt: None,
             delivered: false,
         }
     }
@@ -152,7 +143,7 @@ impl<'a> Uplink<'a> {
                     tokio::select! {
                         r = &mut dialling => break r,
                         item = out.items.recv() => match item {
-                            Some(item) => self.push(item, false),
+                            Some(item) => self.push(item),
                             None => return UplinkEnd::Failed(out.failure()),
                         },
                         () = cancel.cancelled() => return UplinkEnd::Stopped,
@@ -161,24 +152,23 @@ impl<'a> Uplink<'a> {
             };
             let (link, welcome) = match attempt {
                 Ok(x) => x,
-                Err(e) => return UplinkEnd::ClosedByHub(format!("the hub refused the data tunnel: {e}")),
+                Err(e) => return UplinkEnd::Refused(e),
             };
-            self.connects += 1;
             crate::stats::EdgeStats::inc(&self.ctx.stats.data_connects);
             self.stats.tunnel_connects.fetch_add(1, Relaxed);
             backoff.connected(Instant::now());
-            info!(stream = %self.stream, session = self.session, connects = self.connects, "data tunnel open");
-            // The new tunnel starts with the header and a keyframe, as fresh as can be had.
-            self.outbox.reconnected(out.request_keyframe());
-            self.congestion.reset();
-            self.path.reset();
-            self.window.reset();
-            let end = self.pump(link, &welcome, out, cancel).await;
+            let max_frame_bytes = welcome.max_frame_bytes;
+            let fresh_keyframe = out.request_keyframe();
+            self.up.handle_input(Instant::now(), Input::Connected { max_frame_bytes, fresh_keyframe });
+            let connects = self.up.connects();
+            info!(stream = %self.stream, session = self.session, connects, "data tunnel open");
+            let end = self.pump(link, max_frame_bytes, out, cancel).await;
+            self.up.handle_input(Instant::now(), Input::Disconnected);
             backoff.disconnected(Instant::now());
             self.count_drops();
             match end {
-                TunnelEnd::Done(end) => return end,
-                TunnelEnd::Lost(reason) => {
+                Pumped::Done(end) => return end,
+                Pumped::Lost(reason) => {
                     crate::stats::EdgeStats::inc(&self.ctx.stats.data_lost);
                     self.stats.tunnel_lost.fetch_add(1, Relaxed);
                     warn!(stream = %self.stream, session = self.session, %reason, "data tunnel lost; redialling");
@@ -187,9 +177,10 @@ impl<'a> Uplink<'a> {
         }
     }
 
-    fn push(&mut self, item: SourceItem, connected: bool) {
+    fn push(&mut self, item: SourceItem) {
+        let now = Instant::now();
         match item {
-            SourceItem::Header(h) => self.outbox.push_header(h),
+            SourceItem::Header(h) => self.up.handle_input(now, Input::Header(h)),
             SourceItem::Frame(f) => {
                 if !std::mem::replace(&mut self.delivered, true) {
                     // The source works: earlier failed starts no longer space out new ones.
@@ -198,18 +189,21 @@ impl<'a> Uplink<'a> {
                 }
                 self.stats.frames_in.fetch_add(1, Relaxed);
                 self.stats.bytes_in.fetch_add(f.payload.len() as u64, Relaxed);
-                self.outbox.push_frame(Instant::now(), f, connected);
+                self.up.handle_input(now, Input::Frame(f));
             }
         }
         self.count_drops();
     }
 
-    /// Adds the outbox's new drops to the edge-wide counters.
+    /// Adds the uplink's new drops to the edge-wide counters.
     fn count_drops(&mut self) {
-        for (i, n) in self.outbox.drops().iter().enumerate() {
+        for (i, n) in self.up.drops().iter().enumerate() {
             if *n > self.counted[i] {
                 self.ctx.stats.add_drop(DropReason::ALL[i], n - self.counted[i]);
                 self.stats.add_drop(DropReason::ALL[i], n - self.counted[i]);
+                if DropReason::ALL[i] == DropReason::TooLarge {
+                    warn!(stream = %self.stream, dropped = n - self.counted[i], "frames larger than the hub accepts; dropped");
+                }
                 self.counted[i] = *n;
             }
         }
@@ -218,78 +212,79 @@ impl<'a> Uplink<'a> {
     async fn pump(
         &mut self,
         mut link: EdgeLink,
-        welcome: &Welcome,
+        max_frame_bytes: u32,
         out: &mut SourceOutput,
         cancel: &CancellationToken,
-    ) -> TunnelEnd {
-        link.set_limits(Limits { max_frame_bytes: welcome.max_frame_bytes });
-        let max_frame = welcome.max_frame_bytes as usize;
+    ) -> Pumped {
+        link.set_limits(mediamesh_tunnel::wire::Limits { max_frame_bytes });
         let (tx, mut rx) = link.split();
-        // One message may wait for the writer; the rest wait in the outbox, where they can
-        // still be dropped.
+        // One message may wait for the writer; the rest wait in the uplink's queue, where they
+        // can still be dropped.
         let (data_tx, data_rx) = mpsc::channel::<Bytes>(1);
         let (ctrl_tx, ctrl_rx) = mpsc::channel::<Control>(8);
         let mut writer = tokio::spawn(write(tx, data_rx, ctrl_rx));
-        let mut hb = Heartbeat::new(Instant::now(), self.ctx.heartbeat);
-        let mut report = tokio::time::interval(REPORT_INTERVAL);
-        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let max_age = self.congestion.config().max_frame_age;
-        let path_limit = self.congestion.config().path_delay_limit;
-        let mut gate = tokio::time::interval(GATE_CHECK);
-        gate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
-            let now = Instant::now();
-            let path_delay = self.path.excess(now);
-            let delay = self.outbox.head_age(now).max(path_delay);
-            let level = self.congestion.update(now, delay);
-            self.window.on_delay(now, path_delay, path_limit, self.path.base(), self.path.in_flight());
-            // While the path is queueing, or as much is on it as the window allows, frames wait
-            // here, where they can still be dropped.
-            let can_send = path_delay <= path_limit
-                && self.outbox.front_bytes().is_some_and(|b| self.window.allows(self.path.in_flight(), b));
+            while let Some(o) = self.up.poll_output() {
+                match o {
+                    Output::Control(msg) => {
+                        if let Message::UplinkReport(r) = &msg {
+                            let now = Instant::now();
+                            self.stats.queue_delay_us.store(self.up.queue_delay(now).as_micros() as u64, Relaxed);
+                            self.stats.rtt_us.store(u64::from(r.rtt_us), Relaxed);
+                        }
+                        let _ = ctrl_tx.try_send(Control::Send(encoded(&msg)));
+                    }
+                    Output::Close(end) if end.is_link_loss() => {
+                        writer.abort();
+                        return Pumped::Lost(end.to_string());
+                    }
+                    Output::Close(end) => {
+                        writer.abort();
+                        return Pumped::Done(match end {
+                            TunnelEnd::Unexpected(_) => UplinkEnd::Failed(end.to_string()),
+                            end => UplinkEnd::Closed(end),
+                        });
+                    }
+                }
+            }
+            let can_send = self.up.can_transmit(Instant::now());
+            let deadline = self.up.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
                     finish(&ctrl_tx, &mut writer, Message::GoAway { reason: "stream stopped".into() }).await;
-                    return TunnelEnd::Done(UplinkEnd::Stopped);
+                    return Pumped::Done(UplinkEnd::Stopped);
                 }
-                r = &mut writer => break TunnelEnd::Lost(r.unwrap_or_else(|e| format!("the writer failed: {e}"))),
-                msg = rx.recv() => {
-                    if let Some(end) = self.on_message(msg, &mut hb, &ctrl_tx) {
-                        break end;
-                    }
-                }
-                () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                    hb.on_receive(rx.last_read());
-                    match hb.poll(Instant::now()) {
-                        HeartbeatAction::SendPing { id } => {
-                            let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::Ping { id })));
-                        }
-                        HeartbeatAction::Dead { silent_for } => {
-                            break TunnelEnd::Lost(format!("no traffic from the hub for {:.1} s", silent_for.as_secs_f64()));
-                        }
-                        HeartbeatAction::Wait => {}
-                    }
+                r = &mut writer => break Pumped::Lost(r.unwrap_or_else(|e| format!("the writer failed: {e}"))),
+                msg = rx.recv() => match msg {
+                    Ok(Some(m)) => self.up.handle_input(Instant::now(), Input::Received(m)),
+                    Ok(None) => break Pumped::Lost("the hub closed the connection".into()),
+                    Err(e) => break Pumped::Lost(e.to_string()),
+                },
+                () = sleep => {
+                    // A large message still being read counts as traffic.
+                    self.up.handle_input(rx.last_read(), Input::Read);
+                    self.up.handle_timeout(Instant::now());
                 }
                 item = out.items.recv() => match item {
-                    Some(item) => self.push(item, true),
+                    Some(item) => self.push(item),
                     None => {
                         let reason = out.failure();
                         finish(&ctrl_tx, &mut writer, Message::EndOfStream { reason: reason.clone() }).await;
-                        return TunnelEnd::Done(UplinkEnd::Failed(reason));
+                        return Pumped::Done(UplinkEnd::Failed(reason));
                     }
                 },
                 permit = data_tx.reserve(), if can_send => {
-                    let Ok(permit) = permit else { break TunnelEnd::Lost("the writer stopped".into()) };
-                    match self.outbox.pop(Instant::now(), level, max_age) {
+                    let Ok(permit) = permit else { break Pumped::Lost("the writer stopped".into()) };
+                    match self.up.poll_transmit(Instant::now()) {
                         Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
-                        Some(Outgoing::Frame(f)) if f.payload.len() > max_frame => {
-                            warn!(stream = %self.stream, bytes = f.payload.len(), cap = max_frame, "frame larger than the hub accepts; dropped");
-                            self.ctx.stats.add_drop(DropReason::TooLarge, 1);
-                            self.stats.add_drop(DropReason::TooLarge, 1);
-                        }
                         Some(Outgoing::Frame(f)) => {
-                            self.path.on_sent(f.seq, f.payload.len(), Instant::now());
                             crate::stats::EdgeStats::inc(&self.ctx.stats.frames_sent);
                             self.ctx.stats.bytes_sent.fetch_add(f.payload.len() as u64, Relaxed);
                             self.stats.frames_out.fetch_add(1, Relaxed);
@@ -300,81 +295,11 @@ impl<'a> Uplink<'a> {
                     }
                     self.count_drops();
                 }
-                // Re-evaluates the delays while frames wait for the path.
-                _ = gate.tick(), if !can_send && !self.outbox.is_empty() => {}
-                _ = report.tick() => {
-                    let r = self.report(Instant::now());
-                    let _ = ctrl_tx.try_send(Control::Send(encoded(&Message::UplinkReport(r))));
-                }
             }
         };
         writer.abort();
         end
     }
-
-    /// Handles a message from the hub; `Some` ends the tunnel.
-    fn on_message(
-        &mut self,
-        msg: Result<Option<Message>, mediamesh_tunnel::transport::LinkError>,
-        hb: &mut Heartbeat,
-        ctrl: &mpsc::Sender<Control>,
-    ) -> Option<TunnelEnd> {
-        let now = Instant::now();
-        let msg = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => return Some(TunnelEnd::Lost("the hub closed the connection".into())),
-            Err(e) => return Some(TunnelEnd::Lost(e.to_string())),
-        };
-        hb.on_receive(now);
-        match msg {
-            Message::Ping { id } => {
-                let _ = ctrl.try_send(Control::Send(encoded(&Message::Pong { id })));
-            }
-            Message::Pong { id } => {
-                hb.on_pong(now, id);
-                self.srtt = hb.srtt();
-            }
-            Message::Feedback(fb) => {
-                let in_flight = self.path.in_flight();
-                let acked = self.path.on_feedback(fb.last_seq, now);
-                let clear = self.path.excess(now) < self.congestion.config().clear_below;
-                self.window.on_ack(acked, in_flight, clear);
-                debug!(stream = %self.stream, last_seq = fb.last_seq, frames = fb.frames, "feedback");
-            }
-            Message::GoAway { reason } => return Some(TunnelEnd::Done(UplinkEnd::ClosedByHub(reason))),
-            Message::Error(e) => {
-                return Some(TunnelEnd::Done(UplinkEnd::ClosedByHub(format!("{}: {}", e.code, e.message))));
-            }
-            other => {
-                return Some(TunnelEnd::Done(UplinkEnd::Failed(format!(
-                    "unexpected {} on a data tunnel",
-                    other.name()
-                ))));
-            }
-        }
-        None
-    }
-
-    fn report(&self, now: Instant) -> UplinkReport {
-        self.stats.queue_delay_us.store(self.outbox.head_age(now).as_micros() as u64, Relaxed);
-        self.stats.rtt_us.store(self.srtt.map_or(0, |d| d.as_micros() as u64), Relaxed);
-        let drops =
-            DropReason::ALL.iter().zip(self.outbox.drops()).filter(|(_, n)| **n > 0).map(|(r, n)| (*r, *n)).collect();
-        UplinkReport {
-            queue_frames: u32::try_from(self.outbox.frames()).unwrap_or(u32::MAX),
-            queue_bytes: self.outbox.bytes() as u64,
-            queue_delay_ms: millis(self.outbox.head_age(now)),
-            path_delay_ms: millis(self.path.excess(now)),
-            rtt_us: self.srtt.map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
-            level: self.congestion.level(),
-            connects: self.connects,
-            drops,
-        }
-    }
-}
-
-fn millis(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Whether a data tunnel refusal is final: the hub no longer has the session (it restarted, or

@@ -6,6 +6,8 @@
 //!   ([`wire::decode_message`] for one WebSocket message, [`wire::StreamDecoder`] for byte
 //!   streams). The normative description is `docs/protocol.md`.
 //! - [`liveness`]: the heartbeat state machine (Ping schedule, RTT, dead-peer detection).
+//! - [`uplink`]: the sending side of a data tunnel (queue, codec-aware shedding, send window,
+//!   heartbeat), shared by the edge's uplinks and the hub's relays.
 //! - [`backoff`]: capped exponential backoff with full jitter for redialling.
 //! - [`settings`]: configuration types both sides read from YAML (seconds, heartbeat, backoff).
 //! - `transport` (feature `transport`): typed messages over a tokio WebSocket, for the drivers.
@@ -23,6 +25,7 @@ pub mod redact;
 pub mod settings;
 #[cfg(feature = "transport")]
 pub mod transport;
+pub mod uplink;
 pub mod wire;
 
 /// The WebSocket path edges connect to on the hub's tunnel port.

@@ -144,9 +144,9 @@ impl Default for CongestionSettings {
 
 impl CongestionSettings {
     /// The validated thresholds.
-    pub fn to_config(self) -> Result<crate::congestion::CongestionConfig, ConfigError> {
+    pub fn to_config(self) -> Result<mediamesh_tunnel::uplink::congestion::CongestionConfig, ConfigError> {
         let err = |key: &str, reason: String| Err(ConfigError { key: format!("congestion.{key}"), reason });
-        let c = crate::congestion::CongestionConfig {
+        let c = mediamesh_tunnel::uplink::congestion::CongestionConfig {
             non_reference_at: self.non_reference_delay.get(),
             gop_at: self.gop_delay.get(),
             clear_below: self.clear_delay.get(),

@@ -20,8 +20,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::wire::{CongestionLevel, DropReason};
 use mediamesh_media::{Codec, Frame, StreamHeader, TrackKind};
-use mediamesh_tunnel::wire::{CongestionLevel, DropReason};
 
 /// What a frame is, for dropping decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

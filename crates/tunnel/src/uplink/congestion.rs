@@ -15,12 +15,12 @@
 //! The path delay also gates sending: while it exceeds `path_delay_limit`, nothing more is
 //! handed to the socket. Frames then wait (and age, and are dropped) at the edge instead of in
 //! a queue on the path that nobody can drop from, so what does arrive is fresh. How much may
-//! be on the path at once is the send window's business ([`crate::window`]).
+//! be on the path at once is the send window's business ([`super::window`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use mediamesh_tunnel::wire::CongestionLevel;
+use crate::wire::CongestionLevel;
 
 /// Thresholds of the shedding levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The send window of one uplink, without I/O or a clock: how many bytes may be on the path
 //! (handed to the socket and not yet acknowledged by the hub's Feedback).
 //!
-//! The path gate ([`crate::congestion`]) stops sending once a queue has built on the path. The
+//! The path gate ([`super::congestion`]) stops sending once a queue has built on the path. The
 //! window keeps the edge from building a long one in the first place, and from emptying its
 //! whole backlog into the socket the moment the gate reopens. A slow link then holds a few
 //! frames rather than a second of them, and what waits does so in the outbox, where it ages and
