@@ -78,7 +78,7 @@ async fn a_viewer_that_stops_reading_costs_others_nothing() {
         })
         .edge(|e| {
             // A heavier stream (3 Mbit/s) so the stuck viewer falls far behind quickly.
-            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern_mut().unwrap();
             (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
         })
         .start()
@@ -146,7 +146,7 @@ async fn a_stalled_viewer_is_disconnected_and_the_stream_lingers_out() {
             h.viewer_send_buffer_bytes = 64 * 1024;
         })
         .edge(|e| {
-            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern_mut().unwrap();
             (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
         })
         .start()
@@ -192,7 +192,7 @@ async fn a_stuck_viewer_changes_no_one_elses_frame_ages_and_is_dropped_with_a_re
             h.viewer_send_buffer_bytes = 64 * 1024;
         })
         .edge(|e| {
-            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern_mut().unwrap();
             (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
         })
         .start()
@@ -236,7 +236,7 @@ async fn a_viewer_too_slow_for_the_stream_is_let_go_with_a_reason() {
             h.viewer_max_resyncs = 3;
         })
         .edge(|e| {
-            let tp = e.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap();
+            let tp = e.streams.get_mut("cam1").unwrap().test_pattern_mut().unwrap();
             (tp.width, tp.height, tp.bitrate_kbps) = (640, 360, 3000);
         })
         .start()

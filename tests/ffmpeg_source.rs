@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mediamesh_edge::StreamConfig;
-use mediamesh_edge::config::{FfmpegConfig, VideoCodecName};
+use mediamesh_edge::config::{FfmpegConfig, SourceConfig, VideoCodecName};
 use mediamesh_edge::stats::EdgeStats;
 use mediamesh_testkit::{Fixture, wait_until};
 
@@ -65,10 +65,7 @@ async fn ffmpeg_camera_end_to_end(codec: VideoCodecName) {
     };
     let fx = Fixture::builder()
         .edge(move |e| {
-            e.streams.insert(
-                "lavfi".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None, file: None },
-            );
+            e.streams.insert("lavfi".into(), StreamConfig::new(SourceConfig::Ffmpeg(ffmpeg)));
         })
         .start()
         .await;

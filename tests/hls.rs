@@ -86,6 +86,7 @@ async fn ffmpeg_copies_six_seconds_from_the_playlist() {
 async fn ffmpeg_gets_the_audio_rendition_of_a_camera_with_aac() {
     use mediamesh_edge::StreamConfig;
     use mediamesh_edge::config::RtspConfig;
+    use mediamesh_edge::config::SourceConfig;
     use mediamesh_testkit::camera::GstCamera;
 
     require::ffmpeg();
@@ -95,13 +96,7 @@ async fn ffmpeg_gets_the_audio_rendition_of_a_camera_with_aac() {
         .edge(move |e| {
             e.streams.insert(
                 "door".into(),
-                StreamConfig {
-                    description: None,
-                    test_pattern: None,
-                    ffmpeg: None,
-                    rtsp: Some(RtspConfig::new(url)),
-                    file: None,
-                },
+                StreamConfig { description: None, source: SourceConfig::Rtsp(RtspConfig::new(url)) },
             );
         })
         .start()

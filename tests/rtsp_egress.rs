@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mediamesh_edge::StreamConfig;
-use mediamesh_edge::config::{FfmpegConfig, RtspConfig, VideoCodecName};
+use mediamesh_edge::config::{FfmpegConfig, RtspConfig, SourceConfig, VideoCodecName};
 use mediamesh_testkit::camera::GstCamera;
 use mediamesh_testkit::{Fixture, read_frames, require};
 
@@ -27,10 +27,7 @@ async fn camera_fixture(cam: &GstCamera) -> Fixture {
     Fixture::builder()
         .edge(move |e| {
             let rtsp = RtspConfig::new(url);
-            e.streams.insert(
-                "door".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp: Some(rtsp), file: None },
-            );
+            e.streams.insert("door".into(), StreamConfig::new(SourceConfig::Rtsp(rtsp)));
         })
         .start()
         .await
@@ -175,10 +172,7 @@ async fn an_ffmpeg_libx265_camera_reaches_an_rtsp_viewer() {
     };
     let fx = Fixture::builder()
         .edge(move |e| {
-            e.streams.insert(
-                "hevc".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: Some(ffmpeg), rtsp: None, file: None },
-            );
+            e.streams.insert("hevc".into(), StreamConfig::new(SourceConfig::Ffmpeg(ffmpeg)));
         })
         .start()
         .await;

@@ -7,20 +7,14 @@
 use std::time::{Duration, Instant};
 
 use mediamesh_edge::StreamConfig;
-use mediamesh_edge::config::{RtspConfig, RtspTransport};
+use mediamesh_edge::config::{RtspConfig, RtspTransport, SourceConfig};
 use mediamesh_hub::client::{ViewerClient, ViewerItem};
 use mediamesh_hub::egress::ws::format::TrackJson;
 use mediamesh_testkit::camera::GstCamera;
 use mediamesh_testkit::{Fixture, wait_until};
 
 fn rtsp_stream(url: String, transport: RtspTransport) -> StreamConfig {
-    StreamConfig {
-        description: None,
-        test_pattern: None,
-        ffmpeg: None,
-        rtsp: Some(RtspConfig { transport, ..RtspConfig::new(url) }),
-        file: None,
-    }
+    StreamConfig { description: None, source: SourceConfig::Rtsp(RtspConfig { transport, ..RtspConfig::new(url) }) }
 }
 
 #[derive(Debug, Default)]

@@ -9,17 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mediamesh_edge::StreamConfig;
-use mediamesh_edge::config::{FfmpegConfig, RtspConfig};
+use mediamesh_edge::config::{FfmpegConfig, RtspConfig, SourceConfig};
 use mediamesh_edge::stats::EdgeStats;
 use mediamesh_hub::client::ViewerItem;
 use mediamesh_testkit::process::free_port;
 use mediamesh_testkit::{Fixture, wait_until};
 use mediamesh_tunnel::settings::Seconds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn stream(ffmpeg: Option<FfmpegConfig>, rtsp: Option<RtspConfig>) -> StreamConfig {
-    StreamConfig { description: None, test_pattern: None, ffmpeg, rtsp, file: None }
-}
 
 fn ffmpeg_stream(binary: &str, input: &[&str]) -> StreamConfig {
     let ffmpeg = FfmpegConfig {
@@ -28,11 +24,11 @@ fn ffmpeg_stream(binary: &str, input: &[&str]) -> StreamConfig {
         binary: binary.into(),
         codec: Default::default(),
     };
-    stream(Some(ffmpeg), None)
+    StreamConfig::new(SourceConfig::Ffmpeg(ffmpeg))
 }
 
 fn camera(url: String) -> StreamConfig {
-    stream(None, Some(RtspConfig::new(url)))
+    StreamConfig::new(SourceConfig::Rtsp(RtspConfig::new(url)))
 }
 
 /// Connects a viewer and returns the reason of the `end` event and how long it took.

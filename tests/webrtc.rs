@@ -197,7 +197,7 @@ async fn the_page_plays_over_webrtc_by_default_and_falls_back_to_mse() {
         })
         .edge(|e| {
             // The demo camera's size: 720p at 25 fps, 2 Mbit/s.
-            let p = e.streams.get_mut("cam1").and_then(|s| s.test_pattern.as_mut()).unwrap();
+            let p = e.streams.get_mut("cam1").and_then(|s| s.test_pattern_mut()).unwrap();
             (p.width, p.height, p.bitrate_kbps) = (1280, 720, 2000);
         })
         .start()

@@ -18,6 +18,7 @@ use whep::CLASHING_OFFER;
 async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
     use mediamesh_edge::StreamConfig;
     use mediamesh_edge::config::RtspConfig;
+    use mediamesh_edge::config::SourceConfig;
     use mediamesh_testkit::camera::GstCamera;
 
     let cameras: Vec<(&str, GstCamera)> =
@@ -29,11 +30,8 @@ async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
         })
         .edge(move |e| {
             for (name, url) in &urls {
-                let rtsp = Some(RtspConfig::new(url.clone()));
-                e.streams.insert(
-                    name.clone(),
-                    StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp, file: None },
-                );
+                let rtsp = RtspConfig::new(url.clone());
+                e.streams.insert(name.clone(), StreamConfig::new(SourceConfig::Rtsp(rtsp)));
             }
         })
         .start()
@@ -103,6 +101,7 @@ async fn opus_and_g711_pass_through_and_aac_is_left_out_with_a_reason() {
 async fn an_h265_camera_goes_to_clients_that_offer_h265_and_is_refused_clearly_to_others() {
     use mediamesh_edge::StreamConfig;
     use mediamesh_edge::config::RtspConfig;
+    use mediamesh_edge::config::SourceConfig;
     use mediamesh_testkit::camera::GstCamera;
 
     let cam = GstCamera::start(&["--video", "h265", "--audio", "none"]);
@@ -112,11 +111,8 @@ async fn an_h265_camera_goes_to_clients_that_offer_h265_and_is_refused_clearly_t
             h.webrtc = Some(WebRtcBlock { port: 0, hosts: vec![], interfaces: true, max_sessions: 10 });
         })
         .edge(move |e| {
-            let rtsp = Some(RtspConfig::new(url));
-            e.streams.insert(
-                "hevc".into(),
-                StreamConfig { description: None, test_pattern: None, ffmpeg: None, rtsp, file: None },
-            );
+            let rtsp = RtspConfig::new(url);
+            e.streams.insert("hevc".into(), StreamConfig::new(SourceConfig::Rtsp(rtsp)));
         })
         .start()
         .await;

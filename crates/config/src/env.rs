@@ -41,7 +41,7 @@ pub fn apply<T: Block>(config: T, vars: &[(String, String)]) -> Result<(T, Vec<O
         var: var.into(),
         reason: format!("{what}: {e}"),
     };
-    let schema = serde_json::to_value(T::schema()).map_err(|e| internal(mine[0].0, "the configuration schema", e))?;
+    let schema = T::schema();
     let mut value = serde_json::to_value(&config).map_err(|e| internal(mine[0].0, "the configuration", e))?;
     let mut overrides = Vec::new();
     for (var, rest, raw) in mine {

@@ -46,8 +46,9 @@ pub trait Block: Serialize + DeserializeOwned + Sized {
     fn resolve_paths(&mut self, base: &Path);
     /// Every file the block names: `(key below the block, path)`.
     fn files(&self) -> Vec<(String, PathBuf)>;
-    /// An instance with every optional part filled in: which keys exist, and their types.
-    fn schema() -> Self;
+    /// The block with every optional part filled in, as JSON: which keys exist, and their
+    /// types.
+    fn schema() -> serde_json::Value;
 }
 
 impl Block for HubConfig {
@@ -68,8 +69,8 @@ impl Block for HubConfig {
     fn files(&self) -> Vec<(String, PathBuf)> {
         HubConfig::files(self).into_iter().map(|(k, p)| (k.to_owned(), p.to_path_buf())).collect()
     }
-    fn schema() -> Self {
-        HubConfig::schema()
+    fn schema() -> serde_json::Value {
+        serde_json::to_value(HubConfig::schema()).unwrap_or_default()
     }
 }
 
@@ -91,7 +92,7 @@ impl Block for EdgeConfig {
     fn files(&self) -> Vec<(String, PathBuf)> {
         EdgeConfig::files(self).into_iter().map(|(k, p)| (k, p.to_path_buf())).collect()
     }
-    fn schema() -> Self {
+    fn schema() -> serde_json::Value {
         EdgeConfig::schema()
     }
 }
@@ -201,10 +202,7 @@ fn parse_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> LoadError {
     let line = e.location().map_or(0, |l| l.line() as usize);
     let key = keys::key_at_line(text, line).unwrap_or_else(|| "(document)".into());
     static SCHEMAS: std::sync::OnceLock<(serde_json::Value, serde_json::Value)> = std::sync::OnceLock::new();
-    let (hub, edge) = SCHEMAS.get_or_init(|| {
-        let hub = serde_json::to_value(HubConfig::schema()).unwrap_or_default();
-        (hub, serde_json::to_value(EdgeConfig::schema()).unwrap_or_default())
-    });
+    let (hub, edge) = SCHEMAS.get_or_init(|| (<HubConfig as Block>::schema(), <EdgeConfig as Block>::schema()));
     let unknown =
         keys::unknown_key(hub, HubConfig::NAME, &key).or_else(|| keys::unknown_key(edge, EdgeConfig::NAME, &key));
     let message = unknown
@@ -415,7 +413,10 @@ mod tests {
         let c = loaded.config;
         assert_eq!(c.server, "hub.example.com:443");
         assert_eq!(c.heartbeat.timeout.get().as_secs(), 5);
-        assert_eq!(c.streams["front_door"].rtsp.as_ref().unwrap().password.as_deref(), Some("1234"));
+        let mediamesh_edge::config::SourceConfig::Rtsp(camera) = &c.streams["front_door"].source else {
+            panic!("front_door is a camera")
+        };
+        assert_eq!(camera.password.as_deref(), Some("1234"));
         assert_eq!(loaded.overrides.len(), 3);
         let e = load::<EdgeConfig>(&p, &vars(&[("MEDIAMESH_EDGEDATASTREAM_UPLINKQUEUEFRAMES", "1")])).unwrap_err();
         assert_eq!(

@@ -116,7 +116,7 @@ impl Uplinks {
 
 /// The catalog the hub is told about.
 fn catalog(streams: &BTreeMap<String, StreamConfig>) -> Vec<CatalogEntry> {
-    streams.iter().map(|(name, s)| CatalogEntry { name: name.clone(), description: describe(s) }).collect()
+    streams.iter().map(|(name, s)| CatalogEntry { name: name.clone(), description: s.describe() }).collect()
 }
 
 /// Runs the control channel until `shutdown`; `reloaded` changes when the catalog does.
@@ -198,28 +198,6 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
         .collect();
     if tokio::time::timeout(UPLINK_STOP_GRACE, futures_util::future::join_all(tasks)).await.is_err() {
         warn!("some streams did not stop within {UPLINK_STOP_GRACE:?}");
-    }
-}
-
-/// The description the hub shows for a stream: the configured one, else the kind of source.
-/// Never built from a URL or ffmpeg's arguments, which hold passwords and tokens: a camera is
-/// shown by its host alone.
-fn describe(s: &StreamConfig) -> String {
-    if let Some(d) = &s.description {
-        return d.clone();
-    }
-    if let Some(tp) = &s.test_pattern {
-        format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps)
-    } else if let Some(ff) = &s.ffmpeg {
-        format!("ffmpeg ({})", ff.codec.name())
-    } else if let Some(r) = &s.rtsp {
-        let host = url::Url::parse(&r.url).ok().and_then(|u| u.host_str().map(str::to_owned));
-        format!("RTSP camera at {}", host.unwrap_or_else(|| "an unparsable URL".into()))
-    } else if let Some(f) = &s.file {
-        let name = f.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        format!("clip {name} at {} fps", f.fps)
-    } else {
-        String::new()
     }
 }
 

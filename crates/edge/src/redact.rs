@@ -10,7 +10,7 @@
 
 pub use mediamesh_tunnel::redact::{MASK, percent_decode, text};
 
-use crate::config::{FfmpegConfig, StreamConfig};
+use crate::config::{FfmpegConfig, SourceConfig, StreamConfig};
 
 /// The passwords a stream's configuration holds.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -27,12 +27,13 @@ impl Secrets {
     /// among ffmpeg's arguments; each also percent-decoded.
     pub fn of(cfg: &StreamConfig) -> Self {
         let mut found = Vec::new();
-        if let Some(r) = &cfg.rtsp {
-            found.extend(r.password.clone());
-            found.extend(url_password(&r.url));
-        }
-        if let Some(ff) = &cfg.ffmpeg {
-            found.extend(Self::in_args(ff));
+        match &cfg.source {
+            SourceConfig::Rtsp(r) => {
+                found.extend(r.password.clone());
+                found.extend(url_password(&r.url));
+            }
+            SourceConfig::Ffmpeg(ff) => found.extend(Self::in_args(ff)),
+            SourceConfig::TestPattern(_) | SourceConfig::File(_) => {}
         }
         Self::from_found(found)
     }
@@ -99,17 +100,13 @@ mod tests {
             binary: "ffmpeg".into(),
             codec: Default::default(),
         };
-        let cfg = StreamConfig {
-            description: None,
-            test_pattern: None,
-            ffmpeg: Some(ffmpeg),
-            rtsp: Some(RtspConfig { password: Some("hunter2!".into()), ..RtspConfig::new("rtsp://cam/x") }),
-            file: None,
-        };
-        let s = Secrets::of(&cfg);
+        let s = Secrets::of(&StreamConfig::new(SourceConfig::Ffmpeg(ffmpeg)));
         assert_eq!(s.scrub("auth failed for password p@ss/w:rd"), "auth failed for password ***");
-        assert_eq!(s.scrub("sent hunter2! to cam"), "sent *** to cam");
         assert_eq!(s.scrub("rtsp://admin:p%40ss/w:rd@cam:554/x"), "rtsp://admin:***@cam:554/x");
+        let camera = RtspConfig { password: Some("hunter2!".into()), ..RtspConfig::new("rtsp://u:pw9@cam/x") };
+        let s = Secrets::of(&StreamConfig::new(SourceConfig::Rtsp(camera)));
+        assert_eq!(s.scrub("sent hunter2! to cam"), "sent *** to cam");
+        assert_eq!(s.scrub("rtsp://u:pw9@cam/x"), "rtsp://u:***@cam/x");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mediamesh_edge::config::TestPatternConfig;
+use mediamesh_edge::config::{SourceConfig, TestPatternConfig};
 use mediamesh_edge::{Edge, EdgeConfig, RunningEdge, StreamConfig};
 use mediamesh_hub::client::{ClientError, ConnectOptions, ViewerClient};
 use mediamesh_hub::{Hub, HubConfig, RunningHub};
@@ -13,38 +13,26 @@ use crate::{TestPki, wait_until};
 
 /// A small, cheap test-pattern stream (320x240, 25 fps, keyframe every 25 frames).
 pub fn test_pattern() -> StreamConfig {
-    StreamConfig {
-        description: None,
-        test_pattern: Some(TestPatternConfig {
-            width: 320,
-            height: 240,
-            fps: 25,
-            bitrate_kbps: 300,
-            gop: 25,
-            label: None,
-        }),
-        ffmpeg: None,
-        rtsp: None,
-        file: None,
-    }
+    StreamConfig::new(SourceConfig::TestPattern(TestPatternConfig {
+        width: 320,
+        height: 240,
+        fps: 25,
+        bitrate_kbps: 300,
+        gop: 25,
+        label: None,
+    }))
 }
 
 /// A camera with B-frames: ffmpeg (lavfi testsrc, 320x240 at 25 fps) encoding with libx264,
 /// two B-frames between references and a keyframe every 25 frames.
 pub fn b_frame_camera() -> StreamConfig {
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    StreamConfig {
-        description: None,
-        test_pattern: None,
-        ffmpeg: Some(mediamesh_edge::config::FfmpegConfig {
-            input: args(&["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]),
-            encode: args(&["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "25", "-pix_fmt", "yuv420p"]),
-            binary: "ffmpeg".into(),
-            codec: mediamesh_edge::config::VideoCodecName::H264,
-        }),
-        rtsp: None,
-        file: None,
-    }
+    StreamConfig::new(SourceConfig::Ffmpeg(mediamesh_edge::config::FfmpegConfig {
+        input: args(&["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"]),
+        encode: args(&["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "25", "-pix_fmt", "yuv420p"]),
+        binary: "ffmpeg".into(),
+        codec: mediamesh_edge::config::VideoCodecName::H264,
+    }))
 }
 
 /// Builds a [`Fixture`].

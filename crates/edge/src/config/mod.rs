@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 mod stream;
 
 pub use stream::{
-    FfmpegConfig, FileConfig, RtspConfig, RtspTransport, StreamConfig, TestPatternConfig, VideoCodecName,
+    FfmpegConfig, FileConfig, RtspConfig, RtspTransport, SourceConfig, StreamConfig, StreamDocument, TestPatternConfig,
+    VideoCodecName,
 };
 use stream::{default_encode, default_ffmpeg, default_fps};
 
@@ -205,14 +206,14 @@ impl EdgeConfig {
         }
     }
 
-    /// An instance with every optional key set and one stream, `*`, with every source, so that
-    /// serialized it lists every key there is (configuration loaders use it for "did you mean"
-    /// and to type environment overrides; `*` stands for any stream name).
-    pub fn schema() -> Self {
+    /// The configuration with every optional key set and one stream, `*`, with every source,
+    /// as JSON: every key there is (configuration loaders use it for "did you mean" and to type
+    /// environment overrides; `*` stands for any stream name).
+    pub fn schema() -> serde_json::Value {
         let mut c = Self::new(String::new(), String::new(), PathBuf::new(), PathBuf::new(), PathBuf::new());
         c.server_name = Some(String::new());
         let rtsp = RtspConfig { username: Some(String::new()), password: Some(String::new()), ..RtspConfig::new("") };
-        let stream = StreamConfig {
+        let stream = StreamDocument {
             description: Some(String::new()),
             test_pattern: Some(TestPatternConfig { label: Some(String::new()), ..TestPatternConfig::default() }),
             ffmpeg: Some(FfmpegConfig {
@@ -224,8 +225,11 @@ impl EdgeConfig {
             rtsp: Some(rtsp),
             file: Some(FileConfig { path: PathBuf::new(), fps: default_fps(), stamp: false }),
         };
-        c.streams.insert("*".into(), stream);
-        c
+        let mut value = serde_json::to_value(&c).unwrap_or_default();
+        if let Some(streams) = value.get_mut("streams").and_then(serde_json::Value::as_object_mut) {
+            streams.insert("*".into(), serde_json::to_value(stream).unwrap_or_default());
+        }
+        value
     }
 
     /// Makes every relative path absolute against `base` (the configuration file's folder): the
@@ -241,13 +245,10 @@ impl EdgeConfig {
         absolutize(&mut self.tls_tunnel_cert_file);
         absolutize(&mut self.tls_tunnel_private_key_file);
         for s in self.streams.values_mut() {
-            if let Some(f) = &mut s.file {
-                absolutize(&mut f.path);
-            }
-            if let Some(ff) = &mut s.ffmpeg
-                && ff.binary.components().count() > 1
-            {
-                absolutize(&mut ff.binary);
+            match &mut s.source {
+                SourceConfig::File(f) => absolutize(&mut f.path),
+                SourceConfig::Ffmpeg(ff) if ff.binary.components().count() > 1 => absolutize(&mut ff.binary),
+                _ => {}
             }
         }
     }
@@ -260,13 +261,12 @@ impl EdgeConfig {
             ("tlsTunnelPrivateKeyFile".to_owned(), self.tls_tunnel_private_key_file.as_path()),
         ];
         for (name, s) in &self.streams {
-            if let Some(f) = &s.file {
-                files.push((format!("streams.{name}.file.path"), f.path.as_path()));
-            }
-            if let Some(ff) = &s.ffmpeg
-                && ff.binary.is_absolute()
-            {
-                files.push((format!("streams.{name}.ffmpeg.binary"), ff.binary.as_path()));
+            match &s.source {
+                SourceConfig::File(f) => files.push((format!("streams.{name}.file.path"), f.path.as_path())),
+                SourceConfig::Ffmpeg(ff) if ff.binary.is_absolute() => {
+                    files.push((format!("streams.{name}.ffmpeg.binary"), ff.binary.as_path()));
+                }
+                _ => {}
             }
         }
         files
@@ -307,33 +307,25 @@ impl EdgeConfig {
             if mediamesh_tunnel::wire::validate_name(name).is_err() {
                 return err(&key, "stream names use letters, digits, '-', '_' and '.'".into());
             }
-            let sources = [s.test_pattern.is_some(), s.ffmpeg.is_some(), s.rtsp.is_some(), s.file.is_some()];
-            match sources.iter().filter(|x| **x).count() {
-                0 => return err(&key, "needs a source: testPattern, ffmpeg, rtsp or file".into()),
-                1 => {}
-                _ => {
-                    return err(&key, "has more than one source (testPattern, ffmpeg, rtsp, file); choose one".into());
+            match &s.source {
+                SourceConfig::File(f) if !(1..=240).contains(&f.fps) => {
+                    return err(&format!("{key}.file.fps"), "must be 1 to 240".into());
                 }
-            }
-            if let Some(f) = &s.file
-                && !(1..=240).contains(&f.fps)
-            {
-                return err(&format!("{key}.file.fps"), "must be 1 to 240".into());
-            }
-            if let Some(tp) = &s.test_pattern {
-                tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?;
-            }
-            if let Some(ff) = &s.ffmpeg
-                && ff.input.is_empty()
-            {
-                return err(&format!("{key}.ffmpeg.input"), "needs at least the input arguments (e.g. -i URL)".into());
-            }
-            if let Some(r) = &s.rtsp {
-                crate::source::rtsp::parse_url(r)
-                    .map_err(|reason| ConfigError { key: format!("{key}.rtsp.url"), reason })?;
-                r.reconnect
-                    .to_config()
-                    .map_err(|e| ConfigError { key: format!("{key}.rtsp.reconnect"), reason: e.to_string() })?;
+                SourceConfig::TestPattern(tp) => {
+                    tp.validate().map_err(|reason| ConfigError { key: format!("{key}.testPattern"), reason })?;
+                }
+                SourceConfig::Ffmpeg(ff) if ff.input.is_empty() => {
+                    let reason = "needs at least the input arguments (e.g. -i URL)".into();
+                    return err(&format!("{key}.ffmpeg.input"), reason);
+                }
+                SourceConfig::Rtsp(r) => {
+                    crate::source::rtsp::parse_url(r)
+                        .map_err(|reason| ConfigError { key: format!("{key}.rtsp.url"), reason })?;
+                    r.reconnect
+                        .to_config()
+                        .map_err(|e| ConfigError { key: format!("{key}.rtsp.reconnect"), reason: e.to_string() })?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -391,16 +383,7 @@ mod tests {
     fn base() -> EdgeConfig {
         let mut c =
             EdgeConfig::new("hub.example.com:10006".into(), "edge-1".into(), "ca".into(), "c".into(), "k".into());
-        c.streams.insert(
-            "cam1".to_owned(),
-            StreamConfig {
-                description: None,
-                test_pattern: Some(TestPatternConfig::default()),
-                ffmpeg: None,
-                rtsp: None,
-                file: None,
-            },
-        );
+        c.streams.insert("cam1".to_owned(), StreamConfig::new(SourceConfig::TestPattern(TestPatternConfig::default())));
         c
     }
 
@@ -414,12 +397,24 @@ mod tests {
         c.server = "nohost".into();
         assert_eq!(c.validate().unwrap_err().key, "server");
         let mut c = base();
-        c.streams.get_mut("cam1").unwrap().test_pattern.as_mut().unwrap().width = 641;
+        let SourceConfig::TestPattern(tp) = &mut c.streams.get_mut("cam1").unwrap().source else { unreachable!() };
+        tp.width = 641;
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "streams.cam1.testPattern");
         assert!(e.to_string().contains("even"), "{e}");
-        let mut c = base();
-        c.streams.get_mut("cam1").unwrap().test_pattern = None;
-        assert!(c.validate().unwrap_err().reason.contains("needs a source"));
+    }
+
+    #[test]
+    fn a_stream_has_exactly_one_source() {
+        let none: Result<StreamConfig, _> = serde_json::from_str(r#"{"description": "x"}"#);
+        assert!(none.unwrap_err().to_string().contains("needs a source"));
+        let two: Result<StreamConfig, _> = serde_json::from_str(r#"{"testPattern": {}, "file": {"path": "a"}}"#);
+        assert!(two.unwrap_err().to_string().contains("more than one source"));
+        let one: StreamConfig = serde_json::from_str(r#"{"rtsp": {"url": "rtsp://cam/x"}}"#).unwrap();
+        assert!(matches!(one.source, SourceConfig::Rtsp(_)));
+        assert_eq!(one.describe(), "RTSP camera at cam");
+        // Written back, it reads the same.
+        let again: StreamConfig = serde_json::from_str(&serde_json::to_string(&one).unwrap()).unwrap();
+        assert_eq!(again, one);
     }
 }

@@ -6,10 +6,69 @@ use std::path::PathBuf;
 use mediamesh_tunnel::settings::{BackoffSettings, Seconds};
 use serde::{Deserialize, Serialize};
 
-/// One stream: exactly one source kind.
+/// One stream of the catalog: its source, and how the hub describes it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "StreamDocument", into = "StreamDocument")]
 pub struct StreamConfig {
+    /// Free text shown in the hub's API.
+    pub description: Option<String>,
+    /// Where the frames come from.
+    pub source: SourceConfig,
+}
+
+/// Where a stream's frames come from: exactly one kind of source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// The built-in test pattern (H.264 encoded in-process).
+    TestPattern(TestPatternConfig),
+    /// An ffmpeg command producing H.264 or H.265.
+    Ffmpeg(FfmpegConfig),
+    /// An RTSP camera (or any RTSP server).
+    Rtsp(RtspConfig),
+    /// A recorded H.264 clip played in a loop at its frame rate.
+    File(FileConfig),
+}
+
+impl StreamConfig {
+    /// A stream from `source`, without a description.
+    pub fn new(source: SourceConfig) -> Self {
+        Self { description: None, source }
+    }
+
+    /// The test pattern's settings, if that is the source.
+    pub fn test_pattern_mut(&mut self) -> Option<&mut TestPatternConfig> {
+        match &mut self.source {
+            SourceConfig::TestPattern(tp) => Some(tp),
+            _ => None,
+        }
+    }
+
+    /// The description the hub shows: the configured one, else the kind of source. Never
+    /// built from a URL or ffmpeg's arguments, which hold passwords and tokens: a camera is
+    /// shown by its host alone.
+    pub fn describe(&self) -> String {
+        if let Some(d) = &self.description {
+            return d.clone();
+        }
+        match &self.source {
+            SourceConfig::TestPattern(tp) => format!("test pattern {}x{}@{}", tp.width, tp.height, tp.fps),
+            SourceConfig::Ffmpeg(ff) => format!("ffmpeg ({})", ff.codec.name()),
+            SourceConfig::Rtsp(r) => {
+                let host = url::Url::parse(&r.url).ok().and_then(|u| u.host_str().map(str::to_owned));
+                format!("RTSP camera at {}", host.unwrap_or_else(|| "an unparsable URL".into()))
+            }
+            SourceConfig::File(f) => {
+                let name = f.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                format!("clip {name} at {} fps", f.fps)
+            }
+        }
+    }
+}
+
+/// A stream as written in YAML: one key per kind of source, exactly one of them set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamDocument {
     /// Free text shown in the hub's API.
     #[serde(default)]
     pub description: Option<String>,
@@ -25,6 +84,41 @@ pub struct StreamConfig {
     /// A recorded H.264 clip played in a loop at its frame rate.
     #[serde(default)]
     pub file: Option<FileConfig>,
+}
+
+impl TryFrom<StreamDocument> for StreamConfig {
+    type Error = String;
+
+    fn try_from(d: StreamDocument) -> Result<Self, String> {
+        let mut sources = [
+            d.test_pattern.map(SourceConfig::TestPattern),
+            d.ffmpeg.map(SourceConfig::Ffmpeg),
+            d.rtsp.map(SourceConfig::Rtsp),
+            d.file.map(SourceConfig::File),
+        ]
+        .into_iter()
+        .flatten();
+        match (sources.next(), sources.next()) {
+            (None, _) => Err("a stream needs a source: testPattern, ffmpeg, rtsp or file".into()),
+            (Some(source), None) => Ok(Self { description: d.description, source }),
+            (Some(_), Some(_)) => {
+                Err("a stream has more than one source (testPattern, ffmpeg, rtsp, file); choose one".into())
+            }
+        }
+    }
+}
+
+impl From<StreamConfig> for StreamDocument {
+    fn from(s: StreamConfig) -> Self {
+        let mut d = StreamDocument { description: s.description, ..StreamDocument::default() };
+        match s.source {
+            SourceConfig::TestPattern(tp) => d.test_pattern = Some(tp),
+            SourceConfig::Ffmpeg(ff) => d.ffmpeg = Some(ff),
+            SourceConfig::Rtsp(r) => d.rtsp = Some(r),
+            SourceConfig::File(f) => d.file = Some(f),
+        }
+        d
+    }
 }
 
 /// A recorded H.264 clip (raw Annex-B, as `ffmpeg -f h264` writes it) played in a loop, paced

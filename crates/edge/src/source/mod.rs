@@ -30,7 +30,7 @@ use mediamesh_tunnel::wire::DropReason;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::StreamConfig;
+use crate::config::{SourceConfig, StreamConfig};
 use crate::stats::{EdgeStats, StreamStats};
 
 /// What a source produces, in order.
@@ -190,9 +190,6 @@ pub enum SourceError {
     /// The encoder could not be created.
     #[error("test pattern encoder: {0}")]
     Encoder(String),
-    /// The stream configuration has no usable source.
-    #[error("stream {0:?} has no source configured")]
-    NoSource(String),
 }
 
 /// A running source; [`SourceHandle::stop`] ends it and waits until it is gone.
@@ -219,16 +216,11 @@ pub fn start(
     stats: Arc<EdgeStats>,
 ) -> Result<SourceHandle, SourceError> {
     let cancel = CancellationToken::new();
-    let done = if let Some(tp) = &cfg.test_pattern {
-        testpattern::spawn(name, tp, sink, cancel.clone(), stats)?
-    } else if let Some(ff) = &cfg.ffmpeg {
-        ffmpeg::spawn(name, ff, sink, cancel.clone(), stats)
-    } else if let Some(r) = &cfg.rtsp {
-        rtsp::spawn(name, r, sink, cancel.clone(), stats)
-    } else if let Some(f) = &cfg.file {
-        file::spawn(name, f, sink, cancel.clone(), stats)
-    } else {
-        return Err(SourceError::NoSource(name.into()));
+    let done = match &cfg.source {
+        SourceConfig::TestPattern(tp) => testpattern::spawn(name, tp, sink, cancel.clone(), stats)?,
+        SourceConfig::Ffmpeg(ff) => ffmpeg::spawn(name, ff, sink, cancel.clone(), stats),
+        SourceConfig::Rtsp(r) => rtsp::spawn(name, r, sink, cancel.clone(), stats),
+        SourceConfig::File(f) => file::spawn(name, f, sink, cancel.clone(), stats),
     };
     Ok(SourceHandle { cancel, done })
 }
