@@ -7,8 +7,8 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::lifecycle::{Input, Lifecycle, Output, Phase};
+use super::upstream::StartError;
 use super::{Session, SessionEvent, Sessions};
-use crate::registry::NodeCommand;
 
 pub(crate) async fn run(
     sessions: Arc<Sessions>,
@@ -69,22 +69,19 @@ fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) ->
     while let Some(out) = lc.poll_output() {
         match out {
             Output::SendAddVideo => {
-                let cmd = NodeCommand::AddVideo { session: session.id, stream: key.stream.clone() };
-                match sessions.registry().send(&key.node, cmd) {
-                    Ok(()) => tracing::info!(stream = %key, session = session.id, "AddVideo sent"),
-                    // The node left between the viewer's check and now: wait for it to return.
-                    Err(crate::registry::NodeError::NotConnected { .. }) => {
+                let upstream = session.source().kind();
+                match session.source().start(session) {
+                    Ok(()) => tracing::info!(stream = %key, session = session.id, upstream, "stream asked for"),
+                    Err(StartError::Unreachable(reason)) => {
+                        tracing::info!(stream = %key, session = session.id, upstream, %reason, "waiting for the upstream");
                         lc.handle_input(Instant::now(), Input::NodeGone);
                     }
-                    Err(e) => lc.handle_input(Instant::now(), Input::StartFailed(e.to_string())),
+                    Err(StartError::Failed(reason)) => lc.handle_input(Instant::now(), Input::StartFailed(reason)),
                 }
             }
             Output::SendRemoveVideo => {
-                let cmd = NodeCommand::RemoveVideo { session: session.id, stream: key.stream.clone() };
-                match sessions.registry().send(&key.node, cmd) {
-                    Ok(()) => tracing::info!(stream = %key, session = session.id, "RemoveVideo sent"),
-                    Err(e) => tracing::debug!(stream = %key, session = session.id, error = %e, "RemoveVideo not sent"),
-                }
+                session.source().stop(session);
+                tracing::info!(stream = %key, session = session.id, "stream let go");
                 session.cancel_upstream(false);
             }
             Output::EndViewers(reason) => {

@@ -10,6 +10,7 @@ pub(crate) mod driver;
 pub mod lifecycle;
 pub mod log;
 pub mod stats;
+pub mod upstream;
 mod viewer;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use self::admission::{Admission, Refusal, ViewerLimits};
 use self::lifecycle::{LifecycleConfig, Phase};
 use self::log::{FrameLog, LogConfig};
 use self::stats::{SessionStats, ViewerStats};
+use self::upstream::{EdgeUpstream, Upstream};
 use self::viewer::Admitted;
 pub use self::viewer::{BehindPolicy, Viewer, ViewerEnd};
 use crate::registry::NodeRegistry;
@@ -126,6 +128,8 @@ pub struct Session {
     demand: Notify,
     events: mpsc::Sender<SessionEvent>,
     phase: Mutex<Phase>,
+    /// Where the frames come from.
+    source: Arc<dyn Upstream>,
     upstream: Mutex<UpstreamSlot>,
 }
 
@@ -146,6 +150,11 @@ impl Session {
     /// The coarse lifecycle state.
     pub fn phase(&self) -> Phase {
         *lock(&self.phase)
+    }
+
+    /// Where the session's frames come from.
+    pub fn source(&self) -> &Arc<dyn Upstream> {
+        &self.source
     }
 
     /// How many viewers are attached.
@@ -286,7 +295,7 @@ pub struct Sessions {
     next_viewer: AtomicU64,
     /// Read when a session is created; a reload replaces it for the sessions after.
     config: mediamesh_tunnel::settings::Live<SessionConfig>,
-    registry: Arc<NodeRegistry>,
+    edges: Arc<dyn Upstream>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     counters: Arc<HubCounters>,
@@ -294,7 +303,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// An empty set of sessions whose drivers send commands through `registry`.
+    /// An empty set of sessions whose streams come from the edges in `registry`.
     pub fn new(
         config: SessionConfig,
         registry: Arc<NodeRegistry>,
@@ -309,7 +318,7 @@ impl Sessions {
             next_session: AtomicU64::new(seed.max(1)),
             next_viewer: AtomicU64::new(1),
             config: mediamesh_tunnel::settings::Live::new(config),
-            registry,
+            edges: Arc::new(EdgeUpstream::new(registry)),
             shutdown,
             tasks,
             counters: Arc::default(),
@@ -383,7 +392,7 @@ impl Sessions {
     fn new_session(&self, key: StreamKey, now: Instant) -> (Arc<Session>, mpsc::Receiver<SessionEvent>) {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let s = Arc::new(Session {
-            key,
+            key: key.clone(),
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             created: now,
             log: Arc::new(FrameLog::new(self.config().log)),
@@ -394,6 +403,7 @@ impl Sessions {
             demand: Notify::new(),
             events: tx,
             phase: Mutex::new(Phase::Starting),
+            source: self.upstream_for(&key),
             upstream: Mutex::new(UpstreamSlot::default()),
         });
         (s, rx)
@@ -465,7 +475,7 @@ impl Sessions {
     /// Whether viewers may join `key`: its node is connected and offers it, or a session for
     /// it is still open (waiting for its edge to come back).
     pub fn check_stream(&self, key: &StreamKey) -> Result<(), crate::registry::NodeError> {
-        match self.registry.check_stream(&key.node, &key.stream) {
+        match self.upstream_for(key).check_stream(key) {
             Ok(()) => Ok(()),
             Err(e) => match self.get(key) {
                 Some(s) if s.phase() != Phase::Closed && !s.log.is_closed() => Ok(()),
@@ -474,8 +484,9 @@ impl Sessions {
         }
     }
 
-    pub(crate) fn registry(&self) -> &NodeRegistry {
-        &self.registry
+    /// Where a new session of `key` gets its frames.
+    fn upstream_for(&self, _key: &StreamKey) -> Arc<dyn Upstream> {
+        self.edges.clone()
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
