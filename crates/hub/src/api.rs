@@ -2,8 +2,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/v1/hub` | hub name, version, uptime, node and session counts |
-//! | `GET /api/v1/nodes` | connected nodes, their catalogs and each stream's state |
+//! | `GET /api/v1/hub` | hub name, version, uptime, state, node and session counts, the cluster registry's state |
+//! | `GET /api/v1/hubs` | every hub of the cluster: addresses, state, load ([`cluster`]) |
+//! | `GET /api/v1/nodes` | the cluster's nodes, the hub each is connected to, their catalogs and each stream's state here |
 //! | `GET /api/v1/streams` | every stream session: state, viewers, rates, counters |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}` | one stream (state `idle` if no session) |
 //! | `GET /api/v1/nodes/{node}/streams/{stream}/ws` | WebSocket viewer |
@@ -15,7 +16,8 @@
 //! | `POST /api/v1/session` | signs in: an internal user's name and password (Basic) for a session token ([`crate::http_auth::sign_in`]) |
 //! | `DELETE /api/v1/session` | signs out: ends the bearer token's session |
 //! | `GET /` | the web page ([`crate::web`]) |
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok`: the process serves (liveness) |
+//! | `GET /readyz` | 200 while the hub takes new work, 503 while starting or draining (readiness) |
 //! | `GET /metrics` | Prometheus text format ([`crate::metrics`]) |
 //!
 //! Errors are JSON `{"error": code, "message": text}` with a matching HTTP status.
@@ -37,6 +39,7 @@ use crate::listener::{Gate, Remote};
 use crate::registry::{NodeError, NodeRegistry};
 use crate::session::{Session, Sessions, StreamKey};
 
+mod cluster;
 mod whep;
 
 /// What the handlers share.
@@ -59,6 +62,8 @@ pub(crate) struct ApiState {
     pub hls: Arc<crate::egress::hls::HlsStreams>,
     /// WebRTC viewers, when configured.
     pub webrtc: Option<Arc<crate::egress::webrtc::WebRtc>>,
+    /// The cluster this hub belongs to, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The API's reloadable settings.
@@ -92,6 +97,8 @@ pub(crate) struct Peer(pub Remote);
 pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(cluster::readyz))
+        .route("/api/v1/hubs", get(cluster::hubs))
         .route("/metrics", get(metrics))
         .route("/api/v1/hub", get(hub))
         .route("/api/v1/nodes", get(nodes))
@@ -140,6 +147,12 @@ impl From<NodeError> for ApiError {
             NodeError::Congested { .. } => {
                 return Self::new(StatusCode::SERVICE_UNAVAILABLE, "node_congested", e.to_string());
             }
+            NodeError::OnOtherHub { .. } => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "node_on_other_hub", e.to_string());
+            }
+            NodeError::RegistryUnavailable { .. } => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", e.to_string());
+            }
         };
         Self::new(StatusCode::NOT_FOUND, code, e.to_string())
     }
@@ -160,6 +173,8 @@ impl IntoResponse for ApiError {
 #[serde(rename_all = "camelCase")]
 struct NodeJson {
     name: String,
+    /// The hub its control channel is connected to.
+    hub: String,
     /// `connected`, or `away`: its control channel ended less than `gracePeriod` ago, and its
     /// viewers (new ones too) wait for it.
     state: &'static str,
@@ -227,6 +242,7 @@ async fn revoke_node(
 }
 
 async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let (registry, error) = cluster::registry_status(&st);
     Json(serde_json::json!({
         "name": st.live.get().hub_name,
         "version": env!("CARGO_PKG_VERSION"),
@@ -234,6 +250,9 @@ async fn hub(State(st): State<ApiState>) -> Json<serde_json::Value> {
         "nodes": st.registry.snapshot().len(),
         "sessions": st.sessions.snapshot().len(),
         "webrtc": st.webrtc.is_some(),
+        "state": cluster::state(&st).name(),
+        "registry": registry,
+        "registryError": error,
     }))
 }
 
@@ -249,6 +268,7 @@ struct StreamsJson {
 
 async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
     let now = Instant::now();
+    let hub_name = st.live.get().hub_name.clone();
     let streams = |name: &str, catalog: &[mediamesh_tunnel::wire::CatalogEntry]| -> Vec<NodeStreamJson> {
         catalog
             .iter()
@@ -270,6 +290,7 @@ async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
         .map(|(name, e)| NodeJson {
             streams: streams(&name, &e.catalog),
             name,
+            hub: hub_name.clone(),
             state: "connected",
             agent: e.agent,
             remote_addr: e.remote.to_string(),
@@ -279,11 +300,35 @@ async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
     nodes.extend(st.registry.departed_nodes().into_iter().map(|(name, d)| NodeJson {
         streams: streams(&name, &d.catalog),
         name,
+        hub: hub_name.clone(),
         state: "away",
         agent: String::new(),
         remote_addr: String::new(),
         connected_secs: now.saturating_duration_since(d.since).as_secs_f64(),
     }));
+    // Nodes connected to other hubs of the cluster.
+    if let Some(c) = &st.cluster {
+        for (name, record) in c.view().nodes() {
+            if record.hub == hub_name || nodes.iter().any(|n| n.name == name) {
+                continue;
+            }
+            let catalog: Vec<_> = record
+                .catalog
+                .into_iter()
+                .map(|e| mediamesh_tunnel::wire::CatalogEntry { name: e.name, description: e.description })
+                .collect();
+            nodes.push(NodeJson {
+                streams: streams(&name, &catalog),
+                name,
+                hub: record.hub,
+                state: "connected",
+                agent: String::new(),
+                remote_addr: String::new(),
+                connected_secs: 0.0,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     Json(NodesJson { nodes })
 }
 

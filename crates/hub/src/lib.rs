@@ -18,6 +18,7 @@
 mod api;
 mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod enroll;

@@ -97,6 +97,25 @@ pub enum NodeError {
         /// The node.
         node: String,
     },
+    /// The node is connected to another hub of the cluster, and this hub cannot relay from it.
+    #[error("node {node:?} is connected to hub {hub:?} ({url}); watch it there")]
+    OnOtherHub {
+        /// The node.
+        node: String,
+        /// Its hub.
+        hub: String,
+        /// That hub's stream URL.
+        url: String,
+    },
+    /// The node is not here, and the cluster registry that would say where it is cannot be
+    /// read.
+    #[error("node {node:?} is not connected to this hub, and {reason}")]
+    RegistryUnavailable {
+        /// The node.
+        node: String,
+        /// Why the registry cannot be read.
+        reason: String,
+    },
 }
 
 /// When a control connection last received anything: microseconds after the registry's epoch.

@@ -14,6 +14,8 @@ use tracing::{info, warn};
 
 use crate::api::{ApiState, router};
 use crate::auth::HubAuth;
+use crate::cluster::Cluster;
+use crate::cluster::records::HubState;
 use crate::config::{ConfigError, HubConfig};
 use crate::egress::rtsp::RtspCtx;
 use crate::egress::rtsp::udp::UdpPair;
@@ -97,6 +99,21 @@ pub fn check_tls(config: &HubConfig) -> Result<(), HubError> {
         mediamesh_tls::enroll::EnrollCa::load(&config.tls_tunnel_ca_file, &e.ca_key_file)?;
     }
     TlsConfigs::load(config, config.enrollment.is_some()).map(drop)
+}
+
+/// `addr`, with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+fn loopback_if_any(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
+/// The base URL of a stream port at `addr` as seen from this machine.
+fn base_url(https: bool, addr: SocketAddr) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{}", loopback_if_any(addr))
 }
 
 /// The hub, before it runs.
@@ -191,7 +208,18 @@ impl Hub {
         auth.start(&shutdown, &tasks);
         let gates = Gates::new(&derived.admission);
         let registry = Arc::new(NodeRegistry::new(config.grace_period.get()));
-        let sessions = Sessions::new(derived.sessions, registry.clone(), shutdown.clone(), tasks.clone());
+        let cluster = config.cluster.as_ref().map(|c| {
+            let https = derived.stream.tls.is_some();
+            let stream_url = c.advertise_stream_url.clone().unwrap_or_else(|| base_url(https, stream_addr));
+            let tunnel = c.advertise_tunnel_address.clone().unwrap_or_else(|| loopback_if_any(tunnel_addr).to_string());
+            Arc::new(Cluster::new(config.hub_name.clone(), c.clone(), stream_url, tunnel))
+        });
+        let sessions =
+            Sessions::new(derived.sessions, registry.clone(), cluster.clone(), shutdown.clone(), tasks.clone());
+        if let Some(c) = &cluster {
+            let local = crate::cluster::etcd::Local::new(registry.clone(), sessions.clone());
+            tasks.spawn(crate::cluster::etcd::run(c.clone(), local, shutdown.clone()));
+        }
         let tunnel = Arc::new(TunnelCtx {
             sessions: sessions.clone(),
             registry: registry.clone(),
@@ -250,6 +278,7 @@ impl Hub {
             tasks: tasks.clone(),
             auth: auth.clone(),
             revocations: revocations.clone(),
+            cluster: cluster.clone(),
         };
         let https = derived.stream.tls.is_some();
         let stream = Arc::new(Live::new(derived.stream));
@@ -287,7 +316,12 @@ impl Hub {
             gates,
             auth,
         };
+        // Everything is bound and serving: ready for work.
+        if let Some(c) = &cluster {
+            c.set_state(HubState::Allocated);
+        }
         Ok(RunningHub {
+            cluster,
             tunnel_addr,
             stream_addr,
             rtsp_addr,
@@ -320,6 +354,7 @@ pub struct RunningHub {
     sessions: Arc<Sessions>,
     registry: Arc<NodeRegistry>,
     reloader: Reloader,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl RunningHub {
@@ -343,13 +378,12 @@ impl RunningHub {
 
     /// The base URL of the stream port as seen from this machine (`http://127.0.0.1:port`).
     pub fn base_url(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        let host = if self.stream_addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            self.stream_addr.ip().to_string()
-        };
-        format!("{scheme}://{host}:{}", self.stream_addr.port())
+        base_url(self.https, self.stream_addr)
+    }
+
+    /// The cluster this hub belongs to, if it has a `cluster` block.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The RTSP URL of a stream on this machine, if RTSP is enabled.

@@ -15,6 +15,7 @@
 
 pub mod browser;
 pub mod camera;
+pub mod etcd;
 mod fixture;
 pub mod http;
 pub mod impair;

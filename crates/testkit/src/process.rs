@@ -16,6 +16,16 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
+/// `N` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N).filter_map(|_| std::net::TcpListener::bind("127.0.0.1:0").ok()).collect();
+    let mut ports = [0; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr().map_or(0, |a| a.port());
+    }
+    ports
+}
+
 /// A `cloudDataStream` file for `pki`'s hub, listening on `listen` with fixed ports, plus
 /// `extra` YAML lines (indented by two spaces) inside the block.
 pub fn hub_yaml(pki: &TestPki, listen: &str, tunnel_port: u16, stream_port: u16, extra: &str) -> String {

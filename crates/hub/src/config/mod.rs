@@ -11,9 +11,11 @@ use mediamesh_auth::AuthSettings;
 use mediamesh_tunnel::settings::{HeartbeatSettings, Seconds};
 use serde::{Deserialize, Serialize};
 
+pub use self::cluster::ClusterSettings;
 use self::defaults::*;
 pub use self::validate::ConfigError;
 
+mod cluster;
 mod defaults;
 mod validate;
 
@@ -179,6 +181,9 @@ pub struct HubConfig {
     /// here.
     #[serde(default)]
     pub enrollment: Option<EnrollmentSettings>,
+    /// Hubs sharing a registry in etcd (`docs/cluster.md`). Unset: this hub runs alone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The `enrollment` block.
@@ -371,6 +376,7 @@ impl HubConfig {
             cold_starts_per_minute: default_cold_starts(),
             state_dir: None,
             enrollment: None,
+            cluster: None,
         }
     }
 
@@ -383,6 +389,7 @@ impl HubConfig {
         c.tls_stream_private_key_file = Some(PathBuf::new());
         c.auth = Some(AuthSettings::schema());
         c.state_dir = Some(PathBuf::new());
+        c.cluster = Some(ClusterSettings::schema());
         c.enrollment =
             Some(EnrollmentSettings { ca_key_file: PathBuf::new(), certificate_ttl: default_certificate_ttl() });
         c

@@ -85,6 +85,9 @@ impl HubConfig {
         if self.viewer_write_timeout.get().is_zero() {
             return err("viewerWriteTimeout", "must be greater than 0".into());
         }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|(key, reason)| ConfigError { key: format!("cluster.{key}"), reason })?;
+        }
         if self.enrollment.is_some() && self.state_dir.is_none() {
             return err("enrollment", "needs stateDir, where join tokens are kept".into());
         }

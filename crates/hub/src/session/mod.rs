@@ -296,6 +296,8 @@ pub struct Sessions {
     /// Read when a session is created; a reload replaces it for the sessions after.
     config: mediamesh_tunnel::settings::Live<SessionConfig>,
     edges: Arc<dyn Upstream>,
+    /// The cluster, which knows where the other hubs' nodes are.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     counters: Arc<HubCounters>,
@@ -307,6 +309,7 @@ impl Sessions {
     pub fn new(
         config: SessionConfig,
         registry: Arc<NodeRegistry>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Self> {
@@ -319,6 +322,7 @@ impl Sessions {
             next_viewer: AtomicU64::new(1),
             config: mediamesh_tunnel::settings::Live::new(config),
             edges: Arc::new(EdgeUpstream::new(registry)),
+            cluster,
             shutdown,
             tasks,
             counters: Arc::default(),
@@ -475,12 +479,33 @@ impl Sessions {
     /// Whether viewers may join `key`: its node is connected and offers it, or a session for
     /// it is still open (waiting for its edge to come back).
     pub fn check_stream(&self, key: &StreamKey) -> Result<(), crate::registry::NodeError> {
-        match self.upstream_for(key).check_stream(key) {
-            Ok(()) => Ok(()),
+        let e = match self.upstream_for(key).check_stream(key) {
+            Ok(()) => return Ok(()),
             Err(e) => match self.get(key) {
-                Some(s) if s.phase() != Phase::Closed && !s.log.is_closed() => Ok(()),
-                _ => Err(e),
+                Some(s) if s.phase() != Phase::Closed && !s.log.is_closed() => return Ok(()),
+                _ => e,
             },
+        };
+        // Not here: the cluster may know where it is.
+        let (Some(cluster), crate::registry::NodeError::NotConnected { node }) = (&self.cluster, &e) else {
+            return Err(e);
+        };
+        let view = cluster.current_view().map_err(|reason| crate::registry::NodeError::RegistryUnavailable {
+            node: node.clone(),
+            reason: reason.to_string(),
+        })?;
+        match view.node(node) {
+            Some(r) if r.hub != cluster.name => {
+                if !r.catalog.iter().any(|c| c.name == key.stream) {
+                    return Err(crate::registry::NodeError::NoSuchStream {
+                        node: node.clone(),
+                        stream: key.stream.clone(),
+                    });
+                }
+                let url = view.hub(&r.hub).map(|h| h.stream_url.clone()).unwrap_or_default();
+                Err(crate::registry::NodeError::OnOtherHub { node: node.clone(), hub: r.hub.clone(), url })
+            }
+            _ => Err(e),
         }
     }
 

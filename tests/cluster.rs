@@ -1,0 +1,184 @@
+//! Hubs sharing a real etcd (Debian's `etcd-server`), as separate processes: every hub sees
+//! the whole cluster, a killed hub's entries expire with its lease, and a hub that loses etcd
+//! keeps serving what it has, refuses what needs the registry with a clear error, and
+//! registers again when etcd returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
+use mediamesh_testkit::etcd::Etcd;
+use mediamesh_testkit::http::request;
+use mediamesh_testkit::process::{MeshProcess, edge_yaml, free_ports, hub_yaml};
+use mediamesh_testkit::{TestPki, read_frames};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
+/// Short, so that the expiry test is quick.
+const TTL_SECS: u64 = 2;
+
+struct HubProc {
+    name: String,
+    proc: MeshProcess,
+    api: SocketAddr,
+    tunnel: u16,
+}
+
+async fn start_hub(pki: &TestPki, etcd: &Etcd, name: &str) -> HubProc {
+    let [tunnel, stream] = free_ports();
+    let extra = format!("  hubName: {name}\n  cluster: {{etcd: [\"{}\"], leaseTtl: {TTL_SECS}}}\n", etcd.url);
+    let file = pki.dir().join(format!("{name}.yaml"));
+    std::fs::write(&file, hub_yaml(pki, "127.0.0.1", tunnel, stream, &extra)).unwrap();
+    let args = ["hub", "-c", file.to_str().unwrap()];
+    let (proc, _) = MeshProcess::spawn(&[], Path::new(BIN), &args, pki.dir(), name, Some("hub ready")).await;
+    HubProc { name: name.into(), proc, api: SocketAddr::from(([127, 0, 0, 1], stream)), tunnel }
+}
+
+async fn start_edge(pki: &TestPki, node: &str, hub: &HubProc) -> MeshProcess {
+    let file = pki.dir().join(format!("{node}.yaml"));
+    std::fs::write(&file, edge_yaml(pki, node, &format!("127.0.0.1:{}", hub.tunnel), "")).unwrap();
+    let args = ["edge", "-c", file.to_str().unwrap()];
+    MeshProcess::spawn(&[], Path::new(BIN), &args, pki.dir(), node, None).await.0
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Value {
+    let a = request(addr, "GET", path, &[]).await;
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+fn hub_names(hubs: &Value) -> Vec<String> {
+    hubs["hubs"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap().to_owned()).collect()
+}
+
+fn node_hub(nodes: &Value, node: &str) -> Option<String> {
+    nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == node).map(|n| n["hub"].as_str().unwrap().into())
+}
+
+/// Polls `check` every 50 ms until it holds; returns how long that took.
+async fn until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hub_sees_the_cluster_and_a_killed_hub_expires_with_its_lease() {
+    mediamesh_testkit::init_tracing();
+    let pki = TestPki::new();
+    let etcd = Etcd::start(pki.dir()).await;
+    let a = start_hub(&pki, &etcd, "hub-a").await;
+    let b = start_hub(&pki, &etcd, "hub-b").await;
+    let c = start_hub(&pki, &etcd, "hub-c").await;
+    let _edge = start_edge(&pki, "edge-1", &a).await;
+
+    for h in [&a, &b, &c] {
+        until(&format!("{} sees three hubs", h.name), Duration::from_secs(10), || async {
+            hub_names(&get(h.api, "/api/v1/hubs").await) == ["hub-a", "hub-b", "hub-c"]
+        })
+        .await;
+        until(&format!("{} sees edge-1 on hub-a", h.name), Duration::from_secs(10), || async {
+            node_hub(&get(h.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
+        })
+        .await;
+    }
+    let hubs = get(b.api, "/api/v1/hubs").await;
+    assert_eq!(hubs["registry"], "available");
+    let rec = hubs["hubs"].as_array().unwrap().iter().find(|h| h["name"] == "hub-a").unwrap().clone();
+    assert_eq!(rec["state"], "allocated");
+    assert_eq!(rec["streamUrl"], format!("http://{}", a.api));
+    assert_eq!(rec["load"]["edges"], 1);
+    let hub = get(a.api, "/api/v1/hub").await;
+    assert_eq!((hub["state"].as_str(), hub["registry"].as_str()), (Some("allocated"), Some("available")));
+    assert_eq!(request(a.api, "GET", "/readyz", &[]).await.status, 200);
+
+    // A viewer of edge-1 on hub-b is told where the node is (relays come next).
+    let answer = request(b.api, "GET", "/api/v1/nodes/edge-1/streams/cam1/hls/index.m3u8", &[]).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("node_on_other_hub") && answer.body.contains("hub-a"), "{}", answer.body);
+
+    // kill -9: no goodbye; its lease expires.
+    a.proc.kill().await;
+    let took = until("hub-a's entries expire", Duration::from_secs(TTL_SECS + 3), || async {
+        let hubs = get(b.api, "/api/v1/hubs").await;
+        let nodes = get(b.api, "/api/v1/nodes").await;
+        hub_names(&hubs) == ["hub-b", "hub-c"] && node_hub(&nodes, "edge-1").is_none()
+    })
+    .await;
+    assert!(took <= Duration::from_secs(TTL_SECS + 1), "gone {took:?} after the kill; the TTL is {TTL_SECS} s");
+    println!("hub-a's entries were gone {:.2} s after kill -9 (lease TTL {TTL_SECS} s)", took.as_secs_f64());
+
+    // A hub that stops cleanly revokes its lease: its entries go at once.
+    let t0 = Instant::now();
+    c.proc.stop().await;
+    until("hub-c's entries go with its revoked lease", Duration::from_secs(TTL_SECS), || async {
+        hub_names(&get(b.api, "/api/v1/hubs").await) == ["hub-b"]
+    })
+    .await;
+    println!("hub-c's entries were gone {:.2} s after SIGTERM", t0.elapsed().as_secs_f64());
+    b.proc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_etcd_serves_what_it_has_refuses_what_needs_the_registry_and_reconciles() {
+    mediamesh_testkit::init_tracing();
+    let pki = TestPki::new();
+    let mut etcd = Etcd::start(pki.dir()).await;
+    let a = start_hub(&pki, &etcd, "hub-a").await;
+    let b = start_hub(&pki, &etcd, "hub-b").await;
+    let _edge = start_edge(&pki, "edge-1", &a).await;
+    until("hub-b sees edge-1", Duration::from_secs(10), || async {
+        node_hub(&get(b.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
+    })
+    .await;
+    let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", a.api);
+    let mut viewer = ViewerClient::connect(&url, &ConnectOptions::default()).await.unwrap();
+    read_frames(&mut viewer, 10).await;
+
+    etcd.stop().await;
+    let down = Instant::now();
+    until("hub-b notices", Duration::from_secs(TTL_SECS + 5), || async {
+        get(b.api, "/api/v1/hub").await["registry"] == "unavailable"
+    })
+    .await;
+    // What needs the registry is refused, naming why.
+    let answer = request(b.api, "GET", "/api/v1/nodes/edge-1/streams/cam1/hls/index.m3u8", &[]).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("registry_unavailable") && answer.body.contains("etcd"), "{}", answer.body);
+    let hubs = get(b.api, "/api/v1/hubs").await;
+    assert_eq!(hubs["registry"], "unavailable");
+    assert!(hubs["error"].as_str().is_some_and(|e| !e.is_empty()));
+    // What hub-a serves goes on: 10 s of frames without a break.
+    let mut frames = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(2), viewer.next()).await {
+            Ok(Ok(Some(ViewerItem::Frame(_)))) => frames += 1,
+            Ok(Ok(Some(ViewerItem::End(e)))) => panic!("the viewer was ended: {e:?}"),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the viewer stalled without etcd: {other:?}"),
+        }
+    }
+    assert!(frames >= 200, "{frames} frames in 10 s at 25 fps");
+
+    etcd.restart().await;
+    let took = until("both hubs register again", Duration::from_secs(15), || async {
+        let hubs = get(b.api, "/api/v1/hubs").await;
+        hubs["registry"] == "available"
+            && hub_names(&hubs) == ["hub-a", "hub-b"]
+            && node_hub(&get(b.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
+    })
+    .await;
+    println!("the cluster was whole again {:.2} s after etcd returned", took.as_secs_f64());
+    assert_eq!(get(a.api, "/api/v1/hub").await["registry"], "available");
+    read_frames(&mut viewer, 10).await;
+}
