@@ -392,6 +392,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The configuration `deploy/` ships in a ConfigMap, under `key`.
+    fn shipped(configmap: &str, key: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(configmap);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let map: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        map["data"][key].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn the_configurations_deploy_ships_load_with_the_pods_overrides() {
+        let dir = temp("deploy");
+        let vars = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let hub = write(&dir, "hub.yaml", &shipped("base/hub-config.yaml", "hub.yaml"));
+        let pod = vars(&[
+            ("MEDIAMESH_CLOUDDATASTREAM_HUBNAME", "mediamesh-hub-7d9c-x2x"),
+            ("MEDIAMESH_CLOUDDATASTREAM_CLUSTER_ADVERTISESTREAMURL", "http://10.1.2.3:10005"),
+            ("MEDIAMESH_CLOUDDATASTREAM_CLUSTER_ADVERTISETUNNELADDRESS", "10.1.2.3:10006"),
+            ("MEDIAMESH_CLOUDDATASTREAM_CLUSTER_ETCD", "[http://etcd.example.internal:2379]"),
+        ]);
+        let c = load_with::<HubConfig>(&hub, &pod, false).unwrap().unwrap().config;
+        assert_eq!(c.hub_name, "mediamesh-hub-7d9c-x2x");
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.etcd, ["http://etcd.example.internal:2379"]);
+        assert_eq!(cluster.advertise_stream_url.as_deref(), Some("http://10.1.2.3:10005"));
+        let edge = write(&dir, "edge.yaml", &shipped("overlays/kubeedge/edge-config.yaml", "edge.yaml"));
+        let node = vars(&[("MEDIAMESH_EDGEDATASTREAM_NODENAME", "edge-node-1")]);
+        let c = load_with::<EdgeConfig>(&edge, &node, false).unwrap().unwrap().config;
+        assert_eq!(c.node_name, "edge-node-1");
+    }
+
     #[test]
     fn environment_overrides_set_keys_and_errors_name_the_variable() {
         let dir = temp("env");
