@@ -27,6 +27,7 @@ fn dial_config(fx: &Fixture, files: &TlsFiles, claim: &str) -> DialConfig {
         write_deadline: Duration::from_secs(10),
         unsent_lowat: None,
         ca_file: files.ca.clone(),
+        fallbacks: vec![],
     }
 }
 

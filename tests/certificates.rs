@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mediamesh_testkit::process::{MeshProcess, free_port};
+use mediamesh_testkit::process::{MeshProcess, free_ports};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 
@@ -89,7 +89,7 @@ async fn a_hub_named_for_the_network_serves_two_sites_and_misfits_are_explained(
     let hub_key = certs_dir.join("hub.key");
     std::fs::set_permissions(&hub_key, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let hub_file = dir.join("hub.yaml");
     // Relative paths: resolved against hub.yaml's folder.
     std::fs::write(

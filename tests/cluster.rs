@@ -37,9 +37,11 @@ async fn start_hub(pki: &TestPki, etcd: &Etcd, name: &str) -> HubProc {
     HubProc { name: name.into(), proc, api: SocketAddr::from(([127, 0, 0, 1], stream)), tunnel }
 }
 
-async fn start_edge(pki: &TestPki, node: &str, hub: &HubProc) -> MeshProcess {
+async fn start_edge(pki: &TestPki, node: &str, hub: &HubProc, fallbacks: &[&HubProc]) -> MeshProcess {
     let file = pki.dir().join(format!("{node}.yaml"));
-    std::fs::write(&file, edge_yaml(pki, node, &format!("127.0.0.1:{}", hub.tunnel), "")).unwrap();
+    let list: Vec<String> = fallbacks.iter().map(|h| format!("\"127.0.0.1:{}\"", h.tunnel)).collect();
+    let extra = format!("  fallbackServers: [{}]\n", list.join(", "));
+    std::fs::write(&file, edge_yaml(pki, node, &format!("127.0.0.1:{}", hub.tunnel), &extra)).unwrap();
     let args = ["edge", "-c", file.to_str().unwrap()];
     MeshProcess::spawn(&[], Path::new(BIN), &args, pki.dir(), node, None).await.0
 }
@@ -80,7 +82,7 @@ async fn every_hub_sees_the_cluster_and_a_killed_hub_expires_with_its_lease() {
     let a = start_hub(&pki, &etcd, "hub-a").await;
     let b = start_hub(&pki, &etcd, "hub-b").await;
     let c = start_hub(&pki, &etcd, "hub-c").await;
-    let _edge = start_edge(&pki, "edge-1", &a).await;
+    let _edge = start_edge(&pki, "edge-1", &a, &[&b]).await;
 
     for h in [&a, &b, &c] {
         until(&format!("{} sees three hubs", h.name), Duration::from_secs(10), || async {
@@ -107,16 +109,38 @@ async fn every_hub_sees_the_cluster_and_a_killed_hub_expires_with_its_lease() {
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.body.contains("node_on_other_hub") && answer.body.contains("hub-a"), "{}", answer.body);
 
-    // kill -9: no goodbye; its lease expires.
+    // kill -9: no goodbye; its lease expires, and its edge redials the next hub of its list.
+    let killed = Instant::now();
     a.proc.kill().await;
-    let took = until("hub-a's entries expire", Duration::from_secs(TTL_SECS + 3), || async {
+    let expired = until("hub-a's entries expire", Duration::from_secs(TTL_SECS + 3), || async {
         let hubs = get(b.api, "/api/v1/hubs").await;
         let nodes = get(b.api, "/api/v1/nodes").await;
-        hub_names(&hubs) == ["hub-b", "hub-c"] && node_hub(&nodes, "edge-1").is_none()
-    })
-    .await;
+        hub_names(&hubs) == ["hub-b", "hub-c"] && node_hub(&nodes, "edge-1").as_deref() != Some("hub-a")
+    });
+    // Meanwhile the edge is on hub-b, and a viewer there gets video.
+    let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", b.api);
+    let video = async {
+        loop {
+            if let Ok(mut v) = ViewerClient::connect(&url, &ConnectOptions::default()).await
+                && let Ok(Ok(Some(ViewerItem::Frame(_) | ViewerItem::Header(_)))) =
+                    tokio::time::timeout(Duration::from_secs(2), v.next()).await
+            {
+                let at = killed.elapsed();
+                read_frames(&mut v, 10).await;
+                break at;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(15), "no video on hub-b after hub-a died");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (took, video) = tokio::join!(expired, video);
     assert!(took <= Duration::from_secs(TTL_SECS + 1), "gone {took:?} after the kill; the TTL is {TTL_SECS} s");
     println!("hub-a's entries were gone {:.2} s after kill -9 (lease TTL {TTL_SECS} s)", took.as_secs_f64());
+    println!("edge-1's video was on hub-b {:.2} s after hub-a was killed", video.as_secs_f64());
+    until("every hub sees edge-1 on hub-b", Duration::from_secs(5), || async {
+        node_hub(&get(c.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-b")
+    })
+    .await;
 
     // A hub that stops cleanly revokes its lease: its entries go at once.
     let t0 = Instant::now();
@@ -136,7 +160,7 @@ async fn a_hub_without_etcd_serves_what_it_has_refuses_what_needs_the_registry_a
     let mut etcd = Etcd::start(pki.dir()).await;
     let a = start_hub(&pki, &etcd, "hub-a").await;
     let b = start_hub(&pki, &etcd, "hub-b").await;
-    let _edge = start_edge(&pki, "edge-1", &a).await;
+    let _edge = start_edge(&pki, "edge-1", &a, &[]).await;
     until("hub-b sees edge-1", Duration::from_secs(10), || async {
         node_hub(&get(b.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
     })

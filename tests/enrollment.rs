@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
 use mediamesh_testkit::TestPki;
-use mediamesh_testkit::process::{MeshProcess, free_port, hub_yaml};
+use mediamesh_testkit::process::{MeshProcess, free_ports, hub_yaml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 
@@ -26,7 +26,7 @@ struct Hub {
 impl Hub {
     async fn start(ttl: u32) -> Self {
         let pki = TestPki::new();
-        let (tunnel, stream) = (free_port(), free_port());
+        let [tunnel, stream] = free_ports();
         let ca_key = pki.main.ca_cert.with_file_name("ca.key");
         let extra = format!(
             "  stateDir: {}\n  enrollment: {{caKeyFile: {}, certificateTtl: {ttl}}}\n  gracePeriod: 2\n",
@@ -257,6 +257,7 @@ async fn an_enrolled_certificate_cannot_publish_as_another_node() {
         write_deadline: Duration::from_secs(10),
         unsent_lowat: None,
         ca_file: files.ca.clone(),
+        fallbacks: vec![],
     };
     let err = dial(&cfg, Channel::Control { instance: 7, catalog: vec![], running: vec![] }).await.unwrap_err();
     let DialError::Refused { code, message } = &err else { panic!("expected a refusal, got {err}") };

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
-use mediamesh_testkit::process::{MeshProcess, edge_yaml, free_port, hub_yaml};
+use mediamesh_testkit::process::{MeshProcess, edge_yaml, free_ports, hub_yaml};
 use mediamesh_testkit::{TestPki, read_frames};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
@@ -34,7 +34,7 @@ async fn first_frame(url: &str, deadline: Instant) -> Instant {
 async fn a_restarted_hub_gets_its_edges_back_and_serves_video_within_5_s() {
     mediamesh_testkit::init_tracing();
     let pki = TestPki::new();
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let hub_file = pki.dir().join("hub.yaml");
     std::fs::write(&hub_file, hub_yaml(&pki, "127.0.0.1", tunnel, stream, "")).unwrap();
     let edge_file = pki.dir().join("edge.yaml");
@@ -82,7 +82,7 @@ async fn the_page_plays_on_through_a_hub_restart() {
     use mediamesh_testkit::browser::Browser;
 
     let pki = TestPki::new();
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let hub_file = pki.dir().join("hub.yaml");
     std::fs::write(&hub_file, hub_yaml(&pki, "127.0.0.1", tunnel, stream, "")).unwrap();
     let edge_file = pki.dir().join("edge.yaml");

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mediamesh_testkit::TestPki;
-use mediamesh_testkit::process::{free_port, hub_yaml};
+use mediamesh_testkit::process::{free_ports, hub_yaml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 
@@ -56,7 +56,8 @@ fn the_hub_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let file = pki.dir().join("hub.yaml");
-    std::fs::write(&file, hub_yaml(&pki, "127.0.0.1", free_port(), free_port(), "")).unwrap();
+    let [tunnel, stream] = free_ports();
+    std::fs::write(&file, hub_yaml(&pki, "127.0.0.1", tunnel, stream, "")).unwrap();
     let mut hub = Command::new(BIN)
         .args(["hub", "-c"])
         .arg(&file)

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
-use mediamesh_testkit::process::{MeshProcess, free_port};
+use mediamesh_testkit::process::{MeshProcess, free_ports};
 use mediamesh_tls::TlsFiles;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -117,7 +117,7 @@ async fn sighup_reloads_certificates_limits_and_the_catalog() {
         cert: dir.join("certs/edge-edge-1.pem"),
         key: dir.join("certs/edge-edge-1.key"),
     };
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let hub_yaml = |linger: &str| {
         format!(
             "cloudDataStream:\n  listenAddress: 127.0.0.1\n  tunnelPort: {tunnel}\n  streamPort: {stream}\n  \

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
 use mediamesh_testkit::TestPki;
-use mediamesh_testkit::process::{MeshProcess, free_port, hub_yaml};
+use mediamesh_testkit::process::{MeshProcess, free_port, free_ports, hub_yaml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 /// A password with the characters that end a URL's parts.
@@ -22,7 +22,7 @@ async fn no_password_in_any_log_line_or_answer() {
     mediamesh_testkit::require::ffmpeg();
     let pki = TestPki::new();
     let closed = free_port();
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let hub_file = pki.dir().join("hub.yaml");
     std::fs::write(&hub_file, hub_yaml(&pki, "127.0.0.1", tunnel, stream, "  startTimeout: 3s\n")).unwrap();
     let f = pki.edge("edge-1");
@@ -97,7 +97,7 @@ async fn no_viewer_credential_in_any_log_line_answer_or_metric() {
     use mediamesh_auth::{Permission, Secret};
     mediamesh_testkit::require::ffmpeg();
     let pki = TestPki::new();
-    let (tunnel, stream) = (free_port(), free_port());
+    let [tunnel, stream] = free_ports();
     let (minter, public_pem, private_pem) = mediamesh_auth::jwt::ed25519_pair().unwrap();
     let key_file = pki.dir().join("jwt.pub.pem");
     std::fs::write(&key_file, &public_pem).unwrap();

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::EdgeCtx;
 use crate::agent::{Agent, Input, Output, StopReason};
-use crate::dial::{EdgeLink, connect};
+use crate::dial::{Aim, EdgeLink, connect};
 use crate::stats::EdgeStats;
 use crate::uplink::{self, UplinkEnd};
 
@@ -116,7 +116,9 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
         let channel = Channel::Control { instance: ctx.instance, catalog: agent.catalog(), running: agent.announce() };
         let attempt = {
             let last_error = Some(&ctx.stats.last_dial_error);
-            let dialling = connect(&ctx.dial, &channel, &mut backoff, &ctx.link_up, "control", |_| false, last_error);
+            let aim = Aim::Rotate(&ctx.hub_address);
+            let dialling =
+                connect(&ctx.dial, aim, &channel, &mut backoff, &ctx.link_up, "control", |_| false, last_error);
             tokio::pin!(dialling);
             loop {
                 tokio::select! {
@@ -141,7 +143,13 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
                 EdgeStats::inc(&ctx.stats.control_connects);
                 ctx.stats.connected.store(true, Relaxed);
                 let running = agent.running();
-                info!(hub = %welcome.hub, server = %ctx.dial.get().server, running, "connected to the hub");
+                let server = ctx
+                    .hub_address
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default();
+                info!(hub = %welcome.hub, %server, running, "connected to the hub");
                 let reason = serve(&ctx, link, &mut agent, &mut tasks, &mut done_rx, &mut reloaded, &shutdown).await;
                 agent.handle_input(Instant::now(), Input::Disconnected);
                 ctx.stats.connected.store(false, Relaxed);

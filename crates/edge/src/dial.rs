@@ -49,6 +49,42 @@ pub struct DialConfig {
     pub unsent_lowat: Option<u32>,
     /// The CA file that verifies the hub, for messages.
     pub ca_file: std::path::PathBuf,
+    /// More hubs, tried in turn after `server`: `host:port` and the name each certificate must
+    /// carry.
+    pub fallbacks: Vec<(String, ServerName<'static>)>,
+}
+
+impl DialConfig {
+    /// This configuration aimed at the `n`th hub of `server` and the fallbacks, in turn.
+    pub fn target(&self, n: usize) -> Self {
+        match n % (1 + self.fallbacks.len()) {
+            0 => self.clone(),
+            i => {
+                let (server, name) = self.fallbacks[i - 1].clone();
+                Self { server, server_name: name, ..self.clone() }
+            }
+        }
+    }
+
+    /// This configuration aimed at `address`, one of its hubs.
+    fn at(&self, address: &str) -> Self {
+        let found = self.fallbacks.iter().find(|(a, _)| a == address);
+        match found {
+            Some((server, name)) => Self { server: server.clone(), server_name: name.clone(), ..self.clone() },
+            None => self.clone(),
+        }
+    }
+}
+
+/// Which hub a connection dials.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Aim<'a> {
+    /// `server`, then each fallback in turn; the address that answers is recorded here (the
+    /// control channel).
+    Rotate(&'a std::sync::Mutex<Option<String>>),
+    /// The hub recorded there, if any, else as [`Aim::Rotate`] without recording (data tunnels:
+    /// their session lives on the hub of the control channel).
+    Follow(&'a std::sync::Mutex<Option<String>>),
 }
 
 impl std::fmt::Debug for DialConfig {
@@ -219,8 +255,10 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(30);
 /// Connects for `channel`, redialling on the `backoff` schedule (and at once when another
 /// connection of this edge gets through) until an attempt succeeds, or fails in a way
 /// `is_final` says retrying cannot fix. `what` names the connection in logs.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of one redial loop
 pub(crate) async fn connect(
     dial: &mediamesh_tunnel::settings::Live<DialConfig>,
+    aim: Aim<'_>,
     channel: &Channel,
     backoff: &mut Backoff,
     link_up: &watch::Sender<u64>,
@@ -239,13 +277,23 @@ pub(crate) async fn connect(
     let mut attempts = FuturesUnordered::new();
     let mut next = tokio::time::Instant::now();
     let mut failures = 0u32;
+    let mut tried = 0usize;
     let mut last_error = String::new();
     loop {
         let result = tokio::select! {
             () = tokio::time::sleep_until(next), if attempts.len() < MAX_IN_FLIGHT => {
                 // Each attempt takes the settings current when it starts (a reload may have
                 // brought new certificates or another address).
-                let cfg = dial.get();
+                let all = dial.get();
+                let followed = match aim {
+                    Aim::Follow(hub) => hub.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+                    Aim::Rotate(_) => None,
+                };
+                let cfg = match followed {
+                    Some(address) => all.at(&address),
+                    None => all.target(tried),
+                };
+                tried += 1;
                 attempts.push(async move { tcp_connect(&cfg).await.map(|tcp| (tcp, cfg)) });
                 next = tokio::time::Instant::now() + backoff.next_delay();
                 continue;
@@ -253,10 +301,14 @@ pub(crate) async fn connect(
             Some(r) = attempts.next() => match r {
                 Ok((tcp, cfg)) => {
                     attempts.clear();
-                    match tokio::time::timeout(cfg.handshake_timeout, establish(&cfg, tcp, channel.clone())).await {
+                    let r = match tokio::time::timeout(cfg.handshake_timeout, establish(&cfg, tcp, channel.clone())).await {
                         Ok(r) => r,
                         Err(_) => Err(DialError::Timeout(cfg.handshake_timeout)),
+                    };
+                    if let (Ok(_), Aim::Rotate(hub)) = (&r, aim) {
+                        *hub.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cfg.server.clone());
                     }
+                    r
                 }
                 Err(e) => Err(e),
             },

@@ -103,14 +103,30 @@ fn dial_config(
 ) -> dial::DialConfig {
     dial::DialConfig {
         server: config.server.clone(),
-        server_name,
+        server_name: server_name.clone(),
         tls,
         node,
         handshake_timeout: config.handshake_timeout.get(),
         write_deadline: config.write_deadline.get(),
         unsent_lowat: (config.uplink_unsent_bytes > 0).then_some(config.uplink_unsent_bytes),
         ca_file: config.tls_tunnel_ca_file.clone(),
+        fallbacks: config
+            .fallback_servers
+            .iter()
+            .map(|address| {
+                // serverName, when set, is every hub's name; else each address's own host.
+                let host = config.server_name.clone().unwrap_or_else(|| host_of(address).to_owned());
+                let name = ServerName::try_from(host).unwrap_or_else(|_| server_name.clone());
+                (address.clone(), name)
+            })
+            .collect(),
     }
+}
+
+/// The host part of `host:port` (without brackets for IPv6).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Checks a configuration as [`Edge::start`] would, without starting anything: its values, the
@@ -132,6 +148,9 @@ pub(crate) struct EdgeCtx {
     /// Queue bounds, shedding and heartbeat of every uplink.
     pub uplink: UplinkConfig,
     pub stats: Arc<EdgeStats>,
+    /// The hub address the control channel last connected to: data tunnels dial the same hub,
+    /// which holds their sessions.
+    pub hub_address: std::sync::Mutex<Option<String>>,
     /// Bumped whenever a connection to the hub succeeds: redialling connections try at once.
     pub link_up: tokio::sync::watch::Sender<u64>,
     /// This edge process, in control Hellos: random at start, so the hub tells this edge
@@ -203,6 +222,7 @@ impl Edge {
             },
             stats: stats.clone(),
             link_up: tokio::sync::watch::Sender::new(0),
+            hub_address: std::sync::Mutex::new(None),
             instance: random_u64(),
             starts: std::sync::Mutex::new(starts::Starts::new(starts::StartsConfig::default())),
         });

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::EdgeCtx;
 use crate::config::StreamConfig;
-use crate::dial::{DialError, EdgeLink, connect};
+use crate::dial::{Aim, DialError, EdgeLink, connect};
 use crate::source::{self, SourceItem, SourceOutput};
 use crate::stats::{SourceState, StreamStats};
 
@@ -136,8 +136,16 @@ impl<'a> Driver<'a> {
         let label = format!("data {}", self.stream);
         loop {
             let attempt = {
-                let dialling =
-                    connect(&self.ctx.dial, &channel, &mut backoff, &self.ctx.link_up, &label, is_final, None);
+                let dialling = connect(
+                    &self.ctx.dial,
+                    Aim::Follow(&self.ctx.hub_address),
+                    &channel,
+                    &mut backoff,
+                    &self.ctx.link_up,
+                    &label,
+                    is_final,
+                    None,
+                );
                 tokio::pin!(dialling);
                 loop {
                     tokio::select! {

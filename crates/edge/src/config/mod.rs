@@ -29,6 +29,10 @@ pub struct EdgeConfig {
     pub enable: bool,
     /// The hub's tunnel address, `host:port`.
     pub server: String,
+    /// More hubs' tunnel addresses, tried in turn after `server` when it cannot be reached.
+    /// Data tunnels always dial the hub the control channel is connected to.
+    #[serde(default)]
+    pub fallback_servers: Vec<String>,
     /// Name to verify in the hub's certificate; default: the host part of `server`.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -187,6 +191,7 @@ impl EdgeConfig {
         Self {
             enable: true,
             server,
+            fallback_servers: Vec::new(),
             server_name: None,
             handshake_timeout: default_handshake(),
             read_deadline: default_deadline(),
@@ -212,6 +217,7 @@ impl EdgeConfig {
     pub fn schema() -> serde_json::Value {
         let mut c = Self::new(String::new(), String::new(), PathBuf::new(), PathBuf::new(), PathBuf::new());
         c.server_name = Some(String::new());
+        c.fallback_servers = vec![String::new()];
         let rtsp = RtspConfig { username: Some(String::new()), password: Some(String::new()), ..RtspConfig::new("") };
         let stream = StreamDocument {
             description: Some(String::new()),
@@ -283,6 +289,11 @@ impl EdgeConfig {
         }
         if self.server_host().is_none() {
             return err("server", format!("{:?} is not host:port", self.server));
+        }
+        for s in &self.fallback_servers {
+            if !s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                return err("fallbackServers", format!("{s:?} is not host:port"));
+            }
         }
         if self.uplink_queue_frames < 2 {
             return err("uplinkQueueFrames", "must be at least 2".into());
