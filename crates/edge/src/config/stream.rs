@@ -86,10 +86,21 @@ pub struct StreamDocument {
     pub file: Option<FileConfig>,
 }
 
-impl TryFrom<StreamDocument> for StreamConfig {
-    type Error = String;
+/// Why a stream as written has no single source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SourceChoiceError {
+    /// None of the source keys.
+    #[error("a stream needs a source: testPattern, ffmpeg, rtsp or file")]
+    None,
+    /// More than one.
+    #[error("a stream has more than one source (testPattern, ffmpeg, rtsp, file); choose one")]
+    Several,
+}
 
-    fn try_from(d: StreamDocument) -> Result<Self, String> {
+impl TryFrom<StreamDocument> for StreamConfig {
+    type Error = SourceChoiceError;
+
+    fn try_from(d: StreamDocument) -> Result<Self, SourceChoiceError> {
         let mut sources = [
             d.test_pattern.map(SourceConfig::TestPattern),
             d.ffmpeg.map(SourceConfig::Ffmpeg),
@@ -99,11 +110,9 @@ impl TryFrom<StreamDocument> for StreamConfig {
         .into_iter()
         .flatten();
         match (sources.next(), sources.next()) {
-            (None, _) => Err("a stream needs a source: testPattern, ffmpeg, rtsp or file".into()),
+            (None, _) => Err(SourceChoiceError::None),
             (Some(source), None) => Ok(Self { description: d.description, source }),
-            (Some(_), Some(_)) => {
-                Err("a stream has more than one source (testPattern, ffmpeg, rtsp, file); choose one".into())
-            }
+            (Some(_), Some(_)) => Err(SourceChoiceError::Several),
         }
     }
 }
