@@ -13,6 +13,7 @@ use mediamesh_tunnel::liveness::Heartbeat;
 use mediamesh_tunnel::wire::{Channel, Message, SessionId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::EdgeCtx;
@@ -27,10 +28,12 @@ const UPLINK_STOP_GRACE: Duration = Duration::from_secs(5);
 /// An uplink's end, reported by its task: the session, which start of it, and how it ended.
 type Done = (SessionId, u64, UplinkEnd);
 
-/// The running uplink tasks, by session.
+/// The running uplink tasks: each session's start and cancel token, and the tracker that
+/// shutdown waits on.
 struct Tasks {
     ctx: Arc<EdgeCtx>,
-    running: HashMap<SessionId, (u64, CancellationToken, tokio::task::JoinHandle<()>)>,
+    running: HashMap<SessionId, (u64, CancellationToken)>,
+    tracker: TaskTracker,
     done_tx: mpsc::Sender<Done>,
 }
 
@@ -44,12 +47,12 @@ impl Tasks {
                     info!(%stream, session, "starting the stream");
                     let cancel = CancellationToken::new();
                     let (ctx, done_tx, task_cancel) = (self.ctx.clone(), self.done_tx.clone(), cancel.clone());
-                    let task = tokio::spawn(async move {
+                    self.tracker.spawn(async move {
                         let end = uplink::run(ctx, session, stream, config, task_cancel).await;
                         // The control loop may be gone (shutdown); then nobody needs the report.
                         let _ = done_tx.send((session, start, end)).await;
                     });
-                    self.running.insert(session, (start, cancel, task));
+                    self.running.insert(session, (start, cancel));
                 }
                 Output::Stop { session, why } => {
                     match why {
@@ -61,7 +64,7 @@ impl Tasks {
                         }
                         why => info!(session, ?why, "stopping the stream"),
                     }
-                    if let Some((_, cancel, _)) = self.running.remove(&session) {
+                    if let Some((_, cancel)) = self.running.remove(&session) {
                         cancel.cancel();
                     }
                 }
@@ -74,7 +77,7 @@ impl Tasks {
 
     /// An uplink task ended: tells the agent.
     fn ended(&mut self, agent: &mut Agent, (session, start, end): Done) {
-        if self.running.get(&session).is_some_and(|(s, _, _)| *s == start) {
+        if self.running.get(&session).is_some_and(|(s, _)| *s == start) {
             self.running.remove(&session);
         }
         match &end {
@@ -110,7 +113,7 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
     let seed = u64::from(std::process::id()) ^ crate::source::unix_micros();
     let mut backoff = Backoff::new(ctx.backoff, seed);
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
-    let mut tasks = Tasks { ctx: ctx.clone(), running: HashMap::new(), done_tx };
+    let mut tasks = Tasks { ctx: ctx.clone(), running: HashMap::new(), tracker: TaskTracker::new(), done_tx };
     let mut agent = Agent::new(Instant::now(), (*ctx.streams.get()).clone());
     while !shutdown.is_cancelled() {
         let channel = Channel::Control { instance: ctx.instance, catalog: agent.catalog(), running: agent.announce() };
@@ -164,15 +167,11 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
     // Stop every stream and wait for it: sources stopped, ffmpeg processes reaped. Nobody reads
     // the reports any more; dropping the receiver keeps their sends from waiting.
     drop(done_rx);
-    let handles: Vec<_> = tasks
-        .running
-        .drain()
-        .map(|(_, (_, cancel, task))| {
-            cancel.cancel();
-            task
-        })
-        .collect();
-    if tokio::time::timeout(UPLINK_STOP_GRACE, futures_util::future::join_all(handles)).await.is_err() {
+    for (_, (_, cancel)) in tasks.running.drain() {
+        cancel.cancel();
+    }
+    tasks.tracker.close();
+    if tokio::time::timeout(UPLINK_STOP_GRACE, tasks.tracker.wait()).await.is_err() {
         warn!("some streams did not stop within {UPLINK_STOP_GRACE:?}");
     }
 }
