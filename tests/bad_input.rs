@@ -60,6 +60,32 @@ async fn certificate_from_an_unknown_ca_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_hubs_certificate_opens_a_relay_and_it_opens_nothing_else() {
+    let fx = Fixture::builder().start().await;
+    let mut v = healthy_viewer(&fx).await;
+    // An edge asking for a stream as a relay: it would watch any camera without a viewer's
+    // credentials.
+    let relay = Channel::Relay { node: "edge-1".into(), stream: "cam1".into() };
+    let err = dial(&dial_config(&fx, fx.pki.edge("edge-2"), "edge-2"), relay.clone()).await.unwrap_err();
+    let DialError::Refused { code, message } = &err else { panic!("expected a refusal, got {err}") };
+    assert_eq!((*code, message.as_str()), (ErrorCode::Unauthorized, "only a hub's certificate may open a relay"));
+    // A hub's certificate (the test PKI's, which carries the hub mark) cannot pose as an edge.
+    let hub = TlsFiles { ca: fx.pki.main.ca_cert.clone(), ..fx.pki.main.hub.clone() };
+    let control = Channel::Control { instance: 7, catalog: vec![], running: vec![] };
+    let err = dial(&dial_config(&fx, &hub, "edge-1"), control).await.unwrap_err();
+    let DialError::Refused { code, message } = &err else { panic!("expected a refusal, got {err}") };
+    assert_eq!((*code, message.as_str()), (ErrorCode::Unauthorized, "a hub's certificate opens only relays"));
+    // It may open a relay; of a stream that is not here it is told so, and nothing else moves.
+    let relay = Channel::Relay { node: "edge-9".into(), stream: "cam1".into() };
+    let err = dial(&dial_config(&fx, &hub, "hub-b"), relay).await.unwrap_err();
+    let DialError::Refused { code, message } = &err else { panic!("expected a refusal, got {err}") };
+    assert_eq!(*code, ErrorCode::UnknownStream, "{message}");
+    assert!(message.contains("edge-9"), "{message}");
+    still_flowing(&mut v).await;
+    assert_eq!(fx.hub.registry().snapshot().len(), 1, "only the real edge is registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_cannot_claim_another_node() {
     let fx = Fixture::builder().start().await;
     let mut v = healthy_viewer(&fx).await;

@@ -104,11 +104,6 @@ async fn every_hub_sees_the_cluster_and_a_killed_hub_expires_with_its_lease() {
     assert_eq!((hub["state"].as_str(), hub["registry"].as_str()), (Some("allocated"), Some("available")));
     assert_eq!(request(a.api, "GET", "/readyz", &[]).await.status, 200);
 
-    // A viewer of edge-1 on hub-b is told where the node is (relays come next).
-    let answer = request(b.api, "GET", "/api/v1/nodes/edge-1/streams/cam1/hls/index.m3u8", &[]).await;
-    assert_eq!(answer.status, 503, "{}", answer.body);
-    assert!(answer.body.contains("node_on_other_hub") && answer.body.contains("hub-a"), "{}", answer.body);
-
     // kill -9: no goodbye; its lease expires, and its edge redials the next hub of its list.
     let killed = Instant::now();
     a.proc.kill().await;
@@ -195,14 +190,111 @@ async fn a_hub_without_etcd_serves_what_it_has_refuses_what_needs_the_registry_a
     assert!(frames >= 200, "{frames} frames in 10 s at 25 fps");
 
     etcd.restart().await;
+    // etcd restores leases with a fresh TTL on restart, so hub-b may list hub-a from its old
+    // lease before hub-a has reconnected: each hub's own status is what says it is back.
     let took = until("both hubs register again", Duration::from_secs(15), || async {
         let hubs = get(b.api, "/api/v1/hubs").await;
         hubs["registry"] == "available"
+            && get(a.api, "/api/v1/hub").await["registry"] == "available"
             && hub_names(&hubs) == ["hub-a", "hub-b"]
             && node_hub(&get(b.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
     })
     .await;
     println!("the cluster was whole again {:.2} s after etcd returned", took.as_secs_f64());
-    assert_eq!(get(a.api, "/api/v1/hub").await["registry"], "available");
     read_frames(&mut viewer, 10).await;
+}
+
+/// The stream's JSON at `hub`.
+async fn stream_at(hub: &HubProc) -> Value {
+    get(hub.api, "/api/v1/nodes/edge-1/streams/cam1").await
+}
+
+fn protocols(stream: &Value) -> Vec<String> {
+    let mut p: Vec<String> = stream["viewerDetails"]
+        .as_array()
+        .map(|v| v.iter().map(|d| d["protocol"].as_str().unwrap_or_default().to_owned()).collect())
+        .unwrap_or_default();
+    p.sort();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
+    mediamesh_testkit::init_tracing();
+    let pki = TestPki::new();
+    let etcd = Etcd::start(pki.dir()).await;
+    let a = start_hub(&pki, &etcd, "hub-a").await;
+    let b = start_hub(&pki, &etcd, "hub-b").await;
+    let c = start_hub(&pki, &etcd, "hub-c").await;
+    let _edge = start_edge(&pki, "edge-1", &a, &[]).await;
+    for h in [&b, &c] {
+        until(&format!("{} sees edge-1 on hub-a", h.name), Duration::from_secs(10), || async {
+            node_hub(&get(h.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
+        })
+        .await;
+    }
+
+    // One viewer where the edge is, two on hub-b, one WebSocket and one LL-HLS client on hub-c.
+    let ws = |hub: &HubProc| format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", hub.api);
+    let t0 = Instant::now();
+    let mut on_b = ViewerClient::connect(&ws(&b), &ConnectOptions::default()).await.unwrap();
+    let first = read_frames(&mut on_b, 1).await;
+    println!("first relayed frame on hub-b {:.2} s after the viewer connected", t0.elapsed().as_secs_f64());
+    assert!(first[0].flags.is_keyframe(), "a relayed stream starts at a keyframe");
+    let mut on_a = ViewerClient::connect(&ws(&a), &ConnectOptions::default()).await.unwrap();
+    let mut on_b2 = ViewerClient::connect(&ws(&b), &ConnectOptions::default()).await.unwrap();
+    let mut on_c = ViewerClient::connect(&ws(&c), &ConnectOptions::default()).await.unwrap();
+    let playlist = until("hub-c serves the LL-HLS playlist", Duration::from_secs(15), || async {
+        let p = request(c.api, "GET", "/api/v1/nodes/edge-1/streams/cam1/hls/video.m3u8", &[]).await;
+        p.status == 200 && p.body.contains("#EXT-X-PART:")
+    })
+    .await;
+    println!("hub-c's LL-HLS playlist had parts after {:.2} s", playlist.as_secs_f64());
+
+    // The same frames, with the edge's sequence numbers and capture times, everywhere.
+    let (fa, fb, fb2, fc) = tokio::join!(
+        read_frames(&mut on_a, 50),
+        read_frames(&mut on_b, 50),
+        read_frames(&mut on_b2, 50),
+        read_frames(&mut on_c, 50)
+    );
+    let capture: std::collections::HashMap<u64, u64> = fa.iter().map(|f| (f.seq, f.capture_us)).collect();
+    let mut shared = 0;
+    for f in fb.iter().chain(&fb2).chain(&fc) {
+        if let Some(at) = capture.get(&f.seq) {
+            assert_eq!(*at, f.capture_us, "frame {} keeps its capture time through the relay", f.seq);
+            shared += 1;
+        }
+    }
+    assert!(shared >= 50, "only {shared} relayed frames overlap hub-a's");
+    for w in fb.windows(2).chain(fc.windows(2)) {
+        assert!(w[1].seq > w[0].seq, "relayed frames stay in order");
+    }
+
+    // One relay per hub, one upstream from the edge.
+    let sa = stream_at(&a).await;
+    assert_eq!(sa["upstream"], "edge");
+    assert_eq!(sa["tunnelConnects"], 1, "{sa}");
+    assert_eq!(protocols(&sa), ["relay", "relay", "ws"], "{sa}");
+    for (hub, viewers) in [(&b, vec!["ws", "ws"]), (&c, vec!["hls", "ws"])] {
+        let s = stream_at(hub).await;
+        assert_eq!(s["upstream"], "relay", "{}: {s}", hub.name);
+        assert_eq!(s["tunnelConnects"], 1, "{}: {s}", hub.name);
+        let p = protocols(&s);
+        assert!(viewers.iter().all(|v| p.contains(&(*v).to_owned())), "{}: {p:?}", hub.name);
+    }
+    let sessions_on_a = get(a.api, "/api/v1/streams").await["streams"].as_array().unwrap().len();
+    assert_eq!(sessions_on_a, 1);
+
+    // hub-b's viewers leave: its session lingers out and its relay closes; hub-c's goes on.
+    drop((on_b, on_b2));
+    until("hub-b's relay closes at hub-a", Duration::from_secs(10), || async {
+        protocols(&stream_at(&a).await) == ["relay", "ws"]
+    })
+    .await;
+    read_frames(&mut on_c, 10).await;
+    assert_eq!(stream_at(&b).await["state"], "idle");
+    for h in [a, b, c] {
+        h.proc.stop().await;
+    }
 }

@@ -338,6 +338,8 @@ struct StreamJson {
     node: String,
     stream: String,
     session_id: Option<u64>,
+    /// Where its frames come from: `edge` (connected here) or `relay` (from another hub).
+    upstream: &'static str,
     state: &'static str,
     viewers: usize,
     codec: Option<String>,
@@ -423,6 +425,7 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
         node: s.key.node.clone(),
         stream: s.key.stream.clone(),
         session_id: Some(s.id),
+        upstream: s.source().kind(),
         state: s.phase().name(),
         viewers: viewer_details.len(),
         codec: video.as_ref().map(|v| v.codec_string.clone()),

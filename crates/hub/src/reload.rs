@@ -74,6 +74,7 @@ impl Derived {
                 write_deadline: config.write_deadline.get(),
                 grace: config.grace_period.get(),
                 hub_name: config.hub_name.clone(),
+                relay: tls.relay,
             },
             sessions: SessionConfig {
                 limits: ViewerLimits {

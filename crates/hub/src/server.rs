@@ -54,6 +54,8 @@ pub(crate) struct TlsConfigs {
     pub tunnel: Arc<rustls::ServerConfig>,
     /// The stream port's, if it speaks TLS.
     pub stream: Option<Arc<rustls::ServerConfig>>,
+    /// How this hub dials the other hubs of a cluster, if its certificate is a hub's.
+    pub relay: Option<crate::tunnel::RelayTls>,
 }
 
 impl TlsConfigs {
@@ -66,6 +68,7 @@ impl TlsConfigs {
             key: config.tls_tunnel_private_key_file.clone(),
         };
         let tunnel = mediamesh_tls::tunnel_server_config(&files, enrollment)?;
+        let relay = crate::tunnel::RelayTls::load(&files)?;
         if let Some(viewer_ca) = &config.tls_stream_ca_file {
             let prints = |p: &std::path::Path| -> Result<Vec<String>, HubError> {
                 Ok(mediamesh_tls::load_certs(p)?.iter().map(|c| mediamesh_tls::enroll::fingerprint(c)).collect())
@@ -87,7 +90,7 @@ impl TlsConfigs {
             }
             _ => None,
         };
-        Ok(Self { tunnel, stream })
+        Ok(Self { tunnel, stream, relay })
     }
 }
 
@@ -214,8 +217,26 @@ impl Hub {
             let tunnel = c.advertise_tunnel_address.clone().unwrap_or_else(|| loopback_if_any(tunnel_addr).to_string());
             Arc::new(Cluster::new(config.hub_name.clone(), c.clone(), stream_url, tunnel))
         });
+        let tunnel_settings = Arc::new(Live::new(derived.tunnel));
+        let relay = cluster.as_ref().map(|c| {
+            let relay = crate::cluster::relay::RelayUpstream::new(
+                c.clone(),
+                registry.clone(),
+                tunnel_settings.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            );
+            if tunnel_settings.get().relay.is_none() {
+                tracing::warn!(
+                    uri = mediamesh_tls::HUB_URI,
+                    "the tunnel certificate is not marked as a hub's: this hub serves relays to other hubs but \
+                     cannot open them, and sends viewers of other hubs' nodes there"
+                );
+            }
+            relay as Arc<dyn crate::session::upstream::Upstream>
+        });
         let sessions =
-            Sessions::new(derived.sessions, registry.clone(), cluster.clone(), shutdown.clone(), tasks.clone());
+            Sessions::new(derived.sessions, registry.clone(), cluster.clone(), relay, shutdown.clone(), tasks.clone());
         if let Some(c) = &cluster {
             let local = crate::cluster::etcd::Local::new(registry.clone(), sessions.clone());
             tasks.spawn(crate::cluster::etcd::run(c.clone(), local, shutdown.clone()));
@@ -223,7 +244,7 @@ impl Hub {
         let tunnel = Arc::new(TunnelCtx {
             sessions: sessions.clone(),
             registry: registry.clone(),
-            live: Live::new(derived.tunnel),
+            live: tunnel_settings,
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             next_conn: AtomicU64::new(1),

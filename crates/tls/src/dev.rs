@@ -63,11 +63,16 @@ impl DevCa {
         &self.pem
     }
 
-    /// A server certificate for the hub, valid for `names` (DNS names or IP addresses).
+    /// A certificate for the hub, valid for `names` (DNS names or IP addresses), marked as a
+    /// hub's ([`crate::HUB_URI`]) and usable as a client certificate too: the hubs of a cluster
+    /// dial each other with it.
     pub fn issue_hub(&self, names: &[String]) -> Result<PemPair, TlsError> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params.distinguished_name = dn(names.first().map_or("mediamesh-hub", String::as_str));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let uri = rcgen::string::Ia5String::try_from(crate::HUB_URI)
+            .map_err(|e| TlsError::NoIdentity(format!("hub URI {}: {e}", crate::HUB_URI)))?;
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
         self.issue(params)
     }
 

@@ -372,6 +372,27 @@ pub fn describe_certificate(der: &CertificateDer<'_>) -> (String, Vec<String>) {
     (cert.subject().to_string(), names)
 }
 
+/// The URI subject alternative name that marks a hub's certificate: hubs of a cluster dial
+/// each other's tunnel ports with it ([`is_hub_certificate`]).
+pub const HUB_URI: &str = "urn:mediamesh:hub";
+
+/// Whether a verified peer certificate chain is a hub's: its end-entity certificate carries the
+/// URI subject alternative name [`HUB_URI`], or one starting with it and `:` (a hub's name).
+/// Enrollment never issues such a certificate, so an edge cannot become a hub.
+pub fn is_hub_certificate(chain: &[CertificateDer<'_>]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Some(Ok((_, cert))) = chain.first().map(|c| x509_parser::parse_x509_certificate(c)) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|n| match n {
+        GeneralName::URI(uri) => uri.strip_prefix(HUB_URI).is_some_and(|rest| rest.is_empty() || rest.starts_with(':')),
+        _ => false,
+    })
+}
+
 /// The node name a verified peer certificate chain proves: the first DNS subject alternative
 /// name of its end-entity certificate. Wildcard names are refused.
 pub fn node_identity(chain: &[CertificateDer<'_>]) -> Result<String, TlsError> {

@@ -12,6 +12,26 @@ fn edge_certificate_names_its_node() {
 }
 
 #[test]
+fn only_a_hub_certificate_is_a_hubs() {
+    let ca = dev::DevCa::generate("test CA").unwrap();
+    let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let hub = der(&ca.issue_hub(&["localhost".into(), "127.0.0.1".into()]).unwrap().cert);
+    assert!(is_hub_certificate(std::slice::from_ref(&hub)));
+    // Its DNS name still names it, for the edges that dial it.
+    assert_eq!(node_identity(&[hub]).unwrap(), "localhost");
+    // An edge, even one named like a hub, is not one.
+    assert!(!is_hub_certificate(&[der(&ca.issue_edge("urn.mediamesh.hub").unwrap().cert)]));
+    assert!(!is_hub_certificate(&[]));
+    // Nor is a URI that only starts like the mark.
+    let mut params = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI("urn:mediamesh:hubx".try_into().unwrap()));
+    let key = rcgen::KeyPair::generate().unwrap();
+    assert!(!is_hub_certificate(&[params.self_signed(&key).unwrap().der().clone()]));
+    params.subject_alt_names.push(rcgen::SanType::URI("urn:mediamesh:hub:hub-a".try_into().unwrap()));
+    assert!(is_hub_certificate(&[params.self_signed(&key).unwrap().der().clone()]));
+}
+
+#[test]
 fn no_certificate_is_no_identity() {
     let e = node_identity(&[]).unwrap_err();
     assert!(e.to_string().contains("no certificate"), "{e}");

@@ -11,6 +11,7 @@
 pub mod etcd;
 pub mod publish;
 pub mod records;
+pub mod relay;
 pub mod view;
 
 use std::sync::{Mutex, MutexGuard};

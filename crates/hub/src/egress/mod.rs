@@ -7,6 +7,7 @@ pub mod hls;
 pub(crate) mod io;
 pub(crate) mod mailbox;
 pub mod mse;
+pub mod relay;
 pub(crate) mod rtsp;
 pub mod webrtc;
 pub mod ws;

@@ -296,6 +296,8 @@ pub struct Sessions {
     /// Read when a session is created; a reload replaces it for the sessions after.
     config: mediamesh_tunnel::settings::Live<SessionConfig>,
     edges: Arc<dyn Upstream>,
+    /// Streams of nodes connected to other hubs, in a cluster.
+    relay: Option<Arc<dyn Upstream>>,
     /// The cluster, which knows where the other hubs' nodes are.
     cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: CancellationToken,
@@ -310,6 +312,7 @@ impl Sessions {
         config: SessionConfig,
         registry: Arc<NodeRegistry>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        relay: Option<Arc<dyn Upstream>>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Self> {
@@ -322,6 +325,7 @@ impl Sessions {
             next_viewer: AtomicU64::new(1),
             config: mediamesh_tunnel::settings::Live::new(config),
             edges: Arc::new(EdgeUpstream::new(registry)),
+            relay,
             cluster,
             shutdown,
             tasks,
@@ -509,9 +513,13 @@ impl Sessions {
         }
     }
 
-    /// Where a new session of `key` gets its frames.
-    fn upstream_for(&self, _key: &StreamKey) -> Arc<dyn Upstream> {
-        self.edges.clone()
+    /// Where a new session of `key` gets its frames: the edge if its node is connected here,
+    /// else a relay from the hub it is connected to, if the cluster knows one.
+    fn upstream_for(&self, key: &StreamKey) -> Arc<dyn Upstream> {
+        match &self.relay {
+            Some(relay) if self.edges.check_stream(key).is_err() && relay.check_stream(key).is_ok() => relay.clone(),
+            _ => self.edges.clone(),
+        }
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {

@@ -2,9 +2,11 @@
 //!
 //! A session asks its [`Upstream`] for the stream when its lifecycle says so, and lets it go
 //! when the last viewer has lingered out. Frames then arrive through a data tunnel that
-//! attaches to the session by id ([`super::Sessions::attach`]), whoever opened it. Today the
-//! one kind is [`EdgeUpstream`], an edge connected to this hub (AddVideo and RemoveVideo on its
-//! control channel); a relay from another hub of a cluster plugs in beside it.
+//! attaches to the session by id ([`super::Sessions::attach`]), or from a relay that the
+//! upstream opened itself. One kind is [`EdgeUpstream`], an edge connected to this hub
+//! (AddVideo and RemoveVideo on its control channel); the other is
+//! [`crate::cluster::relay::RelayUpstream`], a stream of a node connected to another hub of the
+//! cluster.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ pub trait Upstream: fmt::Debug + Send + Sync {
 
     /// Asks for the session's stream; its frames will come through a data tunnel naming the
     /// session's id.
-    fn start(&self, session: &Session) -> Result<(), StartError>;
+    fn start(&self, session: &Arc<Session>) -> Result<(), StartError>;
 
     /// The session no longer wants the stream. Best effort: the data tunnel is cancelled by
     /// the session either way.
@@ -63,7 +65,7 @@ impl Upstream for EdgeUpstream {
         self.registry.check_stream(&key.node, &key.stream)
     }
 
-    fn start(&self, session: &Session) -> Result<(), StartError> {
+    fn start(&self, session: &Arc<Session>) -> Result<(), StartError> {
         let cmd = NodeCommand::AddVideo { session: session.id, stream: session.key.stream.clone() };
         match self.registry.send(&session.key.node, cmd) {
             Ok(()) => Ok(()),

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mediamesh_tunnel::liveness::Heartbeat;
+use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatConfig};
+use mediamesh_tunnel::transport::Link;
 use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::{TunnelCtx, TunnelLink, TunnelSettings, unix_micros};
@@ -25,12 +27,13 @@ const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(20);
 /// And at least this often while anything changed.
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(250);
 
-enum End {
+/// How a tunnel that delivered a session's frames ended.
+pub(crate) enum End {
     /// The hub closed it (stream removed, replaced, shutdown): nothing to report.
     Cancelled,
-    /// The link broke; the edge may come back.
+    /// The link broke; the sender may come back.
     Lost(String),
-    /// The source ended, or the edge broke the protocol: the session ends.
+    /// The source ended, or the sender broke the protocol: the session ends.
     Ended(String),
 }
 
@@ -76,7 +79,7 @@ pub(super) async fn run(
     session.log.begin_epoch();
     info!(stream = %session.key, "data tunnel attached");
 
-    let end = match receive(&settings, &mut link, &session, &cancel).await {
+    let end = match ingest(settings.heartbeat, &mut link, &session, &cancel, "edge").await {
         // The hub stopped the stream (RemoveVideo) and the edge closed the tunnel before this
         // task saw the cancellation: that close is the stop's answer, not a loss.
         End::Lost(_) if cancel.is_cancelled() || session.log.is_closed() => End::Cancelled,
@@ -111,15 +114,15 @@ pub(super) async fn run(
 
 /// Reports the end of data tunnel `id` to its session when dropped, unless the hub itself
 /// closed it or a newer tunnel replaced it.
-struct UpstreamGuard {
-    session: Arc<Session>,
-    id: u64,
-    event: Option<SessionEvent>,
+pub(crate) struct UpstreamGuard {
+    pub session: Arc<Session>,
+    pub id: u64,
+    pub event: Option<SessionEvent>,
 }
 
 impl UpstreamGuard {
     /// Reports the end, waiting for room in the session's event queue.
-    async fn finish(mut self) {
+    pub async fn finish(mut self) {
         if let Some(event) = self.event.take()
             && self.session.release_upstream(self.id)
         {
@@ -139,13 +142,17 @@ impl Drop for UpstreamGuard {
     }
 }
 
-async fn receive(
-    settings: &TunnelSettings,
-    link: &mut TunnelLink,
+/// Moves a session's header and frames from `link` (an edge's data tunnel, or a relay from
+/// another hub: `peer` says which, for the reasons) into its log, with feedback and heartbeats,
+/// until the link ends or `cancel` fires.
+pub(crate) async fn ingest<S: AsyncRead + AsyncWrite + Unpin>(
+    heartbeat: HeartbeatConfig,
+    link: &mut Link<S>,
     session: &Session,
     cancel: &tokio_util::sync::CancellationToken,
+    peer: &str,
 ) -> End {
-    let mut hb = Heartbeat::new(Instant::now(), settings.heartbeat);
+    let mut hb = Heartbeat::new(Instant::now(), heartbeat);
     let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = Feedback { last_seq: 0, frames: 0, bytes: 0 };
@@ -162,11 +169,11 @@ async fn receive(
                 let now = Instant::now();
                 let msg = match msg {
                     Ok(Some(m)) => m,
-                    Ok(None) => return End::Lost("the edge closed the data tunnel".into()),
+                    Ok(None) => return End::Lost(format!("the {peer} closed the connection")),
                     Err(LinkError::Decode(d)) => {
-                        warn!(stream = %session.key, error = %d, "data tunnel: bad message");
+                        warn!(stream = %session.key, %peer, error = %d, "bad message on a stream's tunnel");
                         send_error(link, d.code(), d.to_string()).await;
-                        return End::Ended(format!("bad message from the edge: {d}"));
+                        return End::Ended(format!("bad message from the {peer}: {d}"));
                     }
                     Err(e) => return End::Lost(e.to_string()),
                 };
@@ -227,11 +234,11 @@ async fn receive(
                         }
                         debug!(stream = %session.key, "stream header");
                     }
-                    Message::EndOfStream { reason } => return End::Ended(format!("the edge ended the stream: {reason}")),
-                    Message::GoAway { reason } => return End::Lost(format!("the edge closed the tunnel: {reason}")),
-                    Message::Error(e) => return End::Ended(format!("edge error ({}): {}", e.code, e.message)),
+                    Message::EndOfStream { reason } => return End::Ended(format!("the {peer} ended the stream: {reason}")),
+                    Message::GoAway { reason } => return End::Lost(format!("the {peer} closed the tunnel: {reason}")),
+                    Message::Error(e) => return End::Ended(format!("{peer} error ({}): {}", e.code, e.message)),
                     other => {
-                        let msg = format!("{} is not allowed on a data tunnel", other.name());
+                        let msg = format!("{} is not allowed on a stream's tunnel", other.name());
                         send_error(link, ErrorCode::Protocol, msg.clone()).await;
                         return End::Ended(msg);
                     }
@@ -247,7 +254,7 @@ async fn receive(
                 }
             }
             () = tokio::time::sleep_until(hb.next_deadline().into()) => {
-                if let Err(reason) = link.heartbeat(&mut hb, "edge").await {
+                if let Err(reason) = link.heartbeat(&mut hb, peer).await {
                     return End::Lost(reason);
                 }
             }
@@ -256,7 +263,7 @@ async fn receive(
     }
 }
 
-async fn send_error(link: &mut TunnelLink, code: ErrorCode, message: String) {
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(link: &mut Link<S>, code: ErrorCode, message: String) {
     let msg = Message::Error(mediamesh_tunnel::wire::ErrorMsg { code, session: 0, message });
     let _ = link.send(&msg).await;
 }

@@ -7,7 +7,7 @@
 //! closes that connection only, with an Error message when the peer got far enough to read one.
 
 mod control;
-mod data;
+pub(crate) mod data;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -42,7 +42,7 @@ pub(crate) struct TunnelCtx {
     pub sessions: Arc<Sessions>,
     pub registry: Arc<NodeRegistry>,
     /// What a reload changes; each connection takes the settings current when it arrives.
-    pub live: Live<TunnelSettings>,
+    pub live: Arc<Live<TunnelSettings>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub next_conn: AtomicU64,
@@ -62,6 +62,33 @@ pub(crate) struct TunnelSettings {
     /// How long sessions wait for an edge that went away (announced in Welcome).
     pub grace: Duration,
     pub hub_name: String,
+    /// How to dial other hubs (relays), if this hub's certificate is a hub's.
+    pub relay: Option<RelayTls>,
+}
+
+/// How this hub dials the tunnel ports of other hubs of its cluster: with its own tunnel
+/// certificate, verifying theirs against the tunnel CA for the first DNS name of its own (the
+/// hubs of a cluster share their names) and for the hub mark ([`mediamesh_tls::HUB_URI`]).
+#[derive(Clone)]
+pub(crate) struct RelayTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl RelayTls {
+    /// From the hub's tunnel files; `None` if its certificate is not marked as a hub's (it can
+    /// then serve relays to other hubs but not open them, and says so).
+    pub(crate) fn load(files: &mediamesh_tls::TlsFiles) -> Result<Option<Self>, mediamesh_tls::TlsError> {
+        let chain = mediamesh_tls::load_certs(&files.cert)?;
+        if !mediamesh_tls::is_hub_certificate(&chain) {
+            return Ok(None);
+        }
+        let name = mediamesh_tls::node_identity(&chain)?;
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| mediamesh_tls::TlsError::NoIdentity(format!("hub certificate name {name:?}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(mediamesh_tls::tunnel_client_config(files)?);
+        Ok(Some(Self { connector, server_name }))
+    }
 }
 
 impl std::fmt::Debug for TunnelSettings {
@@ -71,7 +98,7 @@ impl std::fmt::Debug for TunnelSettings {
 }
 
 impl TunnelSettings {
-    fn welcome(&self) -> Message {
+    pub(crate) fn welcome(&self) -> Message {
         Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             hub: self.hub_name.clone(),
@@ -101,8 +128,8 @@ async fn handle(ctx: Arc<TunnelCtx>, gate: Arc<Gate>, tcp: TcpStream, remote: Re
     let settings = ctx.live.get();
     let deadline = Instant::now() + settings.handshake_timeout;
     let handshake = tokio::time::timeout_at(deadline.into(), establish(&settings, &ctx.revocations, tcp));
-    let (link, node) = match handshake.await {
-        Ok(Ok(Established::Tunnel(link, node))) => (link, node),
+    let (link, peer) = match handshake.await {
+        Ok(Ok(Established::Tunnel(link, peer))) => (link, peer),
         Ok(Ok(Established::Enroll(tls, node))) => {
             let serve = crate::enroll::serve(tls, node, ctx.enrollment.clone(), ctx.revocations.clone());
             if tokio::time::timeout_at(deadline.into(), serve).await.is_err() {
@@ -135,23 +162,53 @@ async fn handle(ctx: Arc<TunnelCtx>, gate: Arc<Gate>, tcp: TcpStream, remote: Re
             return;
         }
     };
-    let hello = match tokio::time::timeout_at(deadline.into(), read_hello(link, &node)).await {
+    let hello = match tokio::time::timeout_at(deadline.into(), read_hello(link, &peer)).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
             gate.counters.missed(Deadline::Handshake);
-            warn!(%node, timeout_s = settings.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
+            warn!(%peer, timeout_s = settings.handshake_timeout.as_secs_f64(), "no Hello within the handshake timeout");
             return;
         }
     };
     let (link, hello) = hello;
-    match hello.channel {
-        Channel::Control { instance, catalog, running } => {
+    match (peer, hello.channel) {
+        (Peer::Node(node), Channel::Control { instance, catalog, running }) => {
             let hello = control::ControlHello { agent: hello.agent, instance, catalog, running };
             control::run(ctx, settings, link, node, hello, remote).instrument(info_span!("control")).await;
         }
-        Channel::Data { session, stream } => {
+        (Peer::Node(node), Channel::Data { session, stream }) => {
             data::run(ctx, settings, link, node, session, stream).instrument(info_span!("data", session)).await;
+        }
+        (Peer::Hub, Channel::Relay { node, stream }) => {
+            let span = info_span!("relay", hub = %hello.node, %node, %stream);
+            crate::egress::relay::serve(ctx, settings, link, hello.node, remote, node, stream).instrument(span).await;
+        }
+        (Peer::Node(node), Channel::Relay { .. }) => {
+            warn!(%node, "tunnel refused: an edge asked for a relay");
+            link.fail(ErrorCode::Unauthorized, "only a hub's certificate may open a relay").await;
+        }
+        (Peer::Hub, _) => {
+            warn!(hub = %hello.node, "tunnel refused: a hub's certificate opened a control channel or data tunnel");
+            link.fail(ErrorCode::Unauthorized, "a hub's certificate opens only relays").await;
+        }
+    }
+}
+
+/// Who is at the other end of a tunnel connection, as its certificate proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Peer {
+    /// An edge: its certificate's node name.
+    Node(String),
+    /// Another hub of the cluster ([`mediamesh_tls::is_hub_certificate`]).
+    Hub,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Node(node) => f.write_str(node),
+            Peer::Hub => f.write_str("(a hub)"),
         }
     }
 }
@@ -169,8 +226,8 @@ enum Refusal {
 // allocation to every tunnel.
 #[allow(clippy::large_enum_variant)]
 enum Established {
-    /// A tunnel, upgraded, from the node its certificate proves.
-    Tunnel(TunnelLink, String),
+    /// A tunnel, upgraded, from the peer its certificate proves.
+    Tunnel(TunnelLink, Peer),
     /// An enrollment or renewal request (the enrollment ALPN protocol), with the node of the
     /// client certificate if one was presented.
     Enroll(TlsStream<TcpStream>, Option<String>),
@@ -199,12 +256,16 @@ async fn establish(ctx: &TunnelSettings, revocations: &Revocations, tcp: TcpStre
     if tls.get_ref().1.alpn_protocol() == Some(mediamesh_tls::enroll::ALPN_ENROLL) {
         return Ok(Established::Enroll(tls, identity.ok()));
     }
-    let node = identity.map_err(|e| Refusal::Other(e.to_string()))?;
+    let peer = if mediamesh_tls::is_hub_certificate(certs) {
+        Peer::Hub
+    } else {
+        Peer::Node(identity.map_err(|e| Refusal::Other(e.to_string()))?)
+    };
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(Tracked::new(tls), check_upgrade, Some(ws_config(&ctx.limits)))
             .await
-            .map_err(|e| Refusal::Other(format!("WebSocket upgrade from node {node:?} failed: {e}")))?;
-    Ok(Established::Tunnel(Link::new(ws, ctx.limits, ctx.write_deadline), node))
+            .map_err(|e| Refusal::Other(format!("WebSocket upgrade from {peer} failed: {e}")))?;
+    Ok(Established::Tunnel(Link::new(ws, ctx.limits, ctx.write_deadline), peer))
 }
 
 #[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
@@ -231,8 +292,10 @@ fn check_upgrade(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
     Ok(resp)
 }
 
-/// Reads and checks the Hello: version, and the claimed node against the certificate's.
-async fn read_hello(mut link: TunnelLink, node: &str) -> Option<(TunnelLink, Hello)> {
+/// Reads and checks the Hello: version, and the claimed node against the certificate's (a
+/// hub's Hello names the hub, which its certificate does not prove; it is for logs).
+async fn read_hello(mut link: TunnelLink, peer: &Peer) -> Option<(TunnelLink, Hello)> {
+    let node = peer.to_string();
     let hello = match link.recv().await {
         Ok(Some(Message::Hello(h))) => h,
         Ok(Some(other)) => {
@@ -260,7 +323,7 @@ async fn read_hello(mut link: TunnelLink, node: &str) -> Option<(TunnelLink, Hel
         link.fail(ErrorCode::UnsupportedVersion, msg).await;
         return None;
     }
-    if hello.node != node {
+    if matches!(peer, Peer::Node(n) if *n != hello.node) {
         let msg = format!("the certificate identifies node {node:?}, but the Hello claims {:?}", hello.node);
         warn!(%node, claimed = %hello.node, "tunnel refused: identity mismatch");
         link.fail(ErrorCode::Unauthorized, msg).await;

@@ -141,6 +141,7 @@ fn hello(r: &mut Reader) -> Result<Hello, DecodeError> {
             Channel::Control { instance, catalog, running }
         }
         2 => Channel::Data { session: r.u64("hello.session")?, stream: r.name("hello.stream")? },
+        3 => Channel::Relay { node: r.name("hello.node")?, stream: r.name("hello.stream")? },
         v => return Err(DecodeError::InvalidValue { field: "hello.channel", value: v.into() }),
     };
     Ok(Hello { min_version, max_version, node, agent, channel })

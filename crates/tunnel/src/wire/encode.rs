@@ -37,6 +37,11 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
                     out.put_u64(*session);
                     out.put_string(stream);
                 }
+                Channel::Relay { node, stream } => {
+                    out.put_u8(3);
+                    out.put_string(node);
+                    out.put_string(stream);
+                }
             }
         }
         Message::Welcome(w) => {

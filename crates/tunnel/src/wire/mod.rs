@@ -290,6 +290,16 @@ pub enum Channel {
         /// The stream's catalog name.
         stream: String,
     },
+    /// Hub to hub: the dialling hub wants one stream that the dialled hub has (its node is
+    /// connected there). The dialled hub answers Welcome, then sends StreamHeader and Frame
+    /// messages as an edge's data tunnel does, for as long as the link stays open. Only a
+    /// certificate that identifies a hub may open it.
+    Relay {
+        /// The node whose stream it is.
+        node: String,
+        /// The stream's catalog name.
+        stream: String,
+    },
 }
 
 /// One stream a node offers.

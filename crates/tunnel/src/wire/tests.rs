@@ -39,6 +39,13 @@ fn sample_messages() -> Vec<Message> {
             agent: String::new(),
             channel: Channel::Data { session: 42, stream: "cam1".into() },
         }),
+        Message::Hello(Hello {
+            min_version: 3,
+            max_version: 3,
+            node: "hub-b".into(),
+            agent: "mediamesh-hub/0.1.0".into(),
+            channel: Channel::Relay { node: "edge-1".into(), stream: "cam1".into() },
+        }),
         Message::Welcome(Welcome {
             version: 1,
             hub: "hub-a".into(),
@@ -257,6 +264,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
             node,
             agent: "a".into(),
             channel: Channel::Data { session, stream },
+        })),
+        (name(), name(), name()).prop_map(|(hub, node, stream)| Message::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            node: hub,
+            agent: "h".into(),
+            channel: Channel::Relay { node, stream },
         })),
         (any::<u16>(), text(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
             |(version, hub, heartbeat_ms, max_frame_bytes, grace_ms)| {
