@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mediamesh_hub::client::{ConnectOptions, ViewerClient, ViewerItem};
+use mediamesh_hub::egress::ws::format::ViewerFrame;
 use mediamesh_testkit::etcd::Etcd;
 use mediamesh_testkit::http::request;
 use mediamesh_testkit::process::{MeshProcess, edge_yaml, free_ports, hub_yaml};
@@ -253,20 +254,24 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
 
     // The same frames, with the edge's sequence numbers and capture times, everywhere.
     let (fa, fb, fb2, fc) = tokio::join!(
-        read_frames(&mut on_a, 50),
-        read_frames(&mut on_b, 50),
-        read_frames(&mut on_b2, 50),
-        read_frames(&mut on_c, 50)
+        read_frames(&mut on_a, 100),
+        read_frames(&mut on_b, 100),
+        read_frames(&mut on_b2, 100),
+        read_frames(&mut on_c, 100)
     );
-    let capture: std::collections::HashMap<u64, u64> = fa.iter().map(|f| (f.seq, f.capture_us)).collect();
-    let mut shared = 0;
+    let at_a: std::collections::HashMap<u64, &ViewerFrame> = fa.iter().map(|f| (f.seq, f)).collect();
+    // The relay hop: from hub-a receiving a frame to hub-b or hub-c receiving it (one clock).
+    let mut hops = Vec::new();
     for f in fb.iter().chain(&fb2).chain(&fc) {
-        if let Some(at) = capture.get(&f.seq) {
-            assert_eq!(*at, f.capture_us, "frame {} keeps its capture time through the relay", f.seq);
-            shared += 1;
+        if let Some(a) = at_a.get(&f.seq) {
+            assert_eq!(a.capture_us, f.capture_us, "frame {} keeps its capture time through the relay", f.seq);
+            hops.push(f.hub_us.saturating_sub(a.hub_us));
         }
     }
-    assert!(shared >= 50, "only {shared} relayed frames overlap hub-a's");
+    assert!(hops.len() >= 50, "only {} relayed frames overlap hub-a's", hops.len());
+    hops.sort_unstable();
+    let pct = |p: usize| hops[(hops.len() - 1) * p / 100] as f64 / 1e3;
+    println!("relay hop over {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", hops.len(), pct(50), pct(99), pct(100));
     for w in fb.windows(2).chain(fc.windows(2)) {
         assert!(w[1].seq > w[0].seq, "relayed frames stay in order");
     }
