@@ -227,7 +227,7 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     let a = start_hub(&pki, &etcd, "hub-a").await;
     let b = start_hub(&pki, &etcd, "hub-b").await;
     let c = start_hub(&pki, &etcd, "hub-c").await;
-    let _edge = start_edge(&pki, "edge-1", &a, &[]).await;
+    let _edge = start_edge(&pki, "edge-1", &a, &[&c]).await;
     for h in [&b, &c] {
         until(&format!("{} sees edge-1 on hub-a", h.name), Duration::from_secs(10), || async {
             node_hub(&get(h.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
@@ -271,7 +271,13 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     assert!(hops.len() >= 50, "only {} relayed frames overlap hub-a's", hops.len());
     hops.sort_unstable();
     let pct = |p: usize| hops[(hops.len() - 1) * p / 100] as f64 / 1e3;
-    println!("relay hop over {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", hops.len(), pct(50), pct(99), pct(100));
+    println!(
+        "relay hop over {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        hops.len(),
+        pct(50),
+        pct(99),
+        pct(100)
+    );
     for w in fb.windows(2).chain(fc.windows(2)) {
         assert!(w[1].seq > w[0].seq, "relayed frames stay in order");
     }
@@ -299,7 +305,23 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     .await;
     read_frames(&mut on_c, 10).await;
     assert_eq!(stream_at(&b).await["state"], "idle");
-    for h in [a, b, c] {
+
+    // hub-a dies; the edge falls back to hub-c, whose session asks it directly: hub-c's viewer
+    // goes on in the same connection.
+    a.proc.kill().await;
+    let resumed = until("hub-c's session gets the edge's new uplink", Duration::from_secs(15), || async {
+        stream_at(&c).await["tunnelConnects"] == 2
+    })
+    .await;
+    println!("hub-c's session had the edge's uplink {:.2} s after hub-a was killed", resumed.as_secs_f64());
+    // Whatever it buffered meanwhile, the viewer reads on to live frames without an end.
+    let frames = read_frames(&mut on_c, 75).await;
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let age = now_us.saturating_sub(frames.last().unwrap().capture_us);
+    assert!(age < 1_000_000, "hub-c's viewer is {age} µs behind after hub-a died");
+    let sc = stream_at(&c).await;
+    assert_eq!(sc["tunnelConnects"], 2, "{sc}");
+    for h in [b, c] {
         h.proc.stop().await;
     }
 }

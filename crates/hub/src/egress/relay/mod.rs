@@ -101,7 +101,14 @@ pub(crate) async fn serve(
         }
         viewer.account_sent(batch.len() as u64, pending);
         if let Some(reason) = status.ended {
-            tx.finish(&Message::EndOfStream { reason: reason.to_string() }, "stream ended").await;
+            // This hub going away does not end the stream: the other hub looks for the node
+            // again (it falls back to another hub) while its viewers wait.
+            let last = if ctx.shutdown.is_cancelled() {
+                Message::GoAway { reason: "hub shutting down".into() }
+            } else {
+                Message::EndOfStream { reason: reason.to_string() }
+            };
+            tx.finish(&last, "stream ended").await;
             break format!("stream ended: {reason}");
         }
         if status.skipped == 0 && (batch.is_empty() || !status.more) {
