@@ -21,6 +21,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 /// Short, so that the expiry test is quick.
 const TTL_SECS: u64 = 2;
 
+/// Short, so that draining hubs (SIGTERM) end their last viewers quickly.
+const DRAIN_SECS: u64 = 3;
+
 struct HubProc {
     name: String,
     proc: MeshProcess,
@@ -30,11 +33,22 @@ struct HubProc {
 
 async fn start_hub(pki: &TestPki, etcd: &Etcd, name: &str) -> HubProc {
     let [tunnel, stream] = free_ports();
-    let extra = format!("  hubName: {name}\n  cluster: {{etcd: [\"{}\"], leaseTtl: {TTL_SECS}}}\n", etcd.url);
+    let extra = format!(
+        "  hubName: {name}\n  cluster: {{etcd: [\"{}\"], leaseTtl: {TTL_SECS}, drainDeadline: {DRAIN_SECS}}}\n",
+        etcd.url
+    );
     let file = pki.dir().join(format!("{name}.yaml"));
     std::fs::write(&file, hub_yaml(pki, "127.0.0.1", tunnel, stream, &extra)).unwrap();
+    run_hub(pki, name, tunnel, stream).await
+}
+
+/// Runs hub `name` from its configuration file (written by [`start_hub`]).
+async fn run_hub(pki: &TestPki, name: &str, tunnel: u16, stream: u16) -> HubProc {
+    let file = pki.dir().join(format!("{name}.yaml"));
     let args = ["hub", "-c", file.to_str().unwrap()];
-    let (proc, _) = MeshProcess::spawn(&[], Path::new(BIN), &args, pki.dir(), name, Some("hub ready")).await;
+    let log =
+        format!("{name}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let (proc, _) = MeshProcess::spawn(&[], Path::new(BIN), &args, pki.dir(), &log, Some("hub ready")).await;
     HubProc { name: name.into(), proc, api: SocketAddr::from(([127, 0, 0, 1], stream)), tunnel }
 }
 
@@ -252,19 +266,19 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     .await;
     println!("hub-c's LL-HLS playlist had parts after {:.2} s", playlist.as_secs_f64());
 
-    // The same frames, with the edge's sequence numbers and capture times, everywhere.
+    // The same frames, with the edge's capture times, everywhere.
     let (fa, fb, fb2, fc) = tokio::join!(
         read_frames(&mut on_a, 100),
         read_frames(&mut on_b, 100),
         read_frames(&mut on_b2, 100),
         read_frames(&mut on_c, 100)
     );
-    let at_a: std::collections::HashMap<u64, &ViewerFrame> = fa.iter().map(|f| (f.seq, f)).collect();
+    let at_a: std::collections::HashMap<u64, &ViewerFrame> = fa.iter().map(|f| (f.capture_us, f)).collect();
     // The relay hop: from hub-a receiving a frame to hub-b or hub-c receiving it (one clock).
     let mut hops = Vec::new();
     for f in fb.iter().chain(&fb2).chain(&fc) {
-        if let Some(a) = at_a.get(&f.seq) {
-            assert_eq!(a.capture_us, f.capture_us, "frame {} keeps its capture time through the relay", f.seq);
+        if let Some(a) = at_a.get(&f.capture_us) {
+            assert_eq!((a.pts, a.payload.len()), (f.pts, f.payload.len()), "the same frame through the relay");
             hops.push(f.hub_us.saturating_sub(a.hub_us));
         }
     }
@@ -323,5 +337,171 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     assert_eq!(sc["tunnelConnects"], 2, "{sc}");
     for h in [b, c] {
         h.proc.stop().await;
+    }
+}
+
+/// A WebSocket viewer in a task of its own, recording the longest wait between two frames
+/// and how it ended.
+struct Watch {
+    hub: String,
+    state: std::sync::Arc<std::sync::Mutex<WatchState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    frames: u64,
+    last: Option<Instant>,
+    max_gap: Duration,
+    ended: Option<String>,
+}
+
+impl Watch {
+    async fn start(hub: &HubProc) -> Self {
+        let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", hub.api);
+        let mut v = ViewerClient::connect(&url, &ConnectOptions::default()).await.unwrap();
+        read_frames(&mut v, 5).await;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(WatchState::default()));
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let item = v.next().await;
+                let mut st = s.lock().unwrap();
+                match item {
+                    Ok(Some(ViewerItem::Frame(_))) => {
+                        let now = Instant::now();
+                        if let Some(last) = st.last {
+                            st.max_gap = st.max_gap.max(now - last);
+                        }
+                        st.last = Some(now);
+                        st.frames += 1;
+                    }
+                    Ok(Some(ViewerItem::End(reason))) => {
+                        st.ended = Some(reason);
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        st.ended = Some("closed without an end".into());
+                        return;
+                    }
+                    Err(e) => {
+                        st.ended = Some(format!("error: {e}"));
+                        return;
+                    }
+                }
+            }
+        });
+        Self { hub: hub.name.clone(), state, task }
+    }
+
+    /// Forgets the longest gap so far.
+    fn reset(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.max_gap = Duration::ZERO;
+    }
+
+    /// The longest gap since the last reset (counting the wait since the last frame), frames,
+    /// and how it ended.
+    fn report(&self) -> (Duration, u64, Option<String>) {
+        let st = self.state.lock().unwrap();
+        let since_last = st.last.map_or(Duration::ZERO, |l| l.elapsed());
+        (st.max_gap.max(since_last), st.frames, st.ended.clone())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
+    mediamesh_testkit::init_tracing();
+    let pki = TestPki::new();
+    let etcd = Etcd::start(pki.dir()).await;
+    let mut hubs = vec![
+        start_hub(&pki, &etcd, "hub-a").await,
+        start_hub(&pki, &etcd, "hub-b").await,
+        start_hub(&pki, &etcd, "hub-c").await,
+    ];
+    let _edge = start_edge(&pki, "edge-1", &hubs[0], &[&hubs[1], &hubs[2]]).await;
+    for h in &hubs {
+        until(&format!("{} sees edge-1", h.name), Duration::from_secs(10), || async {
+            node_hub(&get(h.api, "/api/v1/nodes").await, "edge-1").is_some()
+        })
+        .await;
+    }
+    let mut watches = Vec::new();
+    for h in &hubs {
+        watches.push(Watch::start(h).await);
+    }
+    for round in 0..hubs.len() {
+        let name = hubs[round].name.clone();
+        for w in &watches {
+            w.reset();
+        }
+        // SIGTERM: the hub drains.
+        let t0 = Instant::now();
+        hubs[round].proc.terminate();
+        until(&format!("{name} is a tombstone"), Duration::from_secs(5), || async {
+            request(hubs[round].api, "GET", "/readyz", &[]).await.status == 503
+        })
+        .await;
+        // Its viewer is ended cleanly at the deadline, and finds another hub.
+        let ended = until(&format!("{name}'s viewer is ended"), Duration::from_secs(DRAIN_SECS + 5), || async {
+            watches[round].report().2.is_some()
+        })
+        .await;
+        let reason = watches[round].report().2.unwrap();
+        assert!(!reason.starts_with("error") && !reason.starts_with("closed"), "{name}'s viewer: {reason}");
+        let other = &hubs[(round + 1) % hubs.len()];
+        let mut moved = ViewerClient::connect(
+            &format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", other.api),
+            &ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+        read_frames(&mut moved, 10).await;
+        assert!(hubs[round].proc.exited(Duration::from_secs(10)).await, "{name} did not exit after draining");
+        let gone = t0.elapsed();
+        // The viewers of the hubs that stay up were never cut, and waited under 1 s at most.
+        for (i, w) in watches.iter().enumerate().filter(|(i, _)| *i != round) {
+            let (gap, frames, end) = w.report();
+            println!(
+                "restart of {name}: viewer on {} saw its longest gap {:.0} ms ({frames} frames)",
+                w.hub,
+                gap.as_secs_f64() * 1e3
+            );
+            assert_eq!(end, None, "the viewer on {} was disconnected during the restart of {name}", hubs[i].name);
+            assert!(
+                gap < Duration::from_secs(1),
+                "the viewer on {} waited {gap:?} during the restart of {name}",
+                w.hub
+            );
+        }
+        println!(
+            "restart of {name}: its viewer ended after {:.2} s ({reason}); the hub exited after {:.2} s",
+            ended.as_secs_f64(),
+            gone.as_secs_f64()
+        );
+        // Back, on the same ports, and seen by the others.
+        let (tunnel, stream) = (hubs[round].tunnel, hubs[round].api.port());
+        hubs[round] = run_hub(&pki, &name, tunnel, stream).await;
+        for h in &hubs {
+            until(&format!("{} sees {name} again", h.name), Duration::from_secs(10), || async {
+                hub_names(&get(h.api, "/api/v1/hubs").await).contains(&name)
+            })
+            .await;
+        }
+        until(&format!("{name} sees edge-1"), Duration::from_secs(10), || async {
+            node_hub(&get(hubs[round].api, "/api/v1/nodes").await, "edge-1").is_some()
+        })
+        .await;
+        watches[round] = Watch::start(&hubs[round]).await;
+    }
+    for h in hubs {
+        h.proc.kill().await;
     }
 }

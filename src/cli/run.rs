@@ -70,9 +70,14 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
     loop {
         let why = tokio::select! {
             s = signals.next() => match s {
-                Signal::Stop => break,
+                Signal::Stop => {
+                    drain_on_stop(&hub, &mut signals).await;
+                    break;
+                }
                 Signal::Reload => "SIGHUP",
             },
+            // Drained through the API.
+            () = hub.drained() => break,
             _ = tick.tick() => match watched.changed() {
                 Some(_) => "a certificate or key file changed",
                 None => continue,
@@ -88,6 +93,19 @@ pub async fn hub(path: &Path) -> anyhow::Result<()> {
     info!("stopping");
     hub.stop(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// A hub of a cluster drains before it stops (docs/cluster.md); a second stop signal cuts the
+/// drain short. A hub alone stops at once.
+async fn drain_on_stop(hub: &mediamesh_hub::RunningHub, signals: &mut Signals) {
+    let Ok(deadline) = hub.drain(None) else { return };
+    notify("STATUS=draining");
+    info!(deadline_s = deadline.as_secs_f64(), "stop signal: draining (a second one stops at once)");
+    let second_stop = async { while signals.next().await != Signal::Stop {} };
+    tokio::select! {
+        () = hub.drained() => {}
+        () = second_stop => info!("second stop signal: stopping without waiting for the drain"),
+    }
 }
 
 pub async fn edge(path: &Path) -> anyhow::Result<()> {

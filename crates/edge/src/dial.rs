@@ -334,6 +334,10 @@ pub(crate) async fn connect(
                 failures += 1;
                 let msg = e.to_string();
                 remember(Some(msg.clone()));
+                // A draining hub sends its edges on: the next hub of the list at once.
+                if matches!(e, DialError::Refused { code: ErrorCode::Draining, .. }) {
+                    next = tokio::time::Instant::now();
+                }
                 if e.is_permanent() {
                     error!(connection = what, error = %msg, retry_in_s = PERMANENT_RETRY.as_secs(), "cannot connect to the hub");
                     next = next.max(tokio::time::Instant::now() + PERMANENT_RETRY);

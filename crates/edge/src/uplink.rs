@@ -12,15 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mediamesh_tunnel::backoff::Backoff;
-use mediamesh_tunnel::transport::LinkSender;
+use mediamesh_tunnel::transport::Writer;
 use mediamesh_tunnel::uplink::outbox::Outgoing;
 use mediamesh_tunnel::uplink::{Input, Output, TunnelEnd, Uplink};
 use mediamesh_tunnel::wire::{Channel, DropReason, ErrorCode, Message, SessionId, encoded};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -226,12 +222,8 @@ impl<'a> Driver<'a> {
     ) -> Pumped {
         link.set_limits(mediamesh_tunnel::wire::Limits { max_frame_bytes });
         let (tx, mut rx) = link.split();
-        // One message may wait for the writer; the rest wait in the uplink's queue, where they
-        // can still be dropped.
-        let (data_tx, data_rx) = mpsc::channel::<Bytes>(1);
-        let (ctrl_tx, ctrl_rx) = mpsc::channel::<Control>(8);
-        let mut writer = tokio::spawn(write(tx, data_rx, ctrl_rx));
-        let end = loop {
+        let mut writer = Writer::spawn(tx);
+        loop {
             while let Some(o) = self.up.poll_output() {
                 match o {
                     Output::Control(msg) => {
@@ -240,14 +232,10 @@ impl<'a> Driver<'a> {
                             self.stats.queue_delay_us.store(self.up.queue_delay(now).as_micros() as u64, Relaxed);
                             self.stats.rtt_us.store(u64::from(r.rtt_us), Relaxed);
                         }
-                        let _ = ctrl_tx.try_send(Control::Send(encoded(&msg)));
+                        writer.control.send(encoded(&msg));
                     }
-                    Output::Close(end) if end.is_link_loss() => {
-                        writer.abort();
-                        return Pumped::Lost(end.to_string());
-                    }
+                    Output::Close(end) if end.is_link_loss() => return Pumped::Lost(end.to_string()),
                     Output::Close(end) => {
-                        writer.abort();
                         return Pumped::Done(match end {
                             TunnelEnd::Unexpected(_) => UplinkEnd::Failed(end.to_string()),
                             end => UplinkEnd::Closed(end),
@@ -266,14 +254,14 @@ impl<'a> Driver<'a> {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    finish(&ctrl_tx, &mut writer, Message::GoAway { reason: "stream stopped".into() }).await;
+                    writer.control.finish(Message::GoAway { reason: "stream stopped".into() }, &mut writer.task).await;
                     return Pumped::Done(UplinkEnd::Stopped);
                 }
-                r = &mut writer => break Pumped::Lost(r.unwrap_or_else(|e| format!("the writer failed: {e}"))),
+                r = &mut writer.task => return Pumped::Lost(r.unwrap_or_else(|e| format!("the writer failed: {e}"))),
                 msg = rx.recv() => match msg {
                     Ok(Some(m)) => self.up.handle_input(Instant::now(), Input::Received(m)),
-                    Ok(None) => break Pumped::Lost("the hub closed the connection".into()),
-                    Err(e) => break Pumped::Lost(e.to_string()),
+                    Ok(None) => return Pumped::Lost("the hub closed the connection".into()),
+                    Err(e) => return Pumped::Lost(e.to_string()),
                 },
                 () = sleep => {
                     // A large message still being read counts as traffic.
@@ -284,12 +272,12 @@ impl<'a> Driver<'a> {
                     Some(item) => self.push(item),
                     None => {
                         let reason = out.failure();
-                        finish(&ctrl_tx, &mut writer, Message::EndOfStream { reason: reason.clone() }).await;
+                        writer.control.finish(Message::EndOfStream { reason: reason.clone() }, &mut writer.task).await;
                         return Pumped::Done(UplinkEnd::Failed(reason));
                     }
                 },
-                permit = data_tx.reserve(), if can_send => {
-                    let Ok(permit) = permit else { break Pumped::Lost("the writer stopped".into()) };
+                permit = writer.data.reserve(), if can_send => {
+                    let Ok(permit) = permit else { return Pumped::Lost("the writer stopped".into()) };
                     match self.up.poll_transmit(Instant::now()) {
                         Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
                         Some(Outgoing::Frame(f)) => {
@@ -304,9 +292,7 @@ impl<'a> Driver<'a> {
                     self.count_drops();
                 }
             }
-        };
-        writer.abort();
-        end
+        }
     }
 }
 
@@ -320,46 +306,4 @@ fn is_final(e: &DialError) -> bool {
             ..
         }
     )
-}
-
-type Tx = LinkSender<TlsStream<TcpStream>>;
-
-/// What the uplink asks its writer besides media.
-enum Control {
-    /// Send these encoded bytes before any waiting media.
-    Send(Bytes),
-    /// Send this last message, close, and stop.
-    Finish(Message),
-}
-
-/// Sends control messages first, then media, until a write fails; returns why it stopped.
-async fn write(mut tx: Tx, mut data: mpsc::Receiver<Bytes>, mut ctrl: mpsc::Receiver<Control>) -> String {
-    loop {
-        let next = tokio::select! {
-            biased;
-            c = ctrl.recv() => c,
-            d = data.recv() => d.map(Control::Send),
-        };
-        match next {
-            None => return "the uplink closed".into(),
-            Some(Control::Send(b)) => {
-                if let Err(e) = tx.send_raw(b).await {
-                    return e.to_string();
-                }
-            }
-            Some(Control::Finish(msg)) => {
-                let reason = msg.name();
-                tx.finish(&msg, reason).await;
-                return "finished".into();
-            }
-        }
-    }
-}
-
-/// Sends a last message through the writer and waits (briefly) for it to go out.
-async fn finish(ctrl: &mpsc::Sender<Control>, writer: &mut tokio::task::JoinHandle<String>, last: Message) {
-    if ctrl.send(Control::Finish(last)).await.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut *writer).await;
-    }
-    writer.abort();
 }

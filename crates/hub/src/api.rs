@@ -64,6 +64,8 @@ pub(crate) struct ApiState {
     pub webrtc: Option<Arc<crate::egress::webrtc::WebRtc>>,
     /// The cluster this hub belongs to, if any.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Its drain.
+    pub drain: Arc<crate::cluster::drain::DrainControl>,
 }
 
 /// The API's reloadable settings.
@@ -101,6 +103,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/hubs", get(cluster::hubs))
         .route("/metrics", get(metrics))
         .route("/api/v1/hub", get(hub))
+        .route("/api/v1/hub/drain", post(cluster::drain))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/nodes/{node}/streams/{stream}", get(stream).delete(stop_stream))
@@ -152,6 +155,9 @@ impl From<NodeError> for ApiError {
             }
             NodeError::RegistryUnavailable { .. } => {
                 return Self::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", e.to_string());
+            }
+            NodeError::Draining { .. } => {
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "hub_draining", e.to_string());
             }
         };
         Self::new(StatusCode::NOT_FOUND, code, e.to_string())
@@ -425,7 +431,7 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
         node: s.key.node.clone(),
         stream: s.key.stream.clone(),
         session_id: Some(s.id),
-        upstream: s.source().kind(),
+        upstream: s.source().kind(s).name(),
         state: s.phase().name(),
         viewers: viewer_details.len(),
         codec: video.as_ref().map(|v| v.codec_string.clone()),
@@ -468,6 +474,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
     );
     body.push_str(&st.hls.metrics());
     body.push_str(&crate::egress::webrtc::metrics(st.webrtc.as_deref()));
+    body.push_str(&cluster::metrics(&st));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

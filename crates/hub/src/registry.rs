@@ -107,6 +107,17 @@ pub enum NodeError {
         /// That hub's stream URL.
         url: String,
     },
+    /// This hub is draining: it takes no new viewers.
+    #[error("hub {hub:?} is draining and takes no new viewers; {}", match url {
+        Some(url) => format!("watch at {url}"),
+        None => "retry on another hub".to_owned(),
+    })]
+    Draining {
+        /// This hub.
+        hub: String,
+        /// A serving hub's stream URL, if the registry knows one.
+        url: Option<String>,
+    },
     /// The node is not here, and the cluster registry that would say where it is cannot be
     /// read.
     #[error("node {node:?} is not connected to this hub, and {reason}")]
@@ -317,6 +328,12 @@ impl NodeRegistry {
             self.lock_departed().insert(node.to_owned(), Departed { catalog: e.catalog, since: Instant::now() });
         }
         true
+    }
+
+    /// Whether the node's control channel is connected now (not merely departed within the
+    /// grace period).
+    pub fn connected(&self, node: &str) -> bool {
+        self.lock().contains_key(node)
     }
 
     /// Checks the node offers the stream and is connected, or left less than the grace period

@@ -241,6 +241,12 @@ impl Hub {
             let local = crate::cluster::etcd::Local::new(registry.clone(), sessions.clone());
             tasks.spawn(crate::cluster::etcd::run(c.clone(), local, shutdown.clone()));
         }
+        let drain = Arc::new(crate::cluster::drain::DrainControl::new(
+            cluster.clone(),
+            registry.clone(),
+            sessions.clone(),
+            tasks.clone(),
+        ));
         let tunnel = Arc::new(TunnelCtx {
             sessions: sessions.clone(),
             registry: registry.clone(),
@@ -300,6 +306,7 @@ impl Hub {
             auth: auth.clone(),
             revocations: revocations.clone(),
             cluster: cluster.clone(),
+            drain: drain.clone(),
         };
         let https = derived.stream.tls.is_some();
         let stream = Arc::new(Live::new(derived.stream));
@@ -343,6 +350,7 @@ impl Hub {
         }
         Ok(RunningHub {
             cluster,
+            drain,
             tunnel_addr,
             stream_addr,
             rtsp_addr,
@@ -376,6 +384,7 @@ pub struct RunningHub {
     registry: Arc<NodeRegistry>,
     reloader: Reloader,
     cluster: Option<Arc<Cluster>>,
+    drain: Arc<crate::cluster::drain::DrainControl>,
 }
 
 impl RunningHub {
@@ -412,6 +421,17 @@ impl RunningHub {
         let a = self.rtsp_addr?;
         let host = if a.ip().is_unspecified() { "127.0.0.1".to_owned() } else { a.ip().to_string() };
         Some(format!("rtsp://{host}:{}/{node}/{stream}", a.port()))
+    }
+
+    /// Starts draining (a hub of a cluster only): see [`crate::cluster::drain`]. `deadline`
+    /// overrides `cluster.drainDeadline`.
+    pub fn drain(&self, deadline: Option<Duration>) -> Result<Duration, crate::cluster::drain::DrainError> {
+        self.drain.start(deadline)
+    }
+
+    /// Resolves once the hub has drained, whoever started the drain (a signal, the API).
+    pub async fn drained(&self) {
+        self.drain.drained().await;
     }
 
     /// Starts shutting down: ends sessions, says GoAway to edges, stops accepting.

@@ -47,7 +47,11 @@ impl Default for TestPki {
 }
 
 impl Drop for TestPki {
+    /// Removes the directory (certificates, configurations, the processes' logs), unless
+    /// `MEDIAMESH_KEEP_TEST_DIR` is set, for reading the logs of a failed test.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("MEDIAMESH_KEEP_TEST_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

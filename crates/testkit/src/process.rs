@@ -149,6 +149,18 @@ impl MeshProcess {
         }
     }
 
+    /// Sends SIGTERM and returns at once (a hub of a cluster then drains).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            crate::signal(pid, crate::Signal::SIGTERM);
+        }
+    }
+
+    /// Waits up to `limit` for it to exit by itself; true if it did.
+    pub async fn exited(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.child.wait()).await.is_ok()
+    }
+
     /// Resident memory (VmRSS) in KiB, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;

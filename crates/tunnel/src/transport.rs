@@ -396,3 +396,91 @@ mod tests {
         assert!(err.contains("no traffic from the edge"), "{err}");
     }
 }
+
+/// What a sending tunnel asks its [`Writer`] besides media.
+#[derive(Debug)]
+pub enum WriterControl {
+    /// Send these encoded bytes before any waiting media.
+    Send(bytes::Bytes),
+    /// Send this last message, close, and stop.
+    Finish(Message),
+}
+
+/// The writing half of a sending tunnel (an edge's uplink, a hub's relay), in a task of its
+/// own: control messages go out before waiting media, and the sender goes on reading Pings and
+/// Feedback, and dropping what has become stale, while a write is stuck on a slow link.
+/// Dropping it stops the task.
+/// Its parts are borrowed apart: a `select!` can wait for room in `data` while another branch
+/// finishes through `control` and `task`.
+#[derive(Debug)]
+pub struct Writer {
+    /// Media. One message may wait here; the rest wait in the sender's queue, where they can
+    /// still be dropped.
+    pub data: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    /// Control messages, and the last one.
+    pub control: WriterControls,
+    /// The task; it ends with why it stopped.
+    pub task: tokio::task::JoinHandle<String>,
+}
+
+/// The control side of a [`Writer`].
+#[derive(Debug)]
+pub struct WriterControls(tokio::sync::mpsc::Sender<WriterControl>);
+
+impl WriterControls {
+    /// Sends an encoded control message ahead of waiting media. Dropped when eight are already
+    /// waiting: they are Pongs and reports, which a stuck link makes moot.
+    pub fn send(&self, bytes: bytes::Bytes) {
+        let _ = self.0.try_send(WriterControl::Send(bytes));
+    }
+
+    /// Sends a last message and waits (two seconds at most) for `task` to send it and stop.
+    pub async fn finish(&self, last: Message, task: &mut tokio::task::JoinHandle<String>) {
+        if self.0.send(WriterControl::Finish(last)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+impl Writer {
+    /// Starts writing to `tx`.
+    pub fn spawn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(tx: LinkSender<S>) -> Self {
+        let (data, data_rx) = tokio::sync::mpsc::channel(1);
+        let (control, control_rx) = tokio::sync::mpsc::channel(8);
+        Self { data, control: WriterControls(control), task: tokio::spawn(write_loop(tx, data_rx, control_rx)) }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends control messages first, then media, until a write fails; returns why it stopped.
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tx: LinkSender<S>,
+    mut data: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    mut control: tokio::sync::mpsc::Receiver<WriterControl>,
+) -> String {
+    loop {
+        let next = tokio::select! {
+            biased;
+            c = control.recv() => c,
+            d = data.recv() => d.map(WriterControl::Send),
+        };
+        match next {
+            None => return "the sender closed".into(),
+            Some(WriterControl::Send(b)) => {
+                if let Err(e) = tx.send_raw(b).await {
+                    return e.to_string();
+                }
+            }
+            Some(WriterControl::Finish(msg)) => {
+                let reason = msg.name();
+                tx.finish(&msg, reason).await;
+                return "finished".into();
+            }
+        }
+    }
+}

@@ -293,6 +293,7 @@ async fn round(
                 if resp.canceled() {
                     return Err(RoundError::WatchEnded(format!("canceled at compaction revision {}", resp.compact_revision())));
                 }
+                let mut arrived = Vec::new();
                 cluster.with_view(|view| {
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
@@ -301,8 +302,18 @@ async fn round(
                         if let Err(e) = view.apply(&cluster.keys, &key, value, kv.mod_revision()) {
                             warn!(error = %e, "registry entry ignored");
                         }
+                        if let (Some(_), Some(Key::Node { node, hub })) = (value, cluster.keys.parse(&key))
+                            && hub != cluster.name
+                        {
+                            arrived.push(node);
+                        }
                     }
                 });
+                // A node of this hub's sessions that connected to another hub: the sessions
+                // waiting for it can have it from there.
+                for node in arrived {
+                    local.sessions.node_elsewhere(&node);
+                }
             }
             () = shutdown.cancelled() => return Ok(()),
         }

@@ -1,4 +1,5 @@
-//! The relay upstream: streams of nodes connected to another hub of the cluster.
+//! The upstream of every session in a cluster: the node's edge when it is connected to this
+//! hub, else a relay from the hub it is connected to, decided at each start.
 //!
 //! When a session's node is connected to another hub (the [`super::ClusterView`] says which),
 //! this hub dials that hub's tunnel port with its own certificate, a hub's, and asks for the
@@ -10,7 +11,10 @@
 //! A relay that breaks is dialled again (looking the node up afresh: it may have moved to
 //! another hub) while the session waits for it as for an edge that went away. If the node has
 //! come to this hub meanwhile (its hub died and it fell back here), the session asks the edge
-//! directly, as an [`EdgeUpstream`] would, and its viewers stay.
+//! directly, as an [`EdgeUpstream`] would, and its viewers stay. The other way round, a session
+//! whose edge left for another hub is told the node is back when the registry shows it there
+//! ([`crate::session::Sessions::node_elsewhere`]), starts again, and gets a relay; a data tunnel
+//! or relay that still delivers is replaced only when the new one attaches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,16 +35,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::Cluster;
 use crate::registry::NodeError;
-use crate::session::upstream::{EdgeUpstream, StartError, Upstream};
+use crate::session::upstream::{EdgeUpstream, StartError, Upstream, UpstreamKind};
 use crate::session::{Session, SessionEvent, StreamKey};
 use crate::tunnel::data::{End, UpstreamGuard, ingest};
 use crate::tunnel::{RelayTls, TunnelSettings};
 
 /// A relay link to another hub.
 type RelayLink = Link<tokio_rustls::client::TlsStream<TcpStream>>;
-
-/// Ids of relay upstreams in a session's upstream slot: apart from data tunnels' ids.
-const RELAY_IDS: u64 = 1 << 62;
 
 /// Redial schedule after a relay broke or could not be opened.
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -110,6 +111,7 @@ pub struct RelayUpstream {
     cluster: Arc<Cluster>,
     /// Nodes connected here, for a session whose node came here.
     edges: EdgeUpstream,
+    registry: Arc<crate::registry::NodeRegistry>,
     tunnel: Arc<Live<TunnelSettings>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -126,8 +128,10 @@ pub struct RelayUpstream {
 enum Running {
     /// Its relay task (a generation, to tell tasks apart).
     Relay(u64, CancellationToken),
-    /// Its node came to this hub: the edge was asked directly.
-    Edge,
+    /// Its node is connected here: the edge was asked directly. A relay that delivered before
+    /// goes on until the edge's data tunnel replaces it (make-before-break), and is stopped
+    /// with the session.
+    Edge(Option<CancellationToken>),
 }
 
 /// What became of a relay attempt.
@@ -155,14 +159,39 @@ impl RelayUpstream {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             cluster,
-            edges: EdgeUpstream::new(registry),
+            edges: EdgeUpstream::new(registry.clone()),
+            registry,
             tunnel,
             shutdown,
             tasks,
             running: Mutex::default(),
-            next_id: AtomicU64::new(RELAY_IDS),
+            next_id: AtomicU64::new(crate::session::upstream::RELAY_UPSTREAM_IDS),
             this: this.clone(),
         })
+    }
+
+    /// Whether `key`'s node is connected to this hub now and offers the stream (a node that
+    /// left within the grace period is not: it may be on another hub already).
+    fn here(&self, key: &StreamKey) -> bool {
+        self.registry.connected(&key.node) && self.edges.check_stream(key).is_ok()
+    }
+
+    /// Whether `key` can be had by relay: its node is connected to another hub that lists the
+    /// stream, and this hub can open relays.
+    fn check_elsewhere(&self, key: &StreamKey) -> Result<(), NodeError> {
+        let not_connected = || NodeError::NotConnected { node: key.node.clone() };
+        if self.tunnel.get().relay.is_none() {
+            return Err(not_connected());
+        }
+        let view = self
+            .cluster
+            .current_view()
+            .map_err(|e| NodeError::RegistryUnavailable { node: key.node.clone(), reason: e.to_string() })?;
+        let node = view.node(&key.node).filter(|r| r.hub != self.cluster.name).ok_or_else(not_connected)?;
+        if !node.catalog.iter().any(|c| c.name == key.stream) {
+            return Err(NodeError::NoSuchStream { node: key.node.clone(), stream: key.stream.clone() });
+        }
+        Ok(())
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Running>> {
@@ -184,7 +213,7 @@ impl RelayUpstream {
         let mut running = self.running();
         if running.get(&session.id).is_some_and(|r| matches!(r, Running::Relay(g, _) if *g == generation)) {
             if here {
-                running.insert(session.id, Running::Edge);
+                running.insert(session.id, Running::Edge(None));
             } else {
                 running.remove(&session.id);
             }
@@ -230,7 +259,7 @@ impl RelayUpstream {
 
     /// Opens one relay and ingests from it until it ends.
     async fn relay_once(&self, session: &Arc<Session>, cancel: &CancellationToken) -> Result<Attempt, RelayError> {
-        if self.edges.check_stream(&session.key).is_ok() {
+        if self.here(&session.key) {
             return Ok(Attempt::NodeHere);
         }
         let settings = self.tunnel.get();
@@ -285,24 +314,29 @@ impl RelayUpstream {
 }
 
 impl Upstream for RelayUpstream {
-    fn kind(&self) -> &'static str {
-        "relay"
+    fn kind(&self, session: &Session) -> UpstreamKind {
+        match self.running().get(&session.id) {
+            Some(Running::Relay(..)) => UpstreamKind::Relay,
+            Some(Running::Edge(_)) => UpstreamKind::Edge,
+            None if self.here(&session.key) => UpstreamKind::Edge,
+            None => UpstreamKind::Relay,
+        }
     }
 
+    /// Whether the stream can be had: from an edge connected here, or by relay from the hub
+    /// its node is connected to.
     fn check_stream(&self, key: &StreamKey) -> Result<(), NodeError> {
-        let not_connected = || NodeError::NotConnected { node: key.node.clone() };
-        if self.tunnel.get().relay.is_none() {
-            return Err(not_connected());
+        let local = self.edges.check_stream(key);
+        if self.registry.connected(&key.node) {
+            return local;
         }
-        let view = self
-            .cluster
-            .current_view()
-            .map_err(|e| NodeError::RegistryUnavailable { node: key.node.clone(), reason: e.to_string() })?;
-        let node = view.node(&key.node).filter(|r| r.hub != self.cluster.name).ok_or_else(not_connected)?;
-        if !node.catalog.iter().any(|c| c.name == key.stream) {
-            return Err(NodeError::NoSuchStream { node: key.node.clone(), stream: key.stream.clone() });
+        // Departed from here within the grace period (its viewers wait for it) or unknown here:
+        // where is it now?
+        match self.check_elsewhere(key) {
+            Ok(()) => Ok(()),
+            Err(_) if local.is_ok() => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     fn start(&self, session: &Arc<Session>) -> Result<(), StartError> {
@@ -310,16 +344,30 @@ impl Upstream for RelayUpstream {
             return Err(StartError::Failed("the hub is shutting down".into()));
         };
         let mut running = self.running();
-        match running.get(&session.id) {
-            // Asked again (the lifecycle re-sends its start when the node returns): one task
-            // is already dialling.
-            Some(Running::Relay(_, t)) if !t.is_cancelled() => return Ok(()),
-            Some(Running::Edge) => return self.edges.start(session),
-            _ => {}
+        if self.here(&session.key) {
+            self.edges.start(session)?;
+            let relay = match running.remove(&session.id) {
+                Some(Running::Relay(_, t)) => Some(t),
+                Some(Running::Edge(t)) => t,
+                None => None,
+            };
+            running.insert(session.id, Running::Edge(relay));
+            return Ok(());
+        }
+        // Asked again (the lifecycle re-sends its start when the node returns): one task is
+        // already dialling.
+        if let Some(Running::Relay(_, t)) = running.get(&session.id)
+            && !t.is_cancelled()
+        {
+            return Ok(());
         }
         let cancel = self.shutdown.child_token();
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        running.insert(session.id, Running::Relay(generation, cancel.clone()));
+        if let Some(Running::Relay(_, old) | Running::Edge(Some(old))) =
+            running.insert(session.id, Running::Relay(generation, cancel.clone()))
+        {
+            old.cancel();
+        }
         let span = info_span!("relay", stream = %session.key, session = session.id);
         self.tasks.spawn(this.run(session.clone(), generation, cancel).instrument(span));
         Ok(())
@@ -328,7 +376,12 @@ impl Upstream for RelayUpstream {
     fn stop(&self, session: &Session) {
         match self.running().remove(&session.id) {
             Some(Running::Relay(_, cancel)) => cancel.cancel(),
-            Some(Running::Edge) => self.edges.stop(session),
+            Some(Running::Edge(relay)) => {
+                self.edges.stop(session);
+                if let Some(cancel) = relay {
+                    cancel.cancel();
+                }
+            }
             None => {}
         }
     }

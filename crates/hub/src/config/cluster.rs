@@ -24,6 +24,10 @@ pub struct ClusterSettings {
     /// the listen address and port.
     #[serde(default)]
     pub advertise_tunnel_address: Option<String>,
+    /// How long a draining hub (SIGTERM, `POST /api/v1/hub/drain`) keeps its viewers at most
+    /// before it ends them and exits. Default 30 s.
+    #[serde(default = "default_drain_deadline")]
+    pub drain_deadline: Seconds,
 }
 
 impl ClusterSettings {
@@ -35,6 +39,7 @@ impl ClusterSettings {
             lease_ttl: default_lease_ttl(),
             advertise_stream_url: None,
             advertise_tunnel_address: None,
+            drain_deadline: default_drain_deadline(),
         }
     }
 
@@ -66,6 +71,9 @@ impl ClusterSettings {
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             return Err(("prefix".into(), format!("{:?} must start with '/' and not end with one", self.prefix)));
         }
+        if self.drain_deadline.get() > std::time::Duration::from_secs(24 * 3600) {
+            return Err(("drainDeadline".into(), "must be at most a day".into()));
+        }
         let ttl = self.lease_ttl.get();
         if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) {
             return Err(("leaseTtl".into(), "must be 2 to 300 seconds (etcd leases count whole seconds)".into()));
@@ -80,4 +88,8 @@ fn default_prefix() -> String {
 
 fn default_lease_ttl() -> Seconds {
     Seconds::new(5)
+}
+
+fn default_drain_deadline() -> Seconds {
+    Seconds::new(30)
 }

@@ -42,6 +42,7 @@ pub(crate) async fn run(
                     Some(SessionEvent::StartFailed(r)) => Input::StartFailed(r),
                     Some(SessionEvent::NodeBack) => Input::NodeBack,
                     Some(SessionEvent::NodeReannounced) => Input::NodeReannounced,
+                    Some(SessionEvent::NodeMoved) => Input::NodeMoved,
                     Some(SessionEvent::NodeGone) | None => Input::NodeGone,
                 };
                 tracing::debug!(stream = %session.key, session = session.id, %input, "session event");
@@ -69,8 +70,9 @@ fn carry_out(sessions: &Sessions, session: &Arc<Session>, lc: &mut Lifecycle) ->
     while let Some(out) = lc.poll_output() {
         match out {
             Output::SendAddVideo => {
-                let upstream = session.source().kind();
-                match session.source().start(session) {
+                let started = session.source().start(session);
+                let upstream = session.source().kind(session).name();
+                match started {
                     Ok(()) => tracing::info!(stream = %key, session = session.id, upstream, "stream asked for"),
                     Err(StartError::Unreachable(reason)) => {
                         tracing::info!(stream = %key, session = session.id, upstream, %reason, "waiting for the upstream");

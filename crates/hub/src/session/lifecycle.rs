@@ -88,6 +88,10 @@ pub enum Input {
     NodeBack,
     /// The node's control channel is back and the edge re-announced this session.
     NodeReannounced,
+    /// The node can be reached a better way than what delivers or is awaited now (in a
+    /// cluster: it connected to this hub while a relay delivers, or to another hub while this
+    /// one waits for it): ask again. What delivers goes on until the new upstream replaces it.
+    NodeMoved,
     /// The hub is shutting down.
     Shutdown,
 }
@@ -103,6 +107,7 @@ impl std::fmt::Display for Input {
             Input::NodeGone => f.write_str("node gone"),
             Input::NodeBack => f.write_str("node back"),
             Input::NodeReannounced => f.write_str("node back, still running the stream"),
+            Input::NodeMoved => f.write_str("node reachable another way"),
             Input::Shutdown => f.write_str("shutdown"),
         }
     }
@@ -234,6 +239,13 @@ impl Lifecycle {
                     // Its uplink redials the data tunnel by itself.
                     self.upstream = Upstream::Away { since, node_back: true };
                 }
+            }
+            Input::NodeMoved => {
+                self.node_up = true;
+                if let Upstream::Away { since, .. } = self.upstream {
+                    self.upstream = Upstream::Away { since, node_back: true };
+                }
+                self.outputs.push_back(Output::SendAddVideo);
             }
             Input::Shutdown => self.close(Some("the hub is shutting down".into()), true),
         }
@@ -462,6 +474,32 @@ mod tests {
         assert_eq!(l.poll_timeout(), Some(t0 + 130 * S));
         // The data tunnel alone was lost: the control channel is up, so no AddVideo.
         l.handle_input(t0 + 101 * S, Input::NodeBack);
+        assert_eq!(drain(&mut l), vec![]);
+    }
+
+    #[test]
+    fn a_node_that_moved_is_asked_again_whatever_delivers_and_the_grace_stops_at_its_keyframe() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0, CFG, 1);
+        l.handle_input(t0, Input::UpstreamAttached);
+        drain(&mut l);
+        // Delivering (a relay), and the node connected here: ask it, keep what delivers.
+        l.handle_input(t0 + S, Input::NodeMoved);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo]);
+        assert_eq!(l.phase(), Phase::Live);
+        // Waiting for an edge that left, and it is on another hub now.
+        l.handle_input(t0 + 2 * S, Input::NodeGone);
+        l.handle_input(t0 + 2 * S, Input::UpstreamLost("reset".into()));
+        assert_eq!(l.poll_timeout(), Some(t0 + 32 * S));
+        l.handle_input(t0 + 3 * S, Input::NodeMoved);
+        assert_eq!(drain(&mut l), vec![Output::SendAddVideo]);
+        assert_eq!(l.phase(), Phase::Away);
+        l.handle_input(t0 + 4 * S, Input::UpstreamAttached);
+        assert_eq!((l.phase(), l.poll_timeout()), (Phase::Live, None));
+        // Closed sessions ask nothing.
+        l.handle_input(t0 + 5 * S, Input::Shutdown);
+        drain(&mut l);
+        l.handle_input(t0 + 6 * S, Input::NodeMoved);
         assert_eq!(drain(&mut l), vec![]);
     }
 

@@ -74,6 +74,8 @@ pub enum SessionEvent {
     /// The node's control channel is back and the edge re-announced this session: it still
     /// runs it.
     NodeReannounced,
+    /// The node can be reached a better way (a cluster's node moved): ask again.
+    NodeMoved,
 }
 
 const EVENT_QUEUE: usize = 16;
@@ -208,6 +210,12 @@ impl Session {
         true
     }
 
+    /// Whether a relay from another hub feeds the session now (rather than an edge's data
+    /// tunnel, or nothing).
+    pub fn fed_by_relay(&self) -> bool {
+        lock(&self.upstream).current.as_ref().is_some_and(|(id, _)| *id >= upstream::RELAY_UPSTREAM_IDS)
+    }
+
     /// Data tunnel `id` is ending: true if it was still the session's current one (and so must
     /// report why), false if a newer tunnel replaced it or the session closed it.
     pub fn release_upstream(&self, id: u64) -> bool {
@@ -296,7 +304,10 @@ pub struct Sessions {
     /// Read when a session is created; a reload replaces it for the sessions after.
     config: mediamesh_tunnel::settings::Live<SessionConfig>,
     edges: Arc<dyn Upstream>,
-    /// Streams of nodes connected to other hubs, in a cluster.
+    /// The nodes connected here.
+    registry: Arc<NodeRegistry>,
+    /// In a cluster, every session's upstream: the edge when its node is connected here, else
+    /// a relay from the hub it is connected to.
     relay: Option<Arc<dyn Upstream>>,
     /// The cluster, which knows where the other hubs' nodes are.
     cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -316,15 +327,17 @@ impl Sessions {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Self> {
-        // Session ids start at a time-derived value so ids from a restarted hub do not collide
-        // with ones an edge may still hold.
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() << 20);
+        // Session ids start at a random value so that ids neither of a restarted hub nor of
+        // another hub of a cluster (an edge that moved re-announces those) collide with ones
+        // an edge may still hold. 62 bits: far from wrapping however long the hub runs.
+        let seed = crate::random_u64() >> 2;
         Arc::new(Self {
             maps: Mutex::new(SessionMaps::default()),
             next_session: AtomicU64::new(seed.max(1)),
             next_viewer: AtomicU64::new(1),
             config: mediamesh_tunnel::settings::Live::new(config),
-            edges: Arc::new(EdgeUpstream::new(registry)),
+            edges: Arc::new(EdgeUpstream::new(registry.clone())),
+            registry,
             relay,
             cluster,
             shutdown,
@@ -338,6 +351,26 @@ impl Sessions {
     pub fn admission_counts(&self) -> (usize, [(&'static str, u64); 4]) {
         let a = lock(&self.admission);
         (a.total(), a.refused())
+    }
+
+    /// Whether another hub of the cluster runs session `id` of `node`'s `stream` (its
+    /// registry entry says so).
+    pub fn session_elsewhere(&self, node: &str, stream: &str, id: SessionId) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            c.current_view().is_ok_and(|v| v.sessions(node, stream).iter().any(|r| r.session == id && r.hub != c.name))
+        })
+    }
+
+    /// Viewers watching now, of every protocol (relays to other hubs included).
+    pub fn viewers(&self) -> usize {
+        lock(&self.admission).total()
+    }
+
+    /// Whether this hub is draining (a cluster's tombstone, or awaiting deletion): it takes no
+    /// new viewers or edges.
+    pub fn draining(&self) -> bool {
+        use crate::cluster::records::HubState;
+        self.cluster.as_ref().is_some_and(|c| matches!(c.state(), HubState::Tombstone | HubState::AwaitingDeletion))
     }
 
     /// Hub-wide counters.
@@ -457,6 +490,20 @@ impl Sessions {
         for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
             s.try_report(SessionEvent::NodeGone);
         }
+        // It may be on another hub already (it moved there before this one saw it leave).
+        self.node_elsewhere(node);
+    }
+
+    /// `node` is connected to another hub of the cluster: each session of it here whose edge
+    /// is not connected here is told the node is back, so that a session that lost its edge
+    /// asks for the stream again (through a relay) rather than wait out its grace period.
+    pub fn node_elsewhere(&self, node: &str) {
+        let Some(router) = &self.relay else { return };
+        for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
+            if !self.registry.connected(node) && router.check_stream(&s.key).is_ok() {
+                s.try_report(SessionEvent::NodeMoved);
+            }
+        }
     }
 
     /// `node`'s control channel is (back) up and the edge says it runs `running`. Every session
@@ -475,7 +522,15 @@ impl Sessions {
         }
         for s in self.snapshot().into_iter().filter(|s| s.key.node == node) {
             let announced = running.iter().any(|r| r.session == s.id);
-            s.try_report(if announced { SessionEvent::NodeReannounced } else { SessionEvent::NodeBack });
+            let event = if announced {
+                SessionEvent::NodeReannounced
+            } else if s.source().kind(&s) == upstream::UpstreamKind::Relay {
+                // A relay delivers the node's stream from another hub; its edge is here now.
+                SessionEvent::NodeMoved
+            } else {
+                SessionEvent::NodeBack
+            };
+            s.try_report(event);
         }
         unknown
     }
@@ -483,6 +538,17 @@ impl Sessions {
     /// Whether viewers may join `key`: its node is connected and offers it, or a session for
     /// it is still open (waiting for its edge to come back).
     pub fn check_stream(&self, key: &StreamKey) -> Result<(), crate::registry::NodeError> {
+        if let Some(c) = &self.cluster
+            && self.draining()
+        {
+            let url = c
+                .view()
+                .hubs()
+                .into_iter()
+                .find(|h| h.name != c.name && h.state == crate::cluster::records::HubState::Allocated)
+                .map(|h| h.stream_url);
+            return Err(crate::registry::NodeError::Draining { hub: c.name.clone(), url });
+        }
         let e = match self.upstream_for(key).check_stream(key) {
             Ok(()) => return Ok(()),
             Err(e) => match self.get(key) {
@@ -513,11 +579,11 @@ impl Sessions {
         }
     }
 
-    /// Where a new session of `key` gets its frames: the edge if its node is connected here,
-    /// else a relay from the hub it is connected to, if the cluster knows one.
+    /// Where a new session of `key` gets its frames: in a cluster whose hubs can relay, from
+    /// wherever its node is at each start (here, or another hub); else from this hub's edges.
     fn upstream_for(&self, key: &StreamKey) -> Arc<dyn Upstream> {
         match &self.relay {
-            Some(relay) if self.edges.check_stream(key).is_err() && relay.check_stream(key).is_ok() => relay.clone(),
+            Some(router) if self.edges.check_stream(key).is_ok() || router.check_stream(key).is_ok() => router.clone(),
             _ => self.edges.clone(),
         }
     }

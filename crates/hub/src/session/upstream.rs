@@ -26,10 +26,33 @@ pub enum StartError {
     Failed(String),
 }
 
+/// The ids of relays in a session's upstream slot start here, apart from data tunnels' ids
+/// (which count from 1), so that a session can tell a relay feeds it.
+pub const RELAY_UPSTREAM_IDS: u64 = 1 << 62;
+
+/// Where a session's frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// An edge connected to this hub.
+    Edge,
+    /// Another hub of the cluster, by relay.
+    Relay,
+}
+
+impl UpstreamKind {
+    /// Its name in logs and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Edge => "edge",
+            UpstreamKind::Relay => "relay",
+        }
+    }
+}
+
 /// A source of frames for sessions.
 pub trait Upstream: fmt::Debug + Send + Sync {
-    /// What kind of upstream this is, for logs and the API (`edge`, `relay`).
-    fn kind(&self) -> &'static str;
+    /// Where `session`'s frames come from now.
+    fn kind(&self, session: &Session) -> UpstreamKind;
 
     /// Whether `key` can be asked for: its node is known and offers the stream.
     fn check_stream(&self, key: &StreamKey) -> Result<(), NodeError>;
@@ -57,8 +80,8 @@ impl EdgeUpstream {
 }
 
 impl Upstream for EdgeUpstream {
-    fn kind(&self) -> &'static str {
-        "edge"
+    fn kind(&self, _: &Session) -> UpstreamKind {
+        UpstreamKind::Edge
     }
 
     fn check_stream(&self, key: &StreamKey) -> Result<(), NodeError> {

@@ -34,6 +34,12 @@ pub(super) async fn run(
     remote: Remote,
 ) {
     let ControlHello { agent, instance, catalog, running } = hello;
+    if ctx.sessions.draining() {
+        info!(%node, "control channel refused: this hub is draining");
+        let msg = format!("hub {} is draining; dial another hub", settings.hub_name);
+        link.fail(ErrorCode::Draining, msg).await;
+        return;
+    }
     let (tx, mut commands) = mpsc::channel(command_queue(catalog.len()));
     let cancel = ctx.shutdown.child_token();
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -81,6 +87,12 @@ pub(super) async fn run(
         info!(%node, sessions = running.len(), "edge re-announces its running streams");
     }
     for r in ctx.sessions.node_back(&node, &running) {
+        // A session of the hub this edge came from (it is draining, or the edge fell back):
+        // that hub stops it once it has the stream from here, not before.
+        if ctx.sessions.session_elsewhere(&node, &r.stream, r.session) {
+            info!(%node, stream = %r.stream, session = r.session, "leaving a stream of another hub running");
+            continue;
+        }
         info!(%node, stream = %r.stream, session = r.session, "stopping a stream this hub no longer has");
         let msg = Message::RemoveVideo { session: r.session, stream: r.stream };
         if let Err(e) = link.send(&msg).await {
@@ -151,7 +163,13 @@ pub(super) async fn run(
                 }
             }
             () = cancel.cancelled() => {
-                let reason = if ctx.shutdown.is_cancelled() { "hub shutting down" } else { "replaced by a newer connection" };
+                let reason = if ctx.shutdown.is_cancelled() {
+                    "hub shutting down"
+                } else if ctx.sessions.draining() {
+                    "hub draining"
+                } else {
+                    "replaced by a newer connection"
+                };
                 link.go_away(reason).await;
                 break reason.into();
             }

@@ -368,6 +368,8 @@ pub enum ErrorCode {
     Internal,
     /// Another edge holds this node's identity on a healthy control channel.
     DuplicateNode,
+    /// The hub is draining: it takes no new control channels; dial another hub.
+    Draining,
     /// A code this version does not know; carried through so it can be logged.
     Other(u16),
 }
@@ -385,6 +387,7 @@ impl ErrorCode {
             ErrorCode::SourceFailed => 7,
             ErrorCode::Internal => 8,
             ErrorCode::DuplicateNode => 9,
+            ErrorCode::Draining => 10,
             ErrorCode::Other(v) => v,
         }
     }
@@ -401,6 +404,7 @@ impl ErrorCode {
             7 => ErrorCode::SourceFailed,
             8 => ErrorCode::Internal,
             9 => ErrorCode::DuplicateNode,
+            10 => ErrorCode::Draining,
             v => ErrorCode::Other(v),
         }
     }
@@ -418,6 +422,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::SourceFailed => f.write_str("source-failed"),
             ErrorCode::Internal => f.write_str("internal"),
             ErrorCode::DuplicateNode => f.write_str("duplicate-node"),
+            ErrorCode::Draining => f.write_str("draining"),
             ErrorCode::Other(v) => write!(f, "code-{v}"),
         }
     }

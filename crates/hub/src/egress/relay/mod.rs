@@ -3,47 +3,36 @@
 //! The other hub dials this hub's tunnel port with a hub's certificate and a relay Hello
 //! naming the node and stream ([`mediamesh_tunnel::wire::Channel::Relay`]). This hub joins its
 //! own session of the stream as one more viewer (so the edge sends one copy however many hubs
-//! and viewers watch) and sends the stream as an edge's data tunnel would: StreamHeader when the
-//! codec parameters change, then each frame as the edge sent it, capture time and sequence
-//! number included. The other hub's session ingests it like a data tunnel
-//! ([`crate::cluster::relay`]).
-//!
-//! A relay that falls behind is resynchronised at a keyframe under the same policy as every
-//! viewer; one that keeps falling behind is sent GoAway, and the other hub dials again.
+//! and viewers watch) and sends the stream as an edge's uplink does, through the same sans-IO
+//! [`Uplink`]: StreamHeader when the codec parameters change, then each frame as the edge sent
+//! it (capture time included; the sequence numbers are the relay's own), with the uplink's
+//! heartbeat, reports, send
+//! window and codec-aware shedding when the path to the other hub is congested. The other hub
+//! ingests it like a data tunnel and answers with Feedback ([`crate::cluster::relay`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use mediamesh_tunnel::transport::{LinkReceiver, LinkSender};
+use mediamesh_tunnel::transport::Writer;
+use mediamesh_tunnel::uplink::outbox::{OutboxConfig, Outgoing};
+use mediamesh_tunnel::uplink::{Input, Output, Uplink, UplinkConfig};
 use mediamesh_tunnel::wire::{ErrorCode, Message, encoded};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::listener::Remote;
-use crate::session::log::{FrameFormat, HeaderEntry, LogEntry, Packaged, PerFrame};
+use crate::session::log::{HeaderEntry, LogEntry};
 use crate::session::{StreamKey, ViewerEnd};
 use crate::tunnel::{TunnelCtx, TunnelLink, TunnelSettings};
 
 /// What relays are counted and logged under, beside the viewer protocols.
 pub const PROTOCOL: &str = "relay";
 
-/// Most payload bytes taken from the log per batch.
+/// Most payload bytes taken from the log per read.
 const BATCH_BYTES: usize = 1024 * 1024;
-
-/// The relay packaging of one stream: each frame's tunnel message, encoded once for every hub
-/// that relays the stream.
-#[derive(Debug, Default)]
-pub struct RelayFormat;
-
-impl FrameFormat for RelayFormat {
-    type Out = Bytes;
-
-    fn package(&mut self, entry: &LogEntry) -> Bytes {
-        encoded(&Message::Frame(entry.frame.clone()))
-    }
-}
+/// The relay's queue: as an edge's by default (`uplinkQueueFrames`, `uplinkQueueBytes`).
+const QUEUE: OutboxConfig = OutboxConfig { max_frames: 128, max_bytes: 8 * 1024 * 1024 };
+/// How often the relay reports its queue and shedding to the other hub.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Serves a relay of `node`'s `stream` to the hub `hub` (as its Hello names it) until that hub
 /// closes it, the link fails, or the stream ends.
@@ -63,6 +52,14 @@ pub(crate) async fn serve(
         return;
     }
     let key = StreamKey::new(node, stream);
+    // The edge just came here and the session still has the stream by relay, perhaps from the
+    // very hub asking: relaying that back would make a loop. The asking hub retries; by then
+    // the edge's data tunnel has replaced the relay.
+    if ctx.sessions.get(&key).is_some_and(|s| s.fed_by_relay()) {
+        info!(%hub, stream = %key, "relay refused for now: this hub's session of it is itself relayed");
+        link.fail(ErrorCode::UnknownStream, format!("{key} is still relayed to this hub; retry")).await;
+        return;
+    }
     let mut viewer = match ctx.sessions.join(&key, PROTOCOL, remote) {
         Ok(v) => v,
         Err(refusal) => {
@@ -75,107 +72,133 @@ pub(crate) async fn serve(
         return;
     }
     info!(%hub, stream = %key, "relay opened");
-    let (mut tx, rx) = link.split();
-    // Pongs the reader wants sent; a full queue drops one, as a late Pong would be.
-    let (pongs_tx, mut pongs) = mpsc::channel::<Message>(4);
-    let reader = tokio::spawn(read_peer(rx, pongs_tx, settings.heartbeat.timeout));
-
+    let config = UplinkConfig {
+        outbox: QUEUE,
+        congestion: Default::default(),
+        heartbeat: settings.heartbeat,
+        report_interval: REPORT_INTERVAL,
+    };
+    let mut up = Uplink::new(config);
+    // Hubs of a cluster share their limits: the other hub takes what this one does.
+    let max_frame_bytes = settings.limits.max_frame_bytes;
+    up.handle_input(Instant::now(), Input::Connected { max_frame_bytes, fresh_keyframe: false });
+    let (tx, mut rx) = link.split();
+    let mut writer = Writer::spawn(tx);
     let session = viewer.session.clone();
-    let packager = session.log.attach(|| PerFrame::new(RelayFormat));
     viewer.cursor = session.log.subscribe();
-    let batch_bytes = BATCH_BYTES.min(ctx.sessions.config().log.viewer_max_lag_bytes);
-    let mut batch: Vec<Arc<Packaged<Bytes>>> = Vec::new();
-    let mut header: Option<Arc<HeaderEntry>> = None;
     let kick = viewer.stats.kick.clone();
+    let mut batch: Vec<Arc<LogEntry>> = Vec::new();
+    let mut header: Option<Arc<HeaderEntry>> = None;
+    let mut caught_up = false;
+    let mut next_seq = 0u64;
+    let (mut frames, mut bytes) = (0u64, 0u64);
     let reason = loop {
-        batch.clear();
-        let status = session.log.read_packaged(&packager, &mut viewer.cursor, batch_bytes, &mut batch);
-        let pending: u64 = batch.iter().map(|p| p.entry.frame.payload.len() as u64).sum();
-        if let Err(too_slow) = viewer.account_read(&status, pending) {
-            tx.finish(&Message::GoAway { reason: too_slow.clone() }, "too slow").await;
-            break too_slow;
+        // Whatever the log has goes into the uplink's queue, which decides what to send.
+        if !caught_up {
+            batch.clear();
+            let status = session.log.read(&mut viewer.cursor, BATCH_BYTES, &mut batch);
+            if let Err(too_slow) = viewer.account_read(&status, 0) {
+                writer.control.finish(Message::GoAway { reason: too_slow.clone() }, &mut writer.task).await;
+                break too_slow;
+            }
+            let now = Instant::now();
+            for e in &batch {
+                if !header.as_ref().is_some_and(|h| Arc::ptr_eq(h, &e.header)) {
+                    up.handle_input(now, Input::Header(e.header.header.clone()));
+                    header = Some(e.header.clone());
+                }
+                // A relay numbers its own frames: the edge's numbers start again when this
+                // hub's upstream changes (its edge moved), and the uplink's acknowledgements
+                // need them to grow.
+                let mut frame = e.frame.clone();
+                frame.seq = next_seq;
+                next_seq += 1;
+                up.handle_input(now, Input::Frame(frame));
+            }
+            if let Some(ended) = status.ended {
+                // This hub going away does not end the stream: the other hub looks for the
+                // node again (its edge falls back to another hub) while its viewers wait.
+                let last = if ctx.shutdown.is_cancelled() {
+                    Message::GoAway { reason: "hub shutting down".into() }
+                } else {
+                    Message::EndOfStream { reason: ended.to_string() }
+                };
+                writer.control.finish(last, &mut writer.task).await;
+                break format!("stream ended: {ended}");
+            }
+            caught_up = status.skipped == 0 && (batch.is_empty() || !status.more);
         }
-        if let Err(e) = send_batch(&mut tx, &batch, &mut header).await {
-            viewer.set_end(ViewerEnd::Left);
-            break e;
+        if let Some(end) = drain_outputs(&mut up, &writer) {
+            break end;
         }
-        viewer.account_sent(batch.len() as u64, pending);
-        if let Some(reason) = status.ended {
-            // This hub going away does not end the stream: the other hub looks for the node
-            // again (it falls back to another hub) while its viewers wait.
-            let last = if ctx.shutdown.is_cancelled() {
-                Message::GoAway { reason: "hub shutting down".into() }
-            } else {
-                Message::EndOfStream { reason: reason.to_string() }
-            };
-            tx.finish(&last, "stream ended").await;
-            break format!("stream ended: {reason}");
-        }
-        if status.skipped == 0 && (batch.is_empty() || !status.more) {
-            tokio::select! {
-                biased;
-                p = pongs.recv() => match p {
-                    Some(pong) => if let Err(e) = tx.send(&pong).await {
-                        break e.to_string();
-                    },
-                    // The reader ended: the other hub went away, or broke the protocol.
-                    None => break reader.await.unwrap_or_else(|e| format!("the relay reader failed: {e}")),
-                },
-                changed = viewer.cursor.changed() => if !changed { break "session gone".to_owned() },
-                () = kick.cancelled() => {
-                    viewer.set_end(ViewerEnd::Kicked);
-                    tx.finish(&Message::GoAway { reason: "disconnected by an operator".into() }, "kicked").await;
-                    break "disconnected by an operator".to_owned();
+        let can_send = up.can_transmit(Instant::now());
+        let deadline = up.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = kick.cancelled() => {
+                viewer.set_end(ViewerEnd::Kicked);
+                writer.control.finish(Message::GoAway { reason: "disconnected by an operator".into() }, &mut writer.task).await;
+                break "disconnected by an operator".to_owned();
+            }
+            r = &mut writer.task => {
+                viewer.set_end(ViewerEnd::Left);
+                break r.unwrap_or_else(|e| format!("the writer failed: {e}"));
+            }
+            msg = rx.recv() => match msg {
+                Ok(Some(m)) => up.handle_input(Instant::now(), Input::Received(m)),
+                Ok(None) => break "the other hub closed the relay".to_owned(),
+                Err(e) => break e.to_string(),
+            },
+            () = sleep => {
+                // A large message still being read counts as traffic.
+                up.handle_input(rx.last_read(), Input::Read);
+                up.handle_timeout(Instant::now());
+            }
+            changed = viewer.cursor.changed(), if caught_up => {
+                if !changed {
+                    break "session gone".to_owned();
+                }
+                caught_up = false;
+            }
+            permit = writer.data.reserve(), if can_send => {
+                let Ok(permit) = permit else { break "the writer stopped".to_owned() };
+                match up.poll_transmit(Instant::now()) {
+                    Some(Outgoing::Header(h)) => permit.send(encoded(&Message::StreamHeader(h))),
+                    Some(Outgoing::Frame(f)) => {
+                        frames += 1;
+                        bytes += f.payload.len() as u64;
+                        viewer.account_sent(1, f.payload.len() as u64);
+                        permit.send(encoded(&Message::Frame(f)));
+                    }
+                    None => {}
                 }
             }
+            // More waits in the log: read it rather than sleep.
+            () = std::future::ready(()), if !caught_up => {}
         }
     };
-    let frames = viewer.stats.frames.get();
+    let dropped: u64 = up.drops().iter().sum();
     drop(viewer);
-    drop(packager);
-    info!(%hub, stream = %key, %reason, frames, "relay closed");
+    info!(%hub, stream = %key, %reason, frames, bytes, dropped, "relay closed");
 }
 
-/// Sends a batch: the codec parameters when they change, then each frame's message.
-async fn send_batch<S: AsyncRead + AsyncWrite + Unpin>(
-    tx: &mut LinkSender<S>,
-    batch: &[Arc<Packaged<Bytes>>],
-    header: &mut Option<Arc<HeaderEntry>>,
-) -> Result<(), String> {
-    for p in batch {
-        if !header.as_ref().is_some_and(|h| Arc::ptr_eq(h, &p.entry.header)) {
-            let msg = Message::StreamHeader(p.entry.header.header.clone());
-            tx.send(&msg).await.map_err(|e| e.to_string())?;
-            *header = Some(p.entry.header.clone());
-        }
-        tx.send_raw(p.out.clone()).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Reads what the other hub sends on a relay: Pings (answered through `pongs`), Feedback,
-/// and its GoAway. Returns why the relay is over; silence longer than `silence` is an end too
-/// (the other hub pings every heartbeat interval).
-async fn read_peer<S: AsyncRead + AsyncWrite + Unpin>(
-    mut rx: LinkReceiver<S>,
-    pongs: mpsc::Sender<Message>,
-    silence: Duration,
-) -> String {
-    loop {
-        let msg = match tokio::time::timeout(silence, rx.recv()).await {
-            Err(_) => return format!("no traffic from the other hub for {:.1} s", silence.as_secs_f64()),
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => return "the other hub closed the relay".into(),
-            Ok(Err(e)) => return e.to_string(),
-        };
-        match msg {
-            Message::Ping { id } => {
-                let _ = pongs.try_send(Message::Pong { id });
+/// Sends the uplink's control messages (Pings, Pongs, reports); `Some` when it decided the
+/// relay is over.
+fn drain_outputs(up: &mut Uplink, writer: &Writer) -> Option<String> {
+    while let Some(o) = up.poll_output() {
+        match o {
+            Output::Control(msg) => writer.control.send(encoded(&msg)),
+            Output::Close(end) => {
+                debug!(%end, "relay closed by the uplink");
+                return Some(end.to_string());
             }
-            Message::Pong { .. } | Message::Feedback(_) => {}
-            Message::GoAway { reason } => return format!("the other hub closed the relay: {reason}"),
-            Message::Error(e) => return format!("the other hub failed ({}): {}", e.code, e.message),
-            other => return format!("{} is not allowed from the receiving end of a relay", other.name()),
         }
     }
+    None
 }

@@ -22,8 +22,8 @@ use self::format::{ViewerEvent, event_frame, frame_slices};
 use self::packager::{WsFormat, WsFrame};
 use self::wire::ClientFrame;
 use self::wire::{
-    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, ClientFrameError, ClientFrames, OP_CLOSE, OP_PING,
-    OP_PONG, close_frame, frame,
+    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, ClientFrameError, ClientFrames,
+    OP_CLOSE, OP_PING, OP_PONG, close_frame, frame,
 };
 use super::io::{describe_write_error, write_all_vectored};
 use super::mailbox::{Sender, mailbox};
@@ -166,7 +166,14 @@ where
         // Events are rare; frames are borrowed from the batch.
         let skip = (status.skipped > 0).then(|| event_frame(&ViewerEvent::Skip { frames: status.skipped }));
         let end = status.ended.as_ref().map(|reason| {
-            [event_frame(&ViewerEvent::End { reason: reason.to_string() }), close_frame(CLOSE_NORMAL, "stream ended")]
+            // A hub that stops (drained, or shut down) says "service restart": the client
+            // should reconnect, to another hub if this one is going.
+            let close = if sessions.shutdown_token().is_cancelled() {
+                close_frame(CLOSE_SERVICE_RESTART, "hub restarting")
+            } else {
+                close_frame(CLOSE_NORMAL, "stream ended")
+            };
+            [event_frame(&ViewerEvent::End { reason: reason.to_string() }), close]
         });
         // Allocated per write: glibc's thread cache hands every viewer the same hot block,
         // which measured faster than a vector kept per viewer (docs/benchmarks.md).

@@ -23,6 +23,8 @@ pub const OP_PONG: u8 = 0xa;
 
 /// Status code of a normal close.
 pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the server is restarting (RFC 6455 registry, 1012); reconnect.
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Status code for a message too big to process.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Status code for a protocol error.
