@@ -505,3 +505,19 @@ async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
         h.proc.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_demo_plays_every_camera_on_every_hub() {
+    mediamesh_testkit::require::program("etcd", "etcd-server");
+    let out = tokio::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster-demo"))
+        .arg("--check")
+        .env("MEDIAMESH_BIN", BIN)
+        .env("CLUSTER_DEMO_PORT", "auto")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("the demo's check within 120 s").unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("ok: ").count(), 6, "{text}");
+}
