@@ -516,8 +516,76 @@ async fn the_cluster_demo_plays_every_camera_on_every_hub() {
         .env("CLUSTER_DEMO_PORT", "auto")
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("the demo's check within 120 s").unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(120), out).await.expect("the demo's check within 120 s").unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("ok: ").count(), 6, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_api_starts_one_drain_and_a_hub_alone_refuses_it() {
+    mediamesh_testkit::init_tracing();
+    // A hub without a cluster has nowhere to send anyone.
+    let fx = mediamesh_testkit::Fixture::builder().start().await;
+    let a = request(fx.hub.stream_addr, "POST", "/api/v1/hub/drain", &[]).await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("not_clustered"), "{}", a.body);
+    drop(fx);
+
+    let pki = TestPki::new();
+    let etcd = Etcd::start(pki.dir()).await;
+    let mut a = start_hub(&pki, &etcd, "hub-a").await;
+    let b = start_hub(&pki, &etcd, "hub-b").await;
+    for bad in ["-1", "0", "abc", "1e9"] {
+        let r = request(a.api, "POST", &format!("/api/v1/hub/drain?deadline={bad}"), &[]).await;
+        assert_eq!(r.status, 400, "deadline={bad}: {}", r.body);
+    }
+    assert_eq!(get(a.api, "/api/v1/hub").await["state"], "allocated");
+    // A viewer holds the drain until the deadline.
+    let _edge = start_edge(&pki, "edge-1", &a, &[&b]).await;
+    until("hub-b sees edge-1 on hub-a", Duration::from_secs(10), || async {
+        node_hub(&get(b.api, "/api/v1/nodes").await, "edge-1").as_deref() == Some("hub-a")
+    })
+    .await;
+    let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", a.api);
+    let mut viewer = ViewerClient::connect(&url, &ConnectOptions::default()).await.unwrap();
+    read_frames(&mut viewer, 5).await;
+    let started = Instant::now();
+    for _ in 0..2 {
+        let r = request(a.api, "POST", "/api/v1/hub/drain?deadline=2", &[]).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!((body["state"].as_str(), body["deadlineSecs"].as_f64()), (Some("tombstone"), Some(2.0)));
+    }
+    assert_eq!(request(a.api, "GET", "/readyz", &[]).await.status, 503);
+    let metrics = request(a.api, "GET", "/metrics", &[]).await.body;
+    assert!(metrics.contains("mediamesh_hub_state{state=\"tombstone\"} 1"), "{metrics}");
+    until("hub-b lists hub-a as a tombstone", Duration::from_secs(5), || async {
+        let hubs = get(b.api, "/api/v1/hubs").await;
+        hubs["hubs"].as_array().unwrap().iter().any(|h| h["name"] == "hub-a" && h["state"] == "tombstone")
+    })
+    .await;
+    // New viewers are sent to a serving hub.
+    let r = request(a.api, "GET", "/api/v1/nodes/edge-1/streams/cam1", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("hub_draining") && r.body.contains(&b.api.to_string()), "{}", r.body);
+    // The viewer watches on (its edge moved to hub-b, the stream comes back by relay) until
+    // the deadline ends it; then the hub exits by itself.
+    let mut frames = 0;
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(5), viewer.next()).await {
+            Ok(Ok(Some(ViewerItem::Frame(_)))) => frames += 1,
+            Ok(Ok(Some(ViewerItem::End(reason)))) => break reason,
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the draining hub's viewer stalled: {other:?}"),
+        }
+    };
+    let ended = started.elapsed();
+    assert!(
+        ended >= Duration::from_millis(1900) && frames >= 25,
+        "ended after {ended:?} with {frames} frames: {reason}"
+    );
+    assert!(a.proc.exited(Duration::from_secs(10)).await, "hub-a did not exit after draining");
+    b.proc.stop().await;
 }

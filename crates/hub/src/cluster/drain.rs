@@ -217,6 +217,8 @@ impl DrainControl {
         let cluster = self.cluster.as_ref().ok_or(DrainError::NotClustered)?;
         let deadline = deadline.unwrap_or(cluster.settings.drain_deadline.get());
         if !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // At once, so that whoever asked sees the tombstone.
+            cluster.set_state(HubState::Tombstone);
             let (registry, sessions) = (self.registry.clone(), self.sessions.clone());
             self.tasks.spawn(run(cluster.clone(), registry, sessions, deadline, self.drained.clone()));
         }
