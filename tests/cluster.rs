@@ -437,6 +437,17 @@ async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
     for h in &hubs {
         watches.push(Watch::start(h).await);
     }
+    // `mediamesh view` on hub-a, through its restart: it connects again by itself.
+    let view_url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", hubs[0].api);
+    let view = tokio::process::Command::new(BIN)
+        .args(["view", "--json", "--frames", "250", "--timeout", "15", &view_url])
+        .kill_on_drop(true)
+        .output();
+    let view = tokio::spawn(view);
+    until("mediamesh view watches on hub-a", Duration::from_secs(10), || async {
+        protocols(&stream_at(&hubs[0]).await).iter().filter(|p| *p == "ws").count() == 2
+    })
+    .await;
     for round in 0..hubs.len() {
         let name = hubs[round].name.clone();
         for w in &watches {
@@ -501,6 +512,15 @@ async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
         .await;
         watches[round] = Watch::start(&hubs[round]).await;
     }
+    let view = tokio::time::timeout(Duration::from_secs(30), view)
+        .await
+        .expect("mediamesh view within 30 s")
+        .unwrap()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&view.stdout);
+    assert!(view.status.success(), "{summary}{}", String::from_utf8_lossy(&view.stderr));
+    let summary: Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!((summary["frames"].as_u64(), summary["reconnects"].as_u64()), (Some(250), Some(1)), "{summary}");
     for h in hubs {
         h.proc.kill().await;
     }

@@ -62,6 +62,8 @@ struct Summary {
     counter_out_of_order: u64,
     pts_backwards: u64,
     end_reason: Option<String>,
+    /// Times the hub restarted (close 1012) and the viewer connected again.
+    reconnects: u64,
     /// WebRTC only: video frames with packets missing before them (not recovered in time).
     #[serde(skip_serializing_if = "Option::is_none")]
     broken_frames: Option<u64>,
@@ -75,6 +77,24 @@ struct Summary {
     plis: Option<u64>,
 }
 
+/// The WebSocket close code of a hub that is restarting.
+const CLOSE_SERVICE_RESTART: u16 = 1012;
+
+/// Connects again to `url`, retrying every half second for `timeout` at most (a draining hub
+/// refuses until it is gone, a restarting one until it listens).
+async fn reconnect(url: &str, options: &ConnectOptions, timeout: Duration) -> anyhow::Result<ViewerClient> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ViewerClient::connect(url, options).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("connecting to {url} again"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
     let roots = match &args.ca {
         Some(p) => Some(mediamesh_tls::load_roots(p)?),
@@ -84,10 +104,9 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
         return run_whep(args, roots).await;
     }
     let started = Instant::now();
+    let options = ConnectOptions { roots, recv_buffer: None, token: args.token.clone() };
     let mut client =
-        ViewerClient::connect(&args.url, &ConnectOptions { roots, recv_buffer: None, token: args.token.clone() })
-            .await
-            .with_context(|| format!("connecting to {}", args.url))?;
+        ViewerClient::connect(&args.url, &options).await.with_context(|| format!("connecting to {}", args.url))?;
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -155,8 +174,21 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
                 }
             }
             Some(ViewerItem::End(reason)) => {
-                s.end_reason = Some(reason);
-                break;
+                // The close follows the end; 1012 says the hub is restarting (it drained):
+                // connect again, through the same address, which a cluster serves elsewhere.
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.next()).await;
+                if client.close_code() != Some(CLOSE_SERVICE_RESTART) {
+                    s.end_reason = Some(reason);
+                    break;
+                }
+                if !args.quiet && !args.json {
+                    println!("the hub is restarting ({reason}); connecting again");
+                }
+                client = tokio::select! {
+                    c = reconnect(&args.url, &options, timeout) => c?,
+                    () = &mut interrupted => break,
+                };
+                s.reconnects += 1;
             }
             Some(ViewerItem::Frame(f)) if video_track.is_some_and(|v| v != f.track) => {
                 s.audio_frames += 1;
@@ -376,6 +408,9 @@ fn print_summary(s: &Summary, args: &ViewArgs) -> anyhow::Result<()> {
         );
     } else if let Some(broken) = s.broken_frames {
         println!("webrtc: {broken} frames after lost packets");
+    }
+    if s.reconnects > 0 {
+        println!("connected again {} times (the hub restarted)", s.reconnects);
     }
     if let Some(r) = &s.end_reason {
         println!("stream ended: {r}");

@@ -160,6 +160,8 @@ pub enum ViewerItem {
 /// A connected viewer.
 pub struct ViewerClient {
     ws: WebSocketStream<Box<dyn Io>>,
+    /// The close code the hub sent, once the connection closed.
+    close_code: Option<u16>,
 }
 
 impl std::fmt::Debug for ViewerClient {
@@ -183,7 +185,7 @@ impl ViewerClient {
             req.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, value);
         }
         match tokio_tungstenite::client_async(req, io).await {
-            Ok((ws, _)) => Ok(Self { ws }),
+            Ok((ws, _)) => Ok(Self { ws, close_code: None }),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
@@ -212,10 +214,19 @@ impl ViewerClient {
                         ViewerEvent::End { reason } => ViewerItem::End(reason),
                     }));
                 }
-                Message::Close(_) => return Ok(None),
+                Message::Close(frame) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return Ok(None);
+                }
                 _ => continue,
             }
         }
+    }
+
+    /// The close code the hub sent (1000 when the stream ended, 1012 when the hub is
+    /// restarting and a client should reconnect), once [`ViewerClient::next`] saw the close.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// Closes the connection politely.
