@@ -17,6 +17,11 @@ use mediamesh_testkit::process::{MeshProcess, edge_yaml, free_ports, hub_yaml};
 use mediamesh_testkit::{TestPki, read_frames};
 use serde_json::Value;
 
+#[path = "support/watch.rs"]
+mod watch;
+
+use watch::Watch;
+
 const BIN: &str = env!("CARGO_BIN_EXE_mediamesh");
 /// Short, so that the expiry test is quick.
 const TTL_SECS: u64 = 2;
@@ -340,82 +345,6 @@ async fn viewers_on_other_hubs_get_the_stream_through_one_relay_per_hub() {
     }
 }
 
-/// A WebSocket viewer in a task of its own, recording the longest wait between two frames
-/// and how it ended.
-struct Watch {
-    hub: String,
-    state: std::sync::Arc<std::sync::Mutex<WatchState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct WatchState {
-    frames: u64,
-    last: Option<Instant>,
-    max_gap: Duration,
-    ended: Option<String>,
-}
-
-impl Watch {
-    async fn start(hub: &HubProc) -> Self {
-        let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", hub.api);
-        let mut v = ViewerClient::connect(&url, &ConnectOptions::default()).await.unwrap();
-        read_frames(&mut v, 5).await;
-        let state = std::sync::Arc::new(std::sync::Mutex::new(WatchState::default()));
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let item = v.next().await;
-                let mut st = s.lock().unwrap();
-                match item {
-                    Ok(Some(ViewerItem::Frame(_))) => {
-                        let now = Instant::now();
-                        if let Some(last) = st.last {
-                            st.max_gap = st.max_gap.max(now - last);
-                        }
-                        st.last = Some(now);
-                        st.frames += 1;
-                    }
-                    Ok(Some(ViewerItem::End(reason))) => {
-                        st.ended = Some(reason);
-                        return;
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        st.ended = Some("closed without an end".into());
-                        return;
-                    }
-                    Err(e) => {
-                        st.ended = Some(format!("error: {e}"));
-                        return;
-                    }
-                }
-            }
-        });
-        Self { hub: hub.name.clone(), state, task }
-    }
-
-    /// Forgets the longest gap so far.
-    fn reset(&self) {
-        let mut st = self.state.lock().unwrap();
-        st.max_gap = Duration::ZERO;
-    }
-
-    /// The longest gap since the last reset (counting the wait since the last frame), frames,
-    /// and how it ended.
-    fn report(&self) -> (Duration, u64, Option<String>) {
-        let st = self.state.lock().unwrap();
-        let since_last = st.last.map_or(Duration::ZERO, |l| l.elapsed());
-        (st.max_gap.max(since_last), st.frames, st.ended.clone())
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
     mediamesh_testkit::init_tracing();
@@ -435,7 +364,7 @@ async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
     }
     let mut watches = Vec::new();
     for h in &hubs {
-        watches.push(Watch::start(h).await);
+        watches.push(Watch::start(&h.name, h.api).await);
     }
     // `mediamesh view` on hub-a, through its restart: it connects again by itself.
     let view_url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", hubs[0].api);
@@ -510,7 +439,7 @@ async fn a_rolling_restart_keeps_the_viewers_of_the_hubs_that_stay_up() {
             node_hub(&get(hubs[round].api, "/api/v1/nodes").await, "edge-1").is_some()
         })
         .await;
-        watches[round] = Watch::start(&hubs[round]).await;
+        watches[round] = Watch::start(&hubs[round].name, hubs[round].api).await;
     }
     let view = tokio::time::timeout(Duration::from_secs(30), view)
         .await
