@@ -163,7 +163,7 @@ impl std::fmt::Debug for WebRtc {
 impl WebRtc {
     /// Binds the socket.
     pub async fn bind(settings: WebRtcSettings) -> std::io::Result<Arc<Self>> {
-        let socket = UdpSocket::bind(settings.listen).await?;
+        let (socket, tcp) = bind_pair(settings.listen).await?;
         let local = socket.local_addr()?;
         let mut hosts = settings.hosts.clone();
         if settings.interfaces {
@@ -176,15 +176,6 @@ impl WebRtc {
         hosts.retain(|ip| seen.insert(*ip));
         hosts.truncate(MAX_CANDIDATES);
         let candidates = hosts.into_iter().map(|ip| SocketAddr::new(ip, local.port())).collect();
-        // ICE-TCP on the same port number: a port some other program holds for TCP costs only
-        // the fallback.
-        let tcp = match tokio::net::TcpListener::bind(SocketAddr::new(settings.listen.ip(), local.port())).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!(port = local.port(), error = %e, "webrtc: no ICE-TCP fallback (the TCP port is taken)");
-                None
-            }
-        };
         let provider = str0m::crypto::from_feature_flags();
         let cert = provider
             .dtls_provider
@@ -394,6 +385,30 @@ pub(crate) fn metrics(rtc: Option<&WebRtc>) -> String {
         peer::KEYFRAME_REQUESTS.load(Ordering::Relaxed),
         peer::KEYFRAME_REPLAYS.load(Ordering::Relaxed),
     )
+}
+
+/// Attempts at an ephemeral UDP port whose TCP twin is free too.
+const PAIR_ATTEMPTS: usize = 16;
+
+/// The UDP socket, and the ICE-TCP listener on the same port number. A configured port that
+/// some other program holds for TCP costs only the fallback; with port 0 the system picks the
+/// UDP port, and another is tried until its TCP twin is free too (other programs take TCP
+/// ports from the same range).
+async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, Option<tokio::net::TcpListener>)> {
+    let mut attempts = if listen.port() == 0 { PAIR_ATTEMPTS } else { 1 };
+    loop {
+        let socket = UdpSocket::bind(listen).await?;
+        let port = socket.local_addr()?.port();
+        attempts -= 1;
+        match tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
+            Ok(l) => return Ok((socket, Some(l))),
+            Err(_) if attempts > 0 => continue,
+            Err(e) => {
+                warn!(port, error = %e, "webrtc: no ICE-TCP fallback (the TCP port is taken)");
+                return Ok((socket, None));
+            }
+        }
+    }
 }
 
 /// The local user fragment a STUN binding request names (`USERNAME` is `local:remote`).
