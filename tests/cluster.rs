@@ -36,10 +36,16 @@ struct HubProc {
     tunnel: u16,
 }
 
+/// A hub that keeps its edges (balancing off, so that each test decides where edges are).
 async fn start_hub(pki: &TestPki, etcd: &Etcd, name: &str) -> HubProc {
+    start_hub_with(pki, etcd, name, "rebalanceInterval: 0").await
+}
+
+/// A hub with `cluster` keys added to the test's.
+async fn start_hub_with(pki: &TestPki, etcd: &Etcd, name: &str, cluster: &str) -> HubProc {
     let [tunnel, stream] = free_ports();
     let extra = format!(
-        "  hubName: {name}\n  cluster: {{etcd: [\"{}\"], leaseTtl: {TTL_SECS}, drainDeadline: {DRAIN_SECS}}}\n",
+        "  hubName: {name}\n  cluster: {{etcd: [\"{}\"], leaseTtl: {TTL_SECS}, drainDeadline: {DRAIN_SECS}, {cluster}}}\n",
         etcd.url
     );
     let file = pki.dir().join(format!("{name}.yaml"));
@@ -537,4 +543,61 @@ async fn the_drain_api_starts_one_drain_and_a_hub_alone_refuses_it() {
     );
     assert!(a.proc.exited(Duration::from_secs(10)).await, "hub-a did not exit after draining");
     b.proc.stop().await;
+}
+
+/// Where each edge is, as hub `h` sees the cluster.
+async fn placement(h: &HubProc) -> Vec<(String, String)> {
+    let nodes = get(h.api, "/api/v1/nodes").await;
+    let mut v: Vec<(String, String)> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap().to_owned(), n["hub"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_over_its_share_sends_idle_edges_to_a_hub_with_room() {
+    mediamesh_testkit::init_tracing();
+    let pki = TestPki::new();
+    let etcd = Etcd::start(pki.dir()).await;
+    let balancing = format!("rebalanceInterval: {TTL_SECS}");
+    let a = start_hub_with(&pki, &etcd, "hub-a", &balancing).await;
+    // Three edges that know only hub-a's address.
+    let mut edges = Vec::new();
+    for node in ["edge-1", "edge-2", "edge-3"] {
+        edges.push(start_edge(&pki, node, &a, &[]).await);
+    }
+    let all_on_a = |p: &[(String, String)]| p.len() == 3 && p.iter().all(|(_, h)| h == "hub-a");
+    until("three edges on hub-a", Duration::from_secs(10), || async { all_on_a(&placement(&a).await) }).await;
+    // edge-1 streams to a viewer on hub-a: moving it would cost a switch, so it stays.
+    let url = format!("ws://{}/api/v1/nodes/edge-1/streams/cam1/ws", a.api);
+    let mut viewer = ViewerClient::connect(&url, &ConnectOptions::default()).await.unwrap();
+    read_frames(&mut viewer, 5).await;
+
+    // hub-b joins: hub-a holds 3 of 3 edges, its share is 2, so it sends one to hub-b, which
+    // the edge has never heard of but for the Redirect.
+    let b = start_hub_with(&pki, &etcd, "hub-b", &balancing).await;
+    let joined = Instant::now();
+    let one_moved = |p: &[(String, String)]| p.iter().filter(|(_, h)| h == "hub-b").count() == 1;
+    until("one edge moved to hub-b", Duration::from_secs(6 * TTL_SECS), || async { one_moved(&placement(&b).await) })
+        .await;
+    let took = joined.elapsed();
+    let before = placement(&b).await;
+    assert!(before.contains(&("edge-1".into(), "hub-a".into())), "the streaming edge stayed: {before:?}");
+    eprintln!("an edge moved to the new hub {:.1} s after it joined", took.as_secs_f64());
+    // Balanced now: nothing moves back or on over the next rounds.
+    tokio::time::sleep(Duration::from_secs(3 * TTL_SECS)).await;
+    assert_eq!(placement(&a).await, before);
+    assert_eq!(placement(&b).await, before);
+    // The viewer on hub-a saw its stream all along.
+    let frames = read_frames(&mut viewer, 10).await;
+    assert_eq!(frames.len(), 10);
+    let moved = &before.iter().find(|(_, h)| h == "hub-b").unwrap().0;
+    let log =
+        std::fs::read_to_string(&edges[["edge-1", "edge-2", "edge-3"].iter().position(|n| n == moved).unwrap()].log)
+            .unwrap();
+    assert!(log.contains("the hub sent this edge to another hub of the cluster"), "{log}");
 }

@@ -142,3 +142,71 @@ async fn a_link_slower_than_the_stream_delivers_fresh_frames_with_bounded_memory
     assert!(gop.is_some_and(|v| v > 0.0), "and exported by the hub: {gop:?}");
     assert!(fps_after >= 0.9 * fps_before, "full frame rate returns: {fps_after:.1} vs {fps_before:.1}");
 }
+
+/// A test pattern with a keyframe only every 10 s (250 frames at 25 fps).
+fn long_gop() -> mediamesh_edge::StreamConfig {
+    use mediamesh_edge::config::{SourceConfig, TestPatternConfig};
+    let cfg = TestPatternConfig { width: 320, height: 240, fps: 25, bitrate_kbps: 300, gop: 250, label: None };
+    mediamesh_edge::StreamConfig::new(SourceConfig::TestPattern(cfg))
+}
+
+/// A keyframe request from another hub crosses the relay, this hub and the edge's data tunnel
+/// to the source, which makes a keyframe long before its group of pictures would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_request_over_a_relay_reaches_the_edges_source() {
+    use mediamesh_edge::dial::{DialConfig, dial};
+    use mediamesh_tunnel::wire::{Channel, Feedback, Message, PROTOCOL_VERSION};
+
+    let fx = Fixture::builder().edge(|c| drop(c.streams.insert("long".into(), long_gop()))).start().await;
+    // Another hub, as its certificate proves, asks for a relay of the stream.
+    let hub = mediamesh_tls::TlsFiles { ca: fx.pki.main.ca_cert.clone(), ..fx.pki.main.hub.clone() };
+    let cfg = DialConfig {
+        server: fx.hub.tunnel_addr.to_string(),
+        server_name: "localhost".try_into().unwrap(),
+        tls: mediamesh_tls::tunnel_client_config(&hub).unwrap(),
+        node: "hub-b".into(),
+        handshake_timeout: Duration::from_secs(10),
+        write_deadline: Duration::from_secs(10),
+        unsent_lowat: None,
+        ca_file: hub.ca.clone(),
+        fallbacks: vec![],
+    };
+    let (mut link, welcome) =
+        dial(&cfg, Channel::Relay { node: "edge-1".into(), stream: "long".into() }).await.unwrap();
+    assert_eq!(welcome.version, PROTOCOL_VERSION);
+
+    // Frames: the first is a keyframe (and the start may bring a fresh one soon after); the
+    // next would come 10 s later.
+    let mut frames = 0u32;
+    let mut asked_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let answered = loop {
+        let msg = tokio::time::timeout_at(deadline.into(), link.recv()).await;
+        let msg = msg.expect("a keyframe in time").unwrap().expect("the relay stays open");
+        match msg {
+            Message::Ping { id } => link.send(&Message::Pong { id }).await.unwrap(),
+            Message::Frame(f) if f.track == 0 => {
+                // Acknowledged as a hub does, or the relay's send window closes.
+                let fb = Feedback { last_seq: f.seq, frames: u64::from(frames) + 1, bytes: 0 };
+                link.send(&Message::Feedback(fb)).await.unwrap();
+                if frames == 0 {
+                    assert!(f.is_keyframe(), "a relay starts at a keyframe");
+                } else if f.is_keyframe()
+                    && let Some(t) = asked_at
+                {
+                    break t.elapsed();
+                }
+                frames += 1;
+                // Past the start's own keyframe: now ask.
+                if frames == 40 {
+                    link.send(&Message::KeyframeRequest).await.unwrap();
+                    asked_at = Some(Instant::now());
+                }
+            }
+            _ => {}
+        }
+    };
+    assert!(answered < Duration::from_millis(1500), "keyframe {answered:?} after the request");
+    let session = fx.hub.sessions().get(&StreamKey::new("edge-1", "long")).unwrap();
+    assert_eq!(session.stats.keyframe_requests.get(), 1, "one request went to the edge");
+}

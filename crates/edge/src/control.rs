@@ -115,11 +115,13 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
     let mut tasks = Tasks { ctx: ctx.clone(), running: HashMap::new(), tracker: TaskTracker::new(), done_tx };
     let mut agent = Agent::new(Instant::now(), (*ctx.streams.get()).clone());
+    // The hub a Redirect named: the next dial tries it first.
+    let mut redirect: Option<String> = None;
     while !shutdown.is_cancelled() {
         let channel = Channel::Control { instance: ctx.instance, catalog: agent.catalog(), running: agent.announce() };
         let attempt = {
             let last_error = Some(&ctx.stats.last_dial_error);
-            let aim = Aim::Rotate(&ctx.hub_address);
+            let aim = Aim::Rotate { hub: &ctx.hub_address, first: redirect.as_deref() };
             let dialling =
                 connect(&ctx.dial, aim, &channel, &mut backoff, &ctx.link_up, "control", |_| false, last_error);
             tokio::pin!(dialling);
@@ -138,6 +140,7 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
             }
         };
         let Some(attempt) = attempt else { break };
+        redirect = None;
         match attempt {
             Ok((link, welcome)) => {
                 backoff.connected(Instant::now());
@@ -153,7 +156,16 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
                     .clone()
                     .unwrap_or_default();
                 info!(hub = %welcome.hub, %server, running, "connected to the hub");
-                let reason = serve(&ctx, link, &mut agent, &mut tasks, &mut done_rx, &mut reloaded, &shutdown).await;
+                let io = Serving {
+                    tasks: &mut tasks,
+                    done_rx: &mut done_rx,
+                    reloaded: &mut reloaded,
+                    redirect: &mut redirect,
+                };
+                let reason = serve(&ctx, link, &mut agent, io, &shutdown).await;
+                if let Some(target) = &redirect {
+                    info!(%target, "the hub sent this edge to another hub of the cluster");
+                }
                 agent.handle_input(Instant::now(), Input::Disconnected);
                 ctx.stats.connected.store(false, Relaxed);
                 backoff.disconnected(Instant::now());
@@ -176,15 +188,23 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
     }
 }
 
+/// What a connected control channel works with besides the link and the agent.
+struct Serving<'a> {
+    tasks: &'a mut Tasks,
+    done_rx: &'a mut mpsc::Receiver<Done>,
+    reloaded: &'a mut watch::Receiver<u64>,
+    /// Set when the hub names another hub to dial next (Redirect, before its GoAway).
+    redirect: &'a mut Option<String>,
+}
+
 async fn serve(
     ctx: &Arc<EdgeCtx>,
     mut link: EdgeLink,
     agent: &mut Agent,
-    tasks: &mut Tasks,
-    done_rx: &mut mpsc::Receiver<Done>,
-    reloaded: &mut watch::Receiver<u64>,
+    io: Serving<'_>,
     shutdown: &CancellationToken,
 ) -> String {
+    let Serving { tasks, done_rx, reloaded, redirect } = io;
     let mut hb = Heartbeat::new(Instant::now(), ctx.heartbeat);
     loop {
         tokio::select! {
@@ -213,6 +233,7 @@ async fn serve(
                         }
                         agent.handle_input(now, Input::RemoveVideo { session });
                     }
+                    Ok(Some(Message::Redirect { target })) => *redirect = Some(target),
                     Ok(Some(Message::GoAway { reason })) => return format!("the hub said goodbye: {reason}"),
                     Ok(Some(Message::Error(e))) => return format!("the hub reported an error ({}): {}", e.code, e.message),
                     Ok(Some(other)) => return format!("unexpected {} on the control channel", other.name()),

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use mediamesh_tunnel::transport::{Link, LinkError, Tracked, ws_config};
-use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome};
+use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Limits, Message, OLDEST_VERSION, PROTOCOL_VERSION, Welcome};
 use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -66,12 +66,14 @@ impl DialConfig {
         }
     }
 
-    /// This configuration aimed at `address`, one of its hubs.
+    /// This configuration aimed at `address`: one of its hubs, or another hub of the cluster
+    /// (a Redirect's), checked against the name `server` is checked against: hubs behind one
+    /// address share a certificate name.
     fn at(&self, address: &str) -> Self {
         let found = self.fallbacks.iter().find(|(a, _)| a == address);
         match found {
             Some((server, name)) => Self { server: server.clone(), server_name: name.clone(), ..self.clone() },
-            None => self.clone(),
+            None => Self { server: address.to_owned(), ..self.clone() },
         }
     }
 }
@@ -79,9 +81,14 @@ impl DialConfig {
 /// Which hub a connection dials.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Aim<'a> {
-    /// `server`, then each fallback in turn; the address that answers is recorded here (the
-    /// control channel).
-    Rotate(&'a std::sync::Mutex<Option<String>>),
+    /// `first` if given (the hub a Redirect named), then `server` and each fallback in turn;
+    /// the address that answers is recorded in `hub` (the control channel).
+    Rotate {
+        /// Where the address that answers is recorded.
+        hub: &'a std::sync::Mutex<Option<String>>,
+        /// Tried before the list.
+        first: Option<&'a str>,
+    },
     /// The hub recorded there, if any, else as [`Aim::Rotate`] without recording (data tunnels:
     /// their session lives on the hub of the control channel).
     Follow(&'a std::sync::Mutex<Option<String>>),
@@ -224,7 +231,7 @@ async fn establish(cfg: &DialConfig, tcp: TcpStream, channel: Channel) -> Result
         .map_err(|e| ws_failure(cfg, &e))?;
     let mut link = Link::new(ws, limits, cfg.write_deadline);
     let hello = Hello {
-        min_version: PROTOCOL_VERSION,
+        min_version: OLDEST_VERSION,
         max_version: PROTOCOL_VERSION,
         node: cfg.node.clone(),
         agent: concat!("mediamesh-edge/", env!("CARGO_PKG_VERSION")).into(),
@@ -285,13 +292,14 @@ pub(crate) async fn connect(
                 // Each attempt takes the settings current when it starts (a reload may have
                 // brought new certificates or another address).
                 let all = dial.get();
-                let followed = match aim {
-                    Aim::Follow(hub) => hub.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-                    Aim::Rotate(_) => None,
-                };
-                let cfg = match followed {
-                    Some(address) => all.at(&address),
-                    None => all.target(tried),
+                let cfg = match aim {
+                    Aim::Follow(hub) => match hub.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+                        Some(address) => all.at(&address),
+                        None => all.target(tried),
+                    },
+                    Aim::Rotate { first: Some(address), .. } if tried == 0 => all.at(address),
+                    Aim::Rotate { first: Some(_), .. } => all.target(tried - 1),
+                    Aim::Rotate { first: None, .. } => all.target(tried),
                 };
                 tried += 1;
                 attempts.push(async move { tcp_connect(&cfg).await.map(|tcp| (tcp, cfg)) });
@@ -305,7 +313,7 @@ pub(crate) async fn connect(
                         Ok(r) => r,
                         Err(_) => Err(DialError::Timeout(cfg.handshake_timeout)),
                     };
-                    if let (Ok(_), Aim::Rotate(hub)) = (&r, aim) {
+                    if let (Ok(_), Aim::Rotate { hub, .. }) = (&r, aim) {
                         *hub.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cfg.server.clone());
                     }
                     r

@@ -234,6 +234,9 @@ impl<'a> Driver<'a> {
                         }
                         writer.control.send(encoded(&msg));
                     }
+                    Output::WantKeyframe => {
+                        out.request_keyframe();
+                    }
                     Output::Close(end) if end.is_link_loss() => return Pumped::Lost(end.to_string()),
                     Output::Close(end) => {
                         return Pumped::Done(match end {

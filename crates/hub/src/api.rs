@@ -303,7 +303,11 @@ async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
             connected_secs: now.saturating_duration_since(e.connected_at).as_secs_f64(),
         })
         .collect();
-    nodes.extend(st.registry.departed_nodes().into_iter().map(|(name, d)| NodeJson {
+    // A node that left is away here, unless the registry shows it connected to another hub.
+    let view = st.cluster.as_ref().map(|c| c.view());
+    let elsewhere = |name: &str| view.as_ref().and_then(|v| v.node(name)).is_some_and(|r| r.hub != hub_name);
+    let departed = st.registry.departed_nodes().into_iter().filter(|(name, _)| !elsewhere(name));
+    nodes.extend(departed.map(|(name, d)| NodeJson {
         streams: streams(&name, &d.catalog),
         name,
         hub: hub_name.clone(),
@@ -313,8 +317,8 @@ async fn nodes(State(st): State<ApiState>) -> Json<NodesJson> {
         connected_secs: now.saturating_duration_since(d.since).as_secs_f64(),
     }));
     // Nodes connected to other hubs of the cluster.
-    if let Some(c) = &st.cluster {
-        for (name, record) in c.view().nodes() {
+    if let Some(view) = &view {
+        for (name, record) in view.nodes() {
             if record.hub == hub_name || nodes.iter().any(|n| n.name == name) {
                 continue;
             }
@@ -360,6 +364,7 @@ struct StreamJson {
     drops: DropsJson,
     tunnel_connects: u64,
     upstream_lost: u64,
+    keyframe_requests: u64,
     tunnel_rtt_ms: Option<f64>,
     /// The edge's latest report on its uplink.
     edge: Option<EdgeJson>,
@@ -446,6 +451,7 @@ fn stream_json(s: &Session, now: Instant) -> StreamJson {
         drops: DropsJson { edge: s.stats.edge_dropped.get(), viewer_resync: s.stats.viewer_skipped.get() },
         tunnel_connects: s.stats.tunnel_connects.get(),
         upstream_lost: s.stats.upstream_lost.get(),
+        keyframe_requests: s.stats.keyframe_requests.get(),
         tunnel_rtt_ms: Some(s.stats.tunnel_rtt_us.load(Ordering::Relaxed)).filter(|v| *v > 0).map(|v| v as f64 / 1e3),
         edge: s.stats.uplink().map(|r| EdgeJson {
             queue_frames: r.queue_frames,

@@ -146,7 +146,7 @@ fn labels<'a>(s: &'a Session, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a
 
 fn stream_counters(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], now: Instant) {
     type Get = fn(&Session) -> f64;
-    let counters: [(&str, &str, &str, Get); 8] = [
+    let counters: [(&str, &str, &str, Get); 9] = [
         ("mediamesh_stream_viewers", "gauge", "Viewers attached.", |s| s.viewer_count() as f64),
         ("mediamesh_stream_frames_in_total", "counter", "Frames received from the edge.", |s| {
             s.stats.frames_in.get() as f64
@@ -165,6 +165,9 @@ fn stream_counters(m: &mut Exposition, snapshot: &[std::sync::Arc<Session>], now
         }),
         ("mediamesh_stream_upstream_lost_total", "counter", "Times the data tunnel was lost while wanted.", |s| {
             s.stats.upstream_lost.get() as f64
+        }),
+        ("mediamesh_stream_keyframe_requests_total", "counter", "Keyframe requests sent to the upstream.", |s| {
+            s.stats.keyframe_requests.get() as f64
         }),
         ("mediamesh_stream_log_frames", "gauge", "Frames held in the stream's shared log.", |s| {
             s.log.stats().frames as f64

@@ -38,6 +38,11 @@ pub enum NodeCommand {
         /// The stream.
         stream: String,
     },
+    /// Send the edge to another hub of the cluster (Redirect, then GoAway).
+    Redirect {
+        /// That hub's tunnel address.
+        target: String,
+    },
 }
 
 /// Smallest capacity of a node's command queue. Commands are rare (one per session start or
@@ -381,6 +386,16 @@ impl NodeRegistry {
             mpsc::error::TrySendError::Full(_) => NodeError::Congested { node: node.into() },
             mpsc::error::TrySendError::Closed(_) => NodeError::NotConnected { node: node.into() },
         })
+    }
+
+    /// How many nodes are connected.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no node is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A copy of every entry, sorted by node name.

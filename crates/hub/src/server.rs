@@ -240,6 +240,7 @@ impl Hub {
         if let Some(c) = &cluster {
             let local = crate::cluster::etcd::Local::new(registry.clone(), sessions.clone());
             tasks.spawn(crate::cluster::etcd::run(c.clone(), local, shutdown.clone()));
+            tasks.spawn(crate::cluster::balance::run(c.clone(), registry.clone(), sessions.clone(), shutdown.clone()));
         }
         let drain = Arc::new(crate::cluster::drain::DrainControl::new(
             cluster.clone(),

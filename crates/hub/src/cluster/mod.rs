@@ -8,6 +8,7 @@
 //!
 //! Without a `cluster` block none of this runs and a hub is alone, as before.
 
+pub mod balance;
 pub mod drain;
 pub mod etcd;
 pub mod publish;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use mediamesh_tunnel::backoff::{Backoff, BackoffConfig};
 use mediamesh_tunnel::settings::Live;
 use mediamesh_tunnel::transport::{Link, Tracked, ws_config};
-use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Message, PROTOCOL_VERSION, SessionId};
+use mediamesh_tunnel::wire::{Channel, ErrorCode, Hello, Message, OLDEST_VERSION, PROTOCOL_VERSION, SessionId};
 use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -37,7 +37,7 @@ use super::Cluster;
 use crate::registry::NodeError;
 use crate::session::upstream::{EdgeUpstream, StartError, Upstream, UpstreamKind};
 use crate::session::{Session, SessionEvent, StreamKey};
-use crate::tunnel::data::{End, UpstreamGuard, ingest};
+use crate::tunnel::data::{End, Sender, UpstreamGuard, ingest};
 use crate::tunnel::{RelayTls, TunnelSettings};
 
 /// A relay link to another hub.
@@ -266,7 +266,7 @@ impl RelayUpstream {
         let tls = settings.relay.as_ref().ok_or(RelayError::NoHubCertificate)?;
         let (hub, address) = self.locate(&session.key)?;
         let dial = dial(&settings, tls, &self.cluster.name, &hub, &address, &session.key);
-        let mut link = tokio::select! {
+        let (mut link, version) = tokio::select! {
             r = tokio::time::timeout(settings.handshake_timeout, dial) => match r {
                 Ok(r) => r?,
                 Err(_) => return Err(RelayError::Timeout { hub, secs: settings.handshake_timeout.as_secs_f64() }),
@@ -288,10 +288,11 @@ impl RelayUpstream {
         session.stats.tunnel_connects.add(1);
         session.log.begin_epoch();
         info!(stream = %session.key, %hub, "relay attached");
-        let end = match ingest(settings.heartbeat, &mut link, session, &link_cancel, "hub").await {
-            End::Lost(_) if link_cancel.is_cancelled() || session.log.is_closed() => End::Cancelled,
-            end => end,
-        };
+        let end =
+            match ingest(settings.heartbeat, &mut link, session, &link_cancel, Sender { name: "hub", version }).await {
+                End::Lost(_) if link_cancel.is_cancelled() || session.log.is_closed() => End::Cancelled,
+                end => end,
+            };
         guard.event = match &end {
             End::Cancelled => {
                 session.release_upstream(id);
@@ -387,7 +388,8 @@ impl Upstream for RelayUpstream {
     }
 }
 
-/// TCP, TLS with this hub's certificate, the upgrade, and Hello → Welcome for a relay of `key`.
+/// TCP, TLS with this hub's certificate, the upgrade, and Hello → Welcome for a relay of `key`;
+/// the link and the protocol version it speaks.
 async fn dial(
     settings: &TunnelSettings,
     tls: &RelayTls,
@@ -395,7 +397,7 @@ async fn dial(
     hub: &str,
     address: &str,
     key: &StreamKey,
-) -> Result<RelayLink, RelayError> {
+) -> Result<(RelayLink, u16), RelayError> {
     let failed = |reason: String| RelayError::Handshake { hub: hub.to_owned(), reason };
     let tcp = TcpStream::connect(address).await.map_err(|source| RelayError::Connect {
         hub: hub.to_owned(),
@@ -417,7 +419,7 @@ async fn dial(
             .map_err(|e| failed(format!("WebSocket upgrade: {e}")))?;
     let mut link = Link::new(ws, settings.limits, settings.write_deadline);
     let hello = Hello {
-        min_version: PROTOCOL_VERSION,
+        min_version: OLDEST_VERSION,
         max_version: PROTOCOL_VERSION,
         node: me.to_owned(),
         agent: concat!("mediamesh-hub/", env!("CARGO_PKG_VERSION")).into(),
@@ -425,7 +427,7 @@ async fn dial(
     };
     link.send(&Message::Hello(hello)).await.map_err(|e| failed(e.to_string()))?;
     match link.recv().await {
-        Ok(Some(Message::Welcome(_))) => Ok(link),
+        Ok(Some(Message::Welcome(w))) => Ok((link, w.version)),
         Ok(Some(Message::Error(e))) => {
             Err(RelayError::Refused { hub: hub.to_owned(), code: e.code, message: e.message })
         }

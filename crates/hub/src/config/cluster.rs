@@ -28,6 +28,10 @@ pub struct ClusterSettings {
     /// before it ends them and exits. Default 30 s.
     #[serde(default = "default_drain_deadline")]
     pub drain_deadline: Seconds,
+    /// How often a hub with more than its share of the cluster's edges sends some to the hub
+    /// with the fewest (`docs/cluster.md`); 0 turns it off. Default 10 s.
+    #[serde(default = "default_rebalance_interval")]
+    pub rebalance_interval: Seconds,
 }
 
 impl ClusterSettings {
@@ -40,6 +44,7 @@ impl ClusterSettings {
             advertise_stream_url: None,
             advertise_tunnel_address: None,
             drain_deadline: default_drain_deadline(),
+            rebalance_interval: default_rebalance_interval(),
         }
     }
 
@@ -74,6 +79,12 @@ impl ClusterSettings {
         if self.drain_deadline.get() > std::time::Duration::from_secs(24 * 3600) {
             return Err(("drainDeadline".into(), "must be at most a day".into()));
         }
+        if !self.rebalance_interval.get().is_zero() && self.rebalance_interval.get() < self.lease_ttl.get() {
+            return Err((
+                "rebalanceInterval".into(),
+                "must be 0 (off) or at least leaseTtl: a round must see the last round's moves in the loads".into(),
+            ));
+        }
         let ttl = self.lease_ttl.get();
         if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) {
             return Err(("leaseTtl".into(), "must be 2 to 300 seconds (etcd leases count whole seconds)".into()));
@@ -88,6 +99,10 @@ fn default_prefix() -> String {
 
 fn default_lease_ttl() -> Seconds {
     Seconds::new(5)
+}
+
+fn default_rebalance_interval() -> Seconds {
+    Seconds::new(10)
 }
 
 fn default_drain_deadline() -> Seconds {

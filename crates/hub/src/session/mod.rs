@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use mediamesh_tunnel::uplink::KEYFRAME_REQUEST_GAP;
 use mediamesh_tunnel::wire::SessionId;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -125,6 +126,8 @@ pub struct Session {
     pub log: Arc<FrameLog>,
     /// Counters.
     pub stats: SessionStats,
+    /// Keyframe requests for whatever feeds the session.
+    pub keyframes: KeyframeRequests,
     counters: Arc<HubCounters>,
     behind: BehindPolicy,
     viewers: Mutex<HashMap<u64, Arc<ViewerStats>>>,
@@ -134,6 +137,34 @@ pub struct Session {
     /// Where the frames come from.
     source: Arc<dyn Upstream>,
     upstream: Mutex<UpstreamSlot>,
+}
+
+/// A session's keyframe requests to its upstream (the edge's data tunnel or a relay), which
+/// passes them on to the source: at most one per [`KEYFRAME_REQUEST_GAP`], however many
+/// viewers, relays or broken chains ask.
+#[derive(Debug, Default)]
+pub struct KeyframeRequests {
+    last: Mutex<Option<Instant>>,
+    wanted: Notify,
+}
+
+impl KeyframeRequests {
+    /// Asks for a keyframe at `now`; false when one was asked less than the gap ago.
+    pub fn request(&self, now: Instant) -> bool {
+        let mut last = lock(&self.last);
+        if last.is_some_and(|t| now < t + KEYFRAME_REQUEST_GAP) {
+            return false;
+        }
+        *last = Some(now);
+        // Kept for the upstream's next poll if none waits (it may be reconnecting).
+        self.wanted.notify_one();
+        true
+    }
+
+    /// Resolves when a keyframe is wanted; for the task that talks to the upstream.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
 }
 
 /// The data tunnel feeding a session, and whether the session still takes one.
@@ -366,6 +397,18 @@ impl Sessions {
         self.cluster.as_ref().is_some_and(|c| matches!(c.state(), HubState::Tombstone | HubState::AwaitingDeletion))
     }
 
+    /// Where a draining hub sends `node`'s edge: another serving hub's tunnel address, if the
+    /// registry knows one ([`crate::cluster::balance::drain_target`]).
+    pub fn drain_target(&self, node: &str, my_edges: usize) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        if c.status() != crate::cluster::RegistryStatus::Available {
+            return None;
+        }
+        // Called once per edge of a draining hub: read the hubs, do not copy the whole view.
+        let hubs = c.with_view(|v| v.hubs());
+        crate::cluster::balance::drain_target(&c.name, my_edges, node, &hubs)
+    }
+
     /// Hub-wide counters.
     pub fn counters(&self) -> &HubCounters {
         &self.counters
@@ -439,6 +482,7 @@ impl Sessions {
             phase: Mutex::new(Phase::Starting),
             source: self.upstream_for(&key),
             upstream: Mutex::new(UpstreamSlot::default()),
+            keyframes: KeyframeRequests::default(),
         });
         (s, rx)
     }

@@ -88,6 +88,8 @@ pub struct SessionStats {
     pub resume_skipped: Counter,
     /// Data tunnels that attached (1 + reconnects).
     pub tunnel_connects: Counter,
+    /// Keyframe requests sent to the upstream.
+    pub keyframe_requests: Counter,
     /// Times the link to the edge was lost while the session ran.
     pub upstream_lost: Counter,
     /// Smoothed Ping/Pong round trip of the current data tunnel, microseconds (0 = none yet).
@@ -115,6 +117,7 @@ impl SessionStats {
             viewer_skipped: Counter::default(),
             resume_skipped: Counter::default(),
             tunnel_connects: Counter::default(),
+            keyframe_requests: Counter::default(),
             upstream_lost: Counter::default(),
             tunnel_rtt_us: AtomicU64::new(0),
             uplink: Mutex::new(None),

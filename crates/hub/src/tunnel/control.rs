@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::Heartbeat;
-use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message, RunningStream};
+use mediamesh_tunnel::wire::{CatalogEntry, ErrorCode, Message, RunningStream, V3};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -20,6 +20,8 @@ pub(super) struct ControlHello {
     pub instance: u64,
     pub catalog: Vec<CatalogEntry>,
     pub running: Vec<RunningStream>,
+    /// The protocol version the connection speaks.
+    pub version: u16,
 }
 
 /// How often an identity conflict of one node is logged as a warning (each is counted).
@@ -33,7 +35,7 @@ pub(super) async fn run(
     hello: ControlHello,
     remote: Remote,
 ) {
-    let ControlHello { agent, instance, catalog, running } = hello;
+    let ControlHello { agent, instance, catalog, running, version } = hello;
     if ctx.sessions.draining() {
         info!(%node, "control channel refused: this hub is draining");
         let msg = format!("hub {} is draining; dial another hub", settings.hub_name);
@@ -72,7 +74,7 @@ pub(super) async fn run(
         }
         Ok(None) => {}
     }
-    if let Err(e) = link.send(&settings.welcome()).await {
+    if let Err(e) = link.send(&settings.welcome(version)).await {
         warn!(%node, error = %e, "could not send Welcome");
         if ctx.registry.unregister(&node, conn_id) {
             ctx.sessions.node_gone(&node);
@@ -152,6 +154,14 @@ pub(super) async fn run(
                 let msg = match cmd {
                     NodeCommand::AddVideo { session, stream } => Message::AddVideo { session, stream },
                     NodeCommand::RemoveVideo { session, stream } => Message::RemoveVideo { session, stream },
+                    NodeCommand::Redirect { target } => {
+                        // A v2 edge takes the GoAway alone and dials the next hub of its list.
+                        if version >= V3 && link.send(&Message::Redirect { target: target.clone() }).await.is_err() {
+                            break "send failed".into();
+                        }
+                        link.go_away("moved to another hub to balance the cluster").await;
+                        break format!("sent to {target} to balance the cluster");
+                    }
                 };
                 if let Err(e) = link.send(&msg).await {
                     break format!("send failed: {e}");
@@ -166,6 +176,11 @@ pub(super) async fn run(
                 let reason = if ctx.shutdown.is_cancelled() {
                     "hub shutting down"
                 } else if ctx.sessions.draining() {
+                    // Told where to go, the edge need not try the hubs of its list in turn.
+                    let edges = ctx.registry.len();
+                    if version >= V3 && let Some(target) = ctx.sessions.drain_target(&node, edges) {
+                        let _ = link.send(&Message::Redirect { target }).await;
+                    }
                     "hub draining"
                 } else {
                     "replaced by a newer connection"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mediamesh_tunnel::liveness::{Heartbeat, HeartbeatConfig};
 use mediamesh_tunnel::transport::Link;
-use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId};
+use mediamesh_tunnel::wire::{ErrorCode, Feedback, Message, SessionId, V3};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
@@ -44,6 +44,7 @@ pub(super) async fn run(
     node: String,
     session_id: SessionId,
     stream: String,
+    version: u16,
 ) {
     let session = match ctx.sessions.attach(&node, session_id, &stream) {
         Ok(s) => s,
@@ -70,7 +71,7 @@ pub(super) async fn run(
         id,
         event: Some(SessionEvent::UpstreamLost("the data tunnel task failed".into())),
     };
-    if let Err(e) = link.send(&settings.welcome()).await {
+    if let Err(e) = link.send(&settings.welcome(version)).await {
         guard.event = Some(SessionEvent::UpstreamLost(format!("could not send Welcome: {e}")));
         guard.finish().await;
         return;
@@ -79,7 +80,7 @@ pub(super) async fn run(
     session.log.begin_epoch();
     info!(stream = %session.key, "data tunnel attached");
 
-    let end = match ingest(settings.heartbeat, &mut link, &session, &cancel, "edge").await {
+    let end = match ingest(settings.heartbeat, &mut link, &session, &cancel, Sender { name: "edge", version }).await {
         // The hub stopped the stream (RemoveVideo) and the edge closed the tunnel before this
         // task saw the cancellation: that close is the stop's answer, not a loss.
         End::Lost(_) if cancel.is_cancelled() || session.log.is_closed() => End::Cancelled,
@@ -142,16 +143,28 @@ impl Drop for UpstreamGuard {
     }
 }
 
+/// Who sends a session's frames over a link.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sender {
+    /// "edge" or "hub", for the reasons.
+    pub name: &'static str,
+    /// The protocol version the link speaks.
+    pub version: u16,
+}
+
 /// Moves a session's header and frames from `link` (an edge's data tunnel, or a relay from
-/// another hub: `peer` says which, for the reasons) into its log, with feedback and heartbeats,
-/// until the link ends or `cancel` fires.
+/// another hub: `sender` says which) into its log, with feedback and heartbeats, and the
+/// session's keyframe requests the other way, until the link ends or `cancel` fires.
 pub(crate) async fn ingest<S: AsyncRead + AsyncWrite + Unpin>(
     heartbeat: HeartbeatConfig,
     link: &mut Link<S>,
     session: &Session,
     cancel: &tokio_util::sync::CancellationToken,
-    peer: &str,
+    sender: Sender,
 ) -> End {
+    let peer = sender.name;
+    // A v2 sender would take a KeyframeRequest for a protocol error.
+    let asks_keyframes = sender.version >= V3;
     let mut hb = Heartbeat::new(Instant::now(), heartbeat);
     let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,7 +216,12 @@ pub(crate) async fn ingest<S: AsyncRead + AsyncWrite + Unpin>(
                                     session.report(SessionEvent::UpstreamAttached).await;
                                 }
                             }
-                            Ok(Pushed::AwaitingSyncPoint) => session.stats.resume_skipped.add(1),
+                            Ok(Pushed::AwaitingSyncPoint) => {
+                                // Frames that cannot be used until a keyframe: ask for one
+                                // rather than wait out the sender's group of pictures.
+                                session.stats.resume_skipped.add(1);
+                                session.keyframes.request(now);
+                            }
                             Err(PushError::Closed) => return End::Cancelled,
                             Err(e) => {
                                 send_error(link, ErrorCode::Protocol, e.to_string()).await;
@@ -242,6 +260,13 @@ pub(crate) async fn ingest<S: AsyncRead + AsyncWrite + Unpin>(
                         send_error(link, ErrorCode::Protocol, msg.clone()).await;
                         return End::Ended(msg);
                     }
+                }
+            }
+            () = session.keyframes.wanted(), if asks_keyframes => {
+                session.stats.keyframe_requests.add(1);
+                debug!(stream = %session.key, %peer, "keyframe request sent");
+                if let Err(e) = link.send(&Message::KeyframeRequest).await {
+                    return End::Lost(e.to_string());
                 }
             }
             _ = feedback.tick() => {

@@ -17,7 +17,7 @@ use mediamesh_tunnel::liveness::HeartbeatConfig;
 use mediamesh_tunnel::settings::Live;
 use mediamesh_tunnel::transport::{Link, Tracked, ws_config};
 use mediamesh_tunnel::wire::{
-    Channel, ErrorCode, Hello, Limits, Message, PROTOCOL_VERSION, Welcome, negotiate_version,
+    Channel, ErrorCode, Hello, Limits, Message, OLDEST_VERSION, PROTOCOL_VERSION, Welcome, negotiate_version,
 };
 use mediamesh_tunnel::{SUBPROTOCOL, TUNNEL_PATH};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,9 +98,10 @@ impl std::fmt::Debug for TunnelSettings {
 }
 
 impl TunnelSettings {
-    pub(crate) fn welcome(&self) -> Message {
+    /// The Welcome for a connection that speaks protocol `version`.
+    pub(crate) fn welcome(&self, version: u16) -> Message {
         Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
+            version,
             hub: self.hub_name.clone(),
             heartbeat_ms: u32::try_from(self.heartbeat.interval.as_millis()).unwrap_or(u32::MAX),
             max_frame_bytes: self.limits.max_frame_bytes,
@@ -171,18 +172,20 @@ async fn handle(ctx: Arc<TunnelCtx>, gate: Arc<Gate>, tcp: TcpStream, remote: Re
             return;
         }
     };
-    let (link, hello) = hello;
+    let (link, hello, version) = hello;
     match (peer, hello.channel) {
         (Peer::Node(node), Channel::Control { instance, catalog, running }) => {
-            let hello = control::ControlHello { agent: hello.agent, instance, catalog, running };
+            let hello = control::ControlHello { agent: hello.agent, instance, catalog, running, version };
             control::run(ctx, settings, link, node, hello, remote).instrument(info_span!("control")).await;
         }
         (Peer::Node(node), Channel::Data { session, stream }) => {
-            data::run(ctx, settings, link, node, session, stream).instrument(info_span!("data", session)).await;
+            let span = info_span!("data", session);
+            data::run(ctx, settings, link, node, session, stream, version).instrument(span).await;
         }
         (Peer::Hub, Channel::Relay { node, stream }) => {
             let span = info_span!("relay", hub = %hello.node, %node, %stream);
-            crate::egress::relay::serve(ctx, settings, link, hello.node, remote, node, stream).instrument(span).await;
+            let peer = crate::egress::relay::Peer { hub: hello.node, remote, version };
+            crate::egress::relay::serve(ctx, settings, link, peer, node, stream).instrument(span).await;
         }
         (Peer::Node(node), Channel::Relay { .. }) => {
             warn!(%node, "tunnel refused: an edge asked for a relay");
@@ -294,7 +297,8 @@ fn check_upgrade(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
 
 /// Reads and checks the Hello: version, and the claimed node against the certificate's (a
 /// hub's Hello names the hub, which its certificate does not prove; it is for logs).
-async fn read_hello(mut link: TunnelLink, peer: &Peer) -> Option<(TunnelLink, Hello)> {
+/// Reads and checks the Hello; returns it with the protocol version the connection speaks.
+async fn read_hello(mut link: TunnelLink, peer: &Peer) -> Option<(TunnelLink, Hello, u16)> {
     let node = peer.to_string();
     let hello = match link.recv().await {
         Ok(Some(Message::Hello(h))) => h,
@@ -314,23 +318,23 @@ async fn read_hello(mut link: TunnelLink, peer: &Peer) -> Option<(TunnelLink, He
             return None;
         }
     };
-    if negotiate_version(hello.min_version, hello.max_version).is_none() {
+    let Some(version) = negotiate_version(hello.min_version, hello.max_version) else {
         let msg = format!(
-            "no common protocol version: edge speaks {}..={}, hub speaks {PROTOCOL_VERSION}",
+            "no common protocol version: edge speaks {}..={}, hub speaks {OLDEST_VERSION}..={PROTOCOL_VERSION}",
             hello.min_version, hello.max_version
         );
         warn!(%node, %msg, "tunnel refused");
         link.fail(ErrorCode::UnsupportedVersion, msg).await;
         return None;
-    }
+    };
     if matches!(peer, Peer::Node(n) if *n != hello.node) {
         let msg = format!("the certificate identifies node {node:?}, but the Hello claims {:?}", hello.node);
         warn!(%node, claimed = %hello.node, "tunnel refused: identity mismatch");
         link.fail(ErrorCode::Unauthorized, msg).await;
         return None;
     }
-    info!(%node, agent = %hello.agent, "hello accepted");
-    Some((link, hello))
+    info!(%node, agent = %hello.agent, version, "hello accepted");
+    Some((link, hello, version))
 }
 
 /// Microseconds since the Unix epoch, for frame receive stamps.

@@ -71,7 +71,13 @@ pub enum Output {
     Control(Message),
     /// Close the tunnel: it is over for this reason.
     Close(TunnelEnd),
+    /// Ask the source for a keyframe: the receiver asked for one, or the queue broke the
+    /// picture chain (at most one per [`KEYFRAME_REQUEST_GAP`]).
+    WantKeyframe,
 }
+
+/// The shortest time between two keyframe requests to the source.
+pub const KEYFRAME_REQUEST_GAP: Duration = Duration::from_secs(1);
 
 /// Why a tunnel ended, as the uplink decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +137,8 @@ pub struct Uplink {
     too_large: u64,
     connects: u32,
     srtt: Option<Duration>,
+    /// When the source was last asked for a keyframe.
+    keyframe_asked: Option<Instant>,
 }
 
 impl Uplink {
@@ -147,6 +155,7 @@ impl Uplink {
             too_large: 0,
             connects: 0,
             srtt: None,
+            keyframe_asked: None,
         }
     }
 
@@ -202,8 +211,19 @@ impl Uplink {
             }
             Message::GoAway { reason } => self.close(TunnelEnd::GoAway(reason)),
             Message::Error(e) => self.close(TunnelEnd::Refused { code: e.code, message: e.message }),
+            Message::KeyframeRequest => self.want_keyframe(now),
             other => self.close(TunnelEnd::Unexpected(other.name())),
         }
+    }
+
+    /// Asks the source for a keyframe, unless it was asked less than
+    /// [`KEYFRAME_REQUEST_GAP`] ago.
+    fn want_keyframe(&mut self, now: Instant) {
+        if self.keyframe_asked.is_some_and(|t| now < t + KEYFRAME_REQUEST_GAP) {
+            return;
+        }
+        self.keyframe_asked = Some(now);
+        self.outputs.push_back(Output::WantKeyframe);
     }
 
     fn close(&mut self, end: TunnelEnd) {
@@ -273,6 +293,13 @@ impl Uplink {
     fn update(&mut self, now: Instant) {
         if self.conn.is_none() {
             return;
+        }
+        // A chain broken by a full queue or stale frames recovers at the next keyframe: ask for
+        // it now rather than wait out the group of pictures. Not while shedding whole groups
+        // (keyframes are all that goes then, and more of them would add to the congestion), nor
+        // after a reconnect (the driver asked already, when the source makes keyframes at all).
+        if self.outbox.broken().is_some_and(|r| matches!(r, DropReason::AwaitingKeyframe | DropReason::Stale)) {
+            self.want_keyframe(now);
         }
         let path_delay = self.path.excess(now);
         let delay = self.outbox.head_age(now).max(path_delay);

@@ -246,6 +246,11 @@ impl Outbox {
         }
     }
 
+    /// Why video frames are being dropped until the next keyframe, if they are.
+    pub fn broken(&self) -> Option<DropReason> {
+        self.broken
+    }
+
     /// The next thing to send, dropping on the way what the level and age rule out.
     pub fn pop(&mut self, now: Instant, level: CongestionLevel, max_age: Duration) -> Option<Outgoing> {
         loop {

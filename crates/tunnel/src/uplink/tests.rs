@@ -68,6 +68,8 @@ struct Sim {
     received: Vec<String>,
     controls: Vec<Message>,
     closed: Option<TunnelEnd>,
+    /// When the source was asked for a keyframe.
+    keyframes_asked: Vec<Instant>,
 }
 
 impl Sim {
@@ -88,6 +90,7 @@ impl Sim {
             received: Vec::new(),
             controls: Vec::new(),
             closed: None,
+            keyframes_asked: Vec::new(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Sim {
                 match out {
                     Output::Control(m) => self.controls.push(m),
                     Output::Close(end) => self.closed = Some(end),
+                    Output::WantKeyframe => self.keyframes_asked.push(now),
                 }
             }
             while let Some(out) = self.up.poll_transmit(now) {
@@ -341,4 +345,44 @@ fn frames_larger_than_the_receiver_takes_are_dropped_and_counted() {
     s.run(200 * MS);
     assert_eq!(s.received, ["H"]);
     assert_eq!(s.drops(DropReason::TooLarge), 6, "frames 0..=5");
+}
+
+#[test]
+fn the_receivers_keyframe_requests_reach_the_source_at_most_once_a_second() {
+    let mut s = Sim::new();
+    s.connect(false);
+    s.run(100 * MS);
+    assert!(s.keyframes_asked.is_empty(), "a clear link asks for nothing");
+    let asked = s.now;
+    s.up.handle_input(s.now, Input::Received(Message::KeyframeRequest));
+    s.run(MS);
+    assert_eq!(s.keyframes_asked, [asked + MS], "passed on at the next step");
+    s.up.handle_input(s.now, Input::Received(Message::KeyframeRequest));
+    s.run(998 * MS);
+    s.up.handle_input(s.now, Input::Received(Message::KeyframeRequest));
+    s.run(MS);
+    assert_eq!(s.keyframes_asked.len(), 1, "requests within a second of the last are folded into it");
+    s.up.handle_input(s.now, Input::Received(Message::KeyframeRequest));
+    s.run(MS);
+    assert_eq!(s.keyframes_asked.len(), 2);
+    assert_eq!(s.closed, None, "a keyframe request is not a protocol error");
+}
+
+#[test]
+fn a_chain_broken_by_a_full_queue_or_stale_frames_asks_the_source_for_a_keyframe() {
+    let mut s = Sim::new();
+    s.up = Uplink::new(UplinkConfig { outbox: OutboxConfig { max_frames: 4, max_bytes: 8 << 20 }, ..config() });
+    s.up.handle_input(s.now, Input::Header(header()));
+    // The path stops acknowledging: the gate closes, the queue fills and drops a reference
+    // frame, which breaks the chain until the next keyframe.
+    s.connect(false);
+    s.run(400 * MS);
+    s.ack_delay = None;
+    s.path.clear();
+    s.run(1500 * MS);
+    assert!(s.drops(DropReason::QueueFull) + s.drops(DropReason::Stale) > 0, "{:?}", s.up.drops());
+    assert!(!s.keyframes_asked.is_empty(), "the source is asked for the keyframe the chain waits for");
+    let gaps: Vec<Duration> = s.keyframes_asked.windows(2).map(|w| w[1] - w[0]).collect();
+    // (Seen when the next step polls, up to a step after the uplink decided.)
+    assert!(gaps.iter().all(|g| *g >= KEYFRAME_REQUEST_GAP - MS), "{gaps:?}");
 }

@@ -109,6 +109,8 @@ fn decode_body(body: Bytes, limits: &Limits) -> Result<Message, DecodeError> {
         }),
         msg_type::END_OF_STREAM => Message::EndOfStream { reason: r.string("end_of_stream.reason", MAX_TEXT_LEN)? },
         msg_type::UPLINK_REPORT => Message::UplinkReport(uplink_report(&mut r)?),
+        msg_type::REDIRECT => Message::Redirect { target: r.string("redirect.target", MAX_TEXT_LEN)? },
+        msg_type::KEYFRAME_REQUEST => Message::KeyframeRequest,
         other => return Err(DecodeError::UnknownType(other)),
     };
     if r.remaining() != 0 {

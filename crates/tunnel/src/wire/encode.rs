@@ -58,6 +58,8 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::Ping { id } | Message::Pong { id } => out.put_u64(*id),
         Message::GoAway { reason } | Message::EndOfStream { reason } => out.put_string(text(reason)),
         Message::Catalog { catalog } => put_catalog(catalog, out),
+        Message::Redirect { target } => out.put_string(text(target)),
+        Message::KeyframeRequest => {}
         Message::Error(e) => {
             out.put_u16(e.code.to_u16());
             out.put_u64(e.session);

@@ -19,10 +19,14 @@ use mediamesh_media::{Frame, StreamHeader};
 
 /// The four bytes every Hello starts with.
 pub const MAGIC: [u8; 4] = *b"MMTP";
-/// The protocol version this implementation speaks. Version 2 added the edge's instance id to
-/// the control Hello, the Catalog message and the `duplicate-node` error; version 1 is no longer
-/// spoken (`docs/protocol.md` §1.6).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The newest protocol version this implementation speaks. Version 3 added KeyframeRequest
+/// and Redirect; version 2 the edge's instance id in the control Hello, the Catalog message and
+/// the `duplicate-node` error; version 1 is no longer spoken (`docs/protocol.md` §1.6).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest version still spoken: a v2 peer is served without the v3 messages.
+pub const OLDEST_VERSION: u16 = 2;
+/// The first version with [`Message::KeyframeRequest`] and [`Message::Redirect`].
+pub const V3: u16 = 3;
 
 /// Largest name (node or stream) in bytes.
 pub const MAX_NAME_LEN: usize = 253;
@@ -85,6 +89,8 @@ pub mod msg_type {
     pub const ERROR: u8 = 0x15;
     /// [`super::Message::Catalog`]
     pub const CATALOG: u8 = 0x16;
+    /// [`super::Message::Redirect`]
+    pub const REDIRECT: u8 = 0x17;
     /// [`super::Message::StreamHeader`]
     pub const STREAM_HEADER: u8 = 0x20;
     /// [`super::Message::Frame`]
@@ -95,6 +101,8 @@ pub mod msg_type {
     pub const END_OF_STREAM: u8 = 0x23;
     /// [`super::Message::UplinkReport`]
     pub const UPLINK_REPORT: u8 = 0x24;
+    /// [`super::Message::KeyframeRequest`]
+    pub const KEYFRAME_REQUEST: u8 = 0x25;
 }
 
 /// Codec ids on the wire.
@@ -187,6 +195,12 @@ pub enum Message {
         /// The streams this node now offers.
         catalog: Vec<CatalogEntry>,
     },
+    /// Hub → edge (control, v3): connect to this hub instead; sent just before GoAway when the
+    /// hub moves an edge off on purpose (it is over its share of the cluster's load).
+    Redirect {
+        /// The tunnel address (`host:port`) to dial first.
+        target: String,
+    },
     /// Edge → hub (data): the stream's tracks and codec parameters. Sent before the first frame
     /// and again whenever they change.
     StreamHeader(StreamHeader),
@@ -201,6 +215,9 @@ pub enum Message {
     },
     /// Edge → hub (data): the uplink's queue, delay, shedding level and drops.
     UplinkReport(UplinkReport),
+    /// Receiver → sender (data or relay, v3): a keyframe is wanted as soon as the source can
+    /// make one (the receiver's stream broke its picture chain).
+    KeyframeRequest,
 }
 
 impl Message {
@@ -222,6 +239,8 @@ impl Message {
             Message::Feedback(_) => FEEDBACK,
             Message::EndOfStream { .. } => END_OF_STREAM,
             Message::UplinkReport(_) => UPLINK_REPORT,
+            Message::Redirect { .. } => REDIRECT,
+            Message::KeyframeRequest => KEYFRAME_REQUEST,
         }
     }
 
@@ -249,6 +268,8 @@ pub fn type_name(t: u8) -> &'static str {
         FEEDBACK => "Feedback",
         END_OF_STREAM => "EndOfStream",
         UPLINK_REPORT => "UplinkReport",
+        REDIRECT => "Redirect",
+        KEYFRAME_REQUEST => "KeyframeRequest",
         _ => "unknown",
     }
 }
@@ -559,7 +580,8 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
 
 /// Picks the protocol version for a connection: the highest both sides speak.
 pub fn negotiate_version(min: u16, max: u16) -> Option<u16> {
-    (min <= PROTOCOL_VERSION && PROTOCOL_VERSION <= max).then_some(PROTOCOL_VERSION)
+    let v = max.min(PROTOCOL_VERSION);
+    (v >= min && v >= OLDEST_VERSION).then_some(v)
 }
 
 #[cfg(test)]

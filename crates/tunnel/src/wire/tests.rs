@@ -71,6 +71,8 @@ fn sample_messages() -> Vec<Message> {
         }),
         Message::Feedback(Feedback { last_seq: 9, frames: 10, bytes: 11 }),
         Message::EndOfStream { reason: "ffmpeg exited".into() },
+        Message::Redirect { target: "hub-b.example:7443".into() },
+        Message::KeyframeRequest,
         Message::UplinkReport(UplinkReport {
             queue_frames: 3,
             queue_bytes: 30_000,
@@ -222,10 +224,11 @@ fn long_text_is_cut_to_the_cap_and_still_decodes() {
 
 #[test]
 fn version_negotiation() {
-    assert_eq!(negotiate_version(2, 2), Some(2));
-    assert_eq!(negotiate_version(1, 9), Some(2));
+    assert_eq!(negotiate_version(2, 2), Some(2), "a v2 peer is still served");
+    assert_eq!(negotiate_version(2, 3), Some(3));
+    assert_eq!(negotiate_version(1, 9), Some(3), "the highest both speak");
     assert_eq!(negotiate_version(1, 1), None, "version 1 is no longer spoken");
-    assert_eq!(negotiate_version(3, 9), None);
+    assert_eq!(negotiate_version(4, 9), None);
     assert_eq!(negotiate_version(0, 0), None);
 }
 
@@ -315,6 +318,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
             bytes
         })),
         text().prop_map(|reason| Message::EndOfStream { reason }),
+        text().prop_map(|target| Message::Redirect { target }),
+        Just(Message::KeyframeRequest),
         (
             any::<(u32, u64, u32, u32, u32)>(),
             0u8..3,

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::listener::Remote;
 use crate::session::log::{HeaderEntry, LogEntry};
-use crate::session::{StreamKey, ViewerEnd};
+use crate::session::{Session, StreamKey, ViewerEnd};
 use crate::tunnel::{TunnelCtx, TunnelLink, TunnelSettings};
 
 /// What relays are counted and logged under, beside the viewer protocols.
@@ -34,17 +34,28 @@ const QUEUE: OutboxConfig = OutboxConfig { max_frames: 128, max_bytes: 8 * 1024 
 /// How often the relay reports its queue and shedding to the other hub.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Serves a relay of `node`'s `stream` to the hub `hub` (as its Hello names it) until that hub
-/// closes it, the link fails, or the stream ends.
+/// The hub at the other end of a relay.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// Its name, as its Hello says.
+    pub hub: String,
+    /// Its address.
+    pub remote: Remote,
+    /// The protocol version the relay speaks.
+    pub version: u16,
+}
+
+/// Serves a relay of `node`'s `stream` to the hub `peer` until that hub closes it, the link
+/// fails, or the stream ends.
 pub(crate) async fn serve(
     ctx: Arc<TunnelCtx>,
     settings: Arc<TunnelSettings>,
     mut link: TunnelLink,
-    hub: String,
-    remote: Remote,
+    peer: Peer,
     node: String,
     stream: String,
 ) {
+    let Peer { hub, remote, version } = peer;
     // Only streams of nodes connected here: a relay of a relay could loop between hubs.
     if let Err(e) = ctx.registry.check_stream(&node, &stream) {
         info!(%hub, error = %e, "relay refused");
@@ -68,7 +79,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    if link.send(&settings.welcome()).await.is_err() {
+    if link.send(&settings.welcome(version)).await.is_err() {
         return;
     }
     info!(%hub, stream = %key, "relay opened");
@@ -128,7 +139,7 @@ pub(crate) async fn serve(
             }
             caught_up = status.skipped == 0 && (batch.is_empty() || !status.more);
         }
-        if let Some(end) = drain_outputs(&mut up, &writer) {
+        if let Some(end) = drain_outputs(&mut up, &writer, &session) {
             break end;
         }
         let can_send = up.can_transmit(Instant::now());
@@ -188,12 +199,18 @@ pub(crate) async fn serve(
     info!(%hub, stream = %key, %reason, frames, bytes, dropped, "relay closed");
 }
 
-/// Sends the uplink's control messages (Pings, Pongs, reports); `Some` when it decided the
-/// relay is over.
-fn drain_outputs(up: &mut Uplink, writer: &Writer) -> Option<String> {
+/// Sends the uplink's control messages (Pings, Pongs, reports) and passes its keyframe
+/// requests on to this hub's session (and so to the edge); `Some` when it decided the relay is
+/// over.
+fn drain_outputs(up: &mut Uplink, writer: &Writer, session: &Session) -> Option<String> {
     while let Some(o) = up.poll_output() {
         match o {
             Output::Control(msg) => writer.control.send(encoded(&msg)),
+            Output::WantKeyframe => {
+                if session.keyframes.request(Instant::now()) {
+                    debug!(stream = %session.key, "keyframe asked for by the relay");
+                }
+            }
             Output::Close(end) => {
                 debug!(%end, "relay closed by the uplink");
                 return Some(end.to_string());
