@@ -22,6 +22,7 @@
 
 mod glass;
 mod hls;
+mod idle_edges;
 mod profile;
 mod report;
 mod servers;
@@ -148,6 +149,11 @@ struct BenchArgs {
     /// (docs/benchmarks.md, "LL-HLS serving").
     #[arg(long)]
     hls_clients: Option<usize>,
+    /// Measure this many idle edges on one hub instead of the ladder: the hub's memory per
+    /// edge, its CPU with all of them idle over `--duration` seconds, and the time for all to
+    /// reconnect after `kill -9` and a restart of the hub (docs/benchmarks.md, "Idle edges").
+    #[arg(long)]
+    idle_edges: Option<usize>,
     /// Sample the server with `perf record` during each measured window; the self-time profile
     /// goes to the run's folder (`perf.txt`) and its summary into the results. Sampling costs
     /// the server some CPU: use it to explain figures, not to produce them.
@@ -284,6 +290,15 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         glass::print(&results);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "glass": results }))?)?;
+        }
+        return Ok(());
+    }
+    if let Some(edges) = args.idle_edges {
+        let binary = mediamesh_binary(&args)?;
+        let r = idle_edges::measure(&binary, &dir.join("idle-edges"), edges, args.duration, args.perf).await?;
+        idle_edges::print(&r);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "idleEdges": r }))?)?;
         }
         return Ok(());
     }

@@ -72,11 +72,11 @@ pub fn ensure_clip(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// A free TCP port on loopback (released at once; the server binds it next).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn yaml_str(p: &Path) -> String {
+pub(crate) fn yaml_str(p: &Path) -> String {
     serde_json::to_string(&p.display().to_string()).unwrap_or_default()
 }
 
@@ -192,7 +192,7 @@ impl Running {
     }
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);

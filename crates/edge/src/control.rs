@@ -215,6 +215,10 @@ async fn serve(
                     Err(e) => return e.to_string(),
                 };
                 let now = Instant::now();
+                // The hub pings every control channel each second: this side need not too.
+                if matches!(msg, Message::Ping { .. }) {
+                    hb.on_peer_ping(now);
+                }
                 match link.liveness(&mut hb, msg).await {
                     Err(e) => return e.to_string(),
                     Ok(None) => {}

@@ -109,10 +109,11 @@ pub(crate) struct Admissions {
 const FD_RESERVE: usize = 256;
 
 impl Admissions {
-    /// Lowers the ports' total limits to fit the open file limit, keeping [`FD_RESERVE`] free
-    /// and a quarter of the rest for edges: otherwise a flood of viewer connections could
-    /// exhaust the descriptors the API and the edges need. Returns the limits before, if it
-    /// changed them.
+    /// Lowers the ports' total limits to fit the open file limit, keeping [`FD_RESERVE`] free,
+    /// by fair shares ([`fair_shares`]): a port that asks for less than a third keeps what it asked, and what
+    /// it leaves goes to the others, so a flood of viewer connections cannot take the
+    /// descriptors the edges need, and a hub for many edges and few viewers gets its edges.
+    /// Returns the limits before, if it changed them.
     pub(crate) fn fit_to_fd_limit(&mut self) -> Option<[usize; 3]> {
         let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
         let budget = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE);
@@ -120,13 +121,27 @@ impl Admissions {
         if before.iter().fold(0usize, |a, b| a.saturating_add(*b)) <= budget {
             return None;
         }
-        self.tunnel.max_connections = self.tunnel.max_connections.min((budget / 4).max(1));
-        let viewers = budget.saturating_sub(self.tunnel.max_connections);
-        self.stream.max_connections = self.stream.max_connections.min((viewers / 2).max(1));
-        self.rtsp.max_connections =
-            self.rtsp.max_connections.min(viewers.saturating_sub(self.stream.max_connections).max(1));
+        let [stream, rtsp, tunnel] = fair_shares(before, budget);
+        self.stream.max_connections = stream;
+        self.rtsp.max_connections = rtsp;
+        self.tunnel.max_connections = tunnel;
         Some(before)
     }
+}
+
+/// Splits `budget` between `asks` by water-filling: the smallest ask is served first with at
+/// most an even share of what is left, and so on; each gets at least one.
+fn fair_shares(asks: [usize; 3], budget: usize) -> [usize; 3] {
+    let mut order = [0, 1, 2];
+    order.sort_by_key(|&i| asks[i]);
+    let mut out = [0; 3];
+    let mut left = budget;
+    for (k, &i) in order.iter().enumerate() {
+        let share = left / (order.len() - k);
+        out[i] = asks[i].min(share).max(1);
+        left = left.saturating_sub(out[i]);
+    }
+    out
 }
 
 /// Each port's gate.
@@ -458,6 +473,16 @@ pub(crate) async fn serve<H, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_are_shared_by_water_filling() {
+        // Many edges, few viewers: the edges get what the viewers leave.
+        assert_eq!(fair_shares([64, 16, 20_100], 19_744), [64, 16, 19_664]);
+        // A flood of viewers cannot push the edges under an even share.
+        assert_eq!(fair_shares([8192, 4096, 4096], 3000), [1000, 1000, 1000]);
+        assert_eq!(fair_shares([8192, 500, 4096], 3000), [1250, 500, 1250]);
+        assert_eq!(fair_shares([10, 10, 10], 0), [1, 1, 1]);
+    }
 
     #[test]
     fn ipv4_mapped_addresses_are_their_ipv4_address() {

@@ -229,8 +229,8 @@ impl Hub {
             if tunnel_settings.get().relay.is_none() {
                 tracing::warn!(
                     uri = mediamesh_tls::HUB_URI,
-                    "the tunnel certificate is not marked as a hub's: this hub serves relays to other hubs but \
-                     cannot open them, and sends viewers of other hubs' nodes there"
+                    "the tunnel certificate is not marked as a hub's, or has no DNS name: this hub serves relays \
+                     to other hubs but cannot open them, and sends viewers of other hubs' nodes there"
                 );
             }
             relay as Arc<dyn crate::session::upstream::Upstream>

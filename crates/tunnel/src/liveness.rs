@@ -69,6 +69,15 @@ impl Heartbeat {
         self.last_received = self.last_received.max(now);
     }
 
+    /// The peer sent a Ping at `now` (and is answered): it is alive and checks the link both
+    /// ways, so this side's own Ping can wait an interval. A side that calls this pings only
+    /// when the peer stops (an edge's control channel: ten thousand idle edges cost a hub one
+    /// Ping and one Pong each a second instead of two of each); it then measures no round trip.
+    pub fn on_peer_ping(&mut self, now: Instant) {
+        self.on_receive(now);
+        self.next_ping_at = self.next_ping_at.max(now + self.config.interval);
+    }
+
     /// A Pong arrived; returns the RTT sample if it answers the outstanding Ping.
     pub fn on_pong(&mut self, now: Instant, id: u64) -> Option<Duration> {
         self.on_receive(now);
@@ -125,6 +134,21 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_side_that_hears_the_peers_pings_waits_with_its_own() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(t0, HeartbeatConfig { interval: 1000 * MS, timeout: 3000 * MS });
+        // The peer pings every second, a little before this side would.
+        for s in 0..5u32 {
+            hb.on_peer_ping(t0 + 900 * MS + 1000 * MS * s);
+            assert_eq!(hb.poll(t0 + 1000 * MS * (s + 1)), HeartbeatAction::Wait, "second {s}");
+        }
+        // The peer falls silent: this side pings an interval after its last Ping.
+        assert_eq!(hb.next_deadline(), t0 + 5900 * MS);
+        assert!(matches!(hb.poll(t0 + 5900 * MS), HeartbeatAction::SendPing { .. }));
+        assert!(matches!(hb.poll(t0 + 7900 * MS), HeartbeatAction::Dead { .. }));
+    }
 
     #[test]
     fn pings_on_interval_and_measures_rtt() {

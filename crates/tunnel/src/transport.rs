@@ -41,8 +41,14 @@ pub enum LinkError {
 /// before buffering it.
 pub fn ws_config(limits: &Limits) -> WebSocketConfig {
     let max = limits.max_message_len() + 4;
-    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
+    // The read buffer is allocated whole for every connection, and tungstenite's 128 KiB made
+    // up most of an idle edge's cost to a hub (docs/benchmarks.md, "Idle edges"); reads come
+    // from rustls's plaintext buffer, so a small one costs copies, not system calls.
+    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max)).read_buffer_size(READ_BUFFER)
 }
+
+/// Bytes a link reads from its TLS stream at a time.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// When bytes last arrived on a [`Tracked`] stream; cheap to clone and read from anywhere
 /// (the receiving half of a split link, a heartbeat task).

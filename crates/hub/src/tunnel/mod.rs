@@ -76,14 +76,15 @@ pub(crate) struct RelayTls {
 }
 
 impl RelayTls {
-    /// From the hub's tunnel files; `None` if its certificate is not marked as a hub's (it can
-    /// then serve relays to other hubs but not open them, and says so).
+    /// From the hub's tunnel files; `None` if its certificate is not marked as a hub's, or
+    /// names no DNS name to check the other hubs' against (an IP-only certificate): the hub
+    /// then serves relays to other hubs but cannot open them, and says so in a cluster.
     pub(crate) fn load(files: &mediamesh_tls::TlsFiles) -> Result<Option<Self>, mediamesh_tls::TlsError> {
         let chain = mediamesh_tls::load_certs(&files.cert)?;
         if !mediamesh_tls::is_hub_certificate(&chain) {
             return Ok(None);
         }
-        let name = mediamesh_tls::node_identity(&chain)?;
+        let Ok(name) = mediamesh_tls::node_identity(&chain) else { return Ok(None) };
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| mediamesh_tls::TlsError::NoIdentity(format!("hub certificate name {name:?}: {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(mediamesh_tls::tunnel_client_config(files)?);
@@ -340,4 +341,26 @@ async fn read_hello(mut link: TunnelLink, peer: &Peer) -> Option<(TunnelLink, He
 /// Microseconds since the Unix epoch, for frame receive stamps.
 pub(crate) fn unix_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::RelayTls;
+
+    #[test]
+    fn a_hub_certificate_for_an_address_only_loads_but_opens_no_relays() {
+        let dir = std::env::temp_dir().join(format!("mediamesh-relaytls-{}", std::process::id()));
+        let ip_only = mediamesh_tls::dev::write_pki(&dir.join("ip"), &["127.0.0.1".to_owned()], &[]).unwrap();
+        let named = mediamesh_tls::dev::write_pki(&dir.join("dns"), &["hub.example".to_owned()], &[]).unwrap();
+        let relay = |files: &mediamesh_tls::TlsFiles| {
+            let files = mediamesh_tls::TlsFiles { ca: ip_only.ca_cert.clone(), ..files.clone() };
+            RelayTls::load(&files).map(|r| r.is_some())
+        };
+        let (a, b) = (relay(&ip_only.hub), relay(&named.hub));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!a.unwrap(), "no DNS name to check other hubs against: no relays, but the hub starts");
+        assert!(b.unwrap());
+    }
 }
