@@ -5,8 +5,12 @@
 //!
 //! - **AddVideo** starts a stream in the hub's session, once: a repeated AddVideo for a
 //!   running session changes nothing; a new session for a stream already running replaces the
-//!   old one (the hub restarted it); a stream not in the catalog, or one whose source failed
-//!   to start a moment ago, is answered with an Error.
+//!   old one if the same hub (by name) started both (it restarted); a stream not in the
+//!   catalog, or one whose source failed to start a moment ago, is answered with an Error.
+//! - **Make-before-break**: a session another hub of a cluster started keeps running beside
+//!   the new hub's until that hub closes its data tunnel (it has switched to a relay from the
+//!   new hub), so the new tunnel carries frames before the old one closes. Both run a source
+//!   meanwhile.
 //! - **Re-announce**: uplinks outlive a broken control channel (each redials its own data
 //!   tunnel), and the next Hello lists them ([`Agent::announce`]) so the hub re-binds them.
 //! - **Orphan rule**: once the hub has been unreachable longer than its grace period (from its
@@ -35,6 +39,8 @@ pub enum Input {
     Connected {
         /// From the hub's Welcome.
         grace: Duration,
+        /// The hub's name, from its Welcome.
+        hub: String,
     },
     /// The control channel is down.
     Disconnected,
@@ -118,6 +124,8 @@ struct Running {
     stream: String,
     start: u64,
     config: StreamConfig,
+    /// The hub that asked for it.
+    hub: String,
 }
 
 /// The control agent's state.
@@ -129,6 +137,8 @@ pub struct Agent {
     grace: Duration,
     /// Since when the control channel is down (`None` while up).
     away_since: Option<Instant>,
+    /// The hub of the current (or last) control channel.
+    hub: String,
     outputs: VecDeque<Output>,
 }
 
@@ -141,6 +151,7 @@ impl Agent {
             next_start: 0,
             grace: DEFAULT_GRACE,
             away_since: Some(now),
+            hub: String::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -171,9 +182,10 @@ impl Agent {
     /// Feeds what happened at `now`.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Connected { grace } => {
+            Input::Connected { grace, hub } => {
                 self.grace = grace;
                 self.away_since = None;
+                self.hub = hub;
             }
             Input::Disconnected => {
                 self.away_since.get_or_insert(now);
@@ -241,20 +253,22 @@ impl Agent {
             let message = refused.to_string();
             return self.send(Message::Error(ErrorMsg { code: ErrorCode::SourceFailed, session, message }));
         }
-        // A new session for a stream already running replaces the old one (the hub restarted).
+        // A new session for a stream already running replaces the old one if this hub started
+        // both (it restarted); another hub's goes on until that hub closes its tunnel.
         let mut stale: Vec<SessionId> =
-            self.running.iter().filter(|(_, u)| u.stream == stream).map(|(s, _)| *s).collect();
+            self.running.iter().filter(|(_, u)| u.stream == stream && u.hub == self.hub).map(|(s, _)| *s).collect();
         stale.sort_unstable();
         for s in stale {
             self.stop(s, StopReason::Replaced);
         }
-        self.start(session, stream, config);
+        let hub = self.hub.clone();
+        self.start(session, stream, config, hub);
     }
 
-    fn start(&mut self, session: SessionId, stream: String, config: StreamConfig) {
+    fn start(&mut self, session: SessionId, stream: String, config: StreamConfig, hub: String) {
         self.next_start += 1;
         let start = self.next_start;
-        self.running.insert(session, Running { stream: stream.clone(), start, config: config.clone() });
+        self.running.insert(session, Running { stream: stream.clone(), start, config: config.clone(), hub });
         self.outputs.push_back(Output::Start { session, stream, start, config });
     }
 
@@ -272,9 +286,9 @@ impl Agent {
             match self.catalog.get(&u.stream) {
                 Some(cfg) if *cfg == u.config => {}
                 Some(cfg) => {
-                    let (stream, cfg) = (u.stream.clone(), cfg.clone());
+                    let (stream, cfg, hub) = (u.stream.clone(), cfg.clone(), u.hub.clone());
                     self.stop(session, StopReason::Reconfigured);
-                    self.start(session, stream, cfg);
+                    self.start(session, stream, cfg, hub);
                 }
                 None => {
                     let message = format!("stream {:?} was removed from the edge's configuration", u.stream);

@@ -145,7 +145,7 @@ pub(crate) async fn run(ctx: Arc<EdgeCtx>, mut reloaded: watch::Receiver<u64>, s
             Ok((link, welcome)) => {
                 backoff.connected(Instant::now());
                 let grace = Duration::from_millis(welcome.grace_ms.into());
-                agent.handle_input(Instant::now(), Input::Connected { grace });
+                agent.handle_input(Instant::now(), Input::Connected { grace, hub: welcome.hub.clone() });
                 EdgeStats::inc(&ctx.stats.control_connects);
                 ctx.stats.connected.store(true, Relaxed);
                 let running = agent.running();

@@ -23,7 +23,7 @@ fn add(session: SessionId, stream: &str) -> Input {
 
 fn connected(t0: Instant) -> Agent {
     let mut a = Agent::new(t0, catalog());
-    a.handle_input(t0, Input::Connected { grace: 30 * S });
+    a.handle_input(t0, Input::Connected { grace: 30 * S, hub: "hub-a".into() });
     a
 }
 
@@ -102,7 +102,7 @@ fn uplinks_outlive_a_short_outage_and_are_announced_again() {
     assert_eq!(drain(&mut a), vec![Output::StartFailed { stream: "cam2".into(), reason: "gone".into() }]);
     a.handle_timeout(t0 + 20 * S);
     assert_eq!(drain(&mut a), vec![], "within the grace period");
-    a.handle_input(t0 + 20 * S, Input::Connected { grace: 10 * S });
+    a.handle_input(t0 + 20 * S, Input::Connected { grace: 10 * S, hub: "hub-a".into() });
     assert_eq!(a.poll_timeout(), None);
     assert_eq!(a.announce(), vec![RunningStream { session: 4, stream: "cam1".into() }]);
 }
@@ -111,7 +111,7 @@ fn uplinks_outlive_a_short_outage_and_are_announced_again() {
 fn the_hub_away_longer_than_its_grace_orphans_every_uplink() {
     let t0 = Instant::now();
     let mut a = connected(t0);
-    a.handle_input(t0, Input::Connected { grace: 10 * S });
+    a.handle_input(t0, Input::Connected { grace: 10 * S, hub: "hub-a".into() });
     a.handle_input(t0, add(4, "cam1"));
     a.handle_input(t0, add(5, "cam2"));
     drain(&mut a);
@@ -150,4 +150,26 @@ fn a_reloaded_catalog_restarts_changed_streams_and_stops_removed_ones() {
     // The restarted stream's old start ending is not its end.
     a.handle_input(t0, Input::UplinkEnded { session: 4, start: 1, failed: None });
     assert_eq!(a.stream(4), Some("cam1"));
+}
+
+#[test]
+fn a_stream_another_hub_started_keeps_running_beside_the_new_hubs_until_that_hub_ends_it() {
+    let t0 = Instant::now();
+    let mut a = connected(t0);
+    a.handle_input(t0, add(7, "cam1"));
+    drain(&mut a);
+    // hub-a sends the edge to hub-b; the uplink of hub-a's session goes on meanwhile.
+    a.handle_input(t0 + S, Input::Disconnected);
+    a.handle_input(t0 + S, Input::Connected { grace: 30 * S, hub: "hub-b".into() });
+    a.handle_input(t0 + S, add(9, "cam1"));
+    let out = drain(&mut a);
+    assert!(matches!(&out[..], [Output::Start { session: 9, .. }]), "make before break: {out:?}");
+    assert_eq!(a.running(), 2);
+    // hub-a closes its tunnel once it relays from hub-b: that uplink ends on its own.
+    a.handle_input(t0 + 2 * S, Input::UplinkEnded { session: 7, start: 1, failed: None });
+    assert_eq!(a.announce(), vec![RunningStream { session: 9, stream: "cam1".into() }]);
+    // hub-b restarting asks again under its own name: that replaces.
+    a.handle_input(t0 + 3 * S, add(11, "cam1"));
+    let out = drain(&mut a);
+    assert_eq!(out[0], Output::Stop { session: 9, why: StopReason::Replaced });
 }
