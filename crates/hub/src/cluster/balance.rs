@@ -138,10 +138,13 @@ pub(crate) async fn run(
         let nodes = registry.snapshot();
         // Edges that stream nothing here first (moving one that does costs its viewers a
         // switch to a relay), then the most recently connected.
-        let live = sessions.snapshot();
+        let mut streaming: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for s in sessions.snapshot() {
+            *streaming.entry(s.key.node.clone()).or_default() += 1;
+        }
         let mut order: Vec<_> = nodes
             .into_iter()
-            .map(|(node, e)| (live.iter().filter(|s| s.key.node == node).count(), Reverse(e.connected_at), node))
+            .map(|(node, e)| (streaming.get(&node).copied().unwrap_or(0), Reverse(e.connected_at), node))
             .collect();
         order.sort();
         let mut moved = 0;
